@@ -1,0 +1,224 @@
+//! Configuration: parses `wayfinder.toml` into typed, validated values.
+//!
+//! Two layers, as the file is read: [`raw`] mirrors the TOML with serde
+//! (unknown keys rejected, durations with units), then `validate` checks
+//! meaning (addresses, names, references between routes and services) and
+//! builds the [`Config`] the rest of the proxy uses. Every error names the
+//! file, the line and column, and the key path of what is wrong.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A fully validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: Vec<SocketAddr>,
+    /// The admin API listener; `None` when disabled.
+    pub admin: Option<SocketAddr>,
+    /// Timeouts on both sides of the proxy.
+    pub timeouts: Timeouts,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// How a request reaches a service that has no explicit route.
+    pub conventions: Conventions,
+    /// Forwarding settings.
+    pub proxy: ProxySettings,
+    /// Explicit routes, in file order.
+    pub routes: Vec<Route>,
+    /// Services declared in the file, by name.
+    pub services: BTreeMap<Arc<str>, ServiceConfig>,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Upstream TCP connect.
+    pub connect: Duration,
+    /// From writing the request upstream to receiving the response head.
+    pub response_header: Duration,
+    /// Waiting for a complete request head from a client. The clock starts
+    /// when the connection starts waiting for a request, so this also closes
+    /// HTTP/1 keep-alive connections that stay idle for longer.
+    pub client_header: Duration,
+    /// How long an idle pooled upstream connection is kept before closing.
+    pub upstream_idle: Duration,
+    /// How long shutdown waits for in-flight requests before exiting.
+    pub shutdown_drain: Duration,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line and headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Most client connections served at once; further clients wait in the
+    /// kernel's accept backlog.
+    pub max_connections: usize,
+    /// Most idle pooled upstream connections kept per instance.
+    pub max_idle_per_instance: usize,
+}
+
+/// `[conventions]`: routing without a route per service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conventions {
+    /// Lower-case host suffixes, each starting with a dot: `NAME` + suffix
+    /// names service `NAME`.
+    pub host_suffixes: Vec<String>,
+    /// Whether `/NAME/rest` names service `NAME` (forwarded as `/rest`).
+    pub path: bool,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// The pseudonym written into `Via`.
+    pub via: String,
+    /// Attempts per request when the picked instance cannot be reached.
+    pub max_attempts: u32,
+}
+
+/// One explicit route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Which Host values match.
+    pub host: HostMatch,
+    /// Path prefix, starting with `/`, matched on segment boundaries.
+    pub path: String,
+    /// Whether the matched prefix is removed before forwarding.
+    pub strip_prefix: bool,
+    /// The service the route sends to.
+    pub service: Arc<str>,
+}
+
+/// The Host part of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// Any Host.
+    Any,
+    /// Exactly this lower-case host.
+    Exact(String),
+    /// Any host ending in this lower-case suffix, which starts with a dot
+    /// (from `*.example.com`).
+    Suffix(String),
+}
+
+/// One `[services.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The service's name.
+    pub name: Arc<str>,
+    /// How instances are picked.
+    pub balance: Balance,
+    /// Instances written in the file.
+    pub instances: Vec<StaticInstance>,
+}
+
+/// A balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Smooth weighted round-robin.
+    #[default]
+    RoundRobin,
+    /// Fewest in-flight requests (relative to weight), ties rotated.
+    LeastConnections,
+}
+
+/// An instance written in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticInstance {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Relative share of traffic, 1 to 1000.
+    pub weight: u32,
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but its content is wrong.
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line of the offending value (0 when unknown).
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// Dotted key path, e.g. `services.api.instances[1]`.
+        key: String,
+        /// What is wrong, and what is expected.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The key path the error names, if it is about content.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } => None,
+        }
+    }
+
+    /// The 1-based line the error names, if known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Invalid { line, .. } if *line > 0 => Some(*line),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text`; `file` is only used to name the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        validate::parse(text, file)
+    }
+
+    /// Number of static instances across all services.
+    pub fn static_instance_count(&self) -> usize {
+        self.services.values().map(|s| s.instances.len()).sum()
+    }
+}
+
+/// Checks a service name: 1 to 63 characters from `a-z`, `0-9`, `-` and `_`,
+/// starting with a letter or digit, so it can stand as a DNS label in a Host.
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    let ok_len = (1..=63).contains(&name.len());
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok_len && first_ok && rest_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid service name {name:?}: use 1-63 characters a-z, 0-9, '-' or '_', starting with a letter or digit"
+        ))
+    }
+}

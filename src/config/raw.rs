@@ -1,0 +1,186 @@
+//! The raw serde mirror of `wayfinder.toml`: every table rejects unknown keys,
+//! durations are strings with units, and the fields that later validation
+//! errors point at are wrapped in [`Spanned`] so the error can name a line.
+//!
+//! Nothing here is checked beyond its TOML type; `validate` turns it into
+//! [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    /// Client-facing listener addresses. Default `["127.0.0.1:8080"]`.
+    pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub conventions: RawConventions,
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub services: BTreeMap<String, Spanned<RawService>>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    /// Admin listener. Default `"127.0.0.1:9900"`; `"off"` disables it.
+    pub listen: Option<Spanned<String>>,
+}
+
+/// `[timeouts]`: every value is a duration string such as `"250ms"` or `"5s"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    /// Upstream TCP connect. Default 2s.
+    pub connect: Option<Spanned<Dur>>,
+    /// From sending the request to receiving the upstream response head. Default 30s.
+    pub response_header: Option<Spanned<Dur>>,
+    /// Waiting for a client's request head (also bounds keep-alive idle). Default 30s.
+    pub client_header: Option<Spanned<Dur>>,
+    /// How long an idle pooled upstream connection is kept. Default 60s.
+    pub upstream_idle: Option<Spanned<Dur>>,
+    /// How long shutdown waits for in-flight requests. Default 10s.
+    pub shutdown_drain: Option<Spanned<Dur>>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    /// Largest request head (request line + headers) in bytes. Default 16384.
+    pub max_header_bytes: Option<Spanned<i64>>,
+    /// Most client connections open at once. Default 10000.
+    pub max_connections: Option<Spanned<i64>>,
+    /// Most idle pooled connections kept per instance. Default 64.
+    pub max_idle_per_instance: Option<Spanned<i64>>,
+}
+
+/// `[conventions]`: reaching a registered service without a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConventions {
+    /// Host suffixes: with `".svc"`, Host `NAME.svc` is service NAME. Default `[".svc"]`.
+    pub host_suffixes: Option<Vec<Spanned<String>>>,
+    /// When true, path `/NAME/rest` is service NAME, forwarded as `/rest`. Default false.
+    pub path: Option<bool>,
+}
+
+/// `[proxy]`: forwarding behaviour.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxy {
+    /// The pseudonym in the `Via` header. Default `"wayfinder"`.
+    pub via: Option<Spanned<String>>,
+    /// Attempts per request when an instance cannot be reached. Default 3.
+    pub max_attempts: Option<Spanned<i64>>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    /// `"api.example.com"` or `"*.example.com"`; absent means any host.
+    pub host: Option<Spanned<String>>,
+    /// Path prefix, matched on segment boundaries. Default `"/"`.
+    pub path: Option<Spanned<String>>,
+    /// Remove the matched prefix before forwarding. Default false.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// The service this route sends to.
+    pub service: Spanned<String>,
+}
+
+/// One `[services.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    /// Default round-robin.
+    #[serde(default)]
+    pub balance: Option<RawBalance>,
+    /// Static instances.
+    #[serde(default)]
+    pub instances: Vec<Spanned<RawInstance>>,
+}
+
+/// Balancing policy names as written in TOML.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawBalance {
+    RoundRobin,
+    LeastConnections,
+}
+
+/// `"127.0.0.1:9001"` or `{ address = "127.0.0.1:9001", weight = 2 }`.
+#[derive(Debug)]
+pub(crate) enum RawInstance {
+    Address(String),
+    Table(RawInstanceTable),
+}
+
+impl<'de> Deserialize<'de> for RawInstance {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawInstance;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"IP:PORT\" or a table { address = \"IP:PORT\", weight = N }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawInstance, E> {
+                Ok(RawInstance::Address(s.to_owned()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawInstance, A::Error> {
+                RawInstanceTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawInstance::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The table form of an instance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInstanceTable {
+    pub address: String,
+    pub weight: Option<i64>,
+}
+
+/// A duration written with units: `"250ms"`, `"5s"`, `"1m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"250ms\" or \"5s\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s).map(Dur).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration {s:?} ({e}): write it with a unit, e.g. \"250ms\" or \"5s\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}

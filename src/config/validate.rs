@@ -1,0 +1,464 @@
+//! The validation step: from the raw serde mirror to a typed [`Config`],
+//! turning every problem into a [`ConfigError`] that names file, line and key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::raw::{Dur, RawBalance, RawConfig, RawInstance, RawService};
+use super::{
+    check_service_name, Balance, Config, ConfigError, Conventions, HostMatch, Limits,
+    ProxySettings, Route, ServiceConfig, StaticInstance, Timeouts,
+};
+
+/// Parses and validates; see [`Config::parse`].
+pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let cx = Cx { text, file };
+    let raw = parse_raw(&cx)?;
+    build(&cx, raw)
+}
+
+/// What every error needs: the text (to turn spans into lines) and the file name.
+struct Cx<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Cx<'_> {
+    fn err(&self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = match span {
+            Some(span) => line_col(self.text, span.start),
+            None => (0, 0),
+        };
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn err_at<T>(&self, at: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        self.err(Some(at.span()), key, message)
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+fn parse_raw(cx: &Cx<'_>) -> Result<RawConfig, ConfigError> {
+    let de = toml::de::Deserializer::parse(cx.text)
+        .map_err(|e| cx.err(e.span(), "(syntax)", e.message().trim()))?;
+    serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+        let key = clean_path(&e.path().to_string());
+        let inner = e.into_inner();
+        cx.err(inner.span(), key, inner.message().trim())
+    })
+}
+
+/// Drops the private field names `toml::Spanned` uses, so the path reads as the user wrote it.
+fn clean_path(path: &str) -> String {
+    let kept: Vec<&str> = path
+        .split('.')
+        .filter(|seg| !seg.starts_with("$__serde_spanned"))
+        .collect();
+    let joined = kept.join(".");
+    if joined.is_empty() { "(top level)".to_owned() } else { joined }
+}
+
+fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let listen = match &raw.listen {
+        None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                return Err(cx.err_at(list, "listen", "needs at least one address, e.g. [\"127.0.0.1:8080\"]"));
+            }
+            let mut out = Vec::new();
+            for (i, addr) in list.get_ref().iter().enumerate() {
+                let parsed = socket_addr(cx, addr, &format!("listen[{i}]"))?;
+                if out.contains(&parsed) {
+                    return Err(cx.err_at(addr, format!("listen[{i}]"), format!("{parsed} is listed twice")));
+                }
+                out.push(parsed);
+            }
+            out
+        }
+    };
+    let admin = match &raw.admin.listen {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9900))),
+        Some(s) if s.get_ref() == "off" => None,
+        Some(s) => Some(socket_addr(cx, s, "admin.listen")?),
+    };
+    if let Some(admin) = admin {
+        if listen.contains(&admin) {
+            return Err(cx.err_at(
+                raw.admin.listen.as_ref().expect("admin address came from the file"),
+                "admin.listen",
+                format!("{admin} is also a client listener; the admin API needs its own address"),
+            ));
+        }
+    }
+
+    let t = &raw.timeouts;
+    let timeouts = Timeouts {
+        connect: duration(cx, &t.connect, "timeouts.connect", Duration::from_secs(2))?,
+        response_header: duration(cx, &t.response_header, "timeouts.response_header", Duration::from_secs(30))?,
+        client_header: duration(cx, &t.client_header, "timeouts.client_header", Duration::from_secs(30))?,
+        upstream_idle: duration(cx, &t.upstream_idle, "timeouts.upstream_idle", Duration::from_secs(60))?,
+        shutdown_drain: duration(cx, &t.shutdown_drain, "timeouts.shutdown_drain", Duration::from_secs(10))?,
+    };
+
+    let l = &raw.limits;
+    let limits = Limits {
+        max_header_bytes: int(cx, &l.max_header_bytes, "limits.max_header_bytes", 16 * 1024, 1024..=1024 * 1024)?,
+        max_connections: int(cx, &l.max_connections, "limits.max_connections", 10_000, 1..=10_000_000)?,
+        max_idle_per_instance: int(cx, &l.max_idle_per_instance, "limits.max_idle_per_instance", 64, 0..=100_000)?,
+    };
+
+    let conventions = Conventions {
+        host_suffixes: match &raw.conventions.host_suffixes {
+            None => vec![".svc".to_owned()],
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| host_suffix(cx, s, &format!("conventions.host_suffixes[{i}]")))
+                .collect::<Result<_, _>>()?,
+        },
+        path: raw.conventions.path.unwrap_or(false),
+    };
+
+    let p = &raw.proxy;
+    let via = match &p.via {
+        None => "wayfinder".to_owned(),
+        Some(v) => {
+            let ok = !v.get_ref().is_empty()
+                && v.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !ok {
+                return Err(cx.err_at(v, "proxy.via", "use letters, digits, '-', '.' or '_' (a Via pseudonym)"));
+            }
+            v.get_ref().clone()
+        }
+    };
+    let proxy = ProxySettings {
+        via,
+        max_attempts: int(cx, &p.max_attempts, "proxy.max_attempts", 3, 1..=10)?,
+    };
+
+    let services = services(cx, &raw.services)?;
+    let routes = routes(cx, &raw, &services)?;
+
+    Ok(Config {
+        listen,
+        admin,
+        timeouts,
+        limits,
+        conventions,
+        proxy,
+        routes,
+        services,
+    })
+}
+
+fn socket_addr(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+    s.get_ref().parse().map_err(|_| {
+        cx.err_at(s, key, format!("{:?} is not an IP:PORT address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")", s.get_ref()))
+    })
+}
+
+fn duration(cx: &Cx<'_>, v: &Option<Spanned<Dur>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(d) if d.get_ref().0.is_zero() => Err(cx.err_at(d, key, "must be greater than zero")),
+        Some(d) => Ok(d.get_ref().0),
+    }
+}
+
+fn int<T: TryFrom<i64>>(
+    cx: &Cx<'_>,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    default: T,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<T, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) if range.contains(n.get_ref()) => T::try_from(*n.get_ref())
+            .map_err(|_| cx.err_at(n, key, "out of range")),
+        Some(n) => Err(cx.err_at(
+            n,
+            key,
+            format!("{} is out of range {}..={}", n.get_ref(), range.start(), range.end()),
+        )),
+    }
+}
+
+fn host_suffix(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let v = s.get_ref().to_ascii_lowercase();
+    if v.len() < 2 || !v.starts_with('.') || !valid_host_chars(&v[1..]) {
+        return Err(cx.err_at(s, key, format!("{:?} is not a host suffix: write it with a leading dot, e.g. \".svc\"", s.get_ref())));
+    }
+    Ok(v)
+}
+
+fn valid_host_chars(h: &str) -> bool {
+    !h.is_empty()
+        && !h.starts_with('.')
+        && !h.ends_with('.')
+        && !h.contains("..")
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
+fn services(
+    cx: &Cx<'_>,
+    raw: &BTreeMap<String, Spanned<RawService>>,
+) -> Result<BTreeMap<Arc<str>, ServiceConfig>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, svc) in raw {
+        let key = format!("services.{name}");
+        check_service_name(name).map_err(|m| cx.err_at(svc, &key, m))?;
+        let s = svc.get_ref();
+        if s.instances.is_empty() {
+            return Err(cx.err_at(
+                svc,
+                format!("{key}.instances"),
+                "a service needs at least one instance, e.g. instances = [\"127.0.0.1:9001\"]",
+            ));
+        }
+        let mut instances: Vec<StaticInstance> = Vec::with_capacity(s.instances.len());
+        for (i, inst) in s.instances.iter().enumerate() {
+            let ikey = format!("{key}.instances[{i}]");
+            let (addr, weight) = match inst.get_ref() {
+                RawInstance::Address(a) => (a, None),
+                RawInstance::Table(t) => (&t.address, t.weight),
+            };
+            let addr: SocketAddr = addr.parse().map_err(|_| {
+                cx.err_at(inst, &ikey, format!("{addr:?} is not an IP:PORT address (e.g. \"127.0.0.1:9001\")"))
+            })?;
+            if addr.port() == 0 {
+                return Err(cx.err_at(inst, &ikey, format!("{addr}: port 0 cannot be an instance")));
+            }
+            let weight = match weight {
+                None => 1,
+                Some(w @ 1..=1000) => w as u32,
+                Some(w) => return Err(cx.err_at(inst, format!("{ikey}.weight"), format!("{w} is out of range 1..=1000"))),
+            };
+            if instances.iter().any(|x| x.addr == addr) {
+                return Err(cx.err_at(inst, &ikey, format!("{addr} is listed twice in this service")));
+            }
+            instances.push(StaticInstance { addr, weight });
+        }
+        let name: Arc<str> = Arc::from(name.as_str());
+        out.insert(
+            name.clone(),
+            ServiceConfig {
+                name,
+                balance: match s.balance {
+                    None | Some(RawBalance::RoundRobin) => Balance::RoundRobin,
+                    Some(RawBalance::LeastConnections) => Balance::LeastConnections,
+                },
+                instances,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn routes(
+    cx: &Cx<'_>,
+    raw: &RawConfig,
+    services: &BTreeMap<Arc<str>, ServiceConfig>,
+) -> Result<Vec<Route>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.routes.len());
+    let mut seen = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let host = match &r.host {
+            None => HostMatch::Any,
+            Some(h) => {
+                let v = h.get_ref().to_ascii_lowercase();
+                if let Some(suffix) = v.strip_prefix('*') {
+                    if !suffix.starts_with('.') || !valid_host_chars(&suffix[1..]) {
+                        return Err(cx.err_at(h, format!("{key}.host"), format!("{:?}: a wildcard host is written \"*.example.com\"", h.get_ref())));
+                    }
+                    HostMatch::Suffix(suffix.to_owned())
+                } else if valid_host_chars(&v) {
+                    HostMatch::Exact(v)
+                } else {
+                    return Err(cx.err_at(h, format!("{key}.host"), format!("{:?} is not a host name (no port, no scheme)", h.get_ref())));
+                }
+            }
+        };
+        let path = match &r.path {
+            None => "/".to_owned(),
+            Some(p) => {
+                let v = p.get_ref();
+                if !v.starts_with('/') || v.contains(['?', '#', ' ']) {
+                    return Err(cx.err_at(p, format!("{key}.path"), format!("{v:?} is not a path prefix: it starts with '/' and has no query")));
+                }
+                // "/api/" and "/api" mean the same prefix; keep one form.
+                if v.len() > 1 { v.trim_end_matches('/').to_owned() } else { v.clone() }
+            }
+        };
+        let service = r.service.get_ref();
+        let Some((name, _)) = services.get_key_value(service.as_str()) else {
+            let known: Vec<&str> = services.keys().map(|k| &**k).collect();
+            return Err(cx.err_at(
+                &r.service,
+                format!("{key}.service"),
+                format!("no service named {service:?} is declared (declared: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") }),
+            ));
+        };
+        if !seen.insert((host.clone(), path.clone())) {
+            return Err(cx.err_at(&r.service, &key, "another route already matches the same host and path"));
+        }
+        out.push(Route {
+            host,
+            path,
+            strip_prefix: r.strip_prefix,
+            service: name.clone(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        super::parse(text, Path::new("test.toml"))
+    }
+
+    fn err(text: &str) -> (usize, String, String) {
+        match parse(text).unwrap_err() {
+            ConfigError::Invalid { line, key, message, .. } => (line, key, message),
+            e => panic!("unexpected {e}"),
+        }
+    }
+
+    const GOOD: &str = r#"
+listen = ["127.0.0.1:8080"]
+[timeouts]
+connect = "250ms"
+[[routes]]
+host = "*.Example.com"
+path = "/api/"
+strip_prefix = true
+service = "api"
+[services.api]
+balance = "least_connections"
+instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+"#;
+
+    #[test]
+    fn good_file_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(c.timeouts.response_header, Duration::from_secs(30));
+        assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
+        assert_eq!(c.routes[0].host, HostMatch::Suffix(".example.com".into()));
+        assert_eq!(c.routes[0].path, "/api");
+        let api = &c.services["api"];
+        assert_eq!(api.balance, Balance::LeastConnections);
+        assert_eq!(api.instances[1].weight, 3);
+        assert_eq!(c.conventions.host_suffixes, vec![".svc".to_owned()]);
+    }
+
+    #[test]
+    fn unknown_key_names_path_and_line() {
+        let (line, key, msg) = err("[services.api]\ninstances = [\"127.0.0.1:1\"]\nbalanse = \"x\"\n");
+        assert_eq!(line, 3);
+        assert_eq!(key, "services.api.balanse");
+        assert!(msg.contains("unknown field `balanse`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_enum_are_named() {
+        let (line, key, _) = err("[limits]\nmax_connections = \"many\"\n");
+        assert_eq!((line, key.as_str()), (2, "limits.max_connections"));
+        let (line, key, msg) = err("[services.a]\nbalance = \"random\"\ninstances = [\"127.0.0.1:1\"]\n");
+        assert_eq!((line, key.as_str()), (2, "services.a.balance"));
+        assert!(msg.contains("round_robin"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_says_how_to_write_one() {
+        let (line, key, msg) = err("[timeouts]\nconnect = \"5\"\n");
+        assert_eq!((line, key.as_str()), (2, "timeouts.connect"));
+        assert!(msg.contains("\"250ms\""), "{msg}");
+        let (_, _, msg) = err("[timeouts]\nconnect = \"0s\"\n");
+        assert!(msg.contains("greater than zero"));
+    }
+
+    #[test]
+    fn bad_instance_address_and_weight() {
+        let (line, key, _) = err("[services.a]\ninstances = [\n \"127.0.0.1:1\",\n \"localhost\"]\n");
+        assert_eq!((line, key.as_str()), (4, "services.a.instances[1]"));
+        let (_, key, _) = err("[services.a]\ninstances = [{ address = \"127.0.0.1:1\", weight = 0 }]\n");
+        assert_eq!(key, "services.a.instances[0].weight");
+        let (_, key, msg) = err("[services.a]\ninstances = [{ adress = \"127.0.0.1:1\" }]\n");
+        assert!(msg.contains("adress"), "{key}: {msg}");
+    }
+
+    #[test]
+    fn route_to_undeclared_service() {
+        let (line, key, msg) = err("[[routes]]\nservice = \"nope\"\n[services.a]\ninstances = [\"127.0.0.1:1\"]\n");
+        assert_eq!((line, key.as_str()), (2, "routes[0].service"));
+        assert!(msg.contains("declared: a"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_service_is_a_syntax_error_with_line() {
+        let (line, _, msg) = err("[services.a]\ninstances = [\"127.0.0.1:1\"]\n[services.a]\ninstances = [\"127.0.0.1:2\"]\n");
+        assert_eq!(line, 3, "{msg}");
+    }
+
+    #[test]
+    fn service_without_instances_and_bad_names() {
+        let (_, key, _) = err("[services.a]\ninstances = []\n");
+        assert_eq!(key, "services.a.instances");
+        let (_, key, _) = err("[services.Bad]\ninstances = [\"127.0.0.1:1\"]\n");
+        assert_eq!(key, "services.Bad");
+    }
+
+    #[test]
+    fn admin_off_and_clash() {
+        let c = parse("[admin]\nlisten = \"off\"\n").unwrap();
+        assert_eq!(c.admin, None);
+        let (_, key, _) = err("listen = [\"127.0.0.1:9\"]\n[admin]\nlisten = \"127.0.0.1:9\"\n");
+        assert_eq!(key, "admin.listen");
+    }
+
+    #[test]
+    fn route_checks() {
+        let base = "[services.a]\ninstances = [\"127.0.0.1:1\"]\n";
+        let (_, key, _) = err(&format!("[[routes]]\nhost = \"*example.com\"\nservice = \"a\"\n{base}"));
+        assert_eq!(key, "routes[0].host");
+        let (_, key, _) = err(&format!("[[routes]]\npath = \"api\"\nservice = \"a\"\n{base}"));
+        assert_eq!(key, "routes[0].path");
+        let (_, key, _) = err(&format!("[[routes]]\npath = \"/x\"\nservice = \"a\"\n[[routes]]\npath = \"/x/\"\nservice = \"a\"\n{base}"));
+        assert_eq!(key, "routes[1]");
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    // Deserialize is used only through serde_path_to_error; keep the import honest.
+    #[allow(dead_code)]
+    fn _assert_deserialize<'de, T: Deserialize<'de>>() {}
+}

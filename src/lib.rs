@@ -1,0 +1,2 @@
+//! wayfinder: a service-discovery load-balancing reverse proxy.
+pub mod config;
