@@ -31,7 +31,12 @@ struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    fn err(&self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column) = match span {
             Some(span) => line_col(self.text, span.start),
             None => (0, 0),
@@ -45,7 +50,12 @@ impl Cx<'_> {
         }
     }
 
-    fn err_at<T>(&self, at: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn err_at<T>(
+        &self,
+        at: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         self.err(Some(at.span()), key, message)
     }
 }
@@ -54,7 +64,10 @@ impl Cx<'_> {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -75,7 +88,11 @@ fn clean_path(path: &str) -> String {
         .filter(|seg| !seg.starts_with("$__serde_spanned"))
         .collect();
     let joined = kept.join(".");
-    if joined.is_empty() { "(top level)".to_owned() } else { joined }
+    if joined.is_empty() {
+        "(top level)".to_owned()
+    } else {
+        joined
+    }
 }
 
 fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -83,13 +100,21 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
         Some(list) => {
             if list.get_ref().is_empty() {
-                return Err(cx.err_at(list, "listen", "needs at least one address, e.g. [\"127.0.0.1:8080\"]"));
+                return Err(cx.err_at(
+                    list,
+                    "listen",
+                    "needs at least one address, e.g. [\"127.0.0.1:8080\"]",
+                ));
             }
             let mut out = Vec::new();
             for (i, addr) in list.get_ref().iter().enumerate() {
                 let parsed = socket_addr(cx, addr, &format!("listen[{i}]"))?;
                 if out.contains(&parsed) {
-                    return Err(cx.err_at(addr, format!("listen[{i}]"), format!("{parsed} is listed twice")));
+                    return Err(cx.err_at(
+                        addr,
+                        format!("listen[{i}]"),
+                        format!("{parsed} is listed twice"),
+                    ));
                 }
                 out.push(parsed);
             }
@@ -104,7 +129,10 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     if let Some(admin) = admin {
         if listen.contains(&admin) {
             return Err(cx.err_at(
-                raw.admin.listen.as_ref().expect("admin address came from the file"),
+                raw.admin
+                    .listen
+                    .as_ref()
+                    .expect("admin address came from the file"),
                 "admin.listen",
                 format!("{admin} is also a client listener; the admin API needs its own address"),
             ));
@@ -114,17 +142,55 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let t = &raw.timeouts;
     let timeouts = Timeouts {
         connect: duration(cx, &t.connect, "timeouts.connect", Duration::from_secs(2))?,
-        response_header: duration(cx, &t.response_header, "timeouts.response_header", Duration::from_secs(30))?,
-        client_header: duration(cx, &t.client_header, "timeouts.client_header", Duration::from_secs(30))?,
-        upstream_idle: duration(cx, &t.upstream_idle, "timeouts.upstream_idle", Duration::from_secs(60))?,
-        shutdown_drain: duration(cx, &t.shutdown_drain, "timeouts.shutdown_drain", Duration::from_secs(10))?,
+        response_header: duration(
+            cx,
+            &t.response_header,
+            "timeouts.response_header",
+            Duration::from_secs(30),
+        )?,
+        client_header: duration(
+            cx,
+            &t.client_header,
+            "timeouts.client_header",
+            Duration::from_secs(30),
+        )?,
+        upstream_idle: duration(
+            cx,
+            &t.upstream_idle,
+            "timeouts.upstream_idle",
+            Duration::from_secs(60),
+        )?,
+        shutdown_drain: duration(
+            cx,
+            &t.shutdown_drain,
+            "timeouts.shutdown_drain",
+            Duration::from_secs(10),
+        )?,
     };
 
     let l = &raw.limits;
     let limits = Limits {
-        max_header_bytes: int(cx, &l.max_header_bytes, "limits.max_header_bytes", 16 * 1024, 1024..=1024 * 1024)?,
-        max_connections: int(cx, &l.max_connections, "limits.max_connections", 10_000, 1..=10_000_000)?,
-        max_idle_per_instance: int(cx, &l.max_idle_per_instance, "limits.max_idle_per_instance", 64, 0..=100_000)?,
+        max_header_bytes: int(
+            cx,
+            &l.max_header_bytes,
+            "limits.max_header_bytes",
+            16 * 1024,
+            1024..=1024 * 1024,
+        )?,
+        max_connections: int(
+            cx,
+            &l.max_connections,
+            "limits.max_connections",
+            10_000,
+            1..=10_000_000,
+        )?,
+        max_idle_per_instance: int(
+            cx,
+            &l.max_idle_per_instance,
+            "limits.max_idle_per_instance",
+            64,
+            0..=100_000,
+        )?,
     };
 
     let conventions = Conventions {
@@ -144,9 +210,15 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         None => "wayfinder".to_owned(),
         Some(v) => {
             let ok = !v.get_ref().is_empty()
-                && v.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                && v.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
             if !ok {
-                return Err(cx.err_at(v, "proxy.via", "use letters, digits, '-', '.' or '_' (a Via pseudonym)"));
+                return Err(cx.err_at(
+                    v,
+                    "proxy.via",
+                    "use letters, digits, '-', '.' or '_' (a Via pseudonym)",
+                ));
             }
             v.get_ref().clone()
         }
@@ -173,11 +245,23 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
 
 fn socket_addr(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
     s.get_ref().parse().map_err(|_| {
-        cx.err_at(s, key, format!("{:?} is not an IP:PORT address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")", s.get_ref()))
+        cx.err_at(
+            s,
+            key,
+            format!(
+                "{:?} is not an IP:PORT address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")",
+                s.get_ref()
+            ),
+        )
     })
 }
 
-fn duration(cx: &Cx<'_>, v: &Option<Spanned<Dur>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    cx: &Cx<'_>,
+    v: &Option<Spanned<Dur>>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
         Some(d) if d.get_ref().0.is_zero() => Err(cx.err_at(d, key, "must be greater than zero")),
@@ -194,12 +278,18 @@ fn int<T: TryFrom<i64>>(
 ) -> Result<T, ConfigError> {
     match v {
         None => Ok(default),
-        Some(n) if range.contains(n.get_ref()) => T::try_from(*n.get_ref())
-            .map_err(|_| cx.err_at(n, key, "out of range")),
+        Some(n) if range.contains(n.get_ref()) => {
+            T::try_from(*n.get_ref()).map_err(|_| cx.err_at(n, key, "out of range"))
+        }
         Some(n) => Err(cx.err_at(
             n,
             key,
-            format!("{} is out of range {}..={}", n.get_ref(), range.start(), range.end()),
+            format!(
+                "{} is out of range {}..={}",
+                n.get_ref(),
+                range.start(),
+                range.end()
+            ),
         )),
     }
 }
@@ -207,7 +297,14 @@ fn int<T: TryFrom<i64>>(
 fn host_suffix(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
     let v = s.get_ref().to_ascii_lowercase();
     if v.len() < 2 || !v.starts_with('.') || !valid_host_chars(&v[1..]) {
-        return Err(cx.err_at(s, key, format!("{:?} is not a host suffix: write it with a leading dot, e.g. \".svc\"", s.get_ref())));
+        return Err(cx.err_at(
+            s,
+            key,
+            format!(
+                "{:?} is not a host suffix: write it with a leading dot, e.g. \".svc\"",
+                s.get_ref()
+            ),
+        ));
     }
     Ok(v)
 }
@@ -217,7 +314,8 @@ fn valid_host_chars(h: &str) -> bool {
         && !h.starts_with('.')
         && !h.ends_with('.')
         && !h.contains("..")
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
 fn services(
@@ -244,18 +342,36 @@ fn services(
                 RawInstance::Table(t) => (&t.address, t.weight),
             };
             let addr: SocketAddr = addr.parse().map_err(|_| {
-                cx.err_at(inst, &ikey, format!("{addr:?} is not an IP:PORT address (e.g. \"127.0.0.1:9001\")"))
+                cx.err_at(
+                    inst,
+                    &ikey,
+                    format!("{addr:?} is not an IP:PORT address (e.g. \"127.0.0.1:9001\")"),
+                )
             })?;
             if addr.port() == 0 {
-                return Err(cx.err_at(inst, &ikey, format!("{addr}: port 0 cannot be an instance")));
+                return Err(cx.err_at(
+                    inst,
+                    &ikey,
+                    format!("{addr}: port 0 cannot be an instance"),
+                ));
             }
             let weight = match weight {
                 None => 1,
                 Some(w @ 1..=1000) => w as u32,
-                Some(w) => return Err(cx.err_at(inst, format!("{ikey}.weight"), format!("{w} is out of range 1..=1000"))),
+                Some(w) => {
+                    return Err(cx.err_at(
+                        inst,
+                        format!("{ikey}.weight"),
+                        format!("{w} is out of range 1..=1000"),
+                    ))
+                }
             };
             if instances.iter().any(|x| x.addr == addr) {
-                return Err(cx.err_at(inst, &ikey, format!("{addr} is listed twice in this service")));
+                return Err(cx.err_at(
+                    inst,
+                    &ikey,
+                    format!("{addr} is listed twice in this service"),
+                ));
             }
             instances.push(StaticInstance { addr, weight });
         }
@@ -290,13 +406,24 @@ fn routes(
                 let v = h.get_ref().to_ascii_lowercase();
                 if let Some(suffix) = v.strip_prefix('*') {
                     if !suffix.starts_with('.') || !valid_host_chars(&suffix[1..]) {
-                        return Err(cx.err_at(h, format!("{key}.host"), format!("{:?}: a wildcard host is written \"*.example.com\"", h.get_ref())));
+                        return Err(cx.err_at(
+                            h,
+                            format!("{key}.host"),
+                            format!(
+                                "{:?}: a wildcard host is written \"*.example.com\"",
+                                h.get_ref()
+                            ),
+                        ));
                     }
                     HostMatch::Suffix(suffix.to_owned())
                 } else if valid_host_chars(&v) {
                     HostMatch::Exact(v)
                 } else {
-                    return Err(cx.err_at(h, format!("{key}.host"), format!("{:?} is not a host name (no port, no scheme)", h.get_ref())));
+                    return Err(cx.err_at(
+                        h,
+                        format!("{key}.host"),
+                        format!("{:?} is not a host name (no port, no scheme)", h.get_ref()),
+                    ));
                 }
             }
         };
@@ -305,10 +432,18 @@ fn routes(
             Some(p) => {
                 let v = p.get_ref();
                 if !v.starts_with('/') || v.contains(['?', '#', ' ']) {
-                    return Err(cx.err_at(p, format!("{key}.path"), format!("{v:?} is not a path prefix: it starts with '/' and has no query")));
+                    return Err(cx.err_at(
+                        p,
+                        format!("{key}.path"),
+                        format!("{v:?} is not a path prefix: it starts with '/' and has no query"),
+                    ));
                 }
                 // "/api/" and "/api" mean the same prefix; keep one form.
-                if v.len() > 1 { v.trim_end_matches('/').to_owned() } else { v.clone() }
+                if v.len() > 1 {
+                    v.trim_end_matches('/').to_owned()
+                } else {
+                    v.clone()
+                }
             }
         };
         let service = r.service.get_ref();
@@ -317,11 +452,22 @@ fn routes(
             return Err(cx.err_at(
                 &r.service,
                 format!("{key}.service"),
-                format!("no service named {service:?} is declared (declared: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") }),
+                format!(
+                    "no service named {service:?} is declared (declared: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
             ));
         };
         if !seen.insert((host.clone(), path.clone())) {
-            return Err(cx.err_at(&r.service, &key, "another route already matches the same host and path"));
+            return Err(cx.err_at(
+                &r.service,
+                &key,
+                "another route already matches the same host and path",
+            ));
         }
         out.push(Route {
             host,
@@ -343,7 +489,9 @@ mod tests {
 
     fn err(text: &str) -> (usize, String, String) {
         match parse(text).unwrap_err() {
-            ConfigError::Invalid { line, key, message, .. } => (line, key, message),
+            ConfigError::Invalid {
+                line, key, message, ..
+            } => (line, key, message),
             e => panic!("unexpected {e}"),
         }
     }
@@ -378,7 +526,8 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
 
     #[test]
     fn unknown_key_names_path_and_line() {
-        let (line, key, msg) = err("[services.api]\ninstances = [\"127.0.0.1:1\"]\nbalanse = \"x\"\n");
+        let (line, key, msg) =
+            err("[services.api]\ninstances = [\"127.0.0.1:1\"]\nbalanse = \"x\"\n");
         assert_eq!(line, 3);
         assert_eq!(key, "services.api.balanse");
         assert!(msg.contains("unknown field `balanse`"), "{msg}");
@@ -388,7 +537,8 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
     fn wrong_type_and_bad_enum_are_named() {
         let (line, key, _) = err("[limits]\nmax_connections = \"many\"\n");
         assert_eq!((line, key.as_str()), (2, "limits.max_connections"));
-        let (line, key, msg) = err("[services.a]\nbalance = \"random\"\ninstances = [\"127.0.0.1:1\"]\n");
+        let (line, key, msg) =
+            err("[services.a]\nbalance = \"random\"\ninstances = [\"127.0.0.1:1\"]\n");
         assert_eq!((line, key.as_str()), (2, "services.a.balance"));
         assert!(msg.contains("round_robin"), "{msg}");
     }
@@ -404,9 +554,11 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
 
     #[test]
     fn bad_instance_address_and_weight() {
-        let (line, key, _) = err("[services.a]\ninstances = [\n \"127.0.0.1:1\",\n \"localhost\"]\n");
+        let (line, key, _) =
+            err("[services.a]\ninstances = [\n \"127.0.0.1:1\",\n \"localhost\"]\n");
         assert_eq!((line, key.as_str()), (4, "services.a.instances[1]"));
-        let (_, key, _) = err("[services.a]\ninstances = [{ address = \"127.0.0.1:1\", weight = 0 }]\n");
+        let (_, key, _) =
+            err("[services.a]\ninstances = [{ address = \"127.0.0.1:1\", weight = 0 }]\n");
         assert_eq!(key, "services.a.instances[0].weight");
         let (_, key, msg) = err("[services.a]\ninstances = [{ adress = \"127.0.0.1:1\" }]\n");
         assert!(msg.contains("adress"), "{key}: {msg}");
@@ -414,7 +566,8 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
 
     #[test]
     fn route_to_undeclared_service() {
-        let (line, key, msg) = err("[[routes]]\nservice = \"nope\"\n[services.a]\ninstances = [\"127.0.0.1:1\"]\n");
+        let (line, key, msg) =
+            err("[[routes]]\nservice = \"nope\"\n[services.a]\ninstances = [\"127.0.0.1:1\"]\n");
         assert_eq!((line, key.as_str()), (2, "routes[0].service"));
         assert!(msg.contains("declared: a"), "{msg}");
     }
@@ -444,9 +597,13 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
     #[test]
     fn route_checks() {
         let base = "[services.a]\ninstances = [\"127.0.0.1:1\"]\n";
-        let (_, key, _) = err(&format!("[[routes]]\nhost = \"*example.com\"\nservice = \"a\"\n{base}"));
+        let (_, key, _) = err(&format!(
+            "[[routes]]\nhost = \"*example.com\"\nservice = \"a\"\n{base}"
+        ));
         assert_eq!(key, "routes[0].host");
-        let (_, key, _) = err(&format!("[[routes]]\npath = \"api\"\nservice = \"a\"\n{base}"));
+        let (_, key, _) = err(&format!(
+            "[[routes]]\npath = \"api\"\nservice = \"a\"\n{base}"
+        ));
         assert_eq!(key, "routes[0].path");
         let (_, key, _) = err(&format!("[[routes]]\npath = \"/x\"\nservice = \"a\"\n[[routes]]\npath = \"/x/\"\nservice = \"a\"\n{base}"));
         assert_eq!(key, "routes[1]");

@@ -1,0 +1,272 @@
+//! The registry: owns the published [`Snapshot`] and everything needed to
+//! rebuild it: the instance sets reported by each source, the services and
+//! routes from the config, and the table of live per-instance state.
+//!
+//! Readers call [`Registry::load`] (one `ArcSwap` load, no lock). Writers
+//! (sources, config reload) record their input and wake the refresher task,
+//! which rebuilds and swaps the snapshot only when the result differs from
+//! what is published. Bursts of updates coalesce into one rebuild.
+
+mod instance;
+mod snapshot;
+mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::Notify;
+
+pub use instance::{InFlightGuard, InstanceKey, InstanceState};
+pub use snapshot::{Member, ServiceEntry, ServiceLive, Snapshot};
+pub use source::{static_instances, InstanceSpec, STATIC_SOURCE};
+
+use crate::balance::Schedule;
+use crate::config::{Balance, Config};
+use crate::router::Router;
+
+/// The registry shared by the proxy, the admin API and the sources.
+#[derive(Debug)]
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+    build: Mutex<BuildState>,
+    /// Wakes the refresher; shared so the refresher can wait on it without
+    /// keeping the registry alive.
+    changed: Arc<Notify>,
+}
+
+/// Inputs of the next rebuild and the live state carried across rebuilds.
+#[derive(Debug)]
+struct BuildState {
+    router: Arc<Router>,
+    policies: BTreeMap<Arc<str>, Balance>,
+    max_idle: usize,
+    /// Sources in the order they first reported; earlier wins on conflicts.
+    sources: Vec<(Arc<str>, Vec<InstanceSpec>)>,
+    live: HashMap<InstanceKey, Weak<InstanceState>>,
+    service_live: HashMap<Arc<str>, Arc<ServiceLive>>,
+    /// What the published snapshot was built from, to detect "no change".
+    published: Option<Shape>,
+    version: u64,
+}
+
+/// Everything a snapshot's content depends on, in comparable form.
+#[derive(Debug, PartialEq)]
+struct Shape {
+    router: Arc<Router>,
+    services: BTreeMap<Arc<str>, (Balance, Vec<Placed>)>,
+}
+
+/// An instance spec together with the source that reported it.
+#[derive(Debug, PartialEq)]
+struct Placed {
+    spec: InstanceSpec,
+    source: Arc<str>,
+}
+
+impl Registry {
+    /// A registry holding `config`'s routes, services and static instances,
+    /// with its first snapshot already published.
+    pub fn new(config: &Config) -> Arc<Registry> {
+        let router = Arc::new(Router::new(config));
+        let state = BuildState {
+            router: router.clone(),
+            policies: policies(config),
+            max_idle: config.limits.max_idle_per_instance,
+            sources: vec![(Arc::from(STATIC_SOURCE), static_instances(config))],
+            live: HashMap::new(),
+            service_live: HashMap::new(),
+            published: None,
+            version: 0,
+        };
+        let registry = Arc::new(Registry {
+            current: ArcSwap::from_pointee(Snapshot::new(0, router, HashMap::new())),
+            build: Mutex::new(state),
+            changed: Arc::new(Notify::new()),
+        });
+        registry.rebuild();
+        registry
+    }
+
+    /// The current snapshot. Hold the guard briefly: take what is needed
+    /// (an `Arc<ServiceEntry>`, a pick) and drop it before awaiting.
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`, for long-lived readers.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the whole instance set reported by `source`.
+    pub fn update_source(&self, source: &str, instances: Vec<InstanceSpec>) {
+        let mut st = self.lock();
+        match st.sources.iter_mut().find(|(name, _)| &**name == source) {
+            Some((_, set)) => *set = instances,
+            None => st.sources.push((Arc::from(source), instances)),
+        }
+        drop(st);
+        self.changed.notify_one();
+    }
+
+    /// Applies a reloaded config: routes, service policies and static
+    /// instances. Live state of unchanged instances is kept.
+    pub fn apply_config(&self, config: &Config) {
+        let mut st = self.lock();
+        st.router = Arc::new(Router::new(config));
+        st.policies = policies(config);
+        st.max_idle = config.limits.max_idle_per_instance;
+        let statics = static_instances(config);
+        if let Some((_, set)) = st.sources.iter_mut().find(|(n, _)| &**n == STATIC_SOURCE) {
+            *set = statics;
+        }
+        drop(st);
+        self.changed.notify_one();
+    }
+
+    /// Rebuilds from the recorded inputs and publishes the result if it
+    /// differs from the current snapshot. Returns whether it published.
+    pub fn rebuild(&self) -> bool {
+        let mut st = self.lock();
+        let shape = st.shape();
+        if st.published.as_ref() == Some(&shape) {
+            return false;
+        }
+        st.version += 1;
+        let snapshot = st.materialize(&shape);
+        let (services, instances) = (snapshot.service_count(), snapshot.instance_count());
+        self.current.store(Arc::new(snapshot));
+        tracing::debug!(
+            version = st.version,
+            services,
+            instances,
+            "published registry snapshot"
+        );
+        st.published = Some(shape);
+        true
+    }
+
+    /// The refresher: rebuilds whenever an input changed. Bursts of updates
+    /// coalesce into one rebuild (the notification holds one permit). Runs
+    /// until the registry is dropped by everyone else.
+    pub async fn run_refresher(self: Arc<Self>) {
+        let changed = self.changed.clone();
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            changed.notified().await;
+            match weak.upgrade() {
+                Some(me) => {
+                    me.rebuild();
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BuildState> {
+        // A panic while building leaves the inputs intact; keep serving.
+        self.build.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn policies(config: &Config) -> BTreeMap<Arc<str>, Balance> {
+    config
+        .services
+        .values()
+        .map(|s| (s.name.clone(), s.balance))
+        .collect()
+}
+
+impl BuildState {
+    /// Merges the sources into a comparable description of the next snapshot.
+    fn shape(&self) -> Shape {
+        let mut services: BTreeMap<Arc<str>, (Balance, Vec<Placed>)> = self
+            .policies
+            .iter()
+            .map(|(name, policy)| (name.clone(), (*policy, Vec::new())))
+            .collect();
+        for (source, set) in &self.sources {
+            for spec in set {
+                let (_, members) = services
+                    .entry(spec.service.clone())
+                    .or_insert_with(|| (Balance::default(), Vec::new()));
+                members.push(Placed {
+                    spec: spec.clone(),
+                    source: source.clone(),
+                });
+            }
+        }
+        for (_, members) in services.values_mut() {
+            // Stable sort keeps source order among equal addresses, so the
+            // dedup keeps the earliest source's entry.
+            members.sort_by_key(|m| m.spec.addr);
+            members.dedup_by_key(|m| m.spec.addr);
+        }
+        Shape {
+            router: self.router.clone(),
+            services,
+        }
+    }
+
+    /// Builds the snapshot for `shape`, attaching live state by identity.
+    fn materialize(&mut self, shape: &Shape) -> Snapshot {
+        let mut services = HashMap::with_capacity(shape.services.len());
+        let mut live = HashMap::with_capacity(self.live.len());
+        for (name, (policy, specs)) in &shape.services {
+            let members: Box<[Member]> = specs
+                .iter()
+                .map(|Placed { spec, source }| {
+                    let key = InstanceKey {
+                        service: name.clone(),
+                        addr: spec.addr,
+                    };
+                    let state = self
+                        .live
+                        .get(&key)
+                        .and_then(Weak::upgrade)
+                        .unwrap_or_else(|| {
+                            Arc::new(InstanceState::new(key.clone(), self.max_idle))
+                        });
+                    live.insert(key, Arc::downgrade(&state));
+                    Member {
+                        instance: state,
+                        weight: spec.weight,
+                        id: spec.id.clone(),
+                        source: source.clone(),
+                    }
+                })
+                .collect();
+            let schedule = Schedule::new(members.iter().map(|m| m.weight));
+            let service_live = self.service_live.entry(name.clone()).or_default().clone();
+            services.insert(
+                name.clone(),
+                Arc::new(ServiceEntry {
+                    name: name.clone(),
+                    policy: *policy,
+                    members,
+                    schedule,
+                    live: service_live,
+                }),
+            );
+        }
+        // Instances gone from every source drop out of the table here; their
+        // state lives on only as long as requests in flight hold it.
+        self.live = live;
+        self.service_live
+            .retain(|name, _| services.contains_key(name));
+        Snapshot::new(self.version, self.router.clone(), services)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Let the refresher notice that it has nothing left to refresh.
+        self.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests;

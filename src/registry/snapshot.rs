@@ -1,0 +1,127 @@
+//! The immutable read model the request path sees: the router and every
+//! service with its members, each member already holding the `Arc` of its
+//! live state. Built off the hot path by the refresher; never mutated after
+//! publication (only the atomics inside the live state change).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::balance::Schedule;
+use crate::config::Balance;
+use crate::router::Router;
+
+use super::instance::InstanceState;
+
+/// One published view of the registry.
+#[derive(Debug)]
+pub struct Snapshot {
+    version: u64,
+    built_at: SystemTime,
+    router: Arc<Router>,
+    services: HashMap<Arc<str>, Arc<ServiceEntry>>,
+    instance_count: usize,
+}
+
+impl Snapshot {
+    pub(crate) fn new(
+        version: u64,
+        router: Arc<Router>,
+        services: HashMap<Arc<str>, Arc<ServiceEntry>>,
+    ) -> Self {
+        let instance_count = services.values().map(|s| s.members.len()).sum();
+        Snapshot {
+            version,
+            built_at: SystemTime::now(),
+            router,
+            services,
+            instance_count,
+        }
+    }
+
+    /// Increases by one with every published change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// When this snapshot was built.
+    pub fn built_at(&self) -> SystemTime {
+        self.built_at
+    }
+
+    /// The routing table in force with this snapshot.
+    #[inline]
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The service named `name`, if any source or the config knows it.
+    #[inline]
+    pub fn service(&self, name: &str) -> Option<&Arc<ServiceEntry>> {
+        self.services.get(name)
+    }
+
+    /// Every service, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceEntry>> {
+        self.services.values()
+    }
+
+    /// Number of services.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Number of instances across all services.
+    pub fn instance_count(&self) -> usize {
+        self.instance_count
+    }
+}
+
+/// A service as published: its policy, its members and the precomputed
+/// round-robin schedule over them.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) policy: Balance,
+    pub(crate) members: Box<[Member]>,
+    pub(crate) schedule: Schedule,
+    pub(crate) live: Arc<ServiceLive>,
+}
+
+impl ServiceEntry {
+    /// The service's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Its balancing policy.
+    pub fn policy(&self) -> Balance {
+        self.policy
+    }
+
+    /// Its instances, sorted by address.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+}
+
+/// One instance of a service inside a snapshot.
+#[derive(Debug)]
+pub struct Member {
+    /// Live state, shared with older and newer snapshots.
+    pub instance: Arc<InstanceState>,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// The instance id a source gave, if any.
+    pub id: Option<Arc<str>>,
+    /// The source the instance came from.
+    pub source: Arc<str>,
+}
+
+/// Per-service state that must survive swaps: the rotation cursor, so a swap
+/// does not restart round-robin at the first member.
+#[derive(Debug, Default)]
+pub struct ServiceLive {
+    pub(crate) cursor: AtomicUsize,
+}

@@ -1,0 +1,156 @@
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::*;
+
+fn config(text: &str) -> Config {
+    Config::parse(text, Path::new("t.toml")).unwrap()
+}
+
+fn spec(service: &str, port: u16) -> InstanceSpec {
+    InstanceSpec {
+        service: Arc::from(service),
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        weight: 1,
+        id: None,
+    }
+}
+
+#[test]
+fn first_snapshot_holds_static_instances() {
+    let reg = Registry::new(&config(
+        "[services.a]\ninstances = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n",
+    ));
+    let snap = reg.load();
+    assert_eq!(snap.version(), 1);
+    assert_eq!(snap.service("a").unwrap().members().len(), 2);
+    assert_eq!(snap.instance_count(), 2);
+}
+
+#[test]
+fn unchanged_inputs_do_not_publish() {
+    let reg = Registry::new(&config("[services.a]\ninstances = [\"127.0.0.1:1\"]\n"));
+    assert!(!reg.rebuild());
+    reg.update_source("api", vec![]);
+    assert!(!reg.rebuild(), "an empty source changes nothing");
+    reg.update_source("api", vec![spec("a", 2)]);
+    assert!(reg.rebuild());
+    assert_eq!(reg.load().version(), 2);
+}
+
+#[test]
+fn sources_merge_by_identity_and_first_source_wins() {
+    let reg = Registry::new(&config("[services.a]\ninstances = [\"127.0.0.1:1\"]\n"));
+    let mut dup = spec("a", 1);
+    dup.weight = 7;
+    reg.update_source("api", vec![dup, spec("a", 2), spec("b", 3)]);
+    reg.rebuild();
+    let snap = reg.load();
+    let a = snap.service("a").unwrap();
+    assert_eq!(a.members().len(), 2);
+    assert_eq!(a.members()[0].weight, 1, "the config's entry wins");
+    assert_eq!(&*a.members()[0].source, STATIC_SOURCE);
+    assert_eq!(&*a.members()[1].source, "api");
+    assert_eq!(snap.service("b").unwrap().policy(), Balance::RoundRobin);
+}
+
+#[test]
+fn live_state_survives_swaps_and_leaves_with_the_instance() {
+    let reg = Registry::new(&config("[services.a]\ninstances = [\"127.0.0.1:1\"]\n"));
+    let before = reg.load_full();
+    let state = before.service("a").unwrap().members()[0].instance.clone();
+    let guard = InFlightGuard::new(state.clone());
+    reg.update_source("api", vec![spec("a", 2)]);
+    assert!(reg.rebuild());
+    let after = reg.load_full();
+    let same = &after.service("a").unwrap().members()[0].instance;
+    assert!(
+        Arc::ptr_eq(&state, same),
+        "unchanged instance keeps its live state"
+    );
+    assert_eq!(same.in_flight(), 1);
+
+    // Removing the instance: new snapshots stop listing it, the request in
+    // flight still finishes against the old state.
+    let empty = config("[services.a]\ninstances = [\"127.0.0.1:50\"]\n");
+    reg.apply_config(&empty);
+    reg.rebuild();
+    let now = reg.load_full();
+    assert!(now
+        .service("a")
+        .unwrap()
+        .members()
+        .iter()
+        .all(|m| m.instance.addr().port() != 1));
+    assert_eq!(state.in_flight(), 1);
+    drop(guard);
+    assert_eq!(state.in_flight(), 0);
+}
+
+/// Readers racing a writer that swaps between two different views must
+/// always see one complete view: never an empty service, never a mix.
+#[test]
+fn concurrent_readers_never_see_a_torn_or_empty_view() {
+    let reg = Registry::new(&config("[services.z]\ninstances = [\"127.0.0.1:50\"]\n"));
+    let set_a: Vec<_> = (1..=5).map(|p| spec("a", p)).collect();
+    let set_b: Vec<_> = (101..=103).map(|p| spec("a", p)).collect();
+    reg.update_source("api", set_a.clone());
+    assert!(reg.rebuild());
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let reg = reg.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let snap = reg.load();
+                    let members = snap.service("a").expect("service present").members();
+                    let ports: Vec<u16> =
+                        members.iter().map(|m| m.instance.addr().port()).collect();
+                    assert!(
+                        ports == [1, 2, 3, 4, 5] || ports == [101, 102, 103],
+                        "torn view {ports:?} at version {}",
+                        snap.version()
+                    );
+                    assert_eq!(snap.instance_count(), ports.len() + 1, "plus the static z");
+                    seen += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    for i in 0..2_000 {
+        let set = if i % 2 == 0 {
+            set_b.clone()
+        } else {
+            set_a.clone()
+        };
+        reg.update_source("api", set);
+        assert!(reg.rebuild());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert_eq!(reg.load().version(), 2_002);
+}
+
+#[tokio::test]
+async fn refresher_publishes_after_an_update() {
+    let reg = Registry::new(&config("[services.z]\ninstances = [\"127.0.0.1:50\"]\n"));
+    tokio::spawn(reg.clone().run_refresher());
+    reg.update_source("api", vec![spec("a", 9)]);
+    for _ in 0..200 {
+        if reg
+            .load()
+            .service("a")
+            .is_some_and(|s| s.members().len() == 1)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("refresher did not publish");
+}
