@@ -1,7 +1,11 @@
 //! wayfinder: a service-discovery load-balancing reverse proxy.
+#![forbid(unsafe_code)]
+pub mod admin;
+pub mod app;
 pub mod balance;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod proxy;
 pub mod registry;
 pub mod router;

@@ -69,11 +69,11 @@ impl Router {
             }
         }
         let by_len =
-            |rules: &mut Vec<PathRule>| rules.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            |rules: &mut Vec<PathRule>| rules.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         exact.values_mut().for_each(by_len);
         wildcard.iter_mut().for_each(|(_, r)| by_len(r));
         by_len(&mut any);
-        wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         Router {
             exact,
             wildcard,

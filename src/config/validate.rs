@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::raw::{Dur, RawBalance, RawConfig, RawInstance, RawService};
@@ -614,8 +613,4 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
     }
-
-    // Deserialize is used only through serde_path_to_error; keep the import honest.
-    #[allow(dead_code)]
-    fn _assert_deserialize<'de, T: Deserialize<'de>>() {}
 }

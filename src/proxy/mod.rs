@@ -1,1 +1,84 @@
-pub mod upstream;
+//! The proxy: the server side that accepts client connections ([`server`]),
+//! the forwarding of one request to a picked instance with retries and
+//! error answers ([`forward`]), and the upstream connection pool
+//! ([`upstream`]). It reads the registry snapshot once per request and takes
+//! no lock on the way.
+
+pub mod body;
+pub mod error;
+mod forward;
+pub mod headers;
+pub mod server;
+pub(crate) mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+pub use body::ProxyBody;
+pub use error::ProxyError;
+pub use forward::Client;
+pub use upstream::ConnectError;
+
+use crate::config::Config;
+use crate::registry::Registry;
+
+/// Everything a request needs besides itself: the registry and the settings
+/// fixed at start.
+#[derive(Debug)]
+pub struct Proxy {
+    registry: Arc<Registry>,
+    settings: Settings,
+}
+
+/// Forwarding settings taken from the config.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub upstream_idle: Duration,
+    pub max_header_bytes: usize,
+    pub max_attempts: u32,
+    /// `Via` values for HTTP/1.1 and HTTP/2 clients.
+    pub via_h1: HeaderValue,
+    pub via_h2: HeaderValue,
+}
+
+impl Proxy {
+    /// A proxy forwarding through `registry` with `config`'s settings.
+    pub fn new(registry: Arc<Registry>, config: &Config) -> Proxy {
+        let via = |v: &str| {
+            HeaderValue::from_str(&format!("{v} {}", config.proxy.via))
+                .unwrap_or_else(|_| HeaderValue::from_static("1.1 wayfinder"))
+        };
+        Proxy {
+            registry,
+            settings: Settings {
+                connect_timeout: config.timeouts.connect,
+                response_header_timeout: config.timeouts.response_header,
+                upstream_idle: config.timeouts.upstream_idle,
+                max_header_bytes: config.limits.max_header_bytes,
+                max_attempts: config.proxy.max_attempts,
+                via_h1: via("1.1"),
+                via_h2: via("2"),
+            },
+        }
+    }
+
+    /// The registry requests are routed through.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Closes upstream connections idle for longer than the configured
+    /// idle timeout. Called periodically by the server.
+    pub fn reap_idle(&self) {
+        let snapshot = self.registry.load_full();
+        for service in snapshot.services() {
+            for member in service.members() {
+                member.instance.idle.reap(self.settings.upstream_idle);
+            }
+        }
+    }
+}

@@ -1,11 +1,145 @@
-pub(crate) struct IdlePool;
-impl IdlePool {
-    pub fn new(_: usize) -> Self {
-        IdlePool
-    }
+//! Upstream connections: dialing an instance and keeping its idle HTTP/1.1
+//! keep-alive connections for reuse.
+//!
+//! Each instance owns its own small lock-free pool ([`IdlePool`], part of the
+//! instance's live state), so a pool never needs a lookup by address and dies
+//! with the instance: once an instance leaves the registry and its last
+//! request finishes, its idle connections close. A connection goes back to
+//! the pool only when its response body has been read to the end; anything
+//! else (error, client gone mid-body, upgrade) drops it, which closes it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::UpstreamBody;
+use crate::clock;
+
+/// The sending half of one upstream HTTP/1.1 connection.
+pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
+
+/// How long a pooled connection may take to become ready again before it
+/// is given up on (the previous exchange's request body may still be
+/// flowing when the response ended early).
+const READY_WAIT: Duration = Duration::from_millis(50);
+
+/// Idle connections to one instance, oldest first.
+pub(crate) struct IdlePool {
+    queue: Option<ArrayQueue<Idle>>,
 }
+
+struct Idle {
+    sender: Sender,
+    since_ms: u64,
+}
+
 impl std::fmt::Debug for IdlePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IdlePool")
+        f.debug_struct("IdlePool")
+            .field("idle", &self.len())
+            .finish()
     }
+}
+
+impl IdlePool {
+    /// A pool keeping at most `max_idle` connections (0 disables pooling).
+    pub(crate) fn new(max_idle: usize) -> Self {
+        IdlePool {
+            queue: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
+        }
+    }
+
+    /// Number of idle connections held.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.as_ref().map_or(0, ArrayQueue::len)
+    }
+
+    /// Keeps `sender` for reuse; closes it when the pool is full.
+    pub(crate) fn put(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Some(q) = &self.queue {
+            let _ = q.push(Idle {
+                sender,
+                since_ms: clock::now_ms(),
+            });
+        }
+    }
+
+    /// An idle connection that is still open, younger than `max_idle_time`
+    /// and ready for a request, if there is one.
+    pub(crate) async fn take(&self, max_idle_time: Duration) -> Option<Sender> {
+        let q = self.queue.as_ref()?;
+        let oldest_ok = clock::now_ms().saturating_sub(max_idle_time.as_millis() as u64);
+        while let Some(Idle {
+            mut sender,
+            since_ms,
+        }) = q.pop()
+        {
+            if sender.is_closed() || since_ms < oldest_ok {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Closes connections idle for longer than `max_idle_time`.
+    pub(crate) fn reap(&self, max_idle_time: Duration) {
+        let Some(q) = &self.queue else { return };
+        let oldest_ok = clock::now_ms().saturating_sub(max_idle_time.as_millis() as u64);
+        for _ in 0..q.len() {
+            match q.pop() {
+                Some(idle) if !idle.sender.is_closed() && idle.since_ms >= oldest_ok => {
+                    let _ = q.push(idle);
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+}
+
+/// Why a new connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connect failed (refused, unreachable, ...).
+    #[error("connect failed: {0}")]
+    Io(#[from] io::Error),
+    /// The TCP connect did not finish within the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// The HTTP/1.1 handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// Dials `addr` and starts an HTTP/1.1 connection on it. The connection is
+/// driven by its own task, which ends when the connection closes.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(stream) => stream?,
+        Err(_) => return Err(ConnectError::Timeout(timeout)),
+    };
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }

@@ -1,0 +1,357 @@
+//! Forwarding one request: find the service (router, then the snapshot),
+//! pick an instance, send, and relay the answer, retrying on another
+//! instance when that is safe.
+//!
+//! Retry rules: a request that never reached an instance (connect refused
+//! or timed out, or a pooled connection found closed before the request was
+//! written) is retried on another instance whatever its method. A request
+//! that was written but got no response (connection reset or closed before
+//! the response head) is retried only when it is idempotent and has no
+//! body, so a POST is never replayed. A response-header timeout is not
+//! retried: the instance may still be working on it. A pooled connection
+//! that fails this way is retried first on a fresh connection to the same
+//! instance, since keep-alive races are not the instance's fault.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::body::{ProxyBody, TrackedBody, UpstreamBody};
+use super::error::ProxyError;
+use super::headers::{self, Forwarding};
+use super::upstream::{self, Sender};
+use super::Proxy;
+use crate::balance::{self, Tried};
+use crate::clock;
+use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
+use crate::router::strip_path;
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The client's IP, formatted once per connection for X-Forwarded-For.
+    pub ip: HeaderValue,
+}
+
+impl Client {
+    /// Describes a client connecting from `peer`.
+    pub fn new(peer: SocketAddr) -> Client {
+        let ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Client { ip }
+    }
+}
+
+/// The parts of a client request needed to (re)build the upstream request.
+struct Template<'a> {
+    parts: &'a Parts,
+    uri: Uri,
+    fwd: Forwarding<'a>,
+}
+
+impl Template<'_> {
+    fn build(&self, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = headers::request_headers(&self.parts.headers, &self.fwd);
+        req
+    }
+}
+
+/// How one attempt on one instance ended.
+enum Attempt {
+    Answered(Response<Incoming>, Sender),
+    /// Failed; the request comes back when it was not written.
+    Failed {
+        request: Option<Request<UpstreamBody>>,
+        error: String,
+        /// Whether the failure says something about the instance (as
+        /// opposed to a stale pooled connection).
+        instance_fault: bool,
+    },
+    TimedOut,
+}
+
+impl Proxy {
+    /// Answers one client request: the instance's response, or the
+    /// proxy's own error response.
+    pub async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
+        match self.forward(req, client).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(error = %e, "request failed");
+                e.into_response()
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client: &Client,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let size = head_size(&parts);
+        if size > self.settings.max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge {
+                size,
+                limit: self.settings.max_header_bytes,
+            });
+        }
+        let upgrade = match parts.version {
+            Version::HTTP_11 => headers::upgrade_request(&parts.headers).cloned(),
+            _ => None,
+        };
+        let client_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<OnUpgrade>());
+        let host = request_host(&parts)?;
+        let (service, path_and_query) = {
+            let snapshot = self.registry.load();
+            let target = snapshot
+                .router()
+                .route(host, parts.uri.path())
+                .ok_or_else(|| ProxyError::NoRoute {
+                    host: host.unwrap_or("").to_owned(),
+                    path: parts.uri.path().to_owned(),
+                })?;
+            let service = snapshot
+                .service(&target.service)
+                .ok_or_else(|| ProxyError::UnknownService(target.service.clone().into_owned()))?
+                .clone();
+            let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            let pq = match strip_path(pq, target.strip) {
+                std::borrow::Cow::Borrowed(_) if target.strip == 0 => {
+                    parts.uri.path_and_query().cloned()
+                }
+                stripped => PathAndQuery::try_from(&*stripped).ok(),
+            };
+            (service, pq)
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.path_and_query = Some(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        let uri =
+            Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+
+        let resend_ok = upgrade.is_none() && body.is_end_stream() && is_idempotent(&parts.method);
+        let via = if parts.version == Version::HTTP_2 {
+            &self.settings.via_h2
+        } else {
+            &self.settings.via_h1
+        };
+        let template = Template {
+            parts: &parts,
+            uri,
+            fwd: Forwarding {
+                client_ip: &client.ip,
+                via,
+                host,
+                upgrade: upgrade.as_ref(),
+            },
+        };
+
+        let mut pending = Some(template.build(UpstreamBody::Client(body)));
+        let mut tried = Tried::default();
+        let mut last_error: Option<String> = None;
+        for _ in 0..self.settings.max_attempts {
+            let Some(guard) = balance::pick(&service, clock::now_ms(), &tried) else {
+                break;
+            };
+            tried.add(guard.instance());
+            let request = match pending.take() {
+                Some(r) => r,
+                None if resend_ok => template.build(UpstreamBody::Empty),
+                None => break,
+            };
+            let addr = guard.instance().addr();
+            match self
+                .attempt(guard.instance(), request, &template, resend_ok)
+                .await
+            {
+                Attempt::Answered(resp, sender) => {
+                    guard.instance().record_success();
+                    return self.relay(resp, guard, sender, client_upgrade, &service);
+                }
+                Attempt::TimedOut => {
+                    return Err(ProxyError::Timeout {
+                        service: service.name().clone(),
+                        addr,
+                        timeout: self.settings.response_header_timeout,
+                    })
+                }
+                Attempt::Failed {
+                    request,
+                    error,
+                    instance_fault,
+                } => {
+                    if instance_fault {
+                        guard.instance().record_connect_failure();
+                    }
+                    tracing::debug!(service = %service.name(), instance = %addr, %error, "attempt failed");
+                    last_error = Some(format!("{addr}: {error}"));
+                    pending = request;
+                    if pending.is_none() && !resend_ok {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(match last_error {
+            None => ProxyError::NoInstance(service.name().clone()),
+            Some(detail) => ProxyError::Unreachable {
+                service: service.name().clone(),
+                detail,
+            },
+        })
+    }
+
+    /// One attempt on `instance`: a pooled connection if there is one
+    /// (falling back to a fresh one if it turns out stale), else a new one.
+    async fn attempt(
+        &self,
+        instance: &InstanceState,
+        mut request: Request<UpstreamBody>,
+        template: &Template<'_>,
+        resend_ok: bool,
+    ) -> Attempt {
+        if let Some(sender) = instance.idle.take(self.settings.upstream_idle).await {
+            match self.send(sender, request).await {
+                Attempt::Failed {
+                    request: Some(r), ..
+                } => request = r,
+                Attempt::Failed { request: None, .. } if resend_ok => {
+                    request = template.build(UpstreamBody::Empty)
+                }
+                Attempt::Failed {
+                    request: None,
+                    error,
+                    ..
+                } => {
+                    return Attempt::Failed {
+                        request: None,
+                        error,
+                        instance_fault: false,
+                    }
+                }
+                done => return done,
+            }
+        }
+        match upstream::connect(instance.addr(), self.settings.connect_timeout).await {
+            Ok(sender) => self.send(sender, request).await,
+            Err(e) => Attempt::Failed {
+                request: Some(request),
+                error: e.to_string(),
+                instance_fault: true,
+            },
+        }
+    }
+
+    async fn send(&self, mut sender: Sender, request: Request<UpstreamBody>) -> Attempt {
+        let sent = sender.try_send_request(request);
+        match tokio::time::timeout(self.settings.response_header_timeout, sent).await {
+            Ok(Ok(resp)) => Attempt::Answered(resp, sender),
+            Ok(Err(mut e)) => Attempt::Failed {
+                request: e.take_message(),
+                error: e.into_error().to_string(),
+                instance_fault: true,
+            },
+            Err(_) => Attempt::TimedOut,
+        }
+    }
+
+    /// Turns the instance's response into the client's response.
+    fn relay(
+        &self,
+        resp: Response<Incoming>,
+        guard: InFlightGuard,
+        sender: Sender,
+        client_upgrade: Option<OnUpgrade>,
+        service: &Arc<ServiceEntry>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = resp.into_parts();
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        headers::clean_response_headers(&mut parts.headers, switching);
+        parts.version = Version::HTTP_11;
+        if !switching {
+            let body = ProxyBody::Upstream(TrackedBody::new(body, guard, Some(sender)));
+            return Ok(Response::from_parts(parts, body));
+        }
+        let (Some(client_up), Some(upstream_up)) =
+            (client_upgrade, parts.extensions.remove::<OnUpgrade>())
+        else {
+            return Err(ProxyError::BadResponse {
+                service: service.name().clone(),
+                addr: guard.instance().addr(),
+                detail: "switched protocols without being asked to",
+            });
+        };
+        tokio::spawn(tunnel(client_up, upstream_up, guard, sender));
+        Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+}
+
+/// Relays bytes both ways once client and instance have both switched
+/// protocols. The request stays counted in flight while the tunnel is open.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guard: InFlightGuard, sender: Sender) {
+    let addr = guard.instance().addr();
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (c, u) => {
+            tracing::debug!(instance = %addr, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
+            return;
+        }
+    };
+    drop(sender);
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(instance = %addr, up, down, "tunnel closed"),
+        Err(e) => tracing::debug!(instance = %addr, error = %e, "tunnel ended with an error"),
+    }
+    drop(guard);
+}
+
+/// The host a request is for: the URI's authority (HTTP/2, absolute-form)
+/// or the Host header. HTTP/1.1 requires one; HTTP/1.0 may go without.
+fn request_host(parts: &Parts) -> Result<Option<&str>, ProxyError> {
+    if let Some(authority) = parts.uri.authority() {
+        return Ok(Some(authority.as_str()));
+    }
+    match parts.headers.get(header::HOST) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|h| !h.is_empty())
+            .map(Some)
+            .ok_or(ProxyError::BadRequest("unusable Host header")),
+        None if parts.version == Version::HTTP_10 => Ok(None),
+        None => Err(ProxyError::BadRequest("missing Host header")),
+    }
+}
+
+/// Size of the request head as received: request line plus header lines.
+fn head_size(parts: &Parts) -> usize {
+    let line = parts.method.as_str().len()
+        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    parts
+        .headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Methods whose repetition has the same effect as one request (RFC 9110
+/// section 9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
