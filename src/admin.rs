@@ -91,8 +91,26 @@ pub struct ServiceView {
     pub name: String,
     /// `round_robin` or `least_connections`.
     pub balance: &'static str,
+    /// Whether panic mode is on (too few instances available, health
+    /// ignored).
+    pub panic: bool,
+    /// Retries refused by the retry budget.
+    pub retries_refused: u64,
     /// Instances, by address.
     pub instances: Vec<InstanceView>,
+}
+
+/// A state change.
+#[derive(Debug, Serialize)]
+pub struct TransitionView {
+    /// The new state.
+    pub to: &'static str,
+    /// Why.
+    pub reason: String,
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    /// Seconds ago.
+    pub ago: f64,
 }
 
 /// One instance.
@@ -106,8 +124,18 @@ pub struct InstanceView {
     pub source: String,
     /// Relative share of traffic.
     pub weight: u32,
-    /// Whether it is picked now (false while backing off after failures).
+    /// Whether it takes traffic now (healthy or unchecked, not ejected).
     pub available: bool,
+    /// Active health: `not_checked`, `unknown`, `healthy`, `unhealthy`.
+    pub health: &'static str,
+    /// Milliseconds of ejection left, when ejected.
+    pub ejected_for_ms: Option<u64>,
+    /// Times ejected by passive health.
+    pub ejections: u64,
+    /// Share of its weight while slow-starting, in percent (100 when warm).
+    pub weight_percent: u64,
+    /// Last state change: `{to, reason, at}` (at in seconds since the epoch).
+    pub last_transition: Option<TransitionView>,
     /// Requests in flight.
     pub in_flight: usize,
     /// Requests dispatched since it appeared.
@@ -125,10 +153,12 @@ fn services(registry: &Registry) -> ServicesView {
         .services()
         .map(|s| ServiceView {
             name: s.name().to_string(),
-            balance: match s.policy() {
+            balance: match s.balance() {
                 Balance::RoundRobin => "round_robin",
                 Balance::LeastConnections => "least_connections",
             },
+            panic: s.live().in_panic(),
+            retries_refused: crate::proxy::retry::refused(s),
             instances: s
                 .members()
                 .iter()
@@ -138,6 +168,24 @@ fn services(registry: &Registry) -> ServicesView {
                     source: m.source.to_string(),
                     weight: m.weight,
                     available: m.instance.is_available(now),
+                    health: m.instance.health().as_str(),
+                    ejected_for_ms: m
+                        .instance
+                        .is_ejected(now)
+                        .then(|| m.instance.ejected_until_ms().saturating_sub(now)),
+                    ejections: m.instance.ejections(),
+                    weight_percent: m.instance.warmth(now, s.policy().slow_start) / 10,
+                    last_transition: m.instance.last_transition().map(|t| TransitionView {
+                        to: t.to,
+                        reason: t.reason,
+                        at: t
+                            .at
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64()),
+                        ago: SystemTime::now()
+                            .duration_since(t.at)
+                            .map_or(0.0, |d| d.as_secs_f64()),
+                    }),
                     in_flight: m.instance.in_flight(),
                     requests: m.instance.requests(),
                     consecutive_failures: m.instance.consecutive_failures(),

@@ -80,6 +80,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let registry = Registry::new(config);
     tokio::spawn(registry.clone().run_refresher());
+    let health = crate::health::spawn_supervisor(&registry);
     let proxy = Arc::new(Proxy::new(registry.clone(), config));
     let snap = registry.load();
     tracing::info!(
@@ -110,6 +111,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             let _ = t.await;
         }
         reaper.abort();
+        health.abort();
     });
     Ok(Running {
         listen,

@@ -6,9 +6,10 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Balance;
-use crate::registry::{InFlightGuard, InstanceState, Member, ServiceEntry};
+use crate::registry::{Health, InFlightGuard, InstanceState, Member, ServiceEntry};
 
 /// Longest precomputed weighted order; larger weight sums are scaled down.
 const MAX_SCHEDULE: u64 = 1 << 16;
@@ -122,33 +123,99 @@ impl Tried {
     }
 }
 
-/// Picks a member of `service` that is available at `now_ms` and not in
-/// `tried`, and starts counting a request against it.
+/// Picks a member of `service` that may take traffic at `now_ms` and is not
+/// in `tried`, and starts counting a request against it.
+///
+/// Normally only available members qualify (not failing an active check, not
+/// ejected). In panic mode (see [`update_panic`]) every member does, so
+/// traffic spreads over all of them instead of failing. Members in their
+/// slow-start window count with a reduced weight.
 #[inline]
 pub fn pick(service: &ServiceEntry, now_ms: u64, tried: &Tried) -> Option<InFlightGuard> {
-    let eligible = |m: &Member| m.instance.is_available(now_ms) && !tried.contains(&m.instance);
-    let member = match service.policy {
-        Balance::RoundRobin => round_robin(service, eligible),
-        Balance::LeastConnections => least_connections(service, eligible),
+    let panic = service.live.panic.load(Relaxed);
+    let eligible =
+        |m: &Member| (panic || m.instance.is_available(now_ms)) && !tried.contains(&m.instance);
+    let slow_start = service.policy.slow_start;
+    let member = match service.balance {
+        Balance::RoundRobin => round_robin(service, eligible, now_ms, slow_start),
+        Balance::LeastConnections => least_connections(service, eligible, now_ms, slow_start),
     }?;
     Some(InFlightGuard::new(member.instance.clone()))
 }
 
-fn round_robin(service: &ServiceEntry, eligible: impl Fn(&Member) -> bool) -> Option<&Member> {
+/// Recomputes `service`'s panic flag: on when fewer than
+/// `panic_threshold` percent of its members are available. Members whose
+/// first check has not run yet are left out of the count, so a fresh
+/// service does not start in panic mode. Called when a snapshot is built,
+/// on every health transition and periodically (ejections end by time).
+pub fn update_panic(service: &ServiceEntry, now_ms: u64) -> bool {
+    let threshold = usize::from(service.policy.panic_threshold);
+    let (mut counted, mut available) = (0usize, 0usize);
+    for m in service.members.iter() {
+        if m.instance.health() == Health::Unknown {
+            continue;
+        }
+        counted += 1;
+        if m.instance.is_available(now_ms) {
+            available += 1;
+        }
+    }
+    let panic = threshold > 0 && counted > 0 && available * 100 < threshold * counted;
+    let was = service.live.panic.swap(panic, Relaxed);
+    if panic != was {
+        if panic {
+            tracing::warn!(service = %service.name, available, of = counted, threshold_percent = threshold, "panic mode: too few instances available, ignoring health");
+        } else {
+            tracing::info!(service = %service.name, available, of = counted, "panic mode over");
+        }
+    }
+    panic
+}
+
+/// A number in 0..1000 derived from `seed`, for slow-start admission: a
+/// multiplicative hash, so consecutive seeds are spread out.
+#[inline]
+fn chance(seed: usize) -> u64 {
+    ((seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 1000
+}
+
+fn round_robin(
+    service: &ServiceEntry,
+    eligible: impl Fn(&Member) -> bool,
+    now_ms: u64,
+    slow_start: Duration,
+) -> Option<&Member> {
     let members = &service.members;
     let len = service.schedule.len(members.len());
     if len == 0 {
         return None;
     }
     let start = service.live.cursor.fetch_add(1, Relaxed);
-    (0..len)
-        .map(|i| &members[service.schedule.member((start.wrapping_add(i)) % len)])
-        .find(|m| eligible(m))
+    let mut fallback = None;
+    for i in 0..len {
+        let slot = start.wrapping_add(i);
+        let m = &members[service.schedule.member(slot % len)];
+        if !eligible(m) {
+            continue;
+        }
+        if slow_start.is_zero() {
+            return Some(m);
+        }
+        // A warming member takes its turn only with probability warmth.
+        let warmth = m.instance.warmth(now_ms, slow_start);
+        if warmth >= 1000 || chance(slot) < warmth {
+            return Some(m);
+        }
+        fallback.get_or_insert(m);
+    }
+    fallback
 }
 
 fn least_connections(
     service: &ServiceEntry,
     eligible: impl Fn(&Member) -> bool,
+    now_ms: u64,
+    slow_start: Duration,
 ) -> Option<&Member> {
     let members = &service.members;
     let n = members.len();
@@ -158,20 +225,25 @@ fn least_connections(
     // Start the scan at a rotating offset: among equally loaded members the
     // first one seen wins, so rotating the start spreads ties evenly.
     let start = service.live.cursor.fetch_add(1, Relaxed) % n;
-    let mut best: Option<(&Member, u64)> = None;
+    let mut best: Option<(&Member, u64, u64)> = None;
     for i in 0..n {
         let m = &members[(start + i) % n];
         if !eligible(m) {
             continue;
         }
         let load = m.instance.in_flight() as u64;
+        let weight = if slow_start.is_zero() {
+            u64::from(m.weight) * 1000
+        } else {
+            u64::from(m.weight) * m.instance.warmth(now_ms, slow_start)
+        };
         match best {
             // load/weight < best_load/best_weight, without division.
-            Some((b, b_load)) if load * u64::from(b.weight) >= b_load * u64::from(m.weight) => {}
-            _ => best = Some((m, load)),
+            Some((_, b_load, b_weight)) if load * b_weight >= b_load * weight => {}
+            _ => best = Some((m, load, weight)),
         }
     }
-    best.map(|(m, _)| m)
+    best.map(|(m, _, _)| m)
 }
 
 #[cfg(test)]
@@ -236,7 +308,7 @@ mod tests {
         let snap = reg.load();
         let svc = snap.service("s").unwrap();
         let now = crate::clock::now_ms();
-        svc.members()[0].instance.record_connect_failure();
+        svc.members()[0].instance.eject_until(now + 60_000);
         for _ in 0..10 {
             let g = pick(svc, now, &Tried::default()).unwrap();
             assert_eq!(g.instance().addr().port(), 2);
@@ -289,5 +361,72 @@ mod tests {
             .filter(|g| g.instance().addr().port() == 1)
             .count();
         assert_eq!(on1, 20, "weight 2 carries twice the concurrent load");
+    }
+
+    fn service_with(extra: &str) -> Arc<Registry> {
+        let text = format!("[services.s]\ninstances = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\", \"127.0.0.1:4\"]\n{extra}");
+        Registry::new(&Config::parse(&text, Path::new("t.toml")).unwrap())
+    }
+
+    #[test]
+    fn panic_mode_spreads_over_all_members() {
+        let reg = service_with("panic_threshold = 50\n");
+        let snap = reg.load();
+        let svc = snap.service("s").unwrap();
+        let now = crate::clock::now_ms();
+        for m in &svc.members()[..3] {
+            m.instance.eject_until(now + 60_000);
+        }
+        assert!(update_panic(svc, now), "1 of 4 available is under 50%");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(
+                pick(svc, now, &Tried::default())
+                    .unwrap()
+                    .instance()
+                    .addr()
+                    .port(),
+            );
+        }
+        assert_eq!(seen.len(), 4, "panic mode uses ejected members too");
+
+        let reg = service_with("panic_threshold = 0\n");
+        let snap = reg.load();
+        let svc = snap.service("s").unwrap();
+        for m in svc.members() {
+            m.instance.eject_until(now + 60_000);
+        }
+        assert!(!update_panic(svc, now));
+        assert!(
+            pick(svc, now, &Tried::default()).is_none(),
+            "no panic mode: nothing to pick"
+        );
+    }
+
+    #[test]
+    fn slow_start_reduces_a_warming_members_share() {
+        let reg = service_with("slow_start = \"10s\"\n");
+        let snap = reg.load();
+        let svc = snap.service("s").unwrap();
+        let now = crate::clock::now_ms();
+        svc.members()[0].instance.start_warming(now);
+        let mut on_warming = 0;
+        for _ in 0..4000 {
+            if pick(svc, now, &Tried::default())
+                .unwrap()
+                .instance()
+                .addr()
+                .port()
+                == 1
+            {
+                on_warming += 1;
+            }
+        }
+        // Full share would be 1000; at 10% warmth its turns mostly pass on.
+        assert!(on_warming < 300, "warming member got {on_warming} of 4000");
+        assert!(
+            on_warming > 20,
+            "warming member still gets some: {on_warming}"
+        );
     }
 }

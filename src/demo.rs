@@ -70,6 +70,19 @@ pub async fn run(
         }
     }
     let running = app::start(&config).await?;
+    // With health checks configured, instances wait for their first pass.
+    for _ in 0..100 {
+        let snap = running.registry.load();
+        if snap.services().all(|s| {
+            s.members()
+                .iter()
+                .all(|m| m.instance.is_available(crate::clock::now_ms()))
+        }) {
+            break;
+        }
+        drop(snap);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let proxy = running.listen[0];
     println!(
         "wayfinder demo: proxy on http://{proxy}, {} demo instances",

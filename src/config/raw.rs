@@ -89,6 +89,8 @@ pub(crate) struct RawProxy {
     pub via: Option<Spanned<String>>,
     /// Attempts per request when an instance cannot be reached. Default 3.
     pub max_attempts: Option<Spanned<i64>>,
+    /// Add the `x-wayfinder-debug` response header. Default false.
+    pub debug_header: Option<bool>,
 }
 
 /// One `[[routes]]` entry.
@@ -116,6 +118,85 @@ pub(crate) struct RawService {
     /// Static instances.
     #[serde(default)]
     pub instances: Vec<Spanned<RawInstance>>,
+    /// Attempts per request; default `proxy.max_attempts`.
+    pub max_attempts: Option<Spanned<i64>>,
+    /// Ramp-up window for instances that just became healthy; "0s" is off.
+    pub slow_start: Option<Spanned<Dur>>,
+    /// Percent of healthy instances below which health is ignored.
+    pub panic_threshold: Option<Spanned<i64>>,
+    /// Per-service timeouts.
+    #[serde(default)]
+    pub timeouts: RawServiceTimeouts,
+    /// Active health checks.
+    pub health: Option<Spanned<RawHealth>>,
+    /// Passive health (outlier detection).
+    #[serde(default)]
+    pub outlier: RawOutlier,
+    /// Retry budget.
+    #[serde(default)]
+    pub retry_budget: RawRetryBudget,
+}
+
+/// `[services.NAME.timeouts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServiceTimeouts {
+    pub connect: Option<Spanned<Dur>>,
+    pub response_header: Option<Spanned<Dur>>,
+    pub request: Option<Spanned<Dur>>,
+}
+
+/// `[services.NAME.health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub kind: RawCheckKind,
+    pub path: Option<Spanned<String>>,
+    pub method: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect: Option<Vec<Spanned<String>>>,
+    pub interval: Option<Spanned<Dur>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub healthy_threshold: Option<Spanned<i64>>,
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+    pub jitter: Option<Spanned<Dur>>,
+    pub initial: Option<RawInitial>,
+}
+
+/// Check kinds as written in TOML.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawCheckKind {
+    Http,
+    Tcp,
+}
+
+/// Health of an instance before its first check.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawInitial {
+    Unknown,
+    Healthy,
+}
+
+/// `[services.NAME.outlier]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    pub connect_failures: Option<Spanned<i64>>,
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub count_5xx: Option<bool>,
+    pub base_ejection: Option<Spanned<Dur>>,
+    pub max_ejection: Option<Spanned<Dur>>,
+    pub max_ejected_percent: Option<Spanned<i64>>,
+}
+
+/// `[services.NAME.retry_budget]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetryBudget {
+    pub percent: Option<Spanned<i64>>,
+    pub min_per_second: Option<Spanned<i64>>,
 }
 
 /// Balancing policy names as written in TOML.

@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{Dur, RawBalance, RawConfig, RawInstance, RawService};
+use super::raw::{
+    Dur, RawBalance, RawCheckKind, RawConfig, RawHealth, RawInitial, RawInstance, RawService,
+};
 use super::{
-    check_service_name, Balance, Config, ConfigError, Conventions, HostMatch, Limits,
-    ProxySettings, Route, ServiceConfig, StaticInstance, Timeouts,
+    check_service_name, Balance, CheckKind, Config, ConfigError, Conventions, HealthCheck,
+    HostMatch, Limits, Outlier, ProxySettings, RetryBudget, Route, ServiceConfig, ServicePolicy,
+    ServiceTimeouts, StaticInstance, Timeouts,
 };
 
 /// Parses and validates; see [`Config::parse`].
@@ -225,9 +228,33 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let proxy = ProxySettings {
         via,
         max_attempts: int(cx, &p.max_attempts, "proxy.max_attempts", 3, 1..=10)?,
+        debug_header: p.debug_header.unwrap_or(false),
     };
 
-    let services = services(cx, &raw.services)?;
+    let default_policy = ServicePolicy {
+        max_attempts: proxy.max_attempts,
+        timeouts: ServiceTimeouts {
+            connect: timeouts.connect,
+            response_header: timeouts.response_header,
+            request: None,
+        },
+        health: None,
+        outlier: Outlier {
+            connect_failures: 1,
+            consecutive_failures: 5,
+            count_5xx: false,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+            max_ejected_percent: 50,
+        },
+        panic_threshold: 50,
+        slow_start: Duration::ZERO,
+        retry_budget: RetryBudget {
+            percent: 20,
+            min_per_second: 5,
+        },
+    };
+    let services = services(cx, &raw.services, &default_policy)?;
     let routes = routes(cx, &raw, &services)?;
 
     Ok(Config {
@@ -239,6 +266,7 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         proxy,
         routes,
         services,
+        default_policy: Arc::new(default_policy),
     })
 }
 
@@ -317,9 +345,280 @@ fn valid_host_chars(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
+/// A service's policy: its own settings over the defaults.
+fn policy(
+    cx: &Cx<'_>,
+    s: &RawService,
+    key: &str,
+    defaults: &ServicePolicy,
+) -> Result<ServicePolicy, ConfigError> {
+    let t = &s.timeouts;
+    let timeouts = ServiceTimeouts {
+        connect: duration(
+            cx,
+            &t.connect,
+            &format!("{key}.timeouts.connect"),
+            defaults.timeouts.connect,
+        )?,
+        response_header: duration(
+            cx,
+            &t.response_header,
+            &format!("{key}.timeouts.response_header"),
+            defaults.timeouts.response_header,
+        )?,
+        request: match &t.request {
+            None => None,
+            Some(_) => Some(duration(
+                cx,
+                &t.request,
+                &format!("{key}.timeouts.request"),
+                Duration::ZERO,
+            )?),
+        },
+    };
+    let o = &s.outlier;
+    let d = &defaults.outlier;
+    let okey = format!("{key}.outlier");
+    let outlier = Outlier {
+        connect_failures: int(
+            cx,
+            &o.connect_failures,
+            &format!("{okey}.connect_failures"),
+            d.connect_failures,
+            0..=1000,
+        )?,
+        consecutive_failures: int(
+            cx,
+            &o.consecutive_failures,
+            &format!("{okey}.consecutive_failures"),
+            d.consecutive_failures,
+            0..=1000,
+        )?,
+        count_5xx: o.count_5xx.unwrap_or(d.count_5xx),
+        base_ejection: duration(
+            cx,
+            &o.base_ejection,
+            &format!("{okey}.base_ejection"),
+            d.base_ejection,
+        )?,
+        max_ejection: duration(
+            cx,
+            &o.max_ejection,
+            &format!("{okey}.max_ejection"),
+            d.max_ejection,
+        )?,
+        max_ejected_percent: int(
+            cx,
+            &o.max_ejected_percent,
+            &format!("{okey}.max_ejected_percent"),
+            d.max_ejected_percent,
+            0..=100,
+        )?,
+    };
+    if outlier.max_ejection < outlier.base_ejection {
+        let at = o
+            .max_ejection
+            .as_ref()
+            .or(o.base_ejection.as_ref())
+            .map(Spanned::span);
+        return Err(cx.err(
+            at,
+            format!("{okey}.max_ejection"),
+            format!(
+                "max_ejection ({:?}) is shorter than base_ejection ({:?})",
+                outlier.max_ejection, outlier.base_ejection
+            ),
+        ));
+    }
+    let b = &s.retry_budget;
+    let bkey = format!("{key}.retry_budget");
+    let retry_budget = RetryBudget {
+        percent: int(
+            cx,
+            &b.percent,
+            &format!("{bkey}.percent"),
+            defaults.retry_budget.percent,
+            0..=100,
+        )?,
+        min_per_second: int(
+            cx,
+            &b.min_per_second,
+            &format!("{bkey}.min_per_second"),
+            defaults.retry_budget.min_per_second,
+            0..=100_000,
+        )?,
+    };
+    Ok(ServicePolicy {
+        max_attempts: int(
+            cx,
+            &s.max_attempts,
+            &format!("{key}.max_attempts"),
+            defaults.max_attempts,
+            1..=10,
+        )?,
+        timeouts,
+        health: match &s.health {
+            None => None,
+            Some(h) => Some(health(cx, h, &format!("{key}.health"))?),
+        },
+        outlier,
+        panic_threshold: int(
+            cx,
+            &s.panic_threshold,
+            &format!("{key}.panic_threshold"),
+            defaults.panic_threshold,
+            0..=100,
+        )?,
+        slow_start: match &s.slow_start {
+            None => defaults.slow_start,
+            Some(d) => d.get_ref().0,
+        },
+        retry_budget,
+    })
+}
+
+/// `[services.NAME.health]`.
+fn health(cx: &Cx<'_>, raw: &Spanned<RawHealth>, key: &str) -> Result<HealthCheck, ConfigError> {
+    let h = raw.get_ref();
+    let interval = duration(
+        cx,
+        &h.interval,
+        &format!("{key}.interval"),
+        Duration::from_secs(5),
+    )?;
+    let timeout = duration(
+        cx,
+        &h.timeout,
+        &format!("{key}.timeout"),
+        Duration::from_secs(1).min(interval / 2),
+    )?;
+    if timeout >= interval {
+        let at = h.timeout.as_ref().map_or(raw.span(), Spanned::span);
+        return Err(cx.err(
+            Some(at),
+            format!("{key}.timeout"),
+            format!("timeout ({timeout:?}) must be shorter than interval ({interval:?}), or checks overlap"),
+        ));
+    }
+    let kind = match h.kind {
+        RawCheckKind::Tcp => {
+            for (field, set) in [
+                ("path", h.path.is_some()),
+                ("method", h.method.is_some()),
+                ("host", h.host.is_some()),
+                ("expect", h.expect.is_some()),
+            ] {
+                if set {
+                    return Err(cx.err_at(
+                        raw,
+                        format!("{key}.{field}"),
+                        format!("{field} applies to kind = \"http\" only"),
+                    ));
+                }
+            }
+            CheckKind::Tcp
+        }
+        RawCheckKind::Http => {
+            let path = match &h.path {
+                None => "/healthz".to_owned(),
+                Some(p)
+                    if p.get_ref().starts_with('/')
+                        && http::uri::PathAndQuery::try_from(p.get_ref().as_str()).is_ok() =>
+                {
+                    p.get_ref().clone()
+                }
+                Some(p) => {
+                    return Err(cx.err_at(
+                        p,
+                        format!("{key}.path"),
+                        "must be a path starting with '/'",
+                    ))
+                }
+            };
+            let method = match &h.method {
+                None => http::Method::GET,
+                Some(m) => {
+                    match http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                        Ok(method) => method,
+                        Err(_) => {
+                            return Err(cx.err_at(m, format!("{key}.method"), "not an HTTP method"))
+                        }
+                    }
+                }
+            };
+            let host = match &h.host {
+                None => None,
+                Some(v)
+                    if http::HeaderValue::from_str(v.get_ref()).is_ok()
+                        && !v.get_ref().is_empty() =>
+                {
+                    Some(v.get_ref().clone())
+                }
+                Some(v) => {
+                    return Err(cx.err_at(
+                        v,
+                        format!("{key}.host"),
+                        "not a usable Host header value",
+                    ))
+                }
+            };
+            let expect = match &h.expect {
+                None => vec![(200, 399)],
+                Some(list) if list.is_empty() => {
+                    return Err(cx.err_at(raw, format!("{key}.expect"), "needs at least one status or range, e.g. [\"200-399\"]"))
+                }
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| status_range(r.get_ref()).ok_or_else(|| {
+                        cx.err_at(r, format!("{key}.expect[{i}]"), format!("{:?} is not a status (\"204\") or range (\"200-399\") within 100-599", r.get_ref()))
+                    }))
+                    .collect::<Result<_, _>>()?,
+            };
+            CheckKind::Http {
+                method,
+                path,
+                host,
+                expect,
+            }
+        }
+    };
+    let threshold = |v: &Option<Spanned<i64>>, name: &str, default: u32| {
+        int(cx, v, &format!("{key}.{name}"), default, 1..=100)
+    };
+    Ok(HealthCheck {
+        kind,
+        interval,
+        timeout,
+        healthy_threshold: threshold(&h.healthy_threshold, "healthy_threshold", 2)?,
+        unhealthy_threshold: threshold(&h.unhealthy_threshold, "unhealthy_threshold", 3)?,
+        jitter: match &h.jitter {
+            None => interval / 10,
+            Some(j) if j.get_ref().0 >= interval => {
+                return Err(cx.err_at(j, format!("{key}.jitter"), "must be shorter than interval"))
+            }
+            Some(j) => j.get_ref().0,
+        },
+        start_healthy: matches!(h.initial, Some(RawInitial::Healthy)),
+    })
+}
+
+/// `"204"` or `"200-399"`.
+fn status_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
+        None => {
+            let v: u16 = s.trim().parse().ok()?;
+            (v, v)
+        }
+    };
+    ((100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi).then_some((lo, hi))
+}
+
 fn services(
     cx: &Cx<'_>,
     raw: &BTreeMap<String, Spanned<RawService>>,
+    defaults: &ServicePolicy,
 ) -> Result<BTreeMap<Arc<str>, ServiceConfig>, ConfigError> {
     let mut out = BTreeMap::new();
     for (name, svc) in raw {
@@ -384,6 +683,7 @@ fn services(
                     Some(RawBalance::LeastConnections) => Balance::LeastConnections,
                 },
                 instances,
+                policy: Arc::new(policy(cx, s, &key, defaults)?),
             },
         );
     }
@@ -612,5 +912,64 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
     fn line_col_counts_from_one() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    const SVC: &str = "[services.a]\ninstances = [\"127.0.0.1:1\"]\n";
+
+    #[test]
+    fn health_section_parses_with_defaults() {
+        let c = parse(&format!("{SVC}[services.a.health]\nkind = \"http\"\npath = \"/ready\"\nexpect = [\"200\", \"300-302\"]\ninterval = \"2s\"\n")).unwrap();
+        let p = &c.services["a"].policy;
+        let h = p.health.as_ref().unwrap();
+        assert_eq!(h.interval, Duration::from_secs(2));
+        assert_eq!(h.timeout, Duration::from_secs(1));
+        assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (2, 3));
+        assert!(!h.start_healthy);
+        match &h.kind {
+            CheckKind::Http {
+                path,
+                expect,
+                method,
+                ..
+            } => {
+                assert_eq!(path, "/ready");
+                assert_eq!(expect, &[(200, 200), (300, 302)]);
+                assert_eq!(method, http::Method::GET);
+            }
+            CheckKind::Tcp => panic!("kind"),
+        }
+        assert_eq!(p.panic_threshold, 50);
+        assert_eq!(p.outlier.connect_failures, 1);
+        assert_eq!(c.default_policy.max_attempts, 3);
+    }
+
+    #[test]
+    fn impossible_health_values_are_named() {
+        let (line, key, msg) = err(&format!(
+            "{SVC}[services.a.health]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"1s\"\n"
+        ));
+        assert_eq!((line, key.as_str()), (6, "services.a.health.timeout"));
+        assert!(msg.contains("shorter than interval"), "{msg}");
+        let (_, key, _) = err(&format!(
+            "{SVC}[services.a.health]\nkind = \"tcp\"\nhealthy_threshold = 0\n"
+        ));
+        assert_eq!(key, "services.a.health.healthy_threshold");
+        let (line, key, msg) = err(&format!("{SVC}[services.a.health]\nkind = \"grpc\"\n"));
+        assert_eq!((line, key.as_str()), (4, "services.a.health.kind"));
+        assert!(msg.contains("http") && msg.contains("tcp"), "{msg}");
+        let (_, key, _) = err(&format!(
+            "{SVC}[services.a.health]\nkind = \"tcp\"\npath = \"/x\"\n"
+        ));
+        assert_eq!(key, "services.a.health.path");
+        let (_, key, _) = err(&format!(
+            "{SVC}[services.a.health]\nkind = \"http\"\nexpect = [\"700\"]\n"
+        ));
+        assert_eq!(key, "services.a.health.expect[0]");
+        let (_, key, _) = err(&format!(
+            "{SVC}[services.a.outlier]\nbase_ejection = \"10s\"\nmax_ejection = \"1s\"\n"
+        ));
+        assert_eq!(key, "services.a.outlier.max_ejection");
+        let (_, key, _) = err(&format!("{SVC}panic_threshold = 101\n"));
+        assert_eq!(key, "services.a.panic_threshold");
     }
 }

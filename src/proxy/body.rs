@@ -133,7 +133,9 @@ impl TrackedBody {
     fn finish(&mut self, clean: bool) {
         if let Some(guard) = self.guard.take() {
             if let (true, Some(sender)) = (clean, self.sender.take()) {
-                guard.instance().idle.put(sender);
+                if !guard.instance().is_draining() {
+                    guard.instance().idle.put(sender);
+                }
             }
         }
         self.sender = None;

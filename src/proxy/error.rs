@@ -56,6 +56,14 @@ pub enum ProxyError {
         /// The response-header timeout.
         timeout: Duration,
     },
+    /// The service's overall request deadline passed.
+    #[error("service {service:?} did not answer within its request deadline of {timeout:?}")]
+    Deadline {
+        /// The service.
+        service: Arc<str>,
+        /// The deadline.
+        timeout: Duration,
+    },
     /// The instance answered in a way that cannot be relayed.
     #[error("service {service:?} instance {addr}: {detail}")]
     BadResponse {
@@ -79,7 +87,7 @@ impl ProxyError {
             ProxyError::Unreachable { .. } | ProxyError::BadResponse { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 

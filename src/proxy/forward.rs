@@ -14,10 +14,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -27,10 +28,15 @@ use super::body::{ProxyBody, TrackedBody, UpstreamBody};
 use super::error::ProxyError;
 use super::headers::{self, Forwarding};
 use super::upstream::{self, Sender};
-use super::Proxy;
+use super::{retry, Proxy};
 use crate::balance::{self, Tried};
 use crate::clock;
+use crate::health::passive::{self, Failure};
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
+
+/// Response header listing the attempts behind a response, when
+/// `proxy.debug_header` is on.
+pub static DEBUG_HEADER: HeaderName = HeaderName::from_static("x-wayfinder-debug");
 use crate::router::strip_path;
 
 /// What the proxy knows about the client connection a request came on.
@@ -73,9 +79,8 @@ enum Attempt {
     Failed {
         request: Option<Request<UpstreamBody>>,
         error: String,
-        /// Whether the failure says something about the instance (as
-        /// opposed to a stale pooled connection).
-        instance_fault: bool,
+        /// What to hold against the instance, if anything.
+        failure: Option<Failure>,
     },
     TimedOut,
 }
@@ -84,19 +89,28 @@ impl Proxy {
     /// Answers one client request: the instance's response, or the
     /// proxy's own error response.
     pub async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
-        match self.forward(req, client).await {
+        let mut trail = self.settings.debug_header.then(String::new);
+        let mut resp = match self.forward(req, client, &mut trail).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "request failed");
                 e.into_response()
             }
+        };
+        if let Some(value) = trail
+            .filter(|t| !t.is_empty())
+            .and_then(|t| HeaderValue::from_str(&t).ok())
+        {
+            resp.headers_mut().insert(DEBUG_HEADER.clone(), value);
         }
+        resp
     }
 
     async fn forward(
         &self,
         req: Request<Incoming>,
         client: &Client,
+        trail: &mut Option<String>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let size = head_size(&parts);
@@ -158,11 +172,51 @@ impl Proxy {
             },
         };
 
-        let mut pending = Some(template.build(UpstreamBody::Client(body)));
+        let pending = template.build(UpstreamBody::Client(body));
+        let attempts = self.attempts(
+            &service,
+            &template,
+            pending,
+            resend_ok,
+            client_upgrade,
+            trail,
+        );
+        match service.policy().timeouts.request {
+            None => attempts.await,
+            Some(deadline) => match tokio::time::timeout(deadline, attempts).await {
+                Ok(result) => result,
+                Err(_) => Err(ProxyError::Deadline {
+                    service: service.name().clone(),
+                    timeout: deadline,
+                }),
+            },
+        }
+    }
+
+    /// Tries instances of `service` until one answers, the attempts or the
+    /// retry budget run out, or a failure makes retrying unsafe.
+    async fn attempts(
+        &self,
+        service: &Arc<ServiceEntry>,
+        template: &Template<'_>,
+        first: Request<UpstreamBody>,
+        resend_ok: bool,
+        client_upgrade: Option<OnUpgrade>,
+        trail: &mut Option<String>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let policy = service.policy();
+        let mut pending = Some(first);
         let mut tried = Tried::default();
         let mut last_error: Option<String> = None;
-        for _ in 0..self.settings.max_attempts {
-            let Some(guard) = balance::pick(&service, clock::now_ms(), &tried) else {
+        for n in 1..=policy.max_attempts {
+            if n > 1 && !retry::take(service, clock::now_ms()) {
+                last_error = Some(format!(
+                    "{}; retry budget exhausted",
+                    last_error.unwrap_or_default()
+                ));
+                break;
+            }
+            let Some(guard) = balance::pick(service, clock::now_ms(), &tried) else {
                 break;
             };
             tried.add(guard.instance());
@@ -171,31 +225,40 @@ impl Proxy {
                 None if resend_ok => template.build(UpstreamBody::Empty),
                 None => break,
             };
-            let addr = guard.instance().addr();
+            let instance = guard.instance();
+            let addr = instance.addr();
             match self
-                .attempt(guard.instance(), request, &template, resend_ok)
+                .attempt(service, instance, request, template, resend_ok)
                 .await
             {
                 Attempt::Answered(resp, sender) => {
-                    guard.instance().record_success();
-                    return self.relay(resp, guard, sender, client_upgrade, &service);
+                    if resp.status().is_server_error() {
+                        passive::on_failure(service, instance, Failure::Status5xx, clock::now_ms());
+                    } else {
+                        passive::on_success(instance);
+                    }
+                    note(trail, n, addr, format_args!("{}", resp.status().as_u16()));
+                    return self.relay(resp, guard, sender, client_upgrade, service);
                 }
                 Attempt::TimedOut => {
+                    passive::on_failure(service, instance, Failure::Timeout, clock::now_ms());
+                    note(trail, n, addr, format_args!("timeout"));
                     return Err(ProxyError::Timeout {
                         service: service.name().clone(),
                         addr,
-                        timeout: self.settings.response_header_timeout,
-                    })
+                        timeout: policy.timeouts.response_header,
+                    });
                 }
                 Attempt::Failed {
                     request,
                     error,
-                    instance_fault,
+                    failure,
                 } => {
-                    if instance_fault {
-                        guard.instance().record_connect_failure();
+                    if let Some(failure) = failure {
+                        passive::on_failure(service, instance, failure, clock::now_ms());
                     }
                     tracing::debug!(service = %service.name(), instance = %addr, %error, "attempt failed");
+                    note(trail, n, addr, format_args!("{error}"));
                     last_error = Some(format!("{addr}: {error}"));
                     pending = request;
                     if pending.is_none() && !resend_ok {
@@ -217,19 +280,23 @@ impl Proxy {
     /// (falling back to a fresh one if it turns out stale), else a new one.
     async fn attempt(
         &self,
+        service: &ServiceEntry,
         instance: &InstanceState,
         mut request: Request<UpstreamBody>,
         template: &Template<'_>,
         resend_ok: bool,
     ) -> Attempt {
+        let timeouts = &service.policy().timeouts;
         if let Some(sender) = instance.idle.take(self.settings.upstream_idle).await {
-            match self.send(sender, request).await {
+            match send(sender, request, timeouts.response_header).await {
                 Attempt::Failed {
                     request: Some(r), ..
                 } => request = r,
                 Attempt::Failed { request: None, .. } if resend_ok => {
                     request = template.build(UpstreamBody::Empty)
                 }
+                // Written on a pooled connection and not safe to repeat: the
+                // instance may have acted on it; report, do not blame it.
                 Attempt::Failed {
                     request: None,
                     error,
@@ -238,32 +305,19 @@ impl Proxy {
                     return Attempt::Failed {
                         request: None,
                         error,
-                        instance_fault: false,
+                        failure: None,
                     }
                 }
                 done => return done,
             }
         }
-        match upstream::connect(instance.addr(), self.settings.connect_timeout).await {
-            Ok(sender) => self.send(sender, request).await,
+        match upstream::connect(instance.addr(), timeouts.connect).await {
+            Ok(sender) => send(sender, request, timeouts.response_header).await,
             Err(e) => Attempt::Failed {
                 request: Some(request),
                 error: e.to_string(),
-                instance_fault: true,
+                failure: Some(Failure::Connect),
             },
-        }
-    }
-
-    async fn send(&self, mut sender: Sender, request: Request<UpstreamBody>) -> Attempt {
-        let sent = sender.try_send_request(request);
-        match tokio::time::timeout(self.settings.response_header_timeout, sent).await {
-            Ok(Ok(resp)) => Attempt::Answered(resp, sender),
-            Ok(Err(mut e)) => Attempt::Failed {
-                request: e.take_message(),
-                error: e.into_error().to_string(),
-                instance_fault: true,
-            },
-            Err(_) => Attempt::TimedOut,
         }
     }
 
@@ -295,6 +349,41 @@ impl Proxy {
         };
         tokio::spawn(tunnel(client_up, upstream_up, guard, sender));
         Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+}
+
+/// Sends `request` on `sender` and waits for the response head.
+async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Duration) -> Attempt {
+    let sent = sender.try_send_request(request);
+    match tokio::time::timeout(timeout, sent).await {
+        Ok(Ok(resp)) => Attempt::Answered(resp, sender),
+        Ok(Err(mut e)) => {
+            let request = e.take_message();
+            // Not written: nothing reached the instance, so it counts as a
+            // connect-class failure; written: reset before a response.
+            let failure = if request.is_some() {
+                Failure::Connect
+            } else {
+                Failure::Reset
+            };
+            Attempt::Failed {
+                request,
+                error: e.into_error().to_string(),
+                failure: Some(failure),
+            }
+        }
+        Err(_) => Attempt::TimedOut,
+    }
+}
+
+/// Appends one attempt to the debug trail, when it is kept.
+fn note(trail: &mut Option<String>, n: u32, addr: SocketAddr, outcome: std::fmt::Arguments<'_>) {
+    use std::fmt::Write;
+    if let Some(t) = trail {
+        if !t.is_empty() {
+            t.push_str("; ");
+        }
+        let _ = write!(t, "attempt {n} {addr} {outcome}");
     }
 }
 

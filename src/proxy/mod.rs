@@ -8,6 +8,7 @@ pub mod body;
 pub mod error;
 mod forward;
 pub mod headers;
+pub mod retry;
 pub mod server;
 pub(crate) mod upstream;
 
@@ -35,11 +36,9 @@ pub struct Proxy {
 /// Forwarding settings taken from the config.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub connect_timeout: Duration,
-    pub response_header_timeout: Duration,
     pub upstream_idle: Duration,
     pub max_header_bytes: usize,
-    pub max_attempts: u32,
+    pub debug_header: bool,
     /// `Via` values for HTTP/1.1 and HTTP/2 clients.
     pub via_h1: HeaderValue,
     pub via_h2: HeaderValue,
@@ -55,11 +54,9 @@ impl Proxy {
         Proxy {
             registry,
             settings: Settings {
-                connect_timeout: config.timeouts.connect,
-                response_header_timeout: config.timeouts.response_header,
                 upstream_idle: config.timeouts.upstream_idle,
                 max_header_bytes: config.limits.max_header_bytes,
-                max_attempts: config.proxy.max_attempts,
+                debug_header: config.proxy.debug_header,
                 via_h1: via("1.1"),
                 via_h2: via("2"),
             },

@@ -95,6 +95,13 @@ impl IdlePool {
         None
     }
 
+    /// Closes every idle connection.
+    pub(crate) fn clear(&self) {
+        if let Some(q) = &self.queue {
+            while q.pop().is_some() {}
+        }
+    }
+
     /// Closes connections idle for longer than `max_idle_time`.
     pub(crate) fn reap(&self, max_idle_time: Duration) {
         let Some(q) = &self.queue else { return };

@@ -4,11 +4,12 @@
 //! snapshot swap never resets it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use crate::clock;
 use crate::proxy::upstream::IdlePool;
 
 /// What makes two instances the same instance: the service and the address.
@@ -21,22 +22,74 @@ pub struct InstanceKey {
     pub addr: SocketAddr,
 }
 
-/// First backoff after an instance refuses connections; doubles per further
-/// failure up to [`MAX_BACKOFF`].
-const BASE_BACKOFF: Duration = Duration::from_secs(1);
-/// Longest backoff after repeated connect failures.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Active health of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    /// The service has no active check.
+    NotChecked = 0,
+    /// Checks are configured and none has passed yet.
+    Unknown = 1,
+    /// The last transition was to healthy.
+    Healthy = 2,
+    /// The last transition was to unhealthy.
+    Unhealthy = 3,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Unknown,
+            2 => Health::Healthy,
+            3 => Health::Unhealthy,
+            _ => Health::NotChecked,
+        }
+    }
+
+    /// Lower-case name, as shown by the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::NotChecked => "not_checked",
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// The last change of an instance's state, for operators.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// What it changed to (`healthy`, `unhealthy`, `ejected`, `draining`...).
+    pub to: &'static str,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: SystemTime,
+}
 
 /// Live state of one instance, shared by every snapshot that lists it and by
-/// every request in flight to it.
+/// every request in flight to it. The request path only reads and bumps
+/// atomics here; the transition record is written on state changes only.
 #[derive(Debug)]
 pub struct InstanceState {
     key: InstanceKey,
     in_flight: AtomicUsize,
     requests: AtomicU64,
-    consecutive_failures: AtomicU32,
-    /// `clock::now_ms()` until which the instance is skipped; 0 when usable.
-    down_until_ms: AtomicU64,
+    health: AtomicU8,
+    /// `clock::now_ms()` until which passive health keeps it out; 0 if none.
+    ejected_until_ms: AtomicU64,
+    /// Start of the slow-start ramp; 0 when fully warm.
+    warm_from_ms: AtomicU64,
+    draining: AtomicBool,
+    /// Joined a running service: ramp up once its first check passes.
+    pub(crate) late_joiner: AtomicBool,
+    pub(crate) connect_failures: AtomicU32,
+    pub(crate) failures: AtomicU32,
+    /// Consecutive ejections, for the growing ejection time.
+    pub(crate) ejection_streak: AtomicU32,
+    ejections: AtomicU64,
+    transition: Mutex<Option<Transition>>,
     /// Idle keep-alive connections to this instance; dropped (and so closed)
     /// with the state once the instance has left the registry and its last
     /// request has finished.
@@ -44,14 +97,23 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    /// Fresh state for an instance that just appeared.
-    pub fn new(key: InstanceKey, max_idle: usize) -> Self {
+    /// Fresh state for an instance that just appeared, with the given
+    /// starting health.
+    pub fn new(key: InstanceKey, max_idle: usize, health: Health) -> Self {
         InstanceState {
             key,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            down_until_ms: AtomicU64::new(0),
+            health: AtomicU8::new(health as u8),
+            ejected_until_ms: AtomicU64::new(0),
+            warm_from_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            late_joiner: AtomicBool::new(false),
+            connect_failures: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            ejection_streak: AtomicU32::new(0),
+            ejections: AtomicU64::new(0),
+            transition: Mutex::new(None),
             idle: IdlePool::new(max_idle),
         }
     }
@@ -62,11 +124,13 @@ impl InstanceState {
     }
 
     /// Where the instance listens.
+    #[inline]
     pub fn addr(&self) -> SocketAddr {
         self.key.addr
     }
 
     /// Requests dispatched and not yet finished (response body done or failed).
+    #[inline]
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Relaxed)
     }
@@ -76,42 +140,109 @@ impl InstanceState {
         self.requests.load(Relaxed)
     }
 
-    /// Connect failures since the last success.
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Relaxed)
+    /// Active health.
+    #[inline]
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Relaxed))
     }
 
-    /// Whether the instance may be picked at `now_ms`.
+    /// Sets the active health; returns the previous value.
+    pub fn set_health(&self, health: Health) -> Health {
+        Health::from_u8(self.health.swap(health as u8, Relaxed))
+    }
+
+    /// Whether passive health has it ejected at `now_ms`.
+    #[inline]
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Relaxed) > now_ms
+    }
+
+    /// When the current ejection ends (`clock::now_ms` scale), 0 if none.
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Relaxed)
+    }
+
+    /// Ejects it until `until_ms`.
+    pub fn eject_until(&self, until_ms: u64) {
+        self.ejected_until_ms.store(until_ms, Relaxed);
+        self.ejections.fetch_add(1, Relaxed);
+    }
+
+    /// Ends any ejection now.
+    pub fn clear_ejection(&self) {
+        self.ejected_until_ms.store(0, Relaxed);
+    }
+
+    /// Times it was ejected.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Relaxed)
+    }
+
+    /// Whether the instance may take traffic at `now_ms` in normal mode:
+    /// not failing its active check and not ejected.
     #[inline]
     pub fn is_available(&self, now_ms: u64) -> bool {
-        let until = self.down_until_ms.load(Relaxed);
-        until == 0 || until <= now_ms
+        matches!(self.health(), Health::NotChecked | Health::Healthy) && !self.is_ejected(now_ms)
     }
 
-    /// Records a failed connect attempt: the instance is skipped for a backoff
-    /// that doubles with each consecutive failure (1s, 2s, 4s ... 30s).
-    pub fn record_connect_failure(&self) {
-        let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        let backoff = BASE_BACKOFF
-            .saturating_mul(1u32 << (n - 1).min(15))
-            .min(MAX_BACKOFF);
-        let until = clock::now_ms() + backoff.as_millis() as u64;
-        self.down_until_ms.store(until, Relaxed);
-        if n == 1 {
-            tracing::warn!(service = %self.key.service, instance = %self.key.addr, "instance refused a connection; skipping it for {backoff:?}");
-        }
+    /// Starts a slow-start ramp at `now_ms`.
+    pub fn start_warming(&self, now_ms: u64) {
+        self.warm_from_ms.store(now_ms, Relaxed);
     }
 
-    /// Records a successful exchange: clears any backoff. Written only when
-    /// something was set, so the common path does not dirty the cache line.
+    /// Share of its weight the instance gets at `now_ms`, in thousandths:
+    /// ramps linearly from 100 (10%) to 1000 over `window`.
     #[inline]
-    pub fn record_success(&self) {
-        if self.consecutive_failures.load(Relaxed) != 0 {
-            if self.consecutive_failures.swap(0, Relaxed) != 0 {
-                tracing::info!(service = %self.key.service, instance = %self.key.addr, "instance reachable again");
-            }
-            self.down_until_ms.store(0, Relaxed);
+    pub fn warmth(&self, now_ms: u64, window: Duration) -> u64 {
+        let from = self.warm_from_ms.load(Relaxed);
+        if from == 0 {
+            return 1000;
         }
+        let window_ms = window.as_millis() as u64;
+        let elapsed = now_ms.saturating_sub(from);
+        if window_ms == 0 || elapsed >= window_ms {
+            self.warm_from_ms.store(0, Relaxed);
+            return 1000;
+        }
+        (elapsed * 1000 / window_ms).max(100)
+    }
+
+    /// Whether it has left the registry and only finishes what it has.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    /// Marks it as gone from the registry: no new requests reach it (no
+    /// snapshot lists it any more), its idle connections close now.
+    pub(crate) fn start_draining(&self) {
+        if !self.draining.swap(true, Relaxed) {
+            self.idle.clear();
+            self.note_transition("draining", "removed from the registry".to_owned());
+        }
+    }
+
+    /// Records a state change (and logs it, once per transition).
+    pub fn note_transition(&self, to: &'static str, reason: String) {
+        tracing::info!(service = %self.key.service, instance = %self.key.addr, state = to, %reason, "instance state changed");
+        let mut t = self.transition.lock().unwrap_or_else(|e| e.into_inner());
+        *t = Some(Transition {
+            to,
+            reason,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The last state change, if any.
+    pub fn last_transition(&self) -> Option<Transition> {
+        self.transition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Consecutive failures of any kind since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.load(Relaxed)
     }
 }
 
@@ -158,6 +289,7 @@ mod tests {
                 addr: "127.0.0.1:1".parse().unwrap(),
             },
             4,
+            Health::NotChecked,
         ))
     }
 
@@ -175,20 +307,27 @@ mod tests {
     }
 
     #[test]
-    fn connect_failures_back_off_and_success_clears() {
+    fn availability_follows_health_and_ejection() {
         let s = state();
-        let now = clock::now_ms();
-        assert!(s.is_available(now));
-        s.record_connect_failure();
-        assert!(!s.is_available(now));
-        assert!(s.is_available(now + 1_001));
-        s.record_connect_failure();
-        assert!(
-            !s.is_available(now + 1_001),
-            "second failure doubles the backoff"
-        );
-        s.record_success();
-        assert!(s.is_available(now));
-        assert_eq!(s.consecutive_failures(), 0);
+        assert!(s.is_available(1_000));
+        s.eject_until(2_000);
+        assert!(!s.is_available(1_999));
+        assert!(s.is_available(2_000));
+        s.set_health(Health::Unknown);
+        assert!(!s.is_available(5_000));
+        s.set_health(Health::Healthy);
+        assert!(s.is_available(5_000));
+    }
+
+    #[test]
+    fn warmth_ramps_from_ten_percent() {
+        let s = state();
+        let w = Duration::from_secs(10);
+        assert_eq!(s.warmth(5, w), 1000);
+        s.start_warming(1_000);
+        assert_eq!(s.warmth(1_000, w), 100);
+        assert_eq!(s.warmth(6_000, w), 500);
+        assert_eq!(s.warmth(11_000, w), 1000);
+        assert_eq!(s.warmth(1_000, w), 1000, "ramp over, stays warm");
     }
 }

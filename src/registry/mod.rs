@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::Notify;
 
-pub use instance::{InFlightGuard, InstanceKey, InstanceState};
-pub use snapshot::{Member, ServiceEntry, ServiceLive, Snapshot};
+pub use instance::{Health, InFlightGuard, InstanceKey, InstanceState, Transition};
+pub use snapshot::{Member, RetryWindow, ServiceEntry, ServiceLive, Snapshot};
 pub use source::{static_instances, InstanceSpec, STATIC_SOURCE};
 
 use crate::balance::Schedule;
-use crate::config::{Balance, Config};
+use crate::clock;
+use crate::config::{Balance, Config, ServicePolicy};
 use crate::router::Router;
 
 /// The registry shared by the proxy, the admin API and the sources.
@@ -33,13 +34,16 @@ pub struct Registry {
     /// Wakes the refresher; shared so the refresher can wait on it without
     /// keeping the registry alive.
     changed: Arc<Notify>,
+    /// The published version, for watchers (health supervisor, long polls).
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 /// Inputs of the next rebuild and the live state carried across rebuilds.
 #[derive(Debug)]
 struct BuildState {
     router: Arc<Router>,
-    policies: BTreeMap<Arc<str>, Balance>,
+    policies: BTreeMap<Arc<str>, (Balance, Arc<ServicePolicy>)>,
+    default_policy: Arc<ServicePolicy>,
     max_idle: usize,
     /// Sources in the order they first reported; earlier wins on conflicts.
     sources: Vec<(Arc<str>, Vec<InstanceSpec>)>,
@@ -54,7 +58,7 @@ struct BuildState {
 #[derive(Debug, PartialEq)]
 struct Shape {
     router: Arc<Router>,
-    services: BTreeMap<Arc<str>, (Balance, Vec<Placed>)>,
+    services: BTreeMap<Arc<str>, (Balance, Arc<ServicePolicy>, Vec<Placed>)>,
 }
 
 /// An instance spec together with the source that reported it.
@@ -72,6 +76,7 @@ impl Registry {
         let state = BuildState {
             router: router.clone(),
             policies: policies(config),
+            default_policy: config.default_policy.clone(),
             max_idle: config.limits.max_idle_per_instance,
             sources: vec![(Arc::from(STATIC_SOURCE), static_instances(config))],
             live: HashMap::new(),
@@ -83,6 +88,7 @@ impl Registry {
             current: ArcSwap::from_pointee(Snapshot::new(0, router, HashMap::new())),
             build: Mutex::new(state),
             changed: Arc::new(Notify::new()),
+            published: tokio::sync::watch::Sender::new(0),
         });
         registry.rebuild();
         registry
@@ -98,6 +104,11 @@ impl Registry {
     /// The current snapshot as an owned `Arc`, for long-lived readers.
     pub fn load_full(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// A receiver that sees the version of every snapshot published.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// Replaces the whole instance set reported by `source`.
@@ -117,6 +128,7 @@ impl Registry {
         let mut st = self.lock();
         st.router = Arc::new(Router::new(config));
         st.policies = policies(config);
+        st.default_policy = config.default_policy.clone();
         st.max_idle = config.limits.max_idle_per_instance;
         let statics = static_instances(config);
         if let Some((_, set)) = st.sources.iter_mut().find(|(n, _)| &**n == STATIC_SOURCE) {
@@ -145,6 +157,7 @@ impl Registry {
             "published registry snapshot"
         );
         st.published = Some(shape);
+        self.published.send_replace(st.version);
         true
     }
 
@@ -172,34 +185,43 @@ impl Registry {
     }
 }
 
-fn policies(config: &Config) -> BTreeMap<Arc<str>, Balance> {
+fn policies(config: &Config) -> BTreeMap<Arc<str>, (Balance, Arc<ServicePolicy>)> {
     config
         .services
         .values()
-        .map(|s| (s.name.clone(), s.balance))
+        .map(|s| (s.name.clone(), (s.balance, s.policy.clone())))
         .collect()
+}
+
+/// The health a new instance starts with under `policy`.
+fn initial_health(policy: &ServicePolicy) -> Health {
+    match &policy.health {
+        None => Health::NotChecked,
+        Some(h) if h.start_healthy => Health::Healthy,
+        Some(_) => Health::Unknown,
+    }
 }
 
 impl BuildState {
     /// Merges the sources into a comparable description of the next snapshot.
     fn shape(&self) -> Shape {
-        let mut services: BTreeMap<Arc<str>, (Balance, Vec<Placed>)> = self
+        let mut services: BTreeMap<Arc<str>, (Balance, Arc<ServicePolicy>, Vec<Placed>)> = self
             .policies
             .iter()
-            .map(|(name, policy)| (name.clone(), (*policy, Vec::new())))
+            .map(|(name, (balance, policy))| (name.clone(), (*balance, policy.clone(), Vec::new())))
             .collect();
         for (source, set) in &self.sources {
             for spec in set {
-                let (_, members) = services
-                    .entry(spec.service.clone())
-                    .or_insert_with(|| (Balance::default(), Vec::new()));
+                let (_, _, members) = services.entry(spec.service.clone()).or_insert_with(|| {
+                    (Balance::default(), self.default_policy.clone(), Vec::new())
+                });
                 members.push(Placed {
                     spec: spec.clone(),
                     source: source.clone(),
                 });
             }
         }
-        for (_, members) in services.values_mut() {
+        for (_, _, members) in services.values_mut() {
             // Stable sort keeps source order among equal addresses, so the
             // dedup keeps the earliest source's entry.
             members.sort_by_key(|m| m.spec.addr);
@@ -213,9 +235,11 @@ impl BuildState {
 
     /// Builds the snapshot for `shape`, attaching live state by identity.
     fn materialize(&mut self, shape: &Shape) -> Snapshot {
+        let now = clock::now_ms();
+        let first_build = self.version == 1;
         let mut services = HashMap::with_capacity(shape.services.len());
         let mut live = HashMap::with_capacity(self.live.len());
-        for (name, (policy, specs)) in &shape.services {
+        for (name, (balance, policy, specs)) in &shape.services {
             let members: Box<[Member]> = specs
                 .iter()
                 .map(|Placed { spec, source }| {
@@ -223,13 +247,31 @@ impl BuildState {
                         service: name.clone(),
                         addr: spec.addr,
                     };
-                    let state = self
-                        .live
-                        .get(&key)
-                        .and_then(Weak::upgrade)
-                        .unwrap_or_else(|| {
-                            Arc::new(InstanceState::new(key.clone(), self.max_idle))
-                        });
+                    let state = match self.live.get(&key).and_then(Weak::upgrade) {
+                        Some(state) => {
+                            adjust_health(&state, policy);
+                            state
+                        }
+                        None => {
+                            let state = Arc::new(InstanceState::new(
+                                key.clone(),
+                                self.max_idle,
+                                initial_health(policy),
+                            ));
+                            // Instances joining a running service ramp up;
+                            // those checked first ramp once they pass.
+                            if !first_build && !policy.slow_start.is_zero() {
+                                if state.is_available(now) {
+                                    state.start_warming(now);
+                                } else {
+                                    state
+                                        .late_joiner
+                                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                            state
+                        }
+                    };
                     live.insert(key, Arc::downgrade(&state));
                     Member {
                         instance: state,
@@ -241,19 +283,26 @@ impl BuildState {
                 .collect();
             let schedule = Schedule::new(members.iter().map(|m| m.weight));
             let service_live = self.service_live.entry(name.clone()).or_default().clone();
-            services.insert(
-                name.clone(),
-                Arc::new(ServiceEntry {
-                    name: name.clone(),
-                    policy: *policy,
-                    members,
-                    schedule,
-                    live: service_live,
-                }),
-            );
+            let entry = ServiceEntry {
+                name: name.clone(),
+                balance: *balance,
+                policy: policy.clone(),
+                members,
+                schedule,
+                live: service_live,
+            };
+            crate::balance::update_panic(&entry, now);
+            services.insert(name.clone(), Arc::new(entry));
         }
-        // Instances gone from every source drop out of the table here; their
-        // state lives on only as long as requests in flight hold it.
+        // Instances gone from every source drain: no snapshot lists them,
+        // their idle connections close, requests in flight finish.
+        for (key, weak) in &self.live {
+            if !live.contains_key(key) {
+                if let Some(state) = weak.upgrade() {
+                    state.start_draining();
+                }
+            }
+        }
         self.live = live;
         self.service_live
             .retain(|name, _| services.contains_key(name));
@@ -261,10 +310,18 @@ impl BuildState {
     }
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // Let the refresher notice that it has nothing left to refresh.
-        self.changed.notify_one();
+/// Brings a kept instance's health in line with a changed policy: checks
+/// added make it wait for a pass, checks removed make it usable.
+fn adjust_health(state: &InstanceState, policy: &ServicePolicy) {
+    match (&policy.health, state.health()) {
+        (None, Health::NotChecked)
+        | (Some(_), Health::Unknown | Health::Healthy | Health::Unhealthy) => {}
+        (None, _) => {
+            state.set_health(Health::NotChecked);
+        }
+        (Some(_), Health::NotChecked) => {
+            state.set_health(initial_health(policy));
+        }
     }
 }
 

@@ -4,12 +4,12 @@
 //! publication (only the atomics inside the live state change).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::balance::Schedule;
-use crate::config::Balance;
+use crate::config::{Balance, ServicePolicy};
 use crate::router::Router;
 
 use super::instance::InstanceState;
@@ -83,7 +83,8 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct ServiceEntry {
     pub(crate) name: Arc<str>,
-    pub(crate) policy: Balance,
+    pub(crate) balance: Balance,
+    pub(crate) policy: Arc<ServicePolicy>,
     pub(crate) members: Box<[Member]>,
     pub(crate) schedule: Schedule,
     pub(crate) live: Arc<ServiceLive>,
@@ -96,8 +97,18 @@ impl ServiceEntry {
     }
 
     /// Its balancing policy.
-    pub fn policy(&self) -> Balance {
-        self.policy
+    pub fn balance(&self) -> Balance {
+        self.balance
+    }
+
+    /// Its timeouts, retries and health settings.
+    pub fn policy(&self) -> &Arc<ServicePolicy> {
+        &self.policy
+    }
+
+    /// State that outlives snapshots (rotation, panic mode, retry budget).
+    pub fn live(&self) -> &ServiceLive {
+        &self.live
     }
 
     /// Its instances, sorted by address.
@@ -119,9 +130,33 @@ pub struct Member {
     pub source: Arc<str>,
 }
 
-/// Per-service state that must survive swaps: the rotation cursor, so a swap
-/// does not restart round-robin at the first member.
+/// Per-service state that must survive swaps: the rotation cursor (so a
+/// swap does not restart round-robin at the first member; it also counts
+/// picks, which the retry budget uses as its request count), the panic-mode
+/// flag and the retry budget's window.
 #[derive(Debug, Default)]
 pub struct ServiceLive {
     pub(crate) cursor: AtomicUsize,
+    pub(crate) panic: AtomicBool,
+    pub(crate) budget: Mutex<RetryWindow>,
+}
+
+impl ServiceLive {
+    /// Whether panic mode is on: too few instances usable, so health is
+    /// ignored.
+    pub fn in_panic(&self) -> bool {
+        self.panic.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Retries and picks counted over two consecutive windows.
+#[derive(Debug, Default)]
+pub struct RetryWindow {
+    pub(crate) started_ms: u64,
+    pub(crate) picks_at_start: usize,
+    pub(crate) retries: u64,
+    pub(crate) prev_picks: usize,
+    pub(crate) prev_retries: u64,
+    /// Retries refused since the process started.
+    pub(crate) refused: u64,
 }

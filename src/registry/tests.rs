@@ -52,7 +52,7 @@ fn sources_merge_by_identity_and_first_source_wins() {
     assert_eq!(a.members()[0].weight, 1, "the config's entry wins");
     assert_eq!(&*a.members()[0].source, STATIC_SOURCE);
     assert_eq!(&*a.members()[1].source, "api");
-    assert_eq!(snap.service("b").unwrap().policy(), Balance::RoundRobin);
+    assert_eq!(snap.service("b").unwrap().balance(), Balance::RoundRobin);
 }
 
 #[test]

@@ -1,0 +1,261 @@
+//! Active health checks: one background task per checked instance, started
+//! and stopped by a supervisor that follows the published snapshots. Checks
+//! never run on the request path.
+//!
+//! State machine per instance: `unknown` (checks configured, none run yet)
+//! becomes `healthy` on its first pass or `unhealthy` after
+//! `unhealthy_threshold` failures; `healthy` becomes `unhealthy` after
+//! `unhealthy_threshold` consecutive failures; `unhealthy` becomes `healthy`
+//! after `healthy_threshold` consecutive passes (and starts its slow-start
+//! ramp). Each transition is logged once, with the reason.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::balance::update_panic;
+use crate::clock;
+use crate::config::{CheckKind, HealthCheck};
+use crate::registry::{Health, InstanceKey, InstanceState, Registry};
+
+/// How often panic-mode flags are refreshed, since ejections end by time
+/// rather than by an event.
+const PANIC_REFRESH: Duration = Duration::from_millis(250);
+
+/// Starts the supervisor: it keeps one checker per instance of every
+/// service that has `[services.NAME.health]`, and refreshes panic flags.
+/// Ends when the registry is dropped.
+pub fn spawn_supervisor(registry: &Arc<Registry>) -> JoinHandle<()> {
+    let weak = Arc::downgrade(registry);
+    let versions = registry.watch();
+    tokio::spawn(supervise(weak, versions))
+}
+
+struct Checker {
+    check: HealthCheck,
+    slow_start: Duration,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::Receiver<u64>) {
+    let mut checkers: HashMap<InstanceKey, Checker> = HashMap::new();
+    let mut seen = u64::MAX;
+    loop {
+        let Some(reg) = registry.upgrade() else {
+            return;
+        };
+        let snap = reg.load_full();
+        drop(reg);
+        let now = clock::now_ms();
+        if snap.version() != seen {
+            seen = snap.version();
+            let mut wanted: HashMap<InstanceKey, Checker> = HashMap::new();
+            for service in snap.services() {
+                let Some(check) = &service.policy().health else {
+                    continue;
+                };
+                let slow_start = service.policy().slow_start;
+                for m in service.members() {
+                    let key = m.instance.key().clone();
+                    let kept = checkers.remove(&key).filter(|c| {
+                        &c.check == check && c.slow_start == slow_start && !c.task.is_finished()
+                    });
+                    let checker = kept.unwrap_or_else(|| Checker {
+                        check: check.clone(),
+                        slow_start,
+                        task: tokio::spawn(check_loop(
+                            registry.clone(),
+                            m.instance.clone(),
+                            check.clone(),
+                            slow_start,
+                        )),
+                    });
+                    wanted.insert(key, checker);
+                }
+            }
+            // Whatever is left belongs to instances that left: dropping
+            // the checkers stops them.
+            checkers = wanted;
+        }
+        for service in snap.services() {
+            update_panic(service, now);
+        }
+        drop(snap);
+        tokio::select! {
+            changed = versions.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(PANIC_REFRESH) => {}
+        }
+    }
+}
+
+/// Checks one instance forever (until aborted).
+async fn check_loop(
+    registry: Weak<Registry>,
+    instance: Arc<InstanceState>,
+    check: HealthCheck,
+    slow_start: Duration,
+) {
+    let mut rng = Jitter::seeded(&instance);
+    // First check soon, spread so many instances do not fire together.
+    tokio::time::sleep(rng.upto(check.jitter.min(check.interval / 4))).await;
+    let (mut passes, mut failures) = (0u32, 0u32);
+    loop {
+        let outcome = run_check(&check, instance.addr()).await;
+        let health = instance.health();
+        let changed = match outcome {
+            Ok(()) => {
+                failures = 0;
+                passes = passes.saturating_add(1);
+                let admit = match health {
+                    Health::Unknown => true,
+                    Health::Unhealthy => passes >= check.healthy_threshold,
+                    Health::Healthy | Health::NotChecked => false,
+                };
+                if admit {
+                    instance.set_health(Health::Healthy);
+                    // Ramp up instances coming back, and those that joined a
+                    // running service; not the ones present at start.
+                    let ramp = health == Health::Unhealthy || instance.late_joiner.load(Relaxed);
+                    if ramp && !slow_start.is_zero() {
+                        instance.start_warming(clock::now_ms());
+                    }
+                    let reason = if health == Health::Unknown {
+                        "first check passed".to_owned()
+                    } else {
+                        format!("{passes} consecutive checks passed")
+                    };
+                    instance.note_transition("healthy", reason);
+                }
+                admit
+            }
+            Err(reason) => {
+                passes = 0;
+                failures = failures.saturating_add(1);
+                let remove = matches!(health, Health::Healthy | Health::Unknown)
+                    && failures >= check.unhealthy_threshold;
+                if remove {
+                    instance.set_health(Health::Unhealthy);
+                    instance.idle.clear();
+                    instance.note_transition(
+                        "unhealthy",
+                        format!("{failures} consecutive checks failed, last: {reason}"),
+                    );
+                } else if health == Health::Healthy {
+                    tracing::debug!(instance = %instance.addr(), %reason, failures, "health check failed");
+                }
+                remove
+            }
+        };
+        if changed {
+            if let Some(reg) = registry.upgrade() {
+                if let Some(service) = reg.load().service(&instance.key().service) {
+                    update_panic(service, clock::now_ms());
+                }
+            }
+        }
+        tokio::time::sleep(check.interval + rng.upto(check.jitter)).await;
+    }
+}
+
+/// Runs one check against `addr`; `Err` says why it failed.
+pub async fn run_check(check: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, attempt(check, addr)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+    }
+}
+
+async fn attempt(check: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let CheckKind::Http {
+        method,
+        path,
+        host,
+        expect,
+    } = &check.kind
+    else {
+        return Ok(());
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let host = match host {
+        Some(h) => HeaderValue::from_str(h),
+        None => HeaderValue::from_str(&addr.to_string()),
+    }
+    .map_err(|_| "unusable host".to_owned())?;
+    let req = Request::builder()
+        .method(method.clone())
+        .uri(path.as_str())
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "wayfinder-health-check")
+        .header(header::CONNECTION, "close")
+        .body(Empty::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let result = match sender.send_request(req).await {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            if expect.iter().any(|&(lo, hi)| (lo..=hi).contains(&code)) {
+                Ok(())
+            } else {
+                Err(format!("status {code}"))
+            }
+        }
+        Err(e) => Err(format!("request: {e}")),
+    };
+    conn.abort();
+    result
+}
+
+/// A small xorshift generator for check jitter; no need for a crate.
+struct Jitter(u64);
+
+impl Jitter {
+    fn seeded(instance: &InstanceState) -> Jitter {
+        let addr = instance.addr();
+        let mut seed = clock::now_ms() ^ (u64::from(addr.port()) << 32);
+        if let std::net::IpAddr::V4(v4) = addr.ip() {
+            seed ^= u64::from(u32::from(v4)) << 7;
+        }
+        Jitter(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A random duration in `[0, max)`.
+    fn upto(&mut self, max: Duration) -> Duration {
+        let ms = max.as_millis() as u64;
+        if ms == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.next() % ms)
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Health: decides which instances may take traffic.
+//!
+//! - [`passive`]: outlier detection from real traffic. Consecutive failures
+//!   eject an instance for a time that doubles with each consecutive
+//!   ejection (capped); a cap on the share of a service's instances ejected
+//!   at once keeps one bad signal from emptying a service.
+//! - [`active`]: periodic HTTP or TCP checks per instance, run by background
+//!   tasks that a supervisor starts and stops as snapshots change; an
+//!   instance changes state only after `healthy_threshold` passes or
+//!   `unhealthy_threshold` failures in a row.
+//!
+//! Both feed the per-instance live state the balancer reads, and both
+//! recompute the service's panic-mode flag on every transition.
+
+pub mod active;
+pub mod passive;
+
+pub use active::spawn_supervisor;

@@ -1,0 +1,104 @@
+//! The retry budget: retries allowed per service on top of its requests,
+//! so that during an outage retries cannot multiply the load on the
+//! instances that are left.
+//!
+//! A retry is allowed while the retries of the last two windows (5 s each)
+//! stay under `percent` of the requests in those windows plus
+//! `min_per_second` for each second they span. Requests are counted by the
+//! service's pick cursor (which the balancer bumps anyway), so the request
+//! path pays nothing for the budget; only retries take its lock.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::registry::ServiceEntry;
+
+const WINDOW_MS: u64 = 5_000;
+
+/// Takes one retry from `service`'s budget at `now_ms`; false when spent.
+pub fn take(service: &ServiceEntry, now_ms: u64) -> bool {
+    let budget = &service.policy().retry_budget;
+    let picks = service.live().cursor.load(Relaxed);
+    let mut w = service
+        .live()
+        .budget
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if w.started_ms == 0 {
+        w.started_ms = now_ms;
+        w.picks_at_start = picks;
+    }
+    let age = now_ms.saturating_sub(w.started_ms);
+    if age >= WINDOW_MS {
+        if age < 2 * WINDOW_MS {
+            w.prev_picks = picks.wrapping_sub(w.picks_at_start);
+            w.prev_retries = w.retries;
+        } else {
+            w.prev_picks = 0;
+            w.prev_retries = 0;
+        }
+        w.started_ms = now_ms;
+        w.picks_at_start = picks;
+        w.retries = 0;
+    }
+    let has_prev = w.prev_picks > 0 || w.prev_retries > 0;
+    let span_ms = now_ms.saturating_sub(w.started_ms) + if has_prev { WINDOW_MS } else { 0 };
+    let requests = (picks.wrapping_sub(w.picks_at_start) + w.prev_picks) as u64;
+    let allowed = requests * u64::from(budget.percent) / 100
+        + u64::from(budget.min_per_second) * (span_ms / 1000).max(1);
+    if w.retries + w.prev_retries < allowed {
+        w.retries += 1;
+        true
+    } else {
+        w.refused += 1;
+        false
+    }
+}
+
+/// Retries refused by `service`'s budget since it appeared.
+pub fn refused(service: &ServiceEntry) -> u64 {
+    service
+        .live()
+        .budget
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::registry::Registry;
+    use std::path::Path;
+
+    #[test]
+    fn budget_caps_retries_at_percent_of_requests() {
+        let text = "[services.s]\ninstances = [\"127.0.0.1:1\"]\n[services.s.retry_budget]\npercent = 20\nmin_per_second = 0\n";
+        let reg = Registry::new(&Config::parse(text, Path::new("t.toml")).unwrap());
+        let snap = reg.load();
+        let svc = snap.service("s").unwrap();
+        svc.live().cursor.store(100, Relaxed);
+        let now = 10_000;
+        assert!(!take(svc, now), "window starts with no requests in it");
+        // 100 picks happen in the window: 20 retries allowed.
+        svc.live().cursor.store(200, Relaxed);
+        let granted = (0..50).filter(|_| take(svc, now + 10)).count();
+        assert_eq!(granted, 20);
+        assert_eq!(refused(svc), 31);
+        // Two windows later the budget is fresh but based on new traffic.
+        assert!(
+            !take(svc, now + 3 * WINDOW_MS),
+            "no requests, no min: nothing"
+        );
+    }
+
+    #[test]
+    fn minimum_allows_retries_at_low_traffic() {
+        let text = "[services.s]\ninstances = [\"127.0.0.1:1\"]\n[services.s.retry_budget]\npercent = 0\nmin_per_second = 3\n";
+        let reg = Registry::new(&Config::parse(text, Path::new("t.toml")).unwrap());
+        let snap = reg.load();
+        let svc = snap.service("s").unwrap();
+        let granted = (0..10).filter(|_| take(svc, 1_000)).count();
+        assert_eq!(granted, 3);
+    }
+}
