@@ -14,6 +14,7 @@ use crate::admin;
 use crate::config::Config;
 use crate::proxy::server::{self, ServerSettings};
 use crate::proxy::Proxy;
+use crate::registry::registrations::Registrations;
 use crate::registry::Registry;
 
 /// Why the proxy could not start.
@@ -41,6 +42,8 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// The registry it routes through.
     pub registry: Arc<Registry>,
+    /// The registration source behind the admin API.
+    pub registrations: Arc<Registrations>,
     stop: oneshot::Sender<()>,
     done: JoinHandle<()>,
 }
@@ -94,8 +97,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let (stop, stopped) = oneshot::channel::<()>();
     let (admin_stop_tx, admin_stop) = oneshot::channel::<()>();
+    let registrations = Registrations::new(&registry, config.registry.state_file.clone());
+    tokio::spawn(registrations.clone().run_expiry());
+    let admin = admin::Admin {
+        registry: registry.clone(),
+        registrations: registrations.clone(),
+        token: config.admin_token.as_deref().map(Arc::from),
+        default_ttl: config.registry.default_ttl,
+    };
     let admin_task = admin_listener.map(|l| {
-        tokio::spawn(admin::serve(l, registry.clone(), async move {
+        tokio::spawn(admin::serve(l, admin, async move {
             let _ = admin_stop.await;
         }))
     });
@@ -117,6 +128,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         listen,
         admin: admin_addr,
         registry,
+        registrations,
         stop,
         done,
     })

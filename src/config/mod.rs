@@ -22,6 +22,10 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// The admin API listener; `None` when disabled.
     pub admin: Option<SocketAddr>,
+    /// Bearer token that mutating admin calls must carry, if set.
+    pub admin_token: Option<String>,
+    /// `[registry]`.
+    pub registry: RegistrySettings,
     /// Timeouts on both sides of the proxy.
     pub timeouts: Timeouts,
     /// Size and count limits.
@@ -38,6 +42,20 @@ pub struct Config {
     /// declared in the file): the global timeouts and attempts, no active
     /// checks, default outlier detection.
     pub default_policy: Arc<ServicePolicy>,
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Largest share of a service's instances one implicit update may
+    /// remove (0 disables the guard).
+    pub self_preservation_percent: u8,
+    /// A failing source is reported stale after this long.
+    pub max_staleness: Duration,
+    /// Where the registration API's instances are saved, if anywhere.
+    pub state_file: Option<PathBuf>,
+    /// TTL of registrations that name none.
+    pub default_ttl: Duration,
 }
 
 /// `[timeouts]`.
@@ -89,6 +107,8 @@ pub struct ProxySettings {
     /// Whether responses carry `x-wayfinder-debug` (which instance served,
     /// which attempts failed).
     pub debug_header: bool,
+    /// Whether responses carry `x-wayfinder-snapshot: VERSION; age=MS`.
+    pub snapshot_header: bool,
 }
 
 /// One explicit route.

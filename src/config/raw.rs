@@ -22,6 +22,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
+    pub registry: RawRegistry,
+    #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
     pub limits: RawLimits,
@@ -41,6 +43,20 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawAdmin {
     /// Admin listener. Default `"127.0.0.1:9900"`; `"off"` disables it.
     pub listen: Option<Spanned<String>>,
+    /// Bearer token required by mutating admin calls.
+    pub token: Option<Spanned<String>>,
+    /// Environment variable holding the token.
+    pub token_env: Option<Spanned<String>>,
+}
+
+/// `[registry]`: how sources merge and are guarded.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRegistry {
+    pub self_preservation_percent: Option<Spanned<i64>>,
+    pub max_staleness: Option<Spanned<Dur>>,
+    pub state_file: Option<Spanned<String>>,
+    pub default_ttl: Option<Spanned<Dur>>,
 }
 
 /// `[timeouts]`: every value is a duration string such as `"250ms"` or `"5s"`.
@@ -91,6 +107,8 @@ pub(crate) struct RawProxy {
     pub max_attempts: Option<Spanned<i64>>,
     /// Add the `x-wayfinder-debug` response header. Default false.
     pub debug_header: Option<bool>,
+    /// Add the `x-wayfinder-snapshot` response header. Default false.
+    pub snapshot_header: Option<bool>,
 }
 
 /// One `[[routes]]` entry.

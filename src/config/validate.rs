@@ -15,8 +15,8 @@ use super::raw::{
 };
 use super::{
     check_service_name, Balance, CheckKind, Config, ConfigError, Conventions, HealthCheck,
-    HostMatch, Limits, Outlier, ProxySettings, RetryBudget, Route, ServiceConfig, ServicePolicy,
-    ServiceTimeouts, StaticInstance, Timeouts,
+    HostMatch, Limits, Outlier, ProxySettings, RegistrySettings, RetryBudget, Route, ServiceConfig,
+    ServicePolicy, ServiceTimeouts, StaticInstance, Timeouts,
 };
 
 /// Parses and validates; see [`Config::parse`].
@@ -141,6 +141,57 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
+    let admin_token = match (&raw.admin.token, &raw.admin.token_env) {
+        (Some(t), Some(_)) => {
+            return Err(cx.err_at(t, "admin.token", "set token or token_env, not both"));
+        }
+        (Some(t), None) if t.get_ref().len() < 8 => {
+            return Err(cx.err_at(t, "admin.token", "use at least 8 characters"));
+        }
+        (Some(t), None) => Some(t.get_ref().clone()),
+        (None, Some(var)) => match std::env::var(var.get_ref()) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => {
+                return Err(cx.err_at(
+                    var,
+                    "admin.token_env",
+                    format!("environment variable {} is not set or empty", var.get_ref()),
+                ))
+            }
+        },
+        (None, None) => None,
+    };
+    let r = &raw.registry;
+    let registry = RegistrySettings {
+        self_preservation_percent: int(
+            cx,
+            &r.self_preservation_percent,
+            "registry.self_preservation_percent",
+            50,
+            0..=100,
+        )?,
+        max_staleness: duration(
+            cx,
+            &r.max_staleness,
+            "registry.max_staleness",
+            Duration::from_secs(300),
+        )?,
+        state_file: r.state_file.as_ref().map(|f| {
+            let p = std::path::PathBuf::from(f.get_ref());
+            if p.is_relative() {
+                cx.file.parent().unwrap_or(Path::new(".")).join(p)
+            } else {
+                p
+            }
+        }),
+        default_ttl: duration(
+            cx,
+            &r.default_ttl,
+            "registry.default_ttl",
+            Duration::from_secs(30),
+        )?,
+    };
+
     let t = &raw.timeouts;
     let timeouts = Timeouts {
         connect: duration(cx, &t.connect, "timeouts.connect", Duration::from_secs(2))?,
@@ -229,6 +280,7 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         via,
         max_attempts: int(cx, &p.max_attempts, "proxy.max_attempts", 3, 1..=10)?,
         debug_header: p.debug_header.unwrap_or(false),
+        snapshot_header: p.snapshot_header.unwrap_or(false),
     };
 
     let default_policy = ServicePolicy {
@@ -260,6 +312,8 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         listen,
         admin,
+        admin_token,
+        registry,
         timeouts,
         limits,
         conventions,

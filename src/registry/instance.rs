@@ -82,6 +82,8 @@ pub struct InstanceState {
     /// Start of the slow-start ramp; 0 when fully warm.
     warm_from_ms: AtomicU64,
     draining: AtomicBool,
+    /// Asked to drain through the registration API: listed, not picked.
+    admin_drain: AtomicBool,
     /// Joined a running service: ramp up once its first check passes.
     pub(crate) late_joiner: AtomicBool,
     pub(crate) connect_failures: AtomicU32,
@@ -109,6 +111,7 @@ impl InstanceState {
             warm_from_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             late_joiner: AtomicBool::new(false),
+            admin_drain: AtomicBool::new(false),
             connect_failures: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             ejection_streak: AtomicU32::new(0),
@@ -182,7 +185,28 @@ impl InstanceState {
     /// not failing its active check and not ejected.
     #[inline]
     pub fn is_available(&self, now_ms: u64) -> bool {
-        matches!(self.health(), Health::NotChecked | Health::Healthy) && !self.is_ejected(now_ms)
+        matches!(self.health(), Health::NotChecked | Health::Healthy)
+            && !self.is_ejected(now_ms)
+            && !self.is_drained()
+    }
+
+    /// Whether it was asked to drain (registration API): it takes no new
+    /// requests, even in panic mode; requests in flight finish.
+    #[inline]
+    pub fn is_drained(&self) -> bool {
+        self.admin_drain.load(Relaxed)
+    }
+
+    pub(crate) fn set_admin_drain(&self, drain: bool) {
+        if self.admin_drain.swap(drain, Relaxed) != drain {
+            let (to, reason) = if drain {
+                ("draining", "drain requested")
+            } else {
+                ("available", "drain cancelled")
+            };
+            self.idle.clear();
+            self.note_transition(to, reason.to_owned());
+        }
     }
 
     /// Starts a slow-start ramp at `now_ms`.

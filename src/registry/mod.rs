@@ -8,11 +8,14 @@
 //! what is published. Bursts of updates coalesce into one rebuild.
 
 mod instance;
+pub mod registrations;
 mod snapshot;
 mod source;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::Notify;
@@ -46,7 +49,15 @@ struct BuildState {
     default_policy: Arc<ServicePolicy>,
     max_idle: usize,
     /// Sources in the order they first reported; earlier wins on conflicts.
-    sources: Vec<(Arc<str>, Vec<InstanceSpec>)>,
+    sources: Vec<SourceEntry>,
+    /// Self-preservation: largest share (percent) of a service's instances
+    /// one implicit update may remove; 0 disables the guard.
+    preserve_percent: u8,
+    /// Longest a source may go without a successful report before it is
+    /// reported stale (its last set keeps serving).
+    max_staleness: Duration,
+    /// Per service: the version at which its published content last changed.
+    service_index: HashMap<Arc<str>, u64>,
     live: HashMap<InstanceKey, Weak<InstanceState>>,
     service_live: HashMap<Arc<str>, Arc<ServiceLive>>,
     /// What the published snapshot was built from, to detect "no change".
@@ -59,6 +70,59 @@ struct BuildState {
 struct Shape {
     router: Arc<Router>,
     services: BTreeMap<Arc<str>, (Balance, Arc<ServicePolicy>, Vec<Placed>)>,
+}
+
+/// Whether an update's removals were asked for (deregistrations, an edited
+/// file) or merely observed (TTL expiry, a source's list shrinking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removals {
+    /// Asked for: applied as reported.
+    Explicit,
+    /// Observed: subject to the self-preservation guard.
+    Implicit,
+}
+
+/// One source's last good set and how its reports have gone.
+#[derive(Debug)]
+struct SourceEntry {
+    name: Arc<str>,
+    set: Vec<InstanceSpec>,
+    /// Removals the self-preservation guard kept (still in `set`).
+    held: Vec<InstanceSpec>,
+    last_ok: Option<SystemTime>,
+    last_error: Option<(SystemTime, String)>,
+    stale_logged: bool,
+}
+
+impl SourceEntry {
+    fn new(name: Arc<str>, set: Vec<InstanceSpec>) -> Self {
+        SourceEntry {
+            name,
+            set,
+            held: Vec::new(),
+            last_ok: Some(SystemTime::now()),
+            last_error: None,
+            stale_logged: false,
+        }
+    }
+}
+
+/// A source's status, for `GET /v1/sources`.
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    /// Its name.
+    pub name: Arc<str>,
+    /// `ok`, `failing` (last refresh failed, within max staleness),
+    /// `stale` (failing for longer), or `starting`.
+    pub state: &'static str,
+    /// Last successful report.
+    pub last_success: Option<SystemTime>,
+    /// Last error and when.
+    pub last_error: Option<(SystemTime, String)>,
+    /// Instances in its current set.
+    pub instances: usize,
+    /// Removals held back by self-preservation.
+    pub held_back: Vec<(Arc<str>, SocketAddr)>,
 }
 
 /// An instance spec together with the source that reported it.
@@ -78,7 +142,13 @@ impl Registry {
             policies: policies(config),
             default_policy: config.default_policy.clone(),
             max_idle: config.limits.max_idle_per_instance,
-            sources: vec![(Arc::from(STATIC_SOURCE), static_instances(config))],
+            sources: vec![SourceEntry::new(
+                Arc::from(STATIC_SOURCE),
+                static_instances(config),
+            )],
+            preserve_percent: config.registry.self_preservation_percent,
+            max_staleness: config.registry.max_staleness,
+            service_index: HashMap::new(),
             live: HashMap::new(),
             service_live: HashMap::new(),
             published: None,
@@ -111,15 +181,145 @@ impl Registry {
         self.published.subscribe()
     }
 
-    /// Replaces the whole instance set reported by `source`.
+    /// Replaces the whole instance set reported by `source`; removals are
+    /// implicit (subject to the self-preservation guard).
     pub fn update_source(&self, source: &str, instances: Vec<InstanceSpec>) {
+        self.report(source, instances, Removals::Implicit);
+    }
+
+    /// Replaces the whole instance set reported by `source`.
+    ///
+    /// Self-preservation: unless `removals` is [`Removals::Explicit`]
+    /// (deregistrations), an update that would remove more than
+    /// `registry.self_preservation_percent` of a service's instances, or the
+    /// last of them, keeps those instances and records them as held back
+    /// (see [`Registry::sources`], [`Registry::release_held`]).
+    pub fn report(&self, source: &str, mut instances: Vec<InstanceSpec>, removals: Removals) {
+        let current = self.load_full();
         let mut st = self.lock();
-        match st.sources.iter_mut().find(|(name, _)| &**name == source) {
-            Some((_, set)) => *set = instances,
-            None => st.sources.push((Arc::from(source), instances)),
+        let preserve = st.preserve_percent;
+        let idx = match st.sources.iter().position(|e| &*e.name == source) {
+            Some(i) => i,
+            None => {
+                st.sources
+                    .push(SourceEntry::new(Arc::from(source), Vec::new()));
+                st.sources.len() - 1
+            }
+        };
+        let entry = &mut st.sources[idx];
+        let mut held = Vec::new();
+        if removals == Removals::Implicit && preserve > 0 {
+            let mut removed: BTreeMap<&Arc<str>, Vec<&InstanceSpec>> = BTreeMap::new();
+            for old in &entry.set {
+                if !instances
+                    .iter()
+                    .any(|n| n.service == old.service && n.addr == old.addr)
+                {
+                    removed.entry(&old.service).or_default().push(old);
+                }
+            }
+            for (service, gone) in removed {
+                let total = current.service(service).map_or(0, |s| s.members().len());
+                let too_many =
+                    gone.len() * 100 > usize::from(preserve) * total || gone.len() >= total;
+                if total > 0 && too_many {
+                    tracing::warn!(
+                        source, service = %service, removing = gone.len(), of = total,
+                        "self-preservation: holding back removal of too many instances at once; release with POST /v1/sources/{source}/release"
+                    );
+                    held.extend(gone.into_iter().cloned());
+                }
+            }
+        }
+        instances.extend(held.iter().cloned());
+        entry.set = instances;
+        entry.held = held;
+        entry.last_ok = Some(SystemTime::now());
+        entry.stale_logged = false;
+        if let Some((_, e)) = entry.last_error.take() {
+            tracing::info!(source, previous_error = %e, "source reporting again");
         }
         drop(st);
         self.changed.notify_one();
+    }
+
+    /// Records that `source` failed to refresh: its last good set keeps
+    /// serving. Logged once per distinct error.
+    pub fn source_failed(&self, source: &str, error: String) {
+        let mut st = self.lock();
+        let Some(entry) = st.sources.iter_mut().find(|e| &*e.name == source) else {
+            st.sources
+                .push(SourceEntry::new(Arc::from(source), Vec::new()));
+            let entry = st.sources.last_mut().expect("just pushed");
+            tracing::warn!(source, %error, "source failed before its first report");
+            entry.last_error = Some((SystemTime::now(), error));
+            return;
+        };
+        if entry.last_error.as_ref().map(|(_, e)| e) != Some(&error) {
+            tracing::warn!(source, %error, instances = entry.set.len(), "source failed; keeping its last good set");
+        }
+        entry.last_error = Some((SystemTime::now(), error));
+    }
+
+    /// Applies the removals the self-preservation guard held back for
+    /// `source`; returns how many instances it removed.
+    pub fn release_held(&self, source: &str) -> Option<usize> {
+        let mut st = self.lock();
+        let entry = st.sources.iter_mut().find(|e| &*e.name == source)?;
+        let held = std::mem::take(&mut entry.held);
+        entry.set.retain(|s| {
+            !held
+                .iter()
+                .any(|h| h.service == s.service && h.addr == s.addr)
+        });
+        drop(st);
+        self.changed.notify_one();
+        tracing::info!(
+            source,
+            released = held.len(),
+            "held-back removals released by operator"
+        );
+        Some(held.len())
+    }
+
+    /// Every source's status.
+    pub fn sources(&self) -> Vec<SourceStatus> {
+        let mut st = self.lock();
+        let max = st.max_staleness;
+        let now = SystemTime::now();
+        st.sources
+            .iter_mut()
+            .map(|e| {
+                let age = e.last_ok.and_then(|t| now.duration_since(t).ok());
+                let stale = e.last_error.is_some() && age.is_none_or(|a| a > max);
+                if stale && !e.stale_logged {
+                    tracing::warn!(source = %e.name, max_staleness = ?max, "source is stale; its last set still serves");
+                    e.stale_logged = true;
+                }
+                SourceStatus {
+                    name: e.name.clone(),
+                    state: if stale {
+                        "stale"
+                    } else if e.last_error.is_some() {
+                        "failing"
+                    } else if e.last_ok.is_some() {
+                        "ok"
+                    } else {
+                        "starting"
+                    },
+                    last_success: e.last_ok,
+                    last_error: e.last_error.clone(),
+                    instances: e.set.len(),
+                    held_back: e.held.iter().map(|h| (h.service.clone(), h.addr)).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The version at which `service`'s published content last changed;
+    /// 0 when unknown.
+    pub fn service_index(&self, service: &str) -> u64 {
+        self.lock().service_index.get(service).copied().unwrap_or(0)
     }
 
     /// Applies a reloaded config: routes, service policies and static
@@ -130,9 +330,14 @@ impl Registry {
         st.policies = policies(config);
         st.default_policy = config.default_policy.clone();
         st.max_idle = config.limits.max_idle_per_instance;
+        st.preserve_percent = config.registry.self_preservation_percent;
+        st.max_staleness = config.registry.max_staleness;
         let statics = static_instances(config);
-        if let Some((_, set)) = st.sources.iter_mut().find(|(n, _)| &**n == STATIC_SOURCE) {
-            *set = statics;
+        if let Some(e) = st.sources.iter_mut().find(|e| &*e.name == STATIC_SOURCE) {
+            // Editing the file is an explicit act: no guard.
+            e.set = statics;
+            e.held.clear();
+            e.last_ok = Some(SystemTime::now());
         }
         drop(st);
         self.changed.notify_one();
@@ -210,7 +415,10 @@ impl BuildState {
             .iter()
             .map(|(name, (balance, policy))| (name.clone(), (*balance, policy.clone(), Vec::new())))
             .collect();
-        for (source, set) in &self.sources {
+        for SourceEntry {
+            name: source, set, ..
+        } in &self.sources
+        {
             for spec in set {
                 let (_, _, members) = services.entry(spec.service.clone()).or_insert_with(|| {
                     (Balance::default(), self.default_policy.clone(), Vec::new())
@@ -273,14 +481,26 @@ impl BuildState {
                         }
                     };
                     live.insert(key, Arc::downgrade(&state));
+                    state.set_admin_drain(spec.draining);
                     Member {
                         instance: state,
                         weight: spec.weight,
                         id: spec.id.clone(),
+                        tags: spec.tags.clone(),
                         source: source.clone(),
                     }
                 })
                 .collect();
+            let unchanged = self
+                .published
+                .as_ref()
+                .and_then(|old| old.services.get(name))
+                .is_some_and(|old| old.0 == *balance && old.1 == *policy && old.2 == *specs);
+            let index = match self.service_index.get(name) {
+                Some(&i) if unchanged => i,
+                _ => self.version,
+            };
+            self.service_index.insert(name.clone(), index);
             let schedule = Schedule::new(members.iter().map(|m| m.weight));
             let service_live = self.service_live.entry(name.clone()).or_default().clone();
             let entry = ServiceEntry {
@@ -290,6 +510,7 @@ impl BuildState {
                 members,
                 schedule,
                 live: service_live,
+                index,
             };
             crate::balance::update_panic(&entry, now);
             services.insert(name.clone(), Arc::new(entry));

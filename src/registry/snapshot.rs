@@ -3,7 +3,7 @@
 //! live state. Built off the hot path by the refresher; never mutated after
 //! publication (only the atomics inside the live state change).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -88,6 +88,8 @@ pub struct ServiceEntry {
     pub(crate) members: Box<[Member]>,
     pub(crate) schedule: Schedule,
     pub(crate) live: Arc<ServiceLive>,
+    /// Snapshot version at which this service's content last changed.
+    pub(crate) index: u64,
 }
 
 impl ServiceEntry {
@@ -104,6 +106,12 @@ impl ServiceEntry {
     /// Its timeouts, retries and health settings.
     pub fn policy(&self) -> &Arc<ServicePolicy> {
         &self.policy
+    }
+
+    /// The snapshot version at which this service last changed (members,
+    /// weights, tags, policy); long polls wait for it to pass a value.
+    pub fn index(&self) -> u64 {
+        self.index
     }
 
     /// State that outlives snapshots (rotation, panic mode, retry budget).
@@ -126,6 +134,8 @@ pub struct Member {
     pub weight: u32,
     /// The instance id a source gave, if any.
     pub id: Option<Arc<str>>,
+    /// Tags (metadata) a source gave.
+    pub tags: Option<Arc<BTreeMap<String, String>>>,
     /// The source the instance came from.
     pub source: Arc<str>,
 }

@@ -8,6 +8,7 @@
 //! and id. A source that fails simply does not report: its last good set
 //! stays in force.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,6 +28,24 @@ pub struct InstanceSpec {
     pub weight: u32,
     /// The id the source knows it by, if any.
     pub id: Option<Arc<str>>,
+    /// Metadata.
+    pub tags: Option<Arc<BTreeMap<String, String>>>,
+    /// Asked to drain: kept listed, takes no new requests.
+    pub draining: bool,
+}
+
+impl InstanceSpec {
+    /// A plain instance: weight 1, no id, no tags.
+    pub fn new(service: Arc<str>, addr: SocketAddr) -> Self {
+        InstanceSpec {
+            service,
+            addr,
+            weight: 1,
+            id: None,
+            tags: None,
+            draining: false,
+        }
+    }
 }
 
 /// The static instances written in the config file.
@@ -40,6 +59,8 @@ pub fn static_instances(config: &Config) -> Vec<InstanceSpec> {
                 addr: i.addr,
                 weight: i.weight,
                 id: None,
+                tags: None,
+                draining: false,
             })
         })
         .collect()

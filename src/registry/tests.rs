@@ -9,12 +9,10 @@ fn config(text: &str) -> Config {
 }
 
 fn spec(service: &str, port: u16) -> InstanceSpec {
-    InstanceSpec {
-        service: Arc::from(service),
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        weight: 1,
-        id: None,
-    }
+    InstanceSpec::new(
+        Arc::from(service),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    )
 }
 
 #[test]
@@ -127,7 +125,7 @@ fn concurrent_readers_never_see_a_torn_or_empty_view() {
         } else {
             set_a.clone()
         };
-        reg.update_source("api", set);
+        reg.report("api", set, Removals::Explicit);
         assert!(reg.rebuild());
     }
     stop.store(true, Ordering::Relaxed);
@@ -153,4 +151,67 @@ async fn refresher_publishes_after_an_update() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     panic!("refresher did not publish");
+}
+
+#[test]
+fn self_preservation_holds_back_mass_removals_until_released() {
+    let reg = Registry::new(&config("[services.z]\ninstances = [\"127.0.0.1:50\"]\n"));
+    reg.update_source("api", (1..=4).map(|p| spec("a", p)).collect());
+    reg.rebuild();
+    // Losing 3 of 4 at once without deregistrations: held back.
+    reg.update_source("api", vec![spec("a", 1)]);
+    reg.rebuild();
+    assert_eq!(reg.load().service("a").unwrap().members().len(), 4);
+    let status = reg
+        .sources()
+        .into_iter()
+        .find(|s| &*s.name == "api")
+        .unwrap();
+    assert_eq!(status.held_back.len(), 3);
+    assert_eq!(reg.release_held("api"), Some(3));
+    reg.rebuild();
+    assert_eq!(reg.load().service("a").unwrap().members().len(), 1);
+    // Removing one of four is within the 50% guard.
+    reg.update_source("api", (1..=4).map(|p| spec("a", p)).collect());
+    reg.rebuild();
+    reg.update_source("api", (1..=3).map(|p| spec("a", p)).collect());
+    reg.rebuild();
+    assert_eq!(reg.load().service("a").unwrap().members().len(), 3);
+    // Emptying a service is held back; an explicit deregistration is not.
+    reg.update_source("api", vec![]);
+    reg.rebuild();
+    assert_eq!(reg.load().service("a").unwrap().members().len(), 3);
+    reg.report("api", vec![], Removals::Explicit);
+    reg.rebuild();
+    assert!(reg.load().service("a").is_none());
+}
+
+#[test]
+fn service_index_moves_only_when_the_service_changes() {
+    let reg = Registry::new(&config("[services.z]\ninstances = [\"127.0.0.1:50\"]\n"));
+    reg.update_source("api", vec![spec("a", 1)]);
+    reg.rebuild();
+    let a1 = reg.load().service("a").unwrap().index();
+    let z1 = reg.load().service("z").unwrap().index();
+    reg.update_source("api", vec![spec("a", 1), spec("a", 2)]);
+    reg.rebuild();
+    assert!(reg.load().service("a").unwrap().index() > a1);
+    assert_eq!(reg.load().service("z").unwrap().index(), z1);
+}
+
+#[test]
+fn failing_source_keeps_its_set() {
+    let reg = Registry::new(&config("[services.z]\ninstances = [\"127.0.0.1:50\"]\n"));
+    reg.update_source("dns", vec![spec("a", 1)]);
+    reg.rebuild();
+    reg.source_failed("dns", "timeout".into());
+    reg.rebuild();
+    assert_eq!(reg.load().service("a").unwrap().members().len(), 1);
+    let st = reg
+        .sources()
+        .into_iter()
+        .find(|s| &*s.name == "dns")
+        .unwrap();
+    assert_eq!(st.state, "failing");
+    assert_eq!(st.last_error.unwrap().1, "timeout");
 }

@@ -1,77 +1,13 @@
-//! The admin API, served on its own listener (loopback by default), never
-//! on the proxy's: liveness and a JSON view of the registry as the proxy
-//! currently routes it.
-//!
-//! - `GET /healthz`: `200 ok` while the process serves.
-//! - `GET /v1/services`: every service with its policy and instances (address,
-//!   source, weight, in-flight and total requests, availability).
+//! `GET /v1/services` and `GET /v1/status`: the registry as the proxy
+//! routes it right now, with every instance's combined state.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::TcpListener;
 
 use crate::clock;
 use crate::config::Balance;
-use crate::proxy::ProxyBody;
 use crate::registry::Registry;
-
-/// Serves the admin API on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let registry = registry.clone();
-                async move { Ok::<_, Infallible>(handle(&registry, req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-/// Answers one admin request.
-pub fn handle(registry: &Registry, req: Request<Incoming>) -> Response<ProxyBody> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/v1/services") => json(&services(registry)),
-        (_, "/healthz" | "/v1/services") => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed; use GET\n",
-        ),
-        (_, path) => text(
-            StatusCode::NOT_FOUND,
-            &format!("no admin endpoint at {path}\n"),
-        ),
-    }
-}
 
 /// `GET /v1/services`.
 #[derive(Debug, Serialize)]
@@ -146,7 +82,8 @@ pub struct InstanceView {
     pub idle_connections: usize,
 }
 
-fn services(registry: &Registry) -> ServicesView {
+/// Builds the `GET /v1/services` answer.
+pub fn services(registry: &Registry) -> ServicesView {
     let snap = registry.load_full();
     let now = clock::now_ms();
     let mut services: Vec<ServiceView> = snap
@@ -204,30 +141,28 @@ fn services(registry: &Registry) -> ServicesView {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(body.to_owned()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+/// `GET /v1/status`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    /// Snapshot version.
+    pub version: u64,
+    /// Milliseconds since the snapshot was built.
+    pub age_ms: u128,
+    /// Services in the snapshot.
+    pub services: usize,
+    /// Instances in the snapshot.
+    pub instances: usize,
 }
 
-fn json(value: &impl Serialize) -> Response<ProxyBody> {
-    match serde_json::to_vec_pretty(value) {
-        Ok(mut body) => {
-            body.push(b'\n');
-            let mut resp = Response::new(ProxyBody::full(body));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("could not encode: {e}\n"),
-        ),
+/// Builds the `GET /v1/status` answer.
+pub fn status(registry: &Registry) -> StatusView {
+    let snap = registry.load();
+    StatusView {
+        version: snap.version(),
+        age_ms: SystemTime::now()
+            .duration_since(snap.built_at())
+            .map_or(0, |d| d.as_millis()),
+        services: snap.service_count(),
+        instances: snap.instance_count(),
     }
 }
