@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::proxy::server::{self, ServerSettings};
 use crate::proxy::Proxy;
 use crate::registry::registrations::Registrations;
@@ -134,10 +135,88 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     })
 }
 
+impl Running {
+    /// Reloads the config file at `path` and applies routes, services,
+    /// policies and static instances. An invalid file changes nothing and
+    /// its error is returned (and logged).
+    pub fn reload(&self, path: &Path, current: &mut Config) -> Result<bool, ConfigError> {
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload rejected; the running config stays");
+                return Err(e);
+            }
+        };
+        if new == *current {
+            return Ok(false);
+        }
+        let restart_needed = new.listen != current.listen
+            || new.admin != current.admin
+            || new.limits != current.limits
+            || new.timeouts.client_header != current.timeouts.client_header
+            || new.timeouts.upstream_idle != current.timeouts.upstream_idle
+            || new.proxy.debug_header != current.proxy.debug_header
+            || new.proxy.snapshot_header != current.proxy.snapshot_header
+            || new.proxy.via != current.proxy.via
+            || new.admin_token != current.admin_token;
+        if restart_needed {
+            tracing::warn!("config changes to listen, admin, limits, proxy headers or client timeouts apply at the next restart");
+        }
+        self.registry.apply_config(&new);
+        tracing::info!(file = %path.display(), routes = new.routes.len(), services = new.services.len(), "config reloaded");
+        *current = new;
+        Ok(true)
+    }
+
+    /// Watches `path` (checked every second) and, with `sighup`, SIGHUP;
+    /// reloads on change. Runs until the process ends.
+    pub fn spawn_reloader(self: &Arc<Self>, path: PathBuf, mut current: Config, sighup: bool) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let stamp = |p: &Path| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| (m.modified().ok(), m.len()))
+            };
+            let mut last = stamp(&path);
+            let mut hup = if sighup {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+            } else {
+                None
+            };
+            loop {
+                let by_signal = tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => false,
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                };
+                let now = stamp(&path);
+                if !by_signal && now == last {
+                    continue;
+                }
+                last = now;
+                let Some(running) = me.upgrade() else { return };
+                let _ = running.reload(&path, &mut current);
+            }
+        });
+    }
+}
+
 /// Starts the proxy and serves until `shutdown` completes, then drains.
-pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let running = start(config).await?;
+/// With `path`, the config file is watched and reloaded on change or SIGHUP.
+pub async fn run(
+    config: &Config,
+    path: Option<&Path>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let running = Arc::new(start(config).await?);
+    if let Some(path) = path {
+        running.spawn_reloader(path.to_owned(), config.clone(), true);
+    }
     shutdown.await;
+    let Ok(running) = Arc::try_unwrap(running) else {
+        tracing::warn!("reloader still holds the proxy; exiting without drain");
+        return Ok(());
+    };
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())

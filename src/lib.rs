@@ -8,5 +8,6 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod proxy;
+pub mod registrar;
 pub mod registry;
 pub mod router;

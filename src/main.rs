@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use wayfinder::config::Config;
+use wayfinder::registrar::{Check, Options};
 
 /// A service-discovery load-balancing reverse proxy.
 #[derive(Debug, Parser)]
@@ -23,6 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy with a config file until SIGTERM or SIGINT, then drain.
+    /// The file is watched and reloaded on change or SIGHUP.
     Run {
         /// The config file.
         #[arg(long, short, default_value = "config/wayfinder.toml")]
@@ -35,6 +37,9 @@ enum Command {
         #[arg(long, short, default_value = "config/wayfinder.toml")]
         config: PathBuf,
     },
+    /// Keep a service registered with a proxy while it is healthy (third-party
+    /// registration); optionally start it: `wayfinder register ... -- CMD ARGS`.
+    Register(Box<RegisterArgs>),
     /// Run the built-in example config with demo instances on loopback and
     /// show requests rotating between them.
     Demo {
@@ -42,6 +47,50 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct RegisterArgs {
+    /// The proxy's admin API.
+    #[arg(long, default_value = "http://127.0.0.1:9900")]
+    registry: http::Uri,
+    /// Service name.
+    #[arg(long)]
+    service: String,
+    /// The instance's address (IP:PORT).
+    #[arg(long)]
+    address: std::net::SocketAddr,
+    /// Instance id (default: the address).
+    #[arg(long)]
+    id: Option<String>,
+    /// HTTP health check URL; 2xx/3xx passes.
+    #[arg(long, conflicts_with = "check_tcp")]
+    check: Option<http::Uri>,
+    /// Check by connecting to --address.
+    #[arg(long)]
+    check_tcp: bool,
+    /// TTL to register with; heartbeats every third of it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    /// Tag as KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Bearer token for the admin API (or WAYFINDER_TOKEN).
+    #[arg(long, env = "WAYFINDER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Longest wait for in-flight requests before deregistering on stop.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: std::time::Duration,
+    /// The service to start and watch, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 fn main() -> ExitCode {
@@ -67,14 +116,41 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
             runtime().block_on(async {
-                match wayfinder::app::run(&config, shutdown_signal()).await {
+                match wayfinder::app::run(&config, Some(&path), shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(e),
+                }
+            })
+        }
+        Command::Register(args) => {
+            let check = match (args.check, args.check_tcp) {
+                (Some(url), _) => Check::Http(url),
+                (None, true) => Check::Tcp,
+                (None, false) => Check::None,
+            };
+            let opts = Options {
+                registry: args.registry,
+                id: args
+                    .id
+                    .unwrap_or_else(|| args.address.to_string().replace(['[', ']'], "")),
+                service: args.service,
+                address: args.address,
+                check,
+                ttl: args.ttl,
+                tags: args.tags.into_iter().collect(),
+                token: args.token,
+                drain_timeout: args.drain_timeout,
+                command: args.command,
+            };
+            runtime().block_on(async {
+                match wayfinder::registrar::run(opts, shutdown_signal()).await {
+                    Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                     Err(e) => fail(e),
                 }
             })
