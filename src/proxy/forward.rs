@@ -37,6 +37,10 @@ use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
 /// Response header listing the attempts behind a response, when
 /// `proxy.debug_header` is on.
 pub static DEBUG_HEADER: HeaderName = HeaderName::from_static("x-wayfinder-debug");
+
+/// Response header with the registry snapshot version and age, when
+/// `proxy.snapshot_header` is on: `x-wayfinder-snapshot: 12; age_ms=850`.
+pub static SNAPSHOT_HEADER: HeaderName = HeaderName::from_static("x-wayfinder-snapshot");
 use crate::router::strip_path;
 
 /// What the proxy knows about the client connection a request came on.
@@ -102,6 +106,15 @@ impl Proxy {
             .and_then(|t| HeaderValue::from_str(&t).ok())
         {
             resp.headers_mut().insert(DEBUG_HEADER.clone(), value);
+        }
+        if self.settings.snapshot_header {
+            let snap = self.registry.load();
+            let age = std::time::SystemTime::now()
+                .duration_since(snap.built_at())
+                .map_or(0, |d| d.as_millis());
+            if let Ok(v) = HeaderValue::from_str(&format!("{}; age_ms={age}", snap.version())) {
+                resp.headers_mut().insert(SNAPSHOT_HEADER.clone(), v);
+            }
         }
         resp
     }

@@ -39,6 +39,7 @@ pub(crate) struct Settings {
     pub upstream_idle: Duration,
     pub max_header_bytes: usize,
     pub debug_header: bool,
+    pub snapshot_header: bool,
     /// `Via` values for HTTP/1.1 and HTTP/2 clients.
     pub via_h1: HeaderValue,
     pub via_h2: HeaderValue,
@@ -57,6 +58,7 @@ impl Proxy {
                 upstream_idle: config.timeouts.upstream_idle,
                 max_header_bytes: config.limits.max_header_bytes,
                 debug_header: config.proxy.debug_header,
+                snapshot_header: config.proxy.snapshot_header,
                 via_h1: via("1.1"),
                 via_h2: via("2"),
             },
