@@ -133,9 +133,8 @@ pub(crate) struct RawService {
     /// Default round-robin.
     #[serde(default)]
     pub balance: Option<RawBalance>,
-    /// Static instances.
-    #[serde(default)]
-    pub instances: Vec<Spanned<RawInstance>>,
+    /// Static instances; omitted for a service fed only by registry sources.
+    pub instances: Option<Spanned<Vec<Spanned<RawInstance>>>>,
     /// Attempts per request; default `proxy.max_attempts`.
     pub max_attempts: Option<Spanned<i64>>,
     /// Ramp-up window for instances that just became healthy; "0s" is off.

@@ -679,15 +679,21 @@ fn services(
         let key = format!("services.{name}");
         check_service_name(name).map_err(|m| cx.err_at(svc, &key, m))?;
         let s = svc.get_ref();
-        if s.instances.is_empty() {
-            return Err(cx.err_at(
-                svc,
-                format!("{key}.instances"),
-                "a service needs at least one instance, e.g. instances = [\"127.0.0.1:9001\"]",
-            ));
-        }
-        let mut instances: Vec<StaticInstance> = Vec::with_capacity(s.instances.len());
-        for (i, inst) in s.instances.iter().enumerate() {
+        let raw_instances: &[Spanned<RawInstance>] = match &s.instances {
+            // A service fed only by the registration API (or another source).
+            None => &[],
+            Some(list) if list.get_ref().is_empty() => {
+                return Err(cx.err_at(
+                    list,
+                    format!("{key}.instances"),
+                    "an empty list names no instance: list at least one (\"127.0.0.1:9001\"), \
+                     or omit `instances` for a service whose instances register themselves",
+                ));
+            }
+            Some(list) => list.get_ref(),
+        };
+        let mut instances: Vec<StaticInstance> = Vec::with_capacity(raw_instances.len());
+        for (i, inst) in raw_instances.iter().enumerate() {
             let ikey = format!("{key}.instances[{i}]");
             let (addr, weight) = match inst.get_ref() {
                 RawInstance::Address(a) => (a, None),
