@@ -4,7 +4,11 @@
 //! connection, so both are released exactly when the body ends.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use tokio::sync::Notify;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -16,10 +20,73 @@ use crate::registry::InFlightGuard;
 /// A request body sent upstream.
 #[derive(Debug)]
 pub enum UpstreamBody {
-    /// The client's body, streamed through.
-    Client(Incoming),
+    /// The client's body, streamed through; `progress` (present when the
+    /// body was not empty from the start) says when it has been sent.
+    Client {
+        /// The body.
+        body: Incoming,
+        /// Signalled at its end.
+        progress: Option<Arc<Progress>>,
+    },
     /// No body (a rebuilt bodyless request on retry).
     Empty,
+}
+
+impl UpstreamBody {
+    /// Wraps a client body; bodies with content get a progress signal.
+    pub fn client(body: Incoming) -> Self {
+        let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::default()));
+        UpstreamBody::Client { body, progress }
+    }
+
+    /// The signal for "fully sent", when there is a body to send.
+    pub fn progress(&self) -> Option<Arc<Progress>> {
+        match self {
+            UpstreamBody::Client { progress, .. } => progress.clone(),
+            UpstreamBody::Empty => None,
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Dropped mid-way (an error, the connection closed): nothing more
+        // will be sent, so the response timer may run.
+        if let UpstreamBody::Client {
+            progress: Some(p), ..
+        } = self
+        {
+            p.finish();
+        }
+    }
+}
+
+/// Whether a request body has been sent to its end.
+#[derive(Debug, Default)]
+pub struct Progress {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl Progress {
+    fn finish(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Completes once the body has been sent (or abandoned).
+    pub async fn finished(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Body for UpstreamBody {
@@ -32,7 +99,17 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Client(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Client { body, progress } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Some(p) = progress {
+                    match &polled {
+                        Poll::Ready(None) | Poll::Ready(Some(Err(_))) => p.finish(),
+                        Poll::Ready(Some(Ok(_))) if body.is_end_stream() => p.finish(),
+                        _ => {}
+                    }
+                }
+                polled
+            }
             UpstreamBody::Empty => Poll::Ready(None),
         }
     }
@@ -40,7 +117,7 @@ impl Body for UpstreamBody {
     #[inline]
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Client(b) => b.is_end_stream(),
+            UpstreamBody::Client { body, .. } => body.is_end_stream(),
             UpstreamBody::Empty => true,
         }
     }
@@ -48,7 +125,7 @@ impl Body for UpstreamBody {
     #[inline]
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Client(b) => b.size_hint(),
+            UpstreamBody::Client { body, .. } => body.size_hint(),
             UpstreamBody::Empty => SizeHint::with_exact(0),
         }
     }

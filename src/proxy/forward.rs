@@ -169,10 +169,10 @@ impl Proxy {
             Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
 
         let resend_ok = upgrade.is_none() && body.is_end_stream() && is_idempotent(&parts.method);
-        let via = if parts.version == Version::HTTP_2 {
-            &self.settings.via_h2
-        } else {
-            &self.settings.via_h1
+        let via = match parts.version {
+            Version::HTTP_2 => &self.settings.via_h2,
+            Version::HTTP_10 => &self.settings.via_h10,
+            _ => &self.settings.via_h1,
         };
         let template = Template {
             parts: &parts,
@@ -185,7 +185,7 @@ impl Proxy {
             },
         };
 
-        let pending = template.build(UpstreamBody::Client(body));
+        let pending = template.build(UpstreamBody::client(body));
         let attempts = self.attempts(
             &service,
             &template,
@@ -365,12 +365,25 @@ impl Proxy {
     }
 }
 
-/// Sends `request` on `sender` and waits for the response head.
+/// Sends `request` on `sender` and waits for the response head. The
+/// response-header timeout starts once the request body has been sent, so a
+/// slow upload is not cut short by it.
 async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Duration) -> Attempt {
+    let progress = request.body().progress();
     let sent = sender.try_send_request(request);
-    match tokio::time::timeout(timeout, sent).await {
-        Ok(Ok(resp)) => Attempt::Answered(resp, sender),
-        Ok(Err(mut e)) => {
+    let timer = async {
+        if let Some(p) = progress {
+            p.finished().await;
+        }
+        tokio::time::sleep(timeout).await;
+    };
+    let outcome = tokio::select! {
+        r = sent => Some(r),
+        () = timer => None,
+    };
+    match outcome {
+        Some(Ok(resp)) => Attempt::Answered(resp, sender),
+        Some(Err(mut e)) => {
             let request = e.take_message();
             // Not written: nothing reached the instance, so it counts as a
             // connect-class failure; written: reset before a response.
@@ -385,7 +398,7 @@ async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Durat
                 failure: Some(failure),
             }
         }
-        Err(_) => Attempt::TimedOut,
+        None => Attempt::TimedOut,
     }
 }
 

@@ -40,7 +40,9 @@ pub(crate) struct Settings {
     pub max_header_bytes: usize,
     pub debug_header: bool,
     pub snapshot_header: bool,
-    /// `Via` values for HTTP/1.1 and HTTP/2 clients.
+    /// `Via` values for HTTP/1.0, HTTP/1.1 and HTTP/2 clients (RFC 9110
+    /// section 7.6.3: the version received).
+    pub via_h10: HeaderValue,
     pub via_h1: HeaderValue,
     pub via_h2: HeaderValue,
 }
@@ -59,6 +61,7 @@ impl Proxy {
                 max_header_bytes: config.limits.max_header_bytes,
                 debug_header: config.proxy.debug_header,
                 snapshot_header: config.proxy.snapshot_header,
+                via_h10: via("1.0"),
                 via_h1: via("1.1"),
                 via_h2: via("2"),
             },
