@@ -121,7 +121,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            runtime().block_on(async {
+            runtime_with(config.runtime.worker_threads).block_on(async {
                 match wayfinder::app::run(&config, Some(&path), shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e),
@@ -170,8 +170,17 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    runtime_with(None)
+}
+
+/// A multi-thread runtime with `workers` threads (default: Tokio's, one per
+/// core, or TOKIO_WORKER_THREADS).
+fn runtime_with(workers: Option<usize>) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.enable_all()
         .build()
         .expect("cannot start the Tokio runtime")
 }

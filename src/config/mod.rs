@@ -26,6 +26,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// `[registry]`.
     pub registry: RegistrySettings,
+    /// `[runtime]`.
+    pub runtime: Runtime,
     /// Timeouts on both sides of the proxy.
     pub timeouts: Timeouts,
     /// Size and count limits.
@@ -42,6 +44,13 @@ pub struct Config {
     /// declared in the file): the global timeouts and attempts, no active
     /// checks, default outlier detection.
     pub default_policy: Arc<ServicePolicy>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    /// Tokio worker threads; `None` means one per available core.
+    pub worker_threads: Option<usize>,
 }
 
 /// `[registry]`.

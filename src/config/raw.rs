@@ -24,6 +24,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub registry: RawRegistry,
     #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
     pub limits: RawLimits,
@@ -47,6 +49,13 @@ pub(crate) struct RawAdmin {
     pub token: Option<Spanned<String>>,
     /// Environment variable holding the token.
     pub token_env: Option<Spanned<String>>,
+}
+
+/// `[runtime]`: process tuning.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRuntime {
+    pub worker_threads: Option<Spanned<i64>>,
 }
 
 /// `[registry]`: how sources merge and are guarded.

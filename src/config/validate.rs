@@ -15,8 +15,8 @@ use super::raw::{
 };
 use super::{
     check_service_name, Balance, CheckKind, Config, ConfigError, Conventions, HealthCheck,
-    HostMatch, Limits, Outlier, ProxySettings, RegistrySettings, RetryBudget, Route, ServiceConfig,
-    ServicePolicy, ServiceTimeouts, StaticInstance, Timeouts,
+    HostMatch, Limits, Outlier, ProxySettings, RegistrySettings, RetryBudget, Route, Runtime,
+    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, Timeouts,
 };
 
 /// Parses and validates; see [`Config::parse`].
@@ -160,6 +160,18 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             }
         },
         (None, None) => None,
+    };
+    let runtime = Runtime {
+        worker_threads: match &raw.runtime.worker_threads {
+            None => None,
+            Some(n) => Some(int(
+                cx,
+                &Some(n.clone()),
+                "runtime.worker_threads",
+                1,
+                1..=1024,
+            )?),
+        },
     };
     let r = &raw.registry;
     let registry = RegistrySettings {
@@ -314,6 +326,7 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         admin,
         admin_token,
         registry,
+        runtime,
         timeouts,
         limits,
         conventions,
