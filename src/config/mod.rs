@@ -6,6 +6,7 @@
 //! builds the [`Config`] the rest of the proxy uses. Every error names the
 //! file, the line and column, and the key path of what is wrong.
 
+mod discovery;
 mod raw;
 mod validate;
 
@@ -65,6 +66,42 @@ pub struct RegistrySettings {
     pub state_file: Option<PathBuf>,
     /// TTL of registrations that name none.
     pub default_ttl: Duration,
+    /// `[registry.etcd]`: the shared registry, when several proxies share one.
+    pub etcd: Option<EtcdSettings>,
+}
+
+/// `[registry.etcd]`: etcd (v3, through its JSON gateway) as the registry
+/// shared by several proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// Client URLs (`http://host:port`), tried in order.
+    pub endpoints: Vec<http::Uri>,
+    /// Key prefix, starting and ending with `/`.
+    pub prefix: String,
+    /// User and password for etcd authentication, when enabled there.
+    pub auth: Option<EtcdAuth>,
+    /// TCP connect to an endpoint.
+    pub dial_timeout: Duration,
+    /// One etcd call (not the long-lived watch).
+    pub request_timeout: Duration,
+}
+
+/// etcd credentials. `Debug` does not show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdAuth {
+    /// The etcd user.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `[timeouts]`.
@@ -156,6 +193,38 @@ pub struct ServiceConfig {
     pub instances: Vec<StaticInstance>,
     /// Health, retry and timeout behaviour.
     pub policy: Arc<ServicePolicy>,
+    /// `[services.NAME.dns]`: instances found in DNS, when configured.
+    pub dns: Option<DnsDiscovery>,
+}
+
+/// `[services.NAME.dns]`: a service's instances resolved from DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    /// The name to resolve.
+    pub name: String,
+    /// Which records, and where the port comes from.
+    pub kind: DnsKind,
+    /// The nameserver to ask; `None` uses the system's `resolv.conf`.
+    pub nameserver: Option<SocketAddr>,
+    /// Shortest time between two resolutions, whatever the record TTL.
+    pub min_refresh: Duration,
+    /// Longest time between two resolutions, whatever the record TTL.
+    pub max_refresh: Duration,
+    /// How long a name may stay NXDOMAIN (or without records) before the
+    /// service's DNS instances are removed.
+    pub nxdomain_grace: Duration,
+}
+
+/// The records a [`DnsDiscovery`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsKind {
+    /// A and AAAA records; every address gets this port.
+    A {
+        /// The instances' port.
+        port: u16,
+    },
+    /// SRV records: target, port and weight per instance.
+    Srv,
 }
 
 /// How the proxy treats one service's instances: timeouts, retries, active

@@ -66,6 +66,28 @@ pub(crate) struct RawRegistry {
     pub max_staleness: Option<Spanned<Dur>>,
     pub state_file: Option<Spanned<String>>,
     pub default_ttl: Option<Spanned<Dur>>,
+    /// The shared registry; absent means registrations stay in this proxy.
+    pub etcd: Option<Spanned<RawEtcd>>,
+}
+
+/// `[registry.etcd]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEtcd {
+    /// Client URLs, e.g. `["http://127.0.0.1:2379"]`. Required.
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    /// Key prefix. Default `"/wayfinder/"`.
+    pub prefix: Option<Spanned<String>>,
+    /// etcd user, when etcd authentication is enabled. Default none.
+    pub username: Option<Spanned<String>>,
+    /// Its password (or use `password_env`).
+    pub password: Option<Spanned<String>>,
+    /// Environment variable holding the password.
+    pub password_env: Option<Spanned<String>>,
+    /// TCP connect to an endpoint. Default 2s.
+    pub dial_timeout: Option<Spanned<Dur>>,
+    /// One etcd call. Default 5s.
+    pub request_timeout: Option<Spanned<Dur>>,
 }
 
 /// `[timeouts]`: every value is a duration string such as `"250ms"` or `"5s"`.
@@ -161,6 +183,36 @@ pub(crate) struct RawService {
     /// Retry budget.
     #[serde(default)]
     pub retry_budget: RawRetryBudget,
+    /// Instances resolved from DNS.
+    pub dns: Option<Spanned<RawDns>>,
+}
+
+/// `[services.NAME.dns]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    /// The name to resolve. Required.
+    pub name: Spanned<String>,
+    /// `"a"` (A/AAAA plus `port`) or `"srv"`. Required.
+    pub kind: RawDnsKind,
+    /// The instances' port; required with `kind = "a"`, refused with `"srv"`.
+    pub port: Option<Spanned<i64>>,
+    /// `"IP:PORT"` of the nameserver. Default: the system's resolv.conf.
+    pub nameserver: Option<Spanned<String>>,
+    /// Shortest time between resolutions. Default 1s.
+    pub min_refresh: Option<Spanned<Dur>>,
+    /// Longest time between resolutions. Default 60s.
+    pub max_refresh: Option<Spanned<Dur>>,
+    /// How long NXDOMAIN may last before the set empties. Default 30s.
+    pub nxdomain_grace: Option<Spanned<Dur>>,
+}
+
+/// DNS record kinds as written in TOML.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawDnsKind {
+    A,
+    Srv,
 }
 
 /// `[services.NAME.timeouts]`.

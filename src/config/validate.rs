@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::discovery;
+
 use super::raw::{
     Dur, RawBalance, RawCheckKind, RawConfig, RawHealth, RawInitial, RawInstance, RawService,
 };
@@ -27,13 +29,13 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
 }
 
 /// What every error needs: the text (to turn spans into lines) and the file name.
-struct Cx<'a> {
+pub(super) struct Cx<'a> {
     text: &'a str,
     file: &'a Path,
 }
 
 impl Cx<'_> {
-    fn err(
+    pub(super) fn err(
         &self,
         span: Option<Range<usize>>,
         key: impl Into<String>,
@@ -52,7 +54,7 @@ impl Cx<'_> {
         }
     }
 
-    fn err_at<T>(
+    pub(super) fn err_at<T>(
         &self,
         at: &Spanned<T>,
         key: impl Into<String>,
@@ -202,7 +204,19 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             "registry.default_ttl",
             Duration::from_secs(30),
         )?,
+        etcd: r
+            .etcd
+            .as_ref()
+            .map(|e| discovery::etcd(cx, e))
+            .transpose()?,
     };
+    if let (Some(f), Some(_)) = (&r.state_file, &registry.etcd) {
+        return Err(cx.err_at(
+            f,
+            "registry.state_file",
+            "not used with [registry.etcd]: etcd keeps the registrations; remove state_file",
+        ));
+    }
 
     let t = &raw.timeouts;
     let timeouts = Timeouts {
@@ -337,7 +351,11 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-fn socket_addr(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+pub(super) fn socket_addr(
+    cx: &Cx<'_>,
+    s: &Spanned<String>,
+    key: &str,
+) -> Result<SocketAddr, ConfigError> {
     s.get_ref().parse().map_err(|_| {
         cx.err_at(
             s,
@@ -350,7 +368,7 @@ fn socket_addr(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<SocketAddr
     })
 }
 
-fn duration(
+pub(super) fn duration(
     cx: &Cx<'_>,
     v: &Option<Spanned<Dur>>,
     key: &str,
@@ -363,7 +381,7 @@ fn duration(
     }
 }
 
-fn int<T: TryFrom<i64>>(
+pub(super) fn int<T: TryFrom<i64>>(
     cx: &Cx<'_>,
     v: &Option<Spanned<i64>>,
     key: &str,
@@ -403,7 +421,7 @@ fn host_suffix(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<String, Co
     Ok(v)
 }
 
-fn valid_host_chars(h: &str) -> bool {
+pub(super) fn valid_host_chars(h: &str) -> bool {
     !h.is_empty()
         && !h.starts_with('.')
         && !h.ends_with('.')
@@ -757,6 +775,11 @@ fn services(
                 },
                 instances,
                 policy: Arc::new(policy(cx, s, &key, defaults)?),
+                dns: s
+                    .dns
+                    .as_ref()
+                    .map(|d| discovery::dns(cx, d, &format!("{key}.dns")))
+                    .transpose()?,
             },
         );
     }
