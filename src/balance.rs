@@ -136,9 +136,12 @@ pub fn pick(service: &ServiceEntry, now_ms: u64, tried: &Tried) -> Option<InFlig
     let eligible =
         |m: &Member| (panic || m.instance.is_available(now_ms)) && !tried.contains(&m.instance);
     let slow_start = service.policy.slow_start;
+    let retry = !tried.is_empty();
     let member = match service.balance {
-        Balance::RoundRobin => round_robin(service, eligible, now_ms, slow_start),
-        Balance::LeastConnections => least_connections(service, eligible, now_ms, slow_start),
+        Balance::RoundRobin => round_robin(service, retry, eligible, now_ms, slow_start),
+        Balance::LeastConnections => {
+            least_connections(service, retry, eligible, now_ms, slow_start)
+        }
     }?;
     Some(InFlightGuard::new(member.instance.clone()))
 }
@@ -179,8 +182,21 @@ fn chance(seed: usize) -> u64 {
     ((seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 1000
 }
 
+/// The rotation cursor's next position. First attempts advance it (so it
+/// also counts requests, for the retry budget); retries only read it, so a
+/// retry does not shift the rotation for the requests that follow.
+#[inline]
+fn advance(service: &ServiceEntry, retry: bool) -> usize {
+    if retry {
+        service.live.cursor.load(Relaxed)
+    } else {
+        service.live.cursor.fetch_add(1, Relaxed)
+    }
+}
+
 fn round_robin(
     service: &ServiceEntry,
+    retry: bool,
     eligible: impl Fn(&Member) -> bool,
     now_ms: u64,
     slow_start: Duration,
@@ -190,7 +206,7 @@ fn round_robin(
     if len == 0 {
         return None;
     }
-    let start = service.live.cursor.fetch_add(1, Relaxed);
+    let start = advance(service, retry);
     let mut fallback = None;
     for i in 0..len {
         let slot = start.wrapping_add(i);
@@ -213,6 +229,7 @@ fn round_robin(
 
 fn least_connections(
     service: &ServiceEntry,
+    retry: bool,
     eligible: impl Fn(&Member) -> bool,
     now_ms: u64,
     slow_start: Duration,
@@ -224,7 +241,7 @@ fn least_connections(
     }
     // Start the scan at a rotating offset: among equally loaded members the
     // first one seen wins, so rotating the start spreads ties evenly.
-    let start = service.live.cursor.fetch_add(1, Relaxed) % n;
+    let start = advance(service, retry) % n;
     let mut best: Option<(&Member, u64, u64)> = None;
     for i in 0..n {
         let m = &members[(start + i) % n];

@@ -5,8 +5,11 @@
 //! A retry is allowed while the retries of the last two windows (5 s each)
 //! stay under `percent` of the requests in those windows plus
 //! `min_per_second` for each second they span. Requests are counted by the
-//! service's pick cursor (which the balancer bumps anyway), so the request
-//! path pays nothing for the budget; only retries take its lock.
+//! service's pick cursor (which the balancer bumps once per request, not per
+//! retry), so the request path pays nothing for the budget; only retries
+//! take its lock. The first window starts when the service appears; after a
+//! gap longer than two windows without retries, the previous window is
+//! estimated from the average request rate over the gap.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -25,22 +28,24 @@ pub fn take(service: &ServiceEntry, now_ms: u64) -> bool {
         .unwrap_or_else(|e| e.into_inner());
     if w.started_ms == 0 {
         w.started_ms = now_ms;
-        w.picks_at_start = picks;
+        w.picks_at_start = 0;
     }
     let age = now_ms.saturating_sub(w.started_ms);
     if age >= WINDOW_MS {
+        let picks_in = picks.wrapping_sub(w.picks_at_start);
         if age < 2 * WINDOW_MS {
-            w.prev_picks = picks.wrapping_sub(w.picks_at_start);
+            w.prev_picks = picks_in;
             w.prev_retries = w.retries;
         } else {
-            w.prev_picks = 0;
-            w.prev_retries = 0;
+            // A long quiet spell: one window's worth at the average rate.
+            w.prev_picks = (picks_in as u64 * WINDOW_MS / age) as usize;
+            w.prev_retries = w.retries * WINDOW_MS / age;
         }
         w.started_ms = now_ms;
         w.picks_at_start = picks;
         w.retries = 0;
     }
-    let has_prev = w.prev_picks > 0 || w.prev_retries > 0;
+    let has_prev = w.prev_picks > 0 || w.prev_retries > 0 || age >= WINDOW_MS;
     let span_ms = now_ms.saturating_sub(w.started_ms) + if has_prev { WINDOW_MS } else { 0 };
     let requests = (picks.wrapping_sub(w.picks_at_start) + w.prev_picks) as u64;
     let allowed = requests * u64::from(budget.percent) / 100
@@ -51,6 +56,18 @@ pub fn take(service: &ServiceEntry, now_ms: u64) -> bool {
     } else {
         w.refused += 1;
         false
+    }
+}
+
+/// Starts `service`'s first budget window at `now_ms` (when it appears).
+pub(crate) fn start_window(service: &ServiceEntry, now_ms: u64) {
+    let mut w = service
+        .live()
+        .budget
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if w.started_ms == 0 {
+        w.started_ms = now_ms;
     }
 }
 
@@ -77,19 +94,17 @@ mod tests {
         let reg = Registry::new(&Config::parse(text, Path::new("t.toml")).unwrap());
         let snap = reg.load();
         let svc = snap.service("s").unwrap();
+        let now = crate::clock::now_ms();
+        assert!(!take(svc, now), "no requests yet, no minimum: no retry");
+        // 100 requests happen in the window: 20 retries allowed.
         svc.live().cursor.store(100, Relaxed);
-        let now = 10_000;
-        assert!(!take(svc, now), "window starts with no requests in it");
-        // 100 picks happen in the window: 20 retries allowed.
-        svc.live().cursor.store(200, Relaxed);
         let granted = (0..50).filter(|_| take(svc, now + 10)).count();
         assert_eq!(granted, 20);
         assert_eq!(refused(svc), 31);
-        // Two windows later the budget is fresh but based on new traffic.
-        assert!(
-            !take(svc, now + 3 * WINDOW_MS),
-            "no requests, no min: nothing"
-        );
+        // A minute later with no new requests: the estimate from the
+        // average rate leaves little budget.
+        let later = (0..50).filter(|_| take(svc, now + 60_000)).count();
+        assert!(later <= 2, "{later}");
     }
 
     #[test]
