@@ -1,0 +1,1850 @@
+//! End-to-end tests of the registry (issue 4): the registration API on the
+//! admin listener, TTL expiry and self-preservation, long polls, the bearer
+//! token, input validation, the drain handshake, client-side discovery,
+//! `wayfinder register` (the real binary, with a real child server) and hot
+//! reload of the config file (the real binary).
+//!
+//! Everything listens on loopback with ports picked at run time. Every
+//! process a test spawns is killed if the test ends early (`kill_on_drop`,
+//! and [`ChildGroup`] for the grandchildren `wayfinder register` starts);
+//! only PIDs the test itself spawned are ever signalled.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::task::{JoinHandle, JoinSet};
+
+use support::{
+    empty, full, refused_addr, request, wait_until, within, Backend, BoxError, H1Client, Reply,
+};
+use wayfinder::app::{Running, StartError};
+use wayfinder::config::Config;
+
+const TOKEN: &str = "secret-token-1";
+
+// === helpers: ports, the admin API, an in-process proxy with admin ===
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("pick a free port")
+        .port()
+}
+
+/// A client of the admin API.
+#[derive(Debug, Clone)]
+struct Api {
+    addr: SocketAddr,
+    token: Option<String>,
+}
+
+impl Api {
+    /// One call on a fresh connection, bounded to 30 s.
+    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.call_with(method, path, self.token.as_deref(), body)
+            .await
+    }
+
+    /// One call with an explicit `Authorization: Bearer` token (or none).
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        self.call_auth(
+            method,
+            path,
+            token.map(|t| format!("Bearer {t}")).as_deref(),
+            body,
+        )
+        .await
+    }
+
+    /// One call with a raw `Authorization` header value (or none).
+    async fn call_auth(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut req = request(method, "admin", path);
+        if let Some(a) = authorization {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                full(b.to_owned())
+            }
+            None => empty(),
+        };
+        let req = req.body(body).expect("admin request");
+        let what = format!("admin {method} {path}");
+        within(30, &what, async {
+            let mut client = H1Client::connect(self.addr).await?;
+            client.request(req).await
+        })
+        .await
+        .unwrap_or_else(|e: BoxError| panic!("{what}: {e}"))
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, None).await
+    }
+
+    /// `PUT /v1/registry/{service}/{id}` with `body`.
+    async fn register(&self, service: &str, id: &str, body: &str) -> Reply {
+        self.call("PUT", &format!("/v1/registry/{service}/{id}"), Some(body))
+            .await
+    }
+
+    /// Registers `addr` with `ttl`, expecting 201.
+    async fn register_ok(&self, service: &str, id: &str, addr: SocketAddr, ttl: &str) {
+        let reply = self
+            .register(
+                service,
+                id,
+                &format!(r#"{{"address":"{addr}","ttl":"{ttl}"}}"#),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "register {service}/{id}: {}",
+            reply.text()
+        );
+    }
+
+    async fn deregister(&self, service: &str, id: &str) -> Reply {
+        self.call("DELETE", &format!("/v1/registry/{service}/{id}"), None)
+            .await
+    }
+
+    async fn heartbeat(&self, service: &str, id: &str) -> Reply {
+        self.call(
+            "PUT",
+            &format!("/v1/registry/{service}/{id}/heartbeat"),
+            None,
+        )
+        .await
+    }
+
+    /// The instances `GET /v1/registry/{service}` lists (none when the
+    /// service is unknown).
+    async fn instances(&self, service: &str) -> Vec<Value> {
+        let reply = self.get(&format!("/v1/registry/{service}")).await;
+        match reply.status {
+            StatusCode::NOT_FOUND => Vec::new(),
+            StatusCode::OK => reply.json()["instances"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            s => panic!("GET /v1/registry/{service}: {s}: {}", reply.text()),
+        }
+    }
+
+    /// The addresses `GET /v1/registry/{service}` lists, sorted.
+    async fn addresses(&self, service: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .instances(service)
+            .await
+            .iter()
+            .map(|i| i["address"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The entry of `GET /v1/sources` named `name`.
+    async fn source(&self, name: &str) -> Value {
+        let reply = self.get("/v1/sources").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply
+            .json()
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no source {name:?} in {}", reply.text()))
+    }
+
+    /// Waits (bounded) until `cond` holds for the addresses of `service`.
+    async fn wait_addresses(
+        &self,
+        secs: u64,
+        service: &str,
+        what: &str,
+        cond: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        within(secs, what, async {
+            loop {
+                let a = self.addresses(service).await;
+                if cond(&a) {
+                    return a;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+}
+
+/// The `x-wayfinder-index` header of a reply.
+fn index_of(reply: &Reply) -> u64 {
+    reply
+        .headers
+        .get("x-wayfinder-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no x-wayfinder-index in {:?}", reply.headers))
+}
+
+/// wayfinder started in this process with its admin API on.
+struct Wf {
+    running: Option<Running>,
+    proxy: SocketAddr,
+    api: Api,
+}
+
+impl Wf {
+    /// Starts with the admin API on a free loopback port; `admin_extra` goes
+    /// into the `[admin]` table, `tables` after it.
+    async fn start(admin_extra: &str, tables: &str) -> Wf {
+        for _ in 0..20 {
+            match Wf::start_at(free_port(), admin_extra, tables).await {
+                Ok(wf) => return wf,
+                // Someone took the port between picking and binding.
+                Err(StartError::Bind { .. }) => continue,
+            }
+        }
+        panic!("could not bind an admin port in 20 tries");
+    }
+
+    /// Starts with the admin API on `admin_port`.
+    async fn start_at(admin_port: u16, admin_extra: &str, tables: &str) -> Result<Wf, StartError> {
+        support::init_tracing();
+        let text = format!(
+            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{admin_extra}\n{tables}"
+        );
+        let config = Config::parse(&text, Path::new("registry-test.toml"))
+            .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"));
+        let running = wayfinder::app::start(&config).await?;
+        let api = Api {
+            addr: running.admin.expect("admin API on"),
+            token: None,
+        };
+        Ok(Wf {
+            proxy: running.listen[0],
+            running: Some(running),
+            api,
+        })
+    }
+
+    /// A GET through the proxy for `Host: {service}.svc`.
+    async fn get(&self, service: &str) -> Result<Reply, BoxError> {
+        within(
+            30,
+            "GET through the proxy",
+            support::get(self.proxy, &format!("{service}.svc"), "/"),
+        )
+        .await
+    }
+
+    /// The body of a GET through the proxy that must answer 200.
+    async fn get_ok(&self, service: &str) -> String {
+        let reply = self
+            .get(service)
+            .await
+            .unwrap_or_else(|e| panic!("GET {service}.svc: {e}"));
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "GET {service}.svc: {}",
+            reply.text()
+        );
+        reply.text()
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(r) = self.running.take() {
+            within(30, "proxy shutdown", r.shutdown()).await;
+        }
+    }
+}
+
+// === helpers: processes ===
+
+/// A process this test spawned, its stderr collected in the background.
+/// Killed (SIGKILL, by tokio) if dropped while still running.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: JoinHandle<()>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        cmd.env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn process");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Proc { child, log, reader }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id().expect("process still running") as i32
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.pid()), sig).expect("signal our child");
+    }
+
+    /// Waits (bounded) until stderr contains `needle`.
+    async fn wait_log(&self, secs: u64, needle: &str) {
+        let log = self.log.clone();
+        let what = format!("log line containing {needle:?}");
+        let found = tokio::time::timeout(Duration::from_secs(secs), async {
+            while !log.lock().unwrap().contains(needle) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if found.is_err() {
+            panic!("{what}: not within {secs}s; log:\n{}", self.log());
+        }
+    }
+
+    /// Waits (bounded) for the process to exit.
+    async fn wait(&mut self, secs: u64, what: &str) -> ExitStatus {
+        let status = match tokio::time::timeout(Duration::from_secs(secs), self.child.wait()).await
+        {
+            Ok(s) => s.expect("wait for child"),
+            Err(_) => panic!("{what}: still running after {secs}s; log:\n{}", self.log()),
+        };
+        // The pipe closes with the process; let the reader catch up.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
+        status
+    }
+}
+
+/// `wayfinder ARGS...` (the real binary).
+fn wayfinder(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wayfinder"));
+    cmd.args(args);
+    cmd
+}
+
+/// The real Python interpreter (not a pyenv shim), so that the PID a shell
+/// `exec`s into is the server's.
+fn python() -> &'static str {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed by the `wayfinder register` tests");
+        assert!(out.status.success(), "python3 does not run");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// A unique path under the temp directory.
+fn temp_path(tag: &str, ext: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    std::env::temp_dir().join(format!(
+        "wayfinder-registry-{tag}-{}-{}-{nanos}.{ext}",
+        std::process::id(),
+        SEQ.fetch_add(1, SeqCst)
+    ))
+}
+
+/// The process group of a child that `wayfinder register` started (it puts
+/// each child in its own group, whose id is the child's PID, written to a
+/// PID file by the child's shell before it `exec`s). On drop, if that
+/// process is still the test's server (its command line names the port),
+/// the whole group is killed, so a failed test leaves no server behind.
+struct ChildGroup {
+    pidfile: PathBuf,
+    port: u16,
+}
+
+impl ChildGroup {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pidfile)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Whether the child is still running and still ours.
+    fn alive(&self) -> bool {
+        let Some(pid) = self.pid() else { return false };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        cmdline.contains("http.server") && cmdline.contains(&self.port.to_string())
+    }
+}
+
+impl Drop for ChildGroup {
+    fn drop(&mut self) {
+        if self.alive() {
+            if let Some(pid) = self.pid() {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(&self.pidfile);
+    }
+}
+
+/// `wayfinder register` for service `files` at `127.0.0.1:port`, wrapping
+/// `python3 -m http.server port` (optionally under `timeout secs`).
+fn register_python(api: SocketAddr, port: u16, timeout: Option<u32>) -> (Proc, ChildGroup) {
+    let pidfile = temp_path("child", "pid");
+    let server = format!("{} -m http.server {port} --bind 127.0.0.1", python());
+    let server = match timeout {
+        Some(s) => format!("timeout {s} {server}"),
+        None => server,
+    };
+    let script = format!("echo $$ > '{}'; exec {server}", pidfile.display());
+    let mut cmd = wayfinder(&["register", "--registry"]);
+    cmd.arg(format!("http://{api}"))
+        .args(["--service", "files", "--address"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "--check-tcp",
+            "--ttl",
+            "1s",
+            "--drain-timeout",
+            "3s",
+            "--tag",
+            "runtime=python",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(script);
+    let proc = Proc::spawn(cmd);
+    (proc, ChildGroup { pidfile, port })
+}
+
+// === helpers: a backend that streams slowly ===
+
+/// An HTTP/1.1 instance answering every request with `chunks` chunks, one
+/// every `every`. Stops (with its connections) on drop.
+struct SlowStream {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SlowStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn stream_chunk(i: usize) -> String {
+    format!("chunk {i:04} {}\n", "x".repeat(1000))
+}
+
+fn stream_expected(chunks: usize) -> String {
+    (0..chunks).map(stream_chunk).collect()
+}
+
+async fn slow_stream_backend(chunks: usize, every: Duration) -> SlowStream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            while conns.try_join_next().is_some() {}
+            conns.spawn(async move {
+                let service = service_fn(move |_req| async move {
+                    let body = futures_util::stream::unfold(0usize, move |i| async move {
+                        if i >= chunks {
+                            return None;
+                        }
+                        if i > 0 {
+                            tokio::time::sleep(every).await;
+                        }
+                        let frame = Frame::data(Bytes::from(stream_chunk(i)));
+                        Some((Ok::<_, Infallible>(frame), i + 1))
+                    });
+                    Ok::<_, Infallible>(hyper::Response::new(StreamBody::new(body)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    SlowStream { addr, task }
+}
+
+// === 1. register -> routable ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_is_routable_quickly() {
+    let wf = Wf::start("", "").await;
+    let mut samples = Vec::new();
+    let mut backends = Vec::new();
+    for n in 0..5 {
+        let name = format!("quick{n}");
+        let backend = Backend::start(&name).await;
+        // Keep-alive connections opened beforehand: only the registration
+        // path is measured.
+        let mut admin = H1Client::connect(wf.api.addr).await.unwrap();
+        let mut proxy = H1Client::connect(wf.proxy).await.unwrap();
+        let host = format!("{name}.svc");
+        let before = proxy.get(&host, "/").await.unwrap();
+        assert_ne!(before.status, StatusCode::OK, "routable before registering");
+
+        let body = format!(r#"{{"address":"{}","ttl":"30s"}}"#, backend.addr);
+        let put = request("PUT", "admin", &format!("/v1/registry/{name}/i{n}"))
+            .body(full(body))
+            .unwrap();
+        let started = Instant::now();
+        let reply = within(5, "register", admin.request(put)).await.unwrap();
+        let answered = started.elapsed();
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        let routable = within(5, "first 200 through the proxy", async {
+            loop {
+                let r = proxy.get(&host, "/").await.unwrap();
+                if r.status == StatusCode::OK {
+                    assert_eq!(r.text(), name);
+                    return started.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        println!(
+            "registration-to-routable latency ({name}): {:.3} ms (PUT answered after {:.3} ms)",
+            routable.as_secs_f64() * 1e3,
+            answered.as_secs_f64() * 1e3
+        );
+        samples.push(routable);
+        backends.push(backend);
+    }
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "registration-to-routable latency over {} registrations: min {:.3} ms, median {:.3} ms, max {:.3} ms (target 100 ms)",
+        samples.len(),
+        ms(samples[0]),
+        ms(samples[samples.len() / 2]),
+        ms(samples[samples.len() - 1])
+    );
+    assert!(
+        samples[samples.len() - 1] < Duration::from_secs(1),
+        "registration took {:?} to become routable",
+        samples[samples.len() - 1]
+    );
+
+    // Registering again is idempotent: 200, one instance, fields updated.
+    let again = wf
+        .api
+        .register(
+            "quick0",
+            "i0",
+            &format!(
+                r#"{{"address":"{}","ttl":"30s","weight":4,"tags":{{"v":"2"}}}}"#,
+                backends[0].addr
+            ),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    let list = wf.api.instances("quick0").await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["weight"], 4);
+    assert_eq!(list[0]["tags"]["v"], "2");
+}
+
+// === 2. deregister ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregister_stops_new_requests_and_in_flight_completes() {
+    let wf = Wf::start("", "").await;
+    let slow = Backend::builder("slow")
+        .delay(Duration::from_millis(1000))
+        .start()
+        .await;
+    let fast = Backend::start("fast").await;
+    wf.api.register_ok("dereg", "s1", slow.addr, "30s").await;
+
+    // A slow request reaches the only instance...
+    let proxy = wf.proxy;
+    let in_flight = tokio::spawn(async move { support::get(proxy, "dereg.svc", "/").await });
+    wait_until(10, "slow request reaches its instance", || slow.hits() == 1).await;
+    // ...a second instance joins, the first is deregistered mid-request.
+    wf.api.register_ok("dereg", "f1", fast.addr, "30s").await;
+    let reply = wf.api.deregister("dereg", "s1").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(wf.api.addresses("dereg").await, vec![fast.addr.to_string()]);
+
+    for _ in 0..10 {
+        assert_eq!(wf.get_ok("dereg").await, "fast");
+    }
+    assert_eq!(slow.hits(), 1, "a deregistered instance got new requests");
+    assert_eq!(fast.hits(), 10);
+
+    let reply = within(10, "in-flight request", in_flight)
+        .await
+        .unwrap()
+        .expect("in-flight request to a deregistered instance");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "slow");
+
+    // Gone from the registration API too; a second DELETE is a 404.
+    let get = wf.api.get("/v1/registry/dereg/s1").await;
+    assert_eq!(get.status, StatusCode::NOT_FOUND);
+    let again = wf.api.deregister("dereg", "s1").await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        wf.api
+            .call("PUT", "/v1/registry/dereg/s1/heartbeat", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Deregistering the last instance is explicit: applied, not held back.
+    let reply = wf.api.deregister("dereg", "f1").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(wf.api.addresses("dereg").await.is_empty());
+    assert_eq!(
+        wf.api.source("api").await["held_back"],
+        serde_json::json!([])
+    );
+    let after = wf.get("dereg").await.unwrap();
+    assert_ne!(after.status, StatusCode::OK);
+    assert_eq!(fast.hits(), 10);
+}
+
+// === 3. TTL ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_lapse_removes_an_instance_that_stops_heartbeating() {
+    let wf = Wf::start("", "").await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let lapsing = Backend::start("lapsing").await;
+    wf.api.register_ok("ttl", "a", a.addr, "1s").await;
+    wf.api.register_ok("ttl", "b", b.addr, "1s").await;
+
+    // a and b heartbeat every 100 ms; `lapsing` never does.
+    let failures = Arc::new(AtomicUsize::new(0));
+    let beats = {
+        let (api, failures) = (wf.api.clone(), failures.clone());
+        tokio::spawn(async move {
+            loop {
+                for id in ["a", "b"] {
+                    if api.heartbeat("ttl", id).await.status != StatusCode::OK {
+                        failures.fetch_add(1, SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let registered = Instant::now();
+    wf.api
+        .register_ok("ttl", "lapsing", lapsing.addr, "300ms")
+        .await;
+    assert_eq!(wf.api.addresses("ttl").await.len(), 3);
+
+    let left = wf
+        .api
+        .wait_addresses(5, "ttl", "the lapsed instance leaves", |a| a.len() == 2)
+        .await;
+    let gone_after = registered.elapsed();
+    println!("instance with ttl 300ms left the pool {gone_after:?} after registering");
+    assert!(
+        gone_after >= Duration::from_millis(290),
+        "removed before its TTL: {gone_after:?}"
+    );
+    let mut want = vec![a.addr.to_string(), b.addr.to_string()];
+    want.sort();
+    assert_eq!(left, want);
+    // One of three is within the self-preservation guard: nothing held back.
+    assert_eq!(
+        wf.api.source("api").await["held_back"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        wf.api.get("/v1/registry/ttl/lapsing").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        wf.api.heartbeat("ttl", "lapsing").await.status,
+        StatusCode::NOT_FOUND,
+        "a lapsed registration accepted a heartbeat"
+    );
+
+    let before = lapsing.hits();
+    for _ in 0..6 {
+        let body = wf.get_ok("ttl").await;
+        assert!(body == "a" || body == "b", "{body}");
+    }
+    assert_eq!(lapsing.hits(), before, "a lapsed instance got requests");
+
+    // The heartbeating ones outlive their 1 s TTL several times over.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(wf.api.addresses("ttl").await, want);
+    beats.abort();
+    assert_eq!(failures.load(SeqCst), 0, "heartbeats failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_lapse_of_the_last_instance_is_held_back_until_released() {
+    let wf = Wf::start("", "").await;
+    let lonely = Backend::start("lonely").await;
+    wf.api
+        .register_ok("lonely", "l1", lonely.addr, "300ms")
+        .await;
+    assert_eq!(wf.get_ok("lonely").await, "lonely");
+
+    // The registration lapses...
+    within(5, "registration lapses", async {
+        while wf.api.get("/v1/registry/lonely/l1").await.status != StatusCode::NOT_FOUND {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // ...but emptying the service is held back, visibly.
+    let api = wf.api.source("api").await;
+    assert_eq!(
+        api["held_back"],
+        serde_json::json!([format!("lonely {}", lonely.addr)]),
+        "{api}"
+    );
+    assert_eq!(
+        wf.api.addresses("lonely").await,
+        vec![lonely.addr.to_string()]
+    );
+    assert_eq!(wf.get_ok("lonely").await, "lonely");
+    // Still held a while later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        wf.api.addresses("lonely").await,
+        vec![lonely.addr.to_string()]
+    );
+
+    // An unknown source is a 404; the operator releases the api source.
+    let none = wf.api.call("POST", "/v1/sources/nope/release", None).await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    let released = wf.api.call("POST", "/v1/sources/api/release", None).await;
+    assert_eq!(released.status, StatusCode::OK, "{}", released.text());
+    assert!(
+        released.text().contains("released 1"),
+        "{}",
+        released.text()
+    );
+    wf.api
+        .wait_addresses(
+            5,
+            "lonely",
+            "released removal applies",
+            <[String]>::is_empty,
+        )
+        .await;
+    assert_eq!(
+        wf.api.source("api").await["held_back"],
+        serde_json::json!([])
+    );
+    let hits = lonely.hits();
+    let after = wf.get("lonely").await.unwrap();
+    assert_ne!(after.status, StatusCode::OK, "{}", after.text());
+    assert_eq!(lonely.hits(), hits);
+}
+
+/// Waits until the registration `service/id` has lapsed (404).
+async fn wait_lapsed(api: &Api, service: &str, id: &str) {
+    within(5, "registration lapses", async {
+        while api
+            .get(&format!("/v1/registry/{service}/{id}"))
+            .await
+            .status
+            != StatusCode::NOT_FOUND
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_removal_survives_an_unrelated_deregistration() {
+    let wf = Wf::start("", "").await;
+    let lonely = Backend::start("lonely").await;
+    let o1 = Backend::start("o1").await;
+    let o2 = Backend::start("o2").await;
+    wf.api.register_ok("other", "o1", o1.addr, "60s").await;
+    wf.api.register_ok("other", "o2", o2.addr, "60s").await;
+    wf.api
+        .register_ok("lonely", "l1", lonely.addr, "300ms")
+        .await;
+    wait_lapsed(&wf.api, "lonely", "l1").await;
+    let held = serde_json::json!([format!("lonely {}", lonely.addr)]);
+    assert_eq!(wf.api.source("api").await["held_back"], held);
+
+    // Deregistering an instance of another service is explicit about that
+    // instance only; the held-back expiry of `lonely` is not asked for.
+    assert_eq!(
+        wf.api.deregister("other", "o2").await.status,
+        StatusCode::OK
+    );
+    wf.api
+        .wait_addresses(5, "other", "o2 deregistered", |a| a.len() == 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        wf.api.addresses("lonely").await,
+        vec![lonely.addr.to_string()],
+        "an unrelated deregistration applied the held-back removal of the last instance of `lonely`"
+    );
+    assert_eq!(wf.api.source("api").await["held_back"], held);
+    assert_eq!(wf.get_ok("lonely").await, "lonely");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_ttl_expiries_is_held_back_like_one_update() {
+    let wf = Wf::start("", "").await;
+    let keeper = Backend::start("keeper").await;
+    wf.api
+        .register_ok("burst", "keeper", keeper.addr, "60s")
+        .await;
+    // Three instances stop heartbeating together (say, a zone goes away);
+    // their registrations were a few ms apart, so their TTLs lapse a few
+    // ms apart: one burst of 3 of 4 instances (75% > 50%).
+    let mut lapsing = Vec::new();
+    for i in 0..3 {
+        let b = Backend::start(&format!("lapsing{i}")).await;
+        wf.api
+            .register_ok("burst", &format!("l{i}"), b.addr, "300ms")
+            .await;
+        lapsing.push(b);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(wf.api.addresses("burst").await.len(), 4);
+    wait_lapsed(&wf.api, "burst", "l2").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = wf.api.addresses("burst").await;
+    let held = wf.api.source("api").await["held_back"].clone();
+    println!("after a burst of 3 expiries of 4: listed {left:?}, held back {held}");
+    assert!(
+        left.len() >= 2,
+        "a burst of TTL expiries removed {} of 4 instances (more than 50%): left {left:?}, held back {held}",
+        4 - left.len()
+    );
+    assert_ne!(held, serde_json::json!([]), "nothing held back");
+}
+
+// === 4. long poll ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_returns_on_change_and_times_out_with_the_same_index() {
+    let wf = Wf::start("", "").await;
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    wf.api.register_ok("watched", "w1", one.addr, "60s").await;
+    let first = wf.api.get("/v1/registry/watched").await;
+    assert_eq!(first.status, StatusCode::OK);
+    let n = index_of(&first);
+    assert_eq!(first.json()["index"], n);
+
+    // A change returns the poll early, with a larger index.
+    let api = wf.api.clone();
+    let started = Instant::now();
+    let poll = tokio::spawn(async move {
+        let r = api
+            .get(&format!("/v1/registry/watched?index={n}&wait=2s"))
+            .await;
+        (r, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "long poll returned before any change");
+    wf.api.register_ok("watched", "w2", two.addr, "60s").await;
+    let (reply, took) = within(5, "long poll", poll).await.unwrap();
+    println!("long poll returned {took:?} after it started (change at ~300ms)");
+    assert_eq!(reply.status, StatusCode::OK);
+    let m = index_of(&reply);
+    assert!(m > n, "index {m} not past {n}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "returned after {took:?}"
+    );
+    assert_eq!(reply.json()["instances"].as_array().unwrap().len(), 2);
+
+    // Nothing changes: it waits the full `wait` and answers the same index.
+    let started = Instant::now();
+    let reply = wf
+        .api
+        .get(&format!("/v1/registry/watched?index={m}&wait=2s"))
+        .await;
+    let took = started.elapsed();
+    println!("long poll without a change returned after {took:?} (wait=2s)");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(index_of(&reply), m);
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        "timed out after {took:?}"
+    );
+    // Heartbeats change nothing a watcher cares about.
+    let api = wf.api.clone();
+    let poll = tokio::spawn(async move {
+        api.get(&format!("/v1/registry/watched?index={m}&wait=1s"))
+            .await
+    });
+    assert_eq!(
+        wf.api.heartbeat("watched", "w1").await.status,
+        StatusCode::OK
+    );
+    let reply = within(5, "long poll", poll).await.unwrap();
+    assert_eq!(index_of(&reply), m);
+
+    // The all-services poll follows the snapshot version the same way.
+    let all = wf.api.get("/v1/registry").await;
+    let v = index_of(&all);
+    let api = wf.api.clone();
+    let started = Instant::now();
+    let poll = tokio::spawn(async move {
+        let r = api.get(&format!("/v1/registry?index={v}&wait=2s")).await;
+        (r, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        wf.api.deregister("watched", "w2").await.status,
+        StatusCode::OK
+    );
+    let (reply, took) = within(5, "long poll", poll).await.unwrap();
+    assert!(index_of(&reply) > v);
+    assert!(
+        took < Duration::from_millis(1500),
+        "returned after {took:?}"
+    );
+
+    // The service disappearing counts as a change: 200, no instances.
+    let last = wf.api.get("/v1/registry/watched").await;
+    let k = index_of(&last);
+    let api = wf.api.clone();
+    let poll = tokio::spawn(async move {
+        api.get(&format!("/v1/registry/watched?index={k}&wait=2s"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        wf.api.deregister("watched", "w1").await.status,
+        StatusCode::OK
+    );
+    let reply = within(5, "long poll", poll).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(index_of(&reply) > k);
+    assert_eq!(reply.json()["instances"], serde_json::json!([]));
+
+    // A bad index or wait is a 400 naming the parameter.
+    let bad = wf.api.get("/v1/registry/watched?index=x").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text().starts_with("index:"), "{}", bad.text());
+    let bad = wf.api.get("/v1/registry/watched?index=1&wait=soon").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text().starts_with("wait:"), "{}", bad.text());
+}
+
+// === 5. token ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_is_required_for_changes_when_configured() {
+    let wf = Wf::start(&format!("token = \"{TOKEN}\""), "").await;
+    let backend = Backend::start("guarded").await;
+    let api = &wf.api;
+    let path = "/v1/registry/guarded/g1";
+    let body = format!(r#"{{"address":"{}","ttl":"30s"}}"#, backend.addr);
+
+    let none = api.call_with("PUT", path, None, Some(&body)).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{}", none.text());
+    assert_eq!(
+        none.headers
+            .get(header::WWW_AUTHENTICATE)
+            .map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    let wrong = api
+        .call_with("PUT", path, Some("secret-token-2"), Some(&body))
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let prefix = api
+        .call_with("PUT", path, Some("secret-token"), Some(&body))
+        .await;
+    assert_eq!(prefix.status, StatusCode::UNAUTHORIZED);
+    let basic = api
+        .call_auth("PUT", path, Some(&format!("Basic {TOKEN}")), Some(&body))
+        .await;
+    assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
+    // Nothing was registered by the refused calls.
+    assert_eq!(api.get(path).await.status, StatusCode::NOT_FOUND);
+    assert!(api.addresses("guarded").await.is_empty());
+
+    let ok = api.call_with("PUT", path, Some(TOKEN), Some(&body)).await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text());
+    assert_eq!(wf.get_ok("guarded").await, "guarded");
+
+    // Reads need no token.
+    for read in [
+        "/v1/registry",
+        "/v1/registry/guarded",
+        path,
+        "/v1/sources",
+        "/v1/status",
+        "/v1/services",
+        "/healthz",
+    ] {
+        let r = api.call_with("GET", read, None, None).await;
+        assert_eq!(r.status, StatusCode::OK, "GET {read}: {}", r.text());
+    }
+
+    // Every other change needs it too.
+    for (method, p) in [
+        ("PUT", format!("{path}/heartbeat")),
+        ("PUT", format!("{path}/drain")),
+        ("DELETE", format!("{path}/drain")),
+        ("DELETE", path.to_owned()),
+        ("POST", "/v1/sources/api/release".to_owned()),
+    ] {
+        let r = api.call_with(method, &p, None, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {p}");
+    }
+    assert_eq!(
+        api.addresses("guarded").await,
+        vec![backend.addr.to_string()]
+    );
+    let beat = api
+        .call_with("PUT", &format!("{path}/heartbeat"), Some(TOKEN), None)
+        .await;
+    assert_eq!(beat.status, StatusCode::OK);
+    let gone = api.call_with("DELETE", path, Some(TOKEN), None).await;
+    assert_eq!(gone.status, StatusCode::OK);
+    assert!(api.addresses("guarded").await.is_empty());
+}
+
+// === 6. bad input ===
+
+/// What a registry read looks like, to compare before and after.
+async fn registry_state(api: &Api) -> (String, String, String) {
+    let all = api.get("/v1/registry").await;
+    let one = api.get("/v1/registry/good/i1").await;
+    let missing = api.get("/v1/registry/good/i9").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    (
+        format!("{}\n{}", index_of(&all), all.text()),
+        one.text(),
+        missing.text(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
+    let wf = Wf::start("", "").await;
+    let good = Backend::start("good").await;
+    let reply = wf
+        .api
+        .register(
+            "good",
+            "i1",
+            &format!(
+                r#"{{"address":"{}","weight":2,"ttl":"60s","tags":{{"v":"1"}}}}"#,
+                good.addr
+            ),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let state = registry_state(&wf.api).await;
+    let (_, other) = refused_addr();
+    let other = other.to_string();
+    let huge = format!(
+        r#"{{"address":"{other}","tags":{{"k":"{}"}}}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("bad JSON", format!(r#"{{"address":"{other}""#), "body"),
+        ("not JSON", "hello".to_owned(), "body"),
+        ("empty body", String::new(), "body"),
+        ("JSON array", "[]".to_owned(), "body"),
+        (
+            "unknown field",
+            format!(r#"{{"address":"{other}","colour":"red"}}"#),
+            "colour",
+        ),
+        ("missing address", r#"{"ttl":"10s"}"#.to_owned(), "address"),
+        ("address null", r#"{"address":null}"#.to_owned(), "address"),
+        (
+            "address a number",
+            r#"{"address":9001}"#.to_owned(),
+            "address",
+        ),
+        (
+            "hostname address",
+            r#"{"address":"localhost:9001"}"#.to_owned(),
+            "address",
+        ),
+        (
+            "address without port",
+            r#"{"address":"127.0.0.1"}"#.to_owned(),
+            "address",
+        ),
+        (
+            "address port 0",
+            r#"{"address":"127.0.0.1:0"}"#.to_owned(),
+            "address",
+        ),
+        (
+            "unspecified address",
+            r#"{"address":"0.0.0.0:9001"}"#.to_owned(),
+            "address",
+        ),
+        (
+            "weight 0",
+            format!(r#"{{"address":"{other}","weight":0}}"#),
+            "weight",
+        ),
+        (
+            "weight too big",
+            format!(r#"{{"address":"{other}","weight":5000}}"#),
+            "weight",
+        ),
+        (
+            "weight negative",
+            format!(r#"{{"address":"{other}","weight":-1}}"#),
+            "weight",
+        ),
+        (
+            "weight a string",
+            format!(r#"{{"address":"{other}","weight":"heavy"}}"#),
+            "weight",
+        ),
+        (
+            "ttl without unit",
+            format!(r#"{{"address":"{other}","ttl":"10"}}"#),
+            "ttl",
+        ),
+        (
+            "ttl words",
+            format!(r#"{{"address":"{other}","ttl":"soon"}}"#),
+            "ttl",
+        ),
+        (
+            "ttl too short",
+            format!(r#"{{"address":"{other}","ttl":"10ms"}}"#),
+            "ttl",
+        ),
+        (
+            "ttl too long",
+            format!(r#"{{"address":"{other}","ttl":"48h"}}"#),
+            "ttl",
+        ),
+        (
+            "ttl a number",
+            format!(r#"{{"address":"{other}","ttl":10}}"#),
+            "ttl",
+        ),
+        (
+            "tags a list",
+            format!(r#"{{"address":"{other}","tags":["a"]}}"#),
+            "tags",
+        ),
+        (
+            "tag value a number",
+            format!(r#"{{"address":"{other}","tags":{{"a":1}}}}"#),
+            "tags",
+        ),
+        (
+            "empty tag key",
+            format!(r#"{{"address":"{other}","tags":{{"":"x"}}}}"#),
+            "tags",
+        ),
+        ("body over 64 KiB", huge, "body"),
+    ];
+    // Every case is tried; the problems are reported together.
+    let mut problems = Vec::new();
+    for (what, body, field) in &cases {
+        // Both as an update of the existing registration and as a new one.
+        for id in ["i1", "i9"] {
+            let reply = wf.api.register("good", id, body).await;
+            let text = reply.text();
+            println!("{what} (id {id}): {} {}", reply.status, text.trim());
+            if reply.status != StatusCode::BAD_REQUEST {
+                problems.push(format!(
+                    "{what} (id {id}): {} {}",
+                    reply.status,
+                    text.trim()
+                ));
+            } else if !names_field(&text, field) {
+                problems.push(format!(
+                    "{what} (id {id}): message does not name {field:?}: {}",
+                    text.trim()
+                ));
+            }
+            if registry_state(&wf.api).await != state {
+                problems.push(format!("{what} (id {id}): changed the registry"));
+            }
+        }
+    }
+
+    let body = format!(r#"{{"address":"{other}"}}"#);
+    let long_id = "i".repeat(129);
+    let path_cases: Vec<(&str, String, &str)> = vec![
+        (
+            "upper-case service",
+            "/v1/registry/Good/i9".to_owned(),
+            "service",
+        ),
+        (
+            "service with a dot",
+            "/v1/registry/go.od/i9".to_owned(),
+            "service",
+        ),
+        (
+            "service starting with '-'",
+            "/v1/registry/-good/i9".to_owned(),
+            "service",
+        ),
+        (
+            "service too long",
+            format!("/v1/registry/{}/i9", "s".repeat(64)),
+            "service",
+        ),
+        (
+            "id with '*'",
+            "/v1/registry/good/bad*id".to_owned(),
+            "instance_id",
+        ),
+        (
+            "id with '%20'",
+            "/v1/registry/good/bad%20id".to_owned(),
+            "instance_id",
+        ),
+        (
+            "id too long",
+            format!("/v1/registry/good/{long_id}"),
+            "instance_id",
+        ),
+    ];
+    for (what, path, field) in &path_cases {
+        let reply = wf.api.call("PUT", path, Some(&body)).await;
+        let text = reply.text();
+        println!("{what}: {} {}", reply.status, text.trim());
+        if reply.status != StatusCode::BAD_REQUEST || !text.starts_with(&format!("{field}:")) {
+            problems.push(format!("{what}: {} {}", reply.status, text.trim()));
+        }
+        if registry_state(&wf.api).await != state {
+            problems.push(format!("{what}: changed the registry"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "bad registrations not answered 400 naming the field:\n{}",
+        problems.join("\n")
+    );
+
+    // Another id claiming a registered address conflicts, changing nothing.
+    let taken = wf
+        .api
+        .register("good", "i9", &format!(r#"{{"address":"{}"}}"#, good.addr))
+        .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{}", taken.text());
+    assert!(taken.text().starts_with("address:"), "{}", taken.text());
+    assert_eq!(registry_state(&wf.api).await, state);
+
+    // The registration still routes with its original settings.
+    assert_eq!(wf.get_ok("good").await, "good");
+    let list = wf.api.instances("good").await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["weight"], 2);
+    assert_eq!(list[0]["tags"], serde_json::json!({"v": "1"}));
+}
+
+/// Whether a 400 message names `field`: it starts with `field:` (or a path
+/// inside it, `tags.a:`), or is reported against the body and quotes it
+/// (`body: missing field `address``).
+fn names_field(text: &str, field: &str) -> bool {
+    text.starts_with(&format!("{field}:"))
+        || text.starts_with(&format!("{field}."))
+        || (text.starts_with("body:") && text.contains(&format!("`{field}`")))
+}
+
+// === 7. drain handshake ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_handshake_waits_for_in_flight_requests() {
+    let wf = Wf::start("", "").await;
+    let slow = Backend::builder("slow")
+        .delay(Duration::from_millis(1200))
+        .start()
+        .await;
+    let fast = Backend::start("fast").await;
+    wf.api.register_ok("drain", "d1", slow.addr, "30s").await;
+
+    let proxy = wf.proxy;
+    let in_flight = tokio::spawn(async move { support::get(proxy, "drain.svc", "/").await });
+    wait_until(10, "slow request reaches its instance", || slow.hits() == 1).await;
+    wf.api.register_ok("drain", "d2", fast.addr, "30s").await;
+
+    let drain = wf
+        .api
+        .call("PUT", "/v1/registry/drain/d1/drain", None)
+        .await;
+    assert_eq!(drain.status, StatusCode::OK, "{}", drain.text());
+    let listed = wf.api.instances("drain").await;
+    let d1 = listed
+        .iter()
+        .find(|i| i["id"] == "d1")
+        .expect("a draining instance stays listed");
+    assert_eq!(d1["draining"], true, "{d1}");
+    assert_eq!(d1["in_flight"], 1, "{d1}");
+    assert_eq!(d1["available"], false, "{d1}");
+
+    let state = wf.api.get("/v1/registry/drain/d1").await;
+    assert_eq!(state.status, StatusCode::OK);
+    let doc = state.json();
+    assert_eq!(doc["draining"], true, "{doc}");
+    assert_eq!(doc["in_flight"], 1, "{doc}");
+    assert_eq!(doc["drained"], false, "{doc}");
+
+    // A short wait times out, still not drained.
+    let drain_started = Instant::now();
+    let short = wf
+        .api
+        .get("/v1/registry/drain/d1?wait=drained&timeout=200ms")
+        .await;
+    assert!(drain_started.elapsed() >= Duration::from_millis(190));
+    assert_eq!(short.json()["drained"], false, "{}", short.text());
+
+    let api = wf.api.clone();
+    let waiter = tokio::spawn(async move {
+        let r = api
+            .get("/v1/registry/drain/d1?wait=drained&timeout=2s")
+            .await;
+        (r, Instant::now())
+    });
+
+    // No new picks while draining.
+    for _ in 0..10 {
+        assert_eq!(wf.get_ok("drain").await, "fast");
+    }
+    assert_eq!(slow.hits(), 1, "a draining instance got new requests");
+
+    let (drained, drained_at) = within(10, "wait=drained", waiter).await.unwrap();
+    assert_eq!(drained.status, StatusCode::OK);
+    let doc = drained.json();
+    assert_eq!(doc["drained"], true, "{doc}");
+    assert_eq!(doc["in_flight"], 0, "{doc}");
+    assert_eq!(slow.answered(), 1, "drained before the instance answered");
+    let reply = within(10, "in-flight request", in_flight)
+        .await
+        .unwrap()
+        .expect("in-flight request to a draining instance");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "slow");
+    println!(
+        "wait=drained returned {:?} after the drain started",
+        drained_at.duration_since(drain_started)
+    );
+
+    // Cancelling the drain makes it pickable again; then deregister.
+    let cancel = wf
+        .api
+        .call("DELETE", "/v1/registry/drain/d1/drain", None)
+        .await;
+    assert_eq!(cancel.status, StatusCode::OK);
+    within(10, "drain cancelled", async {
+        while slow.hits() == 1 {
+            wf.get_ok("drain").await;
+        }
+    })
+    .await;
+    assert_eq!(
+        wf.api.deregister("drain", "d1").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(wf.api.addresses("drain").await, vec![fast.addr.to_string()]);
+}
+
+// === 11. client-side discovery ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_instances_with_tags_and_filters_healthy() {
+    let wf = Wf::start(
+        "",
+        "[services.disco.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n",
+    )
+    .await;
+    let live = Backend::start("live").await;
+    let (_hold, dead) = refused_addr();
+    let reply = wf
+        .api
+        .register(
+            "disco",
+            "live-1",
+            &format!(
+                r#"{{"address":"{}","weight":3,"ttl":"60s","tags":{{"version":"2","zone":"a"}}}}"#,
+                live.addr
+            ),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let reg = reply.json();
+    assert_eq!(reg["service"], "disco");
+    assert_eq!(reg["id"], "live-1");
+    assert_eq!(reg["ttl"], "1m");
+    wf.api
+        .register(
+            "disco",
+            "dead-1",
+            &format!(r#"{{"address":"{dead}","ttl":"60s","tags":{{"version":"1"}}}}"#),
+        )
+        .await;
+
+    let healthy = within(10, "the live instance passes its check", async {
+        loop {
+            let r = wf.api.get("/v1/registry/disco?healthy=true").await;
+            assert_eq!(r.status, StatusCode::OK);
+            let doc = r.json();
+            let list = doc["instances"].as_array().cloned().unwrap_or_default();
+            if list.len() == 1 {
+                assert_eq!(doc["index"], index_of(&r));
+                return list;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let one = &healthy[0];
+    assert_eq!(one["id"], "live-1", "{one}");
+    assert_eq!(one["address"], live.addr.to_string());
+    assert_eq!(one["weight"], 3);
+    assert_eq!(
+        one["tags"],
+        serde_json::json!({"version": "2", "zone": "a"})
+    );
+    assert_eq!(one["source"], "api");
+    assert_eq!(one["health"], "healthy");
+    assert_eq!(one["available"], true);
+
+    // Without the filter both are listed, with their health.
+    let all = wf.api.instances("disco").await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let dead_entry = all
+        .iter()
+        .find(|i| i["id"] == "dead-1")
+        .expect("dead listed");
+    assert_eq!(dead_entry["available"], false, "{dead_entry}");
+    assert_eq!(dead_entry["tags"], serde_json::json!({"version": "1"}));
+    assert_ne!(dead_entry["health"], "healthy");
+
+    // The all-services view has it too; unknown services are a 404.
+    let everything = wf.api.get("/v1/registry?healthy=true").await;
+    let doc = everything.json();
+    let disco = doc["services"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["service"] == "disco").cloned())
+        .expect("disco in /v1/registry");
+    assert_eq!(disco["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        wf.api.get("/v1/registry/nosuch").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(wf.get_ok("disco").await, "live");
+}
+
+// === 8. `wayfinder register` with a child ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_child_appears_when_healthy_and_leaves_on_sigterm() {
+    let wf = Wf::start("", "").await;
+    let port = free_port();
+    let id = format!("127.0.0.1:{port}");
+    let (mut registrar, child) = register_python(wf.api.addr, port, None);
+
+    let started = Instant::now();
+    within(20, "python instance routable through the proxy", async {
+        loop {
+            if let Ok(r) = wf.get("files").await {
+                if r.status == StatusCode::OK {
+                    assert!(r.text().contains("Directory listing"), "{}", r.text());
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    println!(
+        "registrar child routable {:?} after spawning",
+        started.elapsed()
+    );
+    let reg = wf.api.get(&format!("/v1/registry/files/{id}")).await;
+    assert_eq!(reg.status, StatusCode::OK, "{}", reg.text());
+    assert_eq!(reg.json()["tags"]["runtime"], "python");
+    assert!(child.alive(), "child PID file not written or child gone");
+
+    // SIGTERM: drain, deregister, stop the child, exit with its code.
+    registrar.signal(Signal::SIGTERM);
+    let status = registrar.wait(20, "registrar exits after SIGTERM").await;
+    let log = registrar.log();
+    assert_eq!(
+        wf.api.get(&format!("/v1/registry/files/{id}")).await.status,
+        StatusCode::NOT_FOUND,
+        "still registered after the registrar stopped\n{log}"
+    );
+    assert!(wf.api.addresses("files").await.is_empty());
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "child still serving after the registrar stopped\n{log}"
+    );
+    assert!(!child.alive(), "child still running\n{log}");
+    assert!(log.contains("deregistered"), "{log}");
+    // The child (python) dies of the SIGTERM: 128 + 15.
+    assert_eq!(status.code(), Some(143), "{status}\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_child_that_exits_is_deregistered_with_its_exit_code() {
+    let wf = Wf::start("", "").await;
+    let port = free_port();
+    let id = format!("127.0.0.1:{port}");
+    // The child stops itself after 4 s; `timeout` then exits with 124.
+    let (mut registrar, child) = register_python(wf.api.addr, port, Some(4));
+
+    within(20, "python instance registered", async {
+        while wf.api.get(&format!("/v1/registry/files/{id}")).await.status != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(wf.get_ok("files").await.contains("Directory listing"));
+
+    let status = registrar.wait(20, "registrar exits with its child").await;
+    let log = registrar.log();
+    assert_eq!(status.code(), Some(124), "{status}\n{log}");
+    assert_eq!(
+        wf.api.get(&format!("/v1/registry/files/{id}")).await.status,
+        StatusCode::NOT_FOUND,
+        "still registered after the child exited\n{log}"
+    );
+    assert!(wf.api.addresses("files").await.is_empty());
+    assert!(!child.alive());
+    let after = wf.get("files").await.unwrap();
+    assert_ne!(after.status, StatusCode::OK);
+}
+
+// === 9. registrar re-registers after a proxy restart ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrar_registers_again_after_the_proxy_restarts() {
+    let backend = Backend::start("phoenix").await;
+    let mut wf = Wf::start("", "").await;
+    let admin = wf.api.addr;
+    let mut cmd = wayfinder(&["register", "--registry"]);
+    cmd.arg(format!("http://{admin}"))
+        .args(["--service", "phoenix", "--id", "p1", "--address"])
+        .arg(backend.addr.to_string())
+        .args(["--check-tcp", "--ttl", "600ms", "--drain-timeout", "2s"]);
+    let mut registrar = Proc::spawn(cmd);
+
+    within(10, "registered with the first proxy", async {
+        while wf.get("phoenix").await.ok().map(|r| r.status) != Some(StatusCode::OK) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(wf.get_ok("phoenix").await, "phoenix");
+
+    // The proxy goes away (losing its soft state) and comes back on the
+    // same admin address.
+    wf.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted = Instant::now();
+    let wf2 = within(10, "restart on the same admin port", async {
+        loop {
+            match Wf::start_at(admin.port(), "", "").await {
+                Ok(wf) => return wf,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        wf2.api.addresses("phoenix").await.is_empty(),
+        "state survived?"
+    );
+    within(15, "registered again with the restarted proxy", async {
+        while wf2.api.get("/v1/registry/phoenix/p1").await.status != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    println!(
+        "registrar registered again {:?} after the proxy restarted",
+        restarted.elapsed()
+    );
+    assert_eq!(wf2.get_ok("phoenix").await, "phoenix");
+
+    registrar.signal(Signal::SIGTERM);
+    let status = registrar.wait(15, "registrar exits after SIGTERM").await;
+    assert_eq!(status.code(), Some(0), "{}", registrar.log());
+    assert!(wf2.api.addresses("phoenix").await.is_empty());
+}
+
+// === 10. hot reload ===
+
+/// A config file for `wayfinder run`, removed on drop.
+struct ConfigFile {
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).expect("write config");
+    }
+
+    /// Replaces the file with `text` (same length as now) keeping its
+    /// modification time, so only a SIGHUP can notice the change.
+    fn replace_unnoticed(&self, text: &str) {
+        let meta = std::fs::metadata(&self.path).unwrap();
+        assert_eq!(meta.len(), text.len() as u64, "lengths must match");
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        let f = std::fs::File::options().write(true).open(&tmp).unwrap();
+        f.set_modified(meta.modified().unwrap()).unwrap();
+        drop(f);
+        std::fs::rename(&tmp, &self.path).unwrap();
+        let now = std::fs::metadata(&self.path).unwrap();
+        assert_eq!(now.modified().unwrap(), meta.modified().unwrap());
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
+    }
+}
+
+/// Pads `text` with a comment to exactly `len` bytes.
+fn pad_to(text: &str, len: usize) -> String {
+    assert!(text.len() + 2 <= len, "{} > {len}", text.len());
+    format!("{text}#{}\n", "-".repeat(len - text.len() - 2))
+}
+
+/// A GET on a fresh connection to `addr`, bounded.
+async fn get_at(addr: SocketAddr, host: &str) -> Reply {
+    within(10, "GET", support::get(addr, host, "/"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {host}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_applies_valid_files_keeps_streams_and_rejects_invalid_ones() {
+    let old = Backend::start("old").await;
+    let fresh = Backend::start("fresh").await;
+    let chunks = 20;
+    let streamer = slow_stream_backend(chunks, Duration::from_millis(125)).await;
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let v1 = format!(
+        "listen = [\"127.0.0.1:{port}\"]\n\
+         [admin]\nlisten = \"off\"\n\
+         [services.old]\ninstances = [\"{}\"]\n\
+         [services.stream]\ninstances = [\"{}\"]\n",
+        old.addr, streamer.addr
+    );
+    // A new route and service; the streaming service's policy changes too.
+    let v2_body = format!(
+        "listen = [\"127.0.0.1:{port}\"]\n\
+         [admin]\nlisten = \"off\"\n\
+         [[routes]]\nhost = \"new.example\"\nservice = \"fresh\"\n\
+         [services.old]\ninstances = [\"{}\"]\n\
+         [services.stream]\nbalance = \"least_connections\"\ninstances = [\"{}\"]\n\
+         [services.fresh]\ninstances = [\"{}\"]\n",
+        old.addr, streamer.addr, fresh.addr
+    );
+    // Another route, for the SIGHUP step.
+    let v3 = format!(
+        "listen = [\"127.0.0.1:{port}\"]\n\
+         [admin]\nlisten = \"off\"\n\
+         [[routes]]\nhost = \"new.example\"\nservice = \"fresh\"\n\
+         [[routes]]\nhost = \"hup.example\"\nservice = \"old\"\n\
+         [services.old]\ninstances = [\"{}\"]\n\
+         [services.stream]\nbalance = \"least_connections\"\ninstances = [\"{}\"]\n\
+         [services.fresh]\ninstances = [\"{}\"]\n",
+        old.addr, streamer.addr, fresh.addr
+    );
+    let v2 = pad_to(&v2_body, v3.len());
+    // A typo: the same named error `wayfinder check` gives.
+    let invalid = format!("{v3}[timeouts]\nconect = \"2s\"\n");
+
+    let file = ConfigFile {
+        path: temp_path("reload", "toml"),
+    };
+    file.write(&v1);
+    let mut cmd = wayfinder(&["run", "--config"]);
+    cmd.arg(&file.path);
+    let mut proc = Proc::spawn(cmd);
+    proc.wait_log(30, "wayfinder listening").await;
+
+    assert_eq!(get_at(addr, "old.svc").await.text(), "old");
+    assert_ne!(get_at(addr, "new.example").await.status, StatusCode::OK);
+
+    // A slow streaming response is in flight...
+    let mut client = H1Client::connect(addr).await.unwrap();
+    let resp = client
+        .send(request("GET", "stream.svc", "/").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = within(10, "first chunk", body.frame())
+        .await
+        .expect("a first frame")
+        .expect("first chunk")
+        .into_data()
+        .expect("data");
+    let stream = tokio::spawn(async move {
+        let rest = body.collect().await.map(|b| b.to_bytes());
+        (rest, Instant::now())
+    });
+
+    // ...when the file changes: the new route works after the next poll.
+    let written = Instant::now();
+    file.write(&v2);
+    within(10, "new route after a file change", async {
+        while get_at(addr, "new.example").await.status != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let took = written.elapsed();
+    println!("file change applied after {took:?} (polled every second)");
+    assert!(took < Duration::from_millis(2500), "reload took {took:?}");
+    assert!(
+        !stream.is_finished(),
+        "the stream ended before the reload; it does not span it"
+    );
+    assert_eq!(get_at(addr, "new.example").await.text(), "fresh");
+    assert_eq!(get_at(addr, "old.svc").await.text(), "old");
+
+    let (rest, _) = within(20, "stream completes", stream).await.unwrap();
+    let rest = rest.expect("stream body across the reload");
+    let mut whole = first.to_vec();
+    whole.extend_from_slice(&rest);
+    assert_eq!(
+        whole.len(),
+        stream_expected(chunks).len(),
+        "stream cut short across the reload"
+    );
+    assert!(
+        whole == stream_expected(chunks).as_bytes(),
+        "stream corrupted"
+    );
+    proc.wait_log(5, "config reloaded").await;
+
+    // SIGHUP reloads a change the poll cannot see (same size and mtime).
+    file.replace_unnoticed(&v3);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_ne!(
+        get_at(addr, "hup.example").await.status,
+        StatusCode::OK,
+        "the poll saw a change with the same size and mtime"
+    );
+    let hup = Instant::now();
+    proc.signal(Signal::SIGHUP);
+    within(5, "new route after SIGHUP", async {
+        while get_at(addr, "hup.example").await.status != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    println!("SIGHUP reload applied after {:?}", hup.elapsed());
+    assert_eq!(get_at(addr, "hup.example").await.text(), "old");
+
+    // An invalid file is rejected with the named error; the config stays.
+    let rejected_before = proc.log().matches("config reload rejected").count();
+    file.write(&invalid);
+    proc.wait_log(10, "config reload rejected").await;
+    let log = proc.log();
+    assert!(log.contains("timeouts.conect"), "error not named:\n{log}");
+    assert!(log.contains("unknown field"), "{log}");
+    for (host, want) in [
+        ("old.svc", "old"),
+        ("new.example", "fresh"),
+        ("hup.example", "old"),
+    ] {
+        let r = get_at(addr, host).await;
+        assert_eq!(r.status, StatusCode::OK, "{host} after an invalid file");
+        assert_eq!(r.text(), want);
+    }
+    // SIGHUP with the invalid file: rejected again, still serving.
+    proc.signal(Signal::SIGHUP);
+    within(10, "second rejection", async {
+        while proc.log().matches("config reload rejected").count() < rejected_before + 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(get_at(addr, "new.example").await.text(), "fresh");
+
+    proc.signal(Signal::SIGTERM);
+    let status = proc.wait(20, "wayfinder exits after SIGTERM").await;
+    assert!(status.success(), "{status}\n{}", proc.log());
+}
