@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -15,6 +15,8 @@ use crate::admin;
 use crate::config::{Config, ConfigError};
 use crate::proxy::server::{self, ServerSettings};
 use crate::proxy::Proxy;
+use crate::registry::dns::DnsSources;
+use crate::registry::etcd::EtcdStore;
 use crate::registry::registrations::Registrations;
 use crate::registry::Registry;
 
@@ -45,6 +47,8 @@ pub struct Running {
     pub registry: Arc<Registry>,
     /// The registration source behind the admin API.
     pub registrations: Arc<Registrations>,
+    /// One resolving task per service with a `[services.NAME.dns]` table.
+    dns: Mutex<DnsSources>,
     stop: oneshot::Sender<()>,
     done: JoinHandle<()>,
 }
@@ -84,6 +88,27 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let registry = Registry::new(config);
     tokio::spawn(registry.clone().run_refresher());
+    let etcd = match &config.registry.etcd {
+        Some(settings) => {
+            let store = EtcdStore::new(settings, &registry);
+            let task = store.spawn();
+            // Serve with the shared registry loaded when etcd answers in
+            // time; otherwise start anyway (the source keeps retrying).
+            if store
+                .wait_listed(settings.dial_timeout + settings.request_timeout)
+                .await
+            {
+                registry.rebuild();
+            } else {
+                tracing::warn!(
+                    "etcd not listed yet; serving without its instances until it answers"
+                );
+            }
+            Some((store, task))
+        }
+        None => None,
+    };
+    let dns = DnsSources::start(&registry, config);
     let health = crate::health::spawn_supervisor(&registry);
     let proxy = Arc::new(Proxy::new(registry.clone(), config));
     let snap = registry.load();
@@ -98,7 +123,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let (stop, stopped) = oneshot::channel::<()>();
     let (admin_stop_tx, admin_stop) = oneshot::channel::<()>();
-    let registrations = Registrations::new(&registry, config.registry.state_file.clone());
+    let (registrations, etcd_task) = match etcd {
+        Some((store, task)) => (Registrations::with_etcd(&registry, store), Some(task)),
+        None => (
+            Registrations::new(&registry, config.registry.state_file.clone()),
+            None,
+        ),
+    };
     tokio::spawn(registrations.clone().run_expiry());
     let admin = admin::Admin {
         registry: registry.clone(),
@@ -124,12 +155,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         }
         reaper.abort();
         health.abort();
+        if let Some(t) = etcd_task {
+            t.abort();
+        }
     });
     Ok(Running {
         listen,
         admin: admin_addr,
         registry,
         registrations,
+        dns: Mutex::new(dns),
         stop,
         done,
     })
@@ -158,11 +193,16 @@ impl Running {
             || new.proxy.debug_header != current.proxy.debug_header
             || new.proxy.snapshot_header != current.proxy.snapshot_header
             || new.proxy.via != current.proxy.via
-            || new.admin_token != current.admin_token;
+            || new.admin_token != current.admin_token
+            || new.registry.etcd != current.registry.etcd;
         if restart_needed {
-            tracing::warn!("config changes to listen, admin, limits, proxy headers or client timeouts apply at the next restart");
+            tracing::warn!("config changes to listen, admin, limits, proxy headers, client timeouts or [registry.etcd] apply at the next restart");
         }
         self.registry.apply_config(&new);
+        self.dns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&self.registry, &new);
         tracing::info!(file = %path.display(), routes = new.routes.len(), services = new.services.len(), "config reloaded");
         *current = new;
         Ok(true)

@@ -125,21 +125,27 @@ impl Admin {
                     (&Method::DELETE, []) => result(
                         self.registrations
                             .deregister(&service, &id)
-                            .map(|_| "deregistered"),
+                            .await
+                            .map(|()| "deregistered"),
                     ),
                     (_, []) => method_not_allowed("GET, PUT, DELETE"),
-                    (&Method::PUT, ["heartbeat"]) => {
-                        result(self.registrations.heartbeat(&service, &id).map(|()| "ok"))
-                    }
+                    (&Method::PUT, ["heartbeat"]) => result(
+                        self.registrations
+                            .heartbeat(&service, &id)
+                            .await
+                            .map(|()| "ok"),
+                    ),
                     (_, ["heartbeat"]) => method_not_allowed("PUT"),
                     (&Method::PUT, ["drain"]) => result(
                         self.registrations
                             .set_draining(&service, &id, true)
+                            .await
                             .map(|_| "draining"),
                     ),
                     (&Method::DELETE, ["drain"]) => result(
                         self.registrations
                             .set_draining(&service, &id, false)
+                            .await
                             .map(|_| "drain cancelled"),
                     ),
                     (_, ["drain"]) => method_not_allowed("PUT, DELETE"),
@@ -225,16 +231,13 @@ impl Admin {
             );
         }
         let started = clock::now_ms();
-        match self.registrations.register(
-            service,
-            id,
-            RegisterRequest {
-                address,
-                weight,
-                tags,
-                ttl,
-            },
-        ) {
+        let request = RegisterRequest {
+            address,
+            weight,
+            tags,
+            ttl,
+        };
+        match self.registrations.register(service, id, request).await {
             Ok(new) => {
                 // Answer once the change is routable, so a client can send
                 // traffic right after (bounded; the refresher publishes fast).
@@ -249,7 +252,7 @@ impl Admin {
             Err(e @ RegistrationError::AddressTaken { .. }) => {
                 text(StatusCode::CONFLICT, &format!("address: {e}\n"))
             }
-            Err(e) => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
+            Err(e) => error(&e),
         }
     }
 
@@ -505,8 +508,19 @@ fn parse_wait(req: &Request<Incoming>, name: &str) -> Result<Option<Duration>, S
 fn result(r: Result<&'static str, RegistrationError>) -> Response<ProxyBody> {
     match r {
         Ok(msg) => text(StatusCode::OK, &format!("{msg}\n")),
-        Err(e) => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
+        Err(e) => error(&e),
     }
+}
+
+/// A failed registration call's answer: 404, 409, or 503 when the shared
+/// registry could not confirm the change (so no call is silently lost).
+fn error(e: &RegistrationError) -> Response<ProxyBody> {
+    let status = match e {
+        RegistrationError::NotFound { .. } => StatusCode::NOT_FOUND,
+        RegistrationError::AddressTaken { .. } => StatusCode::CONFLICT,
+        RegistrationError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    text(status, &format!("{e}\n"))
 }
 
 /// Instance ids: 1 to 128 of letters, digits, `-`, `_`, `.`, `:`.

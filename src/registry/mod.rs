@@ -7,6 +7,8 @@
 //! which rebuilds and swaps the snapshot only when the result differs from
 //! what is published. Bursts of updates coalesce into one rebuild.
 
+pub mod dns;
+pub mod etcd;
 mod instance;
 pub mod registrations;
 mod snapshot;

@@ -8,6 +8,11 @@
 //! self-preservation guard. With a state file configured, the set is saved
 //! on every change and loaded at start (each loaded instance gets a fresh
 //! TTL), so a restarted proxy routes before its instances heartbeat again.
+//!
+//! With `[registry.etcd]` configured the same calls write through to etcd
+//! instead ([`super::etcd::EtcdStore`]): nothing is kept here, every proxy
+//! sharing the etcd sees the change through its watch, and a call that
+//! cannot reach etcd fails with [`RegistrationError::Unavailable`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -18,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::etcd::EtcdStore;
 use super::{InstanceSpec, Registry, Removals};
 use crate::clock;
 
@@ -51,6 +57,25 @@ pub struct Registration {
     /// `clock::now_ms()` at which it expires (not saved).
     #[serde(skip)]
     pub expires_ms: u64,
+}
+
+impl Registration {
+    /// Its (service, id) key.
+    pub(crate) fn key(&self) -> (Arc<str>, Arc<str>) {
+        (self.service.clone(), self.id.clone())
+    }
+
+    /// The instance as reported to the registry.
+    pub(crate) fn spec(&self) -> InstanceSpec {
+        InstanceSpec {
+            service: self.service.clone(),
+            addr: self.address,
+            weight: self.weight,
+            id: Some(self.id.clone()),
+            tags: (!self.tags.is_empty()).then(|| Arc::new(self.tags.clone())),
+            draining: self.draining,
+        }
+    }
 }
 
 /// What a registration call asks for (already validated).
@@ -87,6 +112,14 @@ pub enum RegistrationError {
         /// The id holding it.
         other: String,
     },
+    /// The shared registry (etcd) could not confirm the change.
+    #[error(
+        "registration not confirmed: the shared registry is unavailable ({message}); retry later"
+    )]
+    Unavailable {
+        /// What failed.
+        message: String,
+    },
 }
 
 /// The registrations, shared by the admin API and the expiry task.
@@ -96,6 +129,8 @@ pub struct Registrations {
     entries: Mutex<Entries>,
     state_file: Option<PathBuf>,
     changed: Notify,
+    /// Where calls go instead of `entries` when etcd is configured.
+    etcd: Option<Arc<EtcdStore>>,
 }
 
 impl Registrations {
@@ -107,9 +142,22 @@ impl Registrations {
             entries: Mutex::new(HashMap::new()),
             state_file,
             changed: Notify::new(),
+            etcd: None,
         });
         me.load_state();
         me
+    }
+
+    /// Registrations written through to `store` (etcd): this proxy keeps
+    /// none of its own.
+    pub fn with_etcd(registry: &Arc<Registry>, store: Arc<EtcdStore>) -> Arc<Registrations> {
+        Arc::new(Registrations {
+            registry: Arc::downgrade(registry),
+            entries: Mutex::new(HashMap::new()),
+            state_file: None,
+            changed: Notify::new(),
+            etcd: Some(store),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -118,12 +166,15 @@ impl Registrations {
 
     /// Registers (or updates) `id` of `service`. Idempotent: the same call
     /// again renews the TTL and updates the fields. Returns whether it was new.
-    pub fn register(
+    pub async fn register(
         &self,
         service: &str,
         id: &str,
         req: RegisterRequest,
     ) -> Result<bool, RegistrationError> {
+        if let Some(etcd) = &self.etcd {
+            return etcd.register(service, id, req).await;
+        }
         let mut entries = self.lock();
         if let Some(other) = entries
             .values()
@@ -170,7 +221,10 @@ impl Registrations {
     }
 
     /// Renews the TTL of `id`.
-    pub fn heartbeat(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
+    pub async fn heartbeat(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
+        if let Some(etcd) = &self.etcd {
+            return etcd.heartbeat(service, id).await;
+        }
         let mut entries = self.lock();
         let r = entries
             .get_mut(&key(service, id))
@@ -180,24 +234,30 @@ impl Registrations {
     }
 
     /// Removes `id`: no new requests reach it, requests in flight finish.
-    pub fn deregister(&self, service: &str, id: &str) -> Result<Registration, RegistrationError> {
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
+        if let Some(etcd) = &self.etcd {
+            return etcd.deregister(service, id).await;
+        }
         let mut entries = self.lock();
         let r = entries
             .remove(&key(service, id))
             .ok_or_else(|| not_found(service, id))?;
         tracing::info!(service, id, address = %r.address, "instance deregistered");
         self.publish(&entries, Removals::Explicit);
-        Ok(r)
+        Ok(())
     }
 
     /// Marks `id` draining (or not): it stays listed but takes no new
     /// requests.
-    pub fn set_draining(
+    pub async fn set_draining(
         &self,
         service: &str,
         id: &str,
         draining: bool,
     ) -> Result<Registration, RegistrationError> {
+        if let Some(etcd) = &self.etcd {
+            return etcd.set_draining(service, id, draining).await;
+        }
         let mut entries = self.lock();
         let r = entries
             .get_mut(&key(service, id))
@@ -211,11 +271,17 @@ impl Registrations {
 
     /// One registration.
     pub fn get(&self, service: &str, id: &str) -> Option<Registration> {
+        if let Some(etcd) = &self.etcd {
+            return etcd.get(service, id);
+        }
         self.lock().get(&key(service, id)).cloned()
     }
 
     /// Every registration.
     pub fn all(&self) -> Vec<Registration> {
+        if let Some(etcd) = &self.etcd {
+            return etcd.all();
+        }
         let mut v: Vec<_> = self.lock().values().cloned().collect();
         v.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
         v
@@ -263,17 +329,7 @@ impl Registrations {
     }
 
     fn publish(&self, entries: &Entries, removals: Removals) {
-        let specs: Vec<InstanceSpec> = entries
-            .values()
-            .map(|r| InstanceSpec {
-                service: r.service.clone(),
-                addr: r.address,
-                weight: r.weight,
-                id: Some(r.id.clone()),
-                tags: (!r.tags.is_empty()).then(|| Arc::new(r.tags.clone())),
-                draining: r.draining,
-            })
-            .collect();
+        let specs: Vec<InstanceSpec> = entries.values().map(Registration::spec).collect();
         if let Some(registry) = self.registry.upgrade() {
             registry.report(API_SOURCE, specs, removals);
         }
@@ -362,32 +418,33 @@ mod tests {
         }
     }
 
-    #[test]
-    fn register_is_idempotent_and_visible() {
+    #[tokio::test]
+    async fn register_is_idempotent_and_visible() {
         let (reg, regs) = setup();
-        assert_eq!(regs.register("a", "i1", req(1, 10_000)), Ok(true));
-        assert_eq!(regs.register("a", "i1", req(1, 10_000)), Ok(false));
+        assert_eq!(regs.register("a", "i1", req(1, 10_000)).await, Ok(true));
+        assert_eq!(regs.register("a", "i1", req(1, 10_000)).await, Ok(false));
         reg.rebuild();
         let snap = reg.load();
         let m = &snap.service("a").unwrap().members()[0];
         assert_eq!(m.id.as_deref(), Some("i1"));
         assert_eq!(&*m.source, API_SOURCE);
         assert!(matches!(
-            regs.register("a", "i2", req(1, 10_000)),
+            regs.register("a", "i2", req(1, 10_000)).await,
             Err(RegistrationError::AddressTaken { .. })
         ));
     }
 
-    #[test]
-    fn ttl_lapse_removes_and_heartbeat_keeps() {
+    #[tokio::test]
+    async fn ttl_lapse_removes_and_heartbeat_keeps() {
         let (reg, regs) = setup();
         for (i, port) in [(1, 1), (2, 2), (3, 3)] {
             regs.register("a", &format!("i{i}"), req(port, 1_000))
+                .await
                 .unwrap();
         }
         let now = clock::now_ms();
-        regs.heartbeat("a", "i1").unwrap();
-        regs.heartbeat("a", "i2").unwrap();
+        regs.heartbeat("a", "i1").await.unwrap();
+        regs.heartbeat("a", "i2").await.unwrap();
         // Only i3 lapses: one of three is within the self-preservation guard.
         {
             let mut e = regs.lock();
@@ -396,22 +453,22 @@ mod tests {
         assert_eq!(regs.expire(now + 1), 1);
         reg.rebuild();
         assert_eq!(reg.load().service("a").unwrap().members().len(), 2);
-        assert!(regs.heartbeat("a", "i3").is_err());
+        assert!(regs.heartbeat("a", "i3").await.is_err());
     }
 
-    #[test]
-    fn deregister_is_explicit_even_for_the_last_instance() {
+    #[tokio::test]
+    async fn deregister_is_explicit_even_for_the_last_instance() {
         let (reg, regs) = setup();
-        regs.register("a", "i1", req(1, 10_000)).unwrap();
+        regs.register("a", "i1", req(1, 10_000)).await.unwrap();
         reg.rebuild();
-        regs.deregister("a", "i1").unwrap();
+        regs.deregister("a", "i1").await.unwrap();
         reg.rebuild();
         assert!(reg.load().service("a").is_none());
-        assert!(regs.deregister("a", "i1").is_err());
+        assert!(regs.deregister("a", "i1").await.is_err());
     }
 
-    #[test]
-    fn state_file_round_trip() {
+    #[tokio::test]
+    async fn state_file_round_trip() {
         let path = std::env::temp_dir().join(format!(
             "wayfinder-state-{}-{}.json",
             std::process::id(),
@@ -426,7 +483,7 @@ mod tests {
                 .unwrap(),
             );
             let regs = Registrations::new(&reg, Some(path.clone()));
-            regs.register("a", "i1", req(7, 10_000)).unwrap();
+            regs.register("a", "i1", req(7, 10_000)).await.unwrap();
         }
         let reg = Registry::new(
             &Config::parse(
