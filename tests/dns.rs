@@ -1,0 +1,502 @@
+//! DNS discovery against a real DNS server: each test starts its own
+//! dnsmasq (Debian package `dnsmasq`) in the foreground on a loopback port
+//! picked at run time, with its records given on the command line, and
+//! kills it (by its PID only) when done. Instances are real hyper servers.
+//!
+//! Without dnsmasq these tests fail, saying how to install it: they never
+//! pass silently.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+use wayfinder::app::Running;
+use wayfinder::config::Config;
+
+/// Where the Debian package puts dnsmasq; `WAYFINDER_DNSMASQ` overrides it.
+const DNSMASQ_BIN: &str = "/usr/sbin/dnsmasq";
+
+fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds; fails after `limit`. Returns how
+/// long it took.
+async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+// === impl Backend ===
+
+/// A real HTTP instance answering with its name.
+struct Backend {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    async fn start(name: &str, ip: IpAddr, port: u16) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, port)).await?;
+        let addr = listener.local_addr()?;
+        let name = Bytes::from(name.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(name))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Backend { addr, task })
+    }
+
+    async fn on_loopback(name: &str) -> Backend {
+        Backend::start(name, IpAddr::from([127, 0, 0, 1]), 0)
+            .await
+            .expect("bind backend")
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// === impl Dnsmasq ===
+
+/// A dnsmasq owned by the test, answering only the records it was given
+/// (authoritative for `.test`: other names there are NXDOMAIN).
+struct Dnsmasq {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Dnsmasq {
+    /// Starts with `records` (dnsmasq options such as
+    /// `--host-record=a.test,127.0.0.2`) and waits until it answers.
+    async fn start(records: &[String]) -> Dnsmasq {
+        let port = free_udp_port().await;
+        let dir = std::env::temp_dir().join(format!("wayfinder-dns-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create dnsmasq temp dir");
+        let mut d = Dnsmasq {
+            port,
+            dir,
+            child: None,
+        };
+        d.spawn(records).await;
+        d
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    async fn spawn(&mut self, records: &[String]) {
+        let bin = std::env::var("WAYFINDER_DNSMASQ").unwrap_or_else(|_| DNSMASQ_BIN.to_owned());
+        assert!(
+            Path::new(&bin).exists(),
+            "{bin} not found: these tests need a real DNS server. Install it with \
+             `sudo apt-get install dnsmasq` (./.ci/test does this), or point \
+             WAYFINDER_DNSMASQ at a dnsmasq binary"
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dnsmasq.log"))
+            .expect("dnsmasq log file");
+        // Foreground, on our own port and address only, reading no system
+        // file: it cannot clash with a system dnsmasq.
+        let child = Command::new(bin)
+            .arg("--no-daemon")
+            .arg(format!("--port={}", self.port))
+            .arg("--listen-address=127.0.0.1")
+            .arg("--bind-interfaces")
+            .arg("--no-resolv")
+            .arg("--no-hosts")
+            .arg("--conf-file=/dev/null")
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.join("dnsmasq.pid").display()
+            ))
+            .arg("--local=/test/")
+            .arg("--local-ttl=1")
+            .arg("--log-facility=-")
+            .args(records)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start dnsmasq");
+        self.child = Some(child);
+        let start = Instant::now();
+        while !answers(self.addr()).await {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "dnsmasq exited ({status}):\n{}",
+                    std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "dnsmasq did not answer in 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The same server (port) with other records.
+    async fn restart(&mut self, records: &[String]) {
+        self.kill();
+        self.spawn(records).await;
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn free_udp_port() -> u16 {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        let port = udp.local_addr().expect("udp address").port();
+        // dnsmasq also listens on TCP on the same port.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for dnsmasq");
+}
+
+/// Whether a DNS server answers at `addr` (any answer to a query for
+/// `ready.test`).
+async fn answers(addr: SocketAddr) -> bool {
+    let Ok(sock) = UdpSocket::bind("127.0.0.1:0").await else {
+        return false;
+    };
+    // Header (id 1, recursion desired, one question), then ready.test A IN.
+    let mut query = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["ready", "test"] {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    if sock.send_to(&query, addr).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), sock.recv_from(&mut buf)).await,
+        Ok(Ok((n, _))) if n >= 12 && buf[..2] == [0, 1]
+    )
+}
+
+// === impl Wf ===
+
+/// A wayfinder proxy in this process.
+struct Wf {
+    running: Option<Running>,
+    proxy: SocketAddr,
+}
+
+impl Wf {
+    async fn start(tables: &str) -> Wf {
+        init_tracing();
+        let text = format!("listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"off\"\n{tables}");
+        let config = Config::parse(&text, Path::new("dns-test.toml"))
+            .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"));
+        let running = wayfinder::app::start(&config).await.expect("start proxy");
+        Wf {
+            proxy: running.listen[0],
+            running: Some(running),
+        }
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    /// Address -> weight of `service`'s instances in the snapshot.
+    fn members(&self, service: &str) -> BTreeMap<SocketAddr, u32> {
+        self.running()
+            .registry
+            .load()
+            .service(service)
+            .map(|s| {
+                s.members()
+                    .iter()
+                    .map(|m| (m.instance.addr(), m.weight))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The state of source `name`.
+    fn source_state(&self, name: &str) -> Option<&'static str> {
+        self.running()
+            .registry
+            .sources()
+            .into_iter()
+            .find(|s| &*s.name == name)
+            .map(|s| s.state)
+    }
+
+    /// The body of a GET for `Host: {service}.svc`, or what went wrong.
+    async fn get(&self, service: &str) -> Result<String, String> {
+        let exchange = async {
+            let stream = TcpStream::connect(self.proxy)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .uri("/")
+                .header("host", format!("{service}.svc"))
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?;
+            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+            if status.is_success() {
+                Ok(text)
+            } else {
+                Err(format!("{status}: {text}"))
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 10s".to_owned()))
+    }
+
+    /// Bodies of `n` GETs, counted.
+    async fn spread(&self, service: &str, n: usize) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let body = self
+                .get(service)
+                .await
+                .unwrap_or_else(|e| panic!("GET {service}: {e}"));
+            *seen.entry(body).or_default() += 1;
+        }
+        seen
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+fn dns_table(service: &str, body: &str, dns: &Dnsmasq) -> String {
+    format!(
+        "[services.{service}.dns]\n{body}\nnameserver = \"{}\"\n",
+        dns.addr()
+    )
+}
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_with_a_configured_port_route_to_every_address() {
+    // Two instances on the same port, on two loopback addresses.
+    let first = Backend::start("web-a", IpAddr::from([127, 0, 0, 2]), 0)
+        .await
+        .expect("bind 127.0.0.2");
+    let port = first.addr.port();
+    let second = Backend::start("web-b", IpAddr::from([127, 0, 0, 3]), port)
+        .await
+        .expect("bind 127.0.0.3 on the same port");
+    let dns = Dnsmasq::start(&[
+        "--host-record=web.test,127.0.0.2".to_owned(),
+        "--host-record=web.test,127.0.0.3".to_owned(),
+    ])
+    .await;
+    let wf = Wf::start(&dns_table(
+        "web",
+        &format!("name = \"web.test\"\nkind = \"a\"\nport = {port}\nmin_refresh = \"100ms\""),
+        &dns,
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "both addresses resolved", || {
+        wf.members("web").len() == 2
+    })
+    .await;
+    assert_eq!(
+        wf.members("web").keys().copied().collect::<Vec<_>>(),
+        vec![first.addr, second.addr]
+    );
+    let seen = wf.spread("web", 10).await;
+    assert_eq!(seen.get("web-a"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("web-b"), Some(&5), "{seen:?}");
+    assert_eq!(wf.source_state("dns:web"), Some("ok"));
+    wf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_records_give_ports_and_weights() {
+    let one = Backend::on_loopback("srv-1").await;
+    let two = Backend::on_loopback("srv-2").await;
+    let backup = Backend::on_loopback("backup").await;
+    let dns = Dnsmasq::start(&[
+        format!(
+            "--srv-host=_http._tcp.api.test,one.test,{},0,1",
+            one.addr.port()
+        ),
+        format!(
+            "--srv-host=_http._tcp.api.test,two.test,{},0,3",
+            two.addr.port()
+        ),
+        // A higher priority value is a backup: not used while others exist.
+        format!(
+            "--srv-host=_http._tcp.api.test,one.test,{},1,1",
+            backup.addr.port()
+        ),
+        "--host-record=one.test,127.0.0.1".to_owned(),
+        "--host-record=two.test,127.0.0.1".to_owned(),
+    ])
+    .await;
+    let wf = Wf::start(&dns_table(
+        "api",
+        "name = \"_http._tcp.api.test\"\nkind = \"srv\"\nmin_refresh = \"100ms\"",
+        &dns,
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "SRV resolved", || {
+        !wf.members("api").is_empty()
+    })
+    .await;
+    let want = BTreeMap::from([(one.addr, 1), (two.addr, 3)]);
+    assert_eq!(wf.members("api"), want);
+    let seen = wf.spread("api", 8).await;
+    assert_eq!(seen.get("srv-1"), Some(&2), "{seen:?}");
+    assert_eq!(seen.get("srv-2"), Some(&6), "{seen:?}");
+    wf.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
+    let one = Backend::on_loopback("v1").await;
+    let two = Backend::on_loopback("v2").await;
+    let srv = |b: &Backend, host: &str| {
+        format!(
+            "--srv-host=_http._tcp.svc.test,{host}.test,{},0,1",
+            b.addr.port()
+        )
+    };
+    let hosts = [
+        "--host-record=one.test,127.0.0.1".to_owned(),
+        "--host-record=two.test,127.0.0.1".to_owned(),
+    ];
+    let mut dns = Dnsmasq::start(&[srv(&one, "one"), hosts[0].clone()]).await;
+    // Record TTL is 1s (--local-ttl): re-resolved after it, within bounds.
+    let wf = Wf::start(&dns_table(
+        "svc",
+        "name = \"_http._tcp.svc.test\"\nkind = \"srv\"\nmin_refresh = \"200ms\"\n\
+         max_refresh = \"10s\"\nnxdomain_grace = \"1s\"",
+        &dns,
+    ))
+    .await;
+    wait_for(Duration::from_secs(5), "first answer", || {
+        wf.members("svc").len() == 1
+    })
+    .await;
+
+    // The records change: the pool follows after the TTL.
+    dns.restart(&[
+        srv(&one, "one"),
+        srv(&two, "two"),
+        hosts[0].clone(),
+        hosts[1].clone(),
+    ])
+    .await;
+    let took = wait_for(Duration::from_secs(3), "second instance added", || {
+        wf.members("svc").len() == 2
+    })
+    .await;
+    println!("DNS change picked up after {took:?} (record TTL 1s)");
+    assert_eq!(wf.spread("svc", 4).await.len(), 2);
+
+    // The server goes away: the last good set keeps serving.
+    dns.kill();
+    wait_for(Duration::from_secs(10), "source failing", || {
+        wf.source_state("dns:svc") == Some("failing")
+    })
+    .await;
+    let seen = wf.spread("svc", 6).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(wf.members("svc").len(), 2);
+
+    // Back, but the name is gone (NXDOMAIN): kept for the grace period,
+    // then emptied.
+    dns.restart(&hosts).await;
+    let emptied = wait_for(
+        Duration::from_secs(15),
+        "set emptied after the grace",
+        || wf.members("svc").is_empty(),
+    )
+    .await;
+    println!("NXDOMAIN: set emptied {emptied:?} after the server came back (grace 1s)");
+    assert!(wf.get("svc").await.is_err());
+
+    // And the name coming back brings the instances back.
+    dns.restart(&[srv(&two, "two"), hosts[1].clone()]).await;
+    wait_for(Duration::from_secs(15), "name back", || {
+        wf.members("svc").keys().copied().collect::<Vec<_>>() == vec![two.addr]
+    })
+    .await;
+    assert_eq!(wf.get("svc").await, Ok("v2".to_owned()));
+    wf.stop().await;
+}

@@ -1,0 +1,745 @@
+//! etcd as the shared registry, against a real etcd (`/usr/bin/etcd`, the
+//! Debian package `etcd-server`) that each test starts on loopback ports
+//! picked at run time, with a temporary data directory, and kills (by its
+//! PID only) when it ends. Several wayfinder proxies run in-process, each
+//! pointed at that etcd.
+//!
+//! Without etcd these tests fail, saying how to install it: they never pass
+//! silently.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use wayfinder::app::{Running, StartError};
+use wayfinder::config::Config;
+
+/// Where the Debian package puts etcd; `WAYFINDER_ETCD` overrides it.
+const ETCD_BIN: &str = "/usr/bin/etcd";
+/// The key prefix the test proxies use.
+const PREFIX: &str = "/wayfinder-test/";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("pick a free port")
+        .port()
+}
+
+fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Polls `cond` every 2 ms until it holds; fails after `limit`. Returns how
+/// long it took.
+async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+// === a small HTTP/1.1 client ===
+
+/// One request on a fresh connection: status and body, or what failed.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    body: Option<String>,
+) -> Result<(u16, String), String> {
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("{method} {path}: no answer within 10s")))
+}
+
+// === impl Backend ===
+
+/// A real HTTP instance on `127.0.0.1:0` answering with its name.
+struct Backend {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend address");
+        let name = Bytes::from(name.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(name))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend { addr, task }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// === impl Etcd ===
+
+/// A real etcd owned by the test: its PID, ports and data directory.
+struct Etcd {
+    client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts etcd in a fresh temporary directory and waits until it answers.
+    async fn start() -> Etcd {
+        let bin = std::env::var("WAYFINDER_ETCD").unwrap_or_else(|_| ETCD_BIN.to_owned());
+        assert!(
+            Path::new(&bin).exists(),
+            "{bin} not found: these tests need a real etcd. Install it with \
+             `sudo apt-get install etcd-server` (./.ci/test does this), or point \
+             WAYFINDER_ETCD at an etcd binary"
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "wayfinder-etcd-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("create etcd temp dir");
+        let mut etcd = Etcd {
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+            child: None,
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    async fn spawn(&mut self) {
+        let bin = std::env::var("WAYFINDER_ETCD").unwrap_or_else(|_| ETCD_BIN.to_owned());
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .expect("etcd log file");
+        let child = Command::new(bin)
+            .arg("--name=default")
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={}", self.url()))
+            .arg(format!("--advertise-client-urls={}", self.url()))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=default={peer}"))
+            // A one-member cluster: elect itself quickly.
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            let ok = http(
+                self.addr(),
+                "POST",
+                "/v3/kv/range",
+                "etcd",
+                Some(r#"{"key":"AA=="}"#.into()),
+            )
+            .await
+            .is_ok_and(|(status, _)| status == 200);
+            if ok {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("etcd exited ({status}) during start:\n{}", self.log_tail());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "etcd did not answer within 30s:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGKILL, then wait for it to exit.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// A call straight to etcd's gateway, which must succeed.
+    async fn call(&self, path: &str, body: Value) -> Value {
+        let (status, text) = http(self.addr(), "POST", path, "etcd", Some(body.to_string()))
+            .await
+            .unwrap_or_else(|e| panic!("etcd {path}: {e}"));
+        assert_eq!(status, 200, "etcd {path}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("etcd {path}: {e}: {text}"))
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn b64(s: &str) -> String {
+    B64.encode(s)
+}
+
+// === impl Relay ===
+
+/// A TCP relay in front of etcd that the test can cut (every connection
+/// closed, new ones refused) and restore, to take etcd away from one proxy
+/// while the test keeps talking to it.
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let task = tokio::spawn({
+            let (cut, conns) = (cut.clone(), conns.clone());
+            async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the connection closes at once
+                    }
+                    conns.lock().unwrap().push(tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(to).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    }));
+                }
+            }
+        });
+        Relay {
+            addr,
+            cut,
+            conns,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+// === impl Wf ===
+
+/// One wayfinder proxy in this process, using etcd at `endpoint`.
+struct Wf {
+    running: Option<Running>,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Wf {
+    async fn start(endpoint: &str, extra: &str) -> Wf {
+        init_tracing();
+        for _ in 0..20 {
+            let text = format!(
+                "listen = [\"127.0.0.1:0\"]\n\
+                 [admin]\nlisten = \"127.0.0.1:{}\"\n\
+                 [registry.etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"{PREFIX}\"\n\
+                 dial_timeout = \"500ms\"\nrequest_timeout = \"2s\"\n{extra}",
+                free_port()
+            );
+            let config = Config::parse(&text, Path::new("etcd-test.toml"))
+                .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"));
+            match wayfinder::app::start(&config).await {
+                Ok(running) => {
+                    return Wf {
+                        proxy: running.listen[0],
+                        admin: running.admin.expect("admin API on"),
+                        running: Some(running),
+                    }
+                }
+                Err(StartError::Bind { .. }) => continue,
+            }
+        }
+        panic!("could not bind an admin port in 20 tries");
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    /// A GET through the proxy for `Host: {service}.svc`.
+    async fn get(&self, service: &str) -> Result<(u16, String), String> {
+        http(self.proxy, "GET", "/", &format!("{service}.svc"), None).await
+    }
+
+    /// An admin API call.
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+        http(
+            self.admin,
+            method,
+            path,
+            &self.admin.to_string(),
+            body.map(|b| b.to_string()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("admin {method} {path}: {e}"))
+    }
+
+    async fn register(
+        &self,
+        service: &str,
+        id: &str,
+        addr: SocketAddr,
+        ttl: &str,
+    ) -> (u16, String) {
+        let body = json!({ "address": addr.to_string(), "ttl": ttl });
+        self.admin("PUT", &format!("/v1/registry/{service}/{id}"), Some(body))
+            .await
+    }
+
+    /// The addresses this proxy's snapshot lists for `service`.
+    fn members(&self, service: &str) -> BTreeSet<SocketAddr> {
+        self.running()
+            .registry
+            .load()
+            .service(service)
+            .map(|s| s.members().iter().map(|m| m.instance.addr()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The `etcd` entry of `GET /v1/sources`.
+    async fn etcd_source(&self) -> Value {
+        let (status, text) = self.admin("GET", "/v1/sources", None).await;
+        assert_eq!(status, 200, "{text}");
+        let list: Vec<Value> = serde_json::from_str(&text).expect("sources JSON");
+        list.into_iter()
+            .find(|s| s["name"] == "etcd")
+            .unwrap_or_else(|| panic!("no etcd source in {text}"))
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+fn set(addrs: &[SocketAddr]) -> BTreeSet<SocketAddr> {
+    addrs.iter().copied().collect()
+}
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_through_one_proxy_is_routable_through_another_and_deregistration_back() {
+    let etcd = Etcd::start().await;
+    let a = Wf::start(&etcd.url(), "").await;
+    let b = Wf::start(&etcd.url(), "").await;
+    let backend = Backend::start("files-1").await;
+    assert_eq!(b.get("files").await.map(|r| r.0), Ok(404));
+
+    let t0 = Instant::now();
+    let (status, text) = a.register("files", "f1", backend.addr, "30s").await;
+    let answered = t0.elapsed();
+    assert_eq!(status, 201, "{text}");
+    let via_b = wait_for(Duration::from_secs(1), "routable through B", || async {
+        b.get("files").await == Ok((200, "files-1".to_owned()))
+    })
+    .await;
+    let propagation = t0.elapsed();
+    println!(
+        "registration through A: A answered in {answered:?}; routable through B {propagation:?} \
+         after the PUT was sent ({via_b:?} after A's answer)"
+    );
+    assert!(propagation < Duration::from_secs(1));
+    let (_, text) = b.admin("GET", "/v1/registry/files", None).await;
+    assert!(text.contains("\"source\": \"etcd\""), "{text}");
+
+    // Deregistering through B removes it from A, even though it was the
+    // service's last instance (an explicit removal, not a lease expiry).
+    let t1 = Instant::now();
+    let (status, text) = b.admin("DELETE", "/v1/registry/files/f1", None).await;
+    assert_eq!(status, 200, "{text}");
+    wait_for(Duration::from_secs(1), "gone from A", || async {
+        a.members("files").is_empty()
+    })
+    .await;
+    println!(
+        "deregistration through B: gone from A after {:?}",
+        t1.elapsed()
+    );
+    assert_eq!(a.get("files").await.map(|r| r.0), Ok(404));
+    let (status, _) = a.admin("DELETE", "/v1/registry/files/f1", None).await;
+    assert_eq!(status, 404);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_of_a_killed_registrar_expires_on_every_proxy() {
+    let etcd = Etcd::start().await;
+    let a = Wf::start(&etcd.url(), "").await;
+    let b = Wf::start(&etcd.url(), "").await;
+    let stay1 = Backend::start("stay-1").await;
+    let stay2 = Backend::start("stay-2").await;
+    let doomed = Backend::start("doomed").await;
+    for (id, be) in [("s1", &stay1), ("s2", &stay2)] {
+        assert_eq!(a.register("api", id, be.addr, "60s").await.0, 201);
+    }
+    let mut registrar = Command::new(env!("CARGO_BIN_EXE_wayfinder"))
+        .args(["register", "--registry"])
+        .arg(format!("http://{}", b.admin))
+        .args(["--service", "api", "--id", "doomed", "--address"])
+        .arg(doomed.addr.to_string())
+        .args(["--check-tcp", "--ttl", "2s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wayfinder register");
+    let all = set(&[stay1.addr, stay2.addr, doomed.addr]);
+    wait_for(
+        Duration::from_secs(10),
+        "registrar's instance on both",
+        || async { a.members("api") == all && b.members("api") == all },
+    )
+    .await;
+
+    let killed = Instant::now();
+    registrar.kill().expect("SIGKILL the registrar");
+    let _ = registrar.wait();
+    let rest = set(&[stay1.addr, stay2.addr]);
+    wait_for(
+        Duration::from_secs(3),
+        "expired on both proxies (TTL 2s + 1s)",
+        || async { a.members("api") == rest && b.members("api") == rest },
+    )
+    .await;
+    println!(
+        "registrar killed: its instance left both proxies after {:?}",
+        killed.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_keeps_the_last_set_refuses_registrations_and_recovers() {
+    let mut etcd = Etcd::start().await;
+    let a = Wf::start(&etcd.url(), "").await;
+    let b = Wf::start(&etcd.url(), "").await;
+    let backends = [
+        Backend::start("web-1").await,
+        Backend::start("web-2").await,
+        Backend::start("web-3").await,
+    ];
+    for (i, be) in backends.iter().enumerate() {
+        assert_eq!(
+            a.register("web", &format!("w{i}"), be.addr, "60s").await.0,
+            201
+        );
+    }
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    wait_for(Duration::from_secs(2), "registered on both", || async {
+        b.members("web") == set(&addrs)
+    })
+    .await;
+
+    etcd.kill();
+    wait_for(Duration::from_secs(5), "etcd source failing", || async {
+        a.etcd_source().await["state"] == "failing" && b.etcd_source().await["state"] == "failing"
+    })
+    .await;
+    let mut errors = Vec::new();
+    for i in 0..60 {
+        let wf = if i % 2 == 0 { &a } else { &b };
+        match wf.get("web").await {
+            Ok((200, body)) if body.starts_with("web-") => {}
+            other => errors.push(format!("{other:?}")),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "client errors during the outage: {errors:?}"
+    );
+    let extra = Backend::start("web-4").await;
+    let (status, text) = a.register("web", "w4", extra.addr, "60s").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("etcd") && text.contains("unavailable"),
+        "{text}"
+    );
+    let (status, text) = b.admin("PUT", "/v1/registry/web/w0/heartbeat", None).await;
+    assert_eq!(status, 503, "{text}");
+    let source = a.etcd_source().await;
+    assert_eq!(source["instances"], 3, "{source}");
+    println!("during the outage, /v1/sources etcd: {source}");
+
+    etcd.restart().await;
+    let t0 = Instant::now();
+    wait_for(
+        Duration::from_secs(15),
+        "registration accepted again",
+        || async { b.register("web", "w4", extra.addr, "60s").await.0 == 201 },
+    )
+    .await;
+    let mut all = addrs.clone();
+    all.push(extra.addr);
+    wait_for(
+        Duration::from_secs(15),
+        "new registration on both",
+        || async { a.members("web") == set(&all) && b.members("web") == set(&all) },
+    )
+    .await;
+    println!(
+        "after etcd restarted: a new registration reached both proxies in {:?}",
+        t0.elapsed()
+    );
+    wait_for(Duration::from_secs(15), "etcd source ok again", || async {
+        a.etcd_source().await["state"] == "ok" && b.etcd_source().await["state"] == "ok"
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_behind_a_compaction_relists() {
+    let etcd = Etcd::start().await;
+    let relay = Relay::start(etcd.addr()).await;
+    let a = Wf::start(&format!("http://{}", relay.addr), "").await;
+    let backends = [
+        Backend::start("c-1").await,
+        Backend::start("c-2").await,
+        Backend::start("c-3").await,
+        Backend::start("c-4").await,
+    ];
+    for (i, be) in backends[..3].iter().enumerate() {
+        assert_eq!(
+            a.register("comp", &format!("c{i}"), be.addr, "60s").await.0,
+            201
+        );
+    }
+    assert_eq!(a.members("comp").len(), 3);
+
+    // Take etcd away from the proxy, change things behind its back and
+    // compact the history its watch would resume from.
+    relay.cut();
+    wait_for(Duration::from_secs(5), "proxy notices", || async {
+        a.etcd_source().await["state"] == "failing"
+    })
+    .await;
+    let key = |id: &str| b64(&format!("{PREFIX}services/comp/{id}"));
+    etcd.call("/v3/kv/deleterange", json!({ "key": key("c0") }))
+        .await;
+    let value = json!({ "address": backends[3].addr.to_string(), "weight": 2 }).to_string();
+    let put = etcd
+        .call(
+            "/v3/kv/put",
+            json!({ "key": key("c3"), "value": b64(&value) }),
+        )
+        .await;
+    let revision = put["header"]["revision"]
+        .as_str()
+        .expect("revision")
+        .to_owned();
+    etcd.call(
+        "/v3/kv/compaction",
+        json!({ "revision": revision, "physical": true }),
+    )
+    .await;
+
+    relay.restore();
+    let want = set(&[backends[1].addr, backends[2].addr, backends[3].addr]);
+    let took = wait_for(
+        Duration::from_secs(10),
+        "proxy re-listed after compaction",
+        || async { a.members("comp") == want },
+    )
+    .await;
+    println!("resumed after compaction to revision {revision}: re-listed in {took:?}");
+    let weight = a.running().registry.load().service("comp").and_then(|s| {
+        s.members()
+            .iter()
+            .find(|m| m.instance.addr() == backends[3].addr)
+            .map(|m| m.weight)
+    });
+    assert_eq!(
+        weight,
+        Some(2),
+        "a key written by another tool is read with its weight"
+    );
+    wait_for(Duration::from_secs(5), "etcd source ok", || async {
+        a.etcd_source().await["state"] == "ok"
+    })
+    .await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_etcd_with_username_and_password() {
+    let etcd = Etcd::start().await;
+    etcd.call(
+        "/v3/auth/user/add",
+        json!({ "name": "root", "password": "root-pw" }),
+    )
+    .await;
+    etcd.call("/v3/auth/role/add", json!({ "name": "root" }))
+        .await;
+    etcd.call(
+        "/v3/auth/user/grant",
+        json!({ "user": "root", "role": "root" }),
+    )
+    .await;
+    etcd.call("/v3/auth/enable", json!({})).await;
+
+    let a = Wf::start(&etcd.url(), "username = \"root\"\npassword = \"root-pw\"\n").await;
+    let backend = Backend::start("secure-1").await;
+    let (status, text) = a.register("secure", "s1", backend.addr, "30s").await;
+    assert_eq!(status, 201, "{text}");
+    wait_for(Duration::from_secs(2), "routable", || async {
+        a.get("secure").await == Ok((200, "secure-1".to_owned()))
+    })
+    .await;
+    assert_eq!(
+        a.admin("PUT", "/v1/registry/secure/s1/heartbeat", None)
+            .await
+            .0,
+        200
+    );
+
+    // Without credentials etcd refuses, and the proxy says so.
+    let anonymous = Wf::start(&etcd.url(), "").await;
+    let (status, text) = anonymous
+        .register("secure", "s2", backend.addr, "30s")
+        .await;
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(anonymous.etcd_source().await["state"], "failing");
+    a.stop().await;
+    anonymous.stop().await;
+}
