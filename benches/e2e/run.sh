@@ -1,0 +1,519 @@
+#!/usr/bin/env bash
+# End-to-end load comparison on loopback: wayfinder (round-robin and
+# least-connections) against nginx and HAProxy, all in front of the same
+# three nginx backends, plus a no-proxy baseline straight to one backend.
+#
+# Method (see benches/README.md): each proxy is pinned to one core
+# (PROXY_CPU) and runs one worker; wrk and the backends share the other core
+# (WRK_CPU). Configurations run interleaved (A B C D E, A B C D E, ...) N
+# times; each slot is one throughput run at 64 connections and one latency
+# run at 8. The table shows medians over the N rounds.
+#
+# Settings (environment):
+#   N=3            rounds
+#   DURATION=5s    length of each wrk run (seconds, optional "s")
+#   WARMUP=2s      one untimed run per configuration before round 1
+#   CONNS=64       connections of the throughput run
+#   LAT_CONNS=8    connections of the latency run
+#   PROXY_CPU=0    core the proxies are pinned to
+#   WRK_CPU=1      core wrk and the backends are pinned to
+#   WAYFINDER_BIN  use this binary instead of building with cargo
+#   KEEP_TMP=1     keep the temp dir (configs, logs, raw wrk output)
+#
+# Only loopback is used. Every wait and every run is bounded by `timeout`.
+# On exit, only the processes this script started are stopped.
+set -euo pipefail
+
+N=${N:-3}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-64}
+LAT_CONNS=${LAT_CONNS:-8}
+PROXY_CPU=${PROXY_CPU:-0}
+WRK_CPU=${WRK_CPU:-1}
+BACKEND_CPU=${BACKEND_CPU:-$WRK_CPU}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export PATH="$PATH:/usr/sbin:/sbin"
+CLK_TCK=$(getconf CLK_TCK)
+BODY=hello # 5 bytes
+
+log() { printf '[e2e] %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+secs() { # "5s" or "5" -> 5
+    local v=${1%s}
+    [[ $v =~ ^[0-9]+$ ]] || die "not a whole number of seconds: $1"
+    echo "$v"
+}
+DUR_S=$(secs "$DURATION")
+WARM_S=$(secs "$WARMUP")
+
+# === tools ===
+
+install_tools() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    ((${#missing[@]})) || return 0
+    local sudo_cmd=()
+    [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    log "installing missing tools with apt-get: ${missing[*]}"
+    timeout 300 "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 600 "${sudo_cmd[@]}" \
+        apt-get install -y -qq "${missing[@]}" >&2
+}
+
+build_wayfinder() {
+    if [[ -n ${WAYFINDER_BIN:-} ]]; then
+        [[ -x $WAYFINDER_BIN ]] || die "WAYFINDER_BIN=$WAYFINDER_BIN is not executable"
+        return
+    fi
+    log "building wayfinder (cargo build --release)"
+    (cd "$ROOT" && timeout 1800 cargo build --release) >&2 ||
+        die "cargo build --release failed"
+    local target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+    WAYFINDER_BIN=$target_dir/release/wayfinder
+}
+
+# === processes ===
+
+TMP=""
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Bounded wait, then force.
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ -n ${KEEP_TMP:-} ]]; then
+            log "kept $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CPU CMD...: starts CMD pinned to CPU, output to $TMP/NAME.log;
+# sets STARTED to its PID (taskset and env exec, so it is CMD's own PID).
+start() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$TMP/$name.log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+# The PID and its children (nginx's workers), for CPU and memory totals.
+tree_pids() {
+    echo "$1"
+    ps -o pid= --ppid "$1" 2>/dev/null || true
+}
+
+# utime + stime of a process tree, in clock ticks.
+cpu_ticks() {
+    local total=0 pid stat rest
+    for pid in $(tree_pids "$1"); do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        rest=${stat##*) } # fields from the 3rd (state) on
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# "busy total" clock ticks of core $1 since boot (busy: all but idle and
+# iowait; guest time is already inside user).
+core_ticks() {
+    awk -v cpu="cpu$1" '$1 == cpu {
+        t = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9
+        print t - $5 - $6, t }' /proc/stat
+}
+
+# Peak resident set (VmHWM) of a process tree, in KiB.
+peak_rss_kib() {
+    local total=0 pid kib
+    for pid in $(tree_pids "$1"); do
+        kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+
+# === ports and readiness ===
+
+used_ports() {
+    local _ local_addr
+    for f in /proc/net/tcp /proc/net/tcp6; do
+        [[ -r $f ]] || continue
+        while read -r _ local_addr _; do
+            echo $((16#${local_addr##*:}))
+        done < <(tail -n +2 "$f")
+    done
+}
+
+# Picks $1 free loopback ports from a random high base, skipping any port
+# with a socket on it now.
+pick_ports() {
+    local want=$1 port used
+    used=" $(used_ports | sort -un | tr '\n' ' ') "
+    port=$((20000 + RANDOM % 30000))
+    PORTS=()
+    while ((${#PORTS[@]} < want)); do
+        [[ $used == *" $port "* ]] || PORTS+=("$port")
+        port=$((port + 1))
+    done
+}
+
+# GET / on 127.0.0.1:$1; prints the status line and the body.
+http_get() {
+    # shellcheck disable=SC2016 # $1 is expanded by the inner bash
+    timeout 2 bash -c '
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n" >&3
+        cat <&3' _ "$1" 2>/dev/null | tr -d '\r' | sed -n '1p;$p'
+}
+
+# Waits (at most 10 s) until 127.0.0.1:$2 answers 200 with the backend
+# body, while process $3 is alive.
+wait_ready() {
+    local name=$1 port=$2 pid=$3 out
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || {
+            cat "$TMP/$name.log" >&2
+            die "$name exited during start-up (log above)"
+        }
+        out=$(http_get "$port" || true)
+        if [[ $out == "HTTP/1."?" 200"*$'\n'"$BODY" ]]; then
+            return
+        fi
+        sleep 0.1
+    done
+    cat "$TMP/$name.log" >&2
+    die "$name on port $port not ready after 10 s (last answer: ${out:-none})"
+}
+
+# === configs ===
+
+nginx_common() { # $1 = name
+    cat <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/$1.pid;
+error_log $TMP/$1.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    # Every temp path in the temp dir, so a non-root user can run nginx.
+    client_body_temp_path $TMP/$1-tmp/body;
+    proxy_temp_path $TMP/$1-tmp/proxy;
+    fastcgi_temp_path $TMP/$1-tmp/fastcgi;
+    scgi_temp_path $TMP/$1-tmp/scgi;
+    uwsgi_temp_path $TMP/$1-tmp/uwsgi;
+EOF
+}
+
+write_backend() { # $1 = name, $2 = port
+    mkdir -p "$TMP/$1-tmp"
+    {
+        nginx_common "$1"
+        cat <<EOF
+    default_type text/plain;
+    server {
+        listen 127.0.0.1:$2;
+        location / { return 200 "$BODY"; }
+    }
+}
+EOF
+    } >"$TMP/$1.conf"
+}
+
+write_nginx_proxy() { # $1 = port, rest = backend ports
+    local port=$1
+    shift
+    mkdir -p "$TMP/nginx-tmp"
+    {
+        nginx_common nginx
+        echo "    upstream bench {"
+        for b in "$@"; do echo "        server 127.0.0.1:$b;"; done
+        cat <<EOF
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+EOF
+    } >"$TMP/nginx.conf"
+}
+
+write_haproxy() { # $1 = port, rest = backend ports
+    local port=$1 i=0
+    shift
+    {
+        cat <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option forwardfor
+    http-reuse always
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 75s
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+backend be
+    balance roundrobin
+EOF
+        for b in "$@"; do
+            i=$((i + 1))
+            echo "    server b$i 127.0.0.1:$b"
+        done
+    } >"$TMP/haproxy.cfg"
+}
+
+write_wayfinder() { # $1 = name, $2 = balance, $3 = port, rest = backend ports
+    local name=$1 balance=$2 port=$3 list=""
+    shift 3
+    for b in "$@"; do list+="\"127.0.0.1:$b\", "; done
+    cat >"$TMP/$name.toml" <<EOF
+listen = ["127.0.0.1:$port"]
+
+[admin]
+listen = "off"
+
+[[routes]]
+path = "/"
+service = "bench"
+
+[services.bench]
+balance = "$balance"
+instances = [${list%, }]
+EOF
+}
+
+# === load ===
+
+WRK_LUA='done = function(s, lat, req)
+  local e = s.errors
+  io.write(string.format("WRKRESULT %d %d %d %d %.1f %.1f\n", s.requests, s.duration,
+    e.connect + e.read + e.write + e.timeout, e.status,
+    lat:percentile(50), lat:percentile(99)))
+end'
+
+# run_wrk CONFIG CONNS SECONDS PORT PID RECORD: one wrk run; with RECORD=1
+# appends one line to $TMP/results: config conns rps p50_us p99_us
+# cpu_us_per_req own_core_pct other_on_proxy_core_pct wrk_core_pct
+# sock_err http_err.
+run_wrk() {
+    local cfg=$1 conns=$2 dur=$3 port=$4 pid=$5 record=$6 t0 t1 line
+    local reqs dur_us sock http p50 p99 pc0 pc1 wc0 wc1 own=1
+    local out
+    out="$TMP/wrk-$cfg-$conns-$(date +%s%N).txt"
+    t0=$(cpu_ticks "$pid")
+    pc0=$(core_ticks "$PROXY_CPU") wc0=$(core_ticks "$WRK_CPU")
+    timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" \
+        wrk -t1 -c"$conns" -d"${dur}s" --latency -s "$TMP/result.lua" \
+        "http://127.0.0.1:$port/" >"$out" 2>&1 || die "wrk failed against $cfg (see $out)"
+    t1=$(cpu_ticks "$pid")
+    pc1=$(core_ticks "$PROXY_CPU") wc1=$(core_ticks "$WRK_CPU")
+    line=$(grep '^WRKRESULT' "$out") || die "no wrk result for $cfg: $(cat "$out")"
+    [[ $record == 1 ]] || return 0
+    read -r _ reqs dur_us sock http p50 p99 <<<"$line"
+    # The direct run's server (a backend) is not on the proxy core, so all
+    # of that core's busy time is someone else's.
+    [[ $cfg == direct ]] && own=0
+    awk -v c="$cfg" -v n="$conns" -v r="$reqs" -v d="$dur_us" -v dt=$((t1 - t0)) \
+        -v hz="$CLK_TCK" -v s="$sock" -v h="$http" -v p50="$p50" -v p99="$p99" \
+        -v pc="$pc0 $pc1" -v wc="$wc0 $wc1" -v own="$own" 'BEGIN {
+            cpu_s = dt / hz
+            split(pc, p, " "); split(wc, w, " ")
+            own_pct = cpu_s * 1e6 / d * 100
+            pcore = (p[4] > p[2] ? (p[3] - p[1]) / (p[4] - p[2]) * 100 : 0)
+            wcore = (w[4] > w[2] ? (w[3] - w[1]) / (w[4] - w[2]) * 100 : 0)
+            other = pcore - (own ? own_pct : 0)
+            printf "%s %d %.1f %.1f %.1f %.2f %.1f %.1f %.1f %d %d\n", c, n, r / (d / 1e6),
+                p50, p99, (r > 0 ? cpu_s * 1e6 / r : 0), own_pct, (other > 0 ? other : 0),
+                wcore, s, h
+        }' >>"$TMP/results"
+    log "$(printf '%-8s c=%-3s %s' "$cfg" "$conns" "$(tail -n1 "$TMP/results" | cut -d' ' -f3-)")"
+}
+
+# Warns when the two cores are busy before the runs start: other processes
+# there make every number noisy.
+check_idle() {
+    local a b busy
+    a="$(core_ticks "$PROXY_CPU") $(core_ticks "$WRK_CPU")"
+    sleep 1
+    b="$(core_ticks "$PROXY_CPU") $(core_ticks "$WRK_CPU")"
+    busy=$(awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
+        printf "%.0f", ((y[1] - x[1]) + (y[3] - x[3])) / ((y[2] - x[2]) + (y[4] - x[4])) * 100 }')
+    if ((busy > 10)); then
+        log "WARNING: cores $PROXY_CPU and $WRK_CPU are already ${busy}% busy before the runs"
+        log "WARNING: (other processes); expect noisy numbers - see the other% column"
+    fi
+}
+
+# median CONFIG CONNS COLUMN over the recorded runs.
+median() {
+    awk -v c="$1" -v n="$2" -v k="$3" '$1 == c && $2 == n { print $k }' "$TMP/results" |
+        sort -g | awk '{ a[NR] = $1 } END {
+            if (NR == 0) { print "nan"; exit }
+            print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'
+}
+# (max - min) / median of a column, in percent: the run-to-run spread.
+spread() {
+    awk -v c="$1" -v n="$2" -v k="$3" -v m="$4" '$1 == c && $2 == n {
+            v = $k; if (seen++ == 0) lo = hi = v; if (v < lo) lo = v; if (v > hi) hi = v }
+        END { printf "%.1f", (m > 0 ? (hi - lo) / m * 100 : 0) }' "$TMP/results"
+}
+total() {
+    awk -v c="$1" -v k="$2" '$1 == c { t += $k } END { print t + 0 }' "$TMP/results"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+# === main ===
+
+install_tools
+build_wayfinder
+TMP=$(mktemp -d /tmp/wayfinder-e2e.XXXXXX)
+chmod 755 "$TMP" # nginx workers drop to an unprivileged user
+printf '%s\n' "$WRK_LUA" >"$TMP/result.lua"
+
+pick_ports 7
+B=("${PORTS[@]:0:3}")
+P_NGINX=${PORTS[3]} P_HAPROXY=${PORTS[4]} P_WF_RR=${PORTS[5]} P_WF_LC=${PORTS[6]}
+log "backends on ${B[*]}; nginx $P_NGINX, haproxy $P_HAPROXY, wayfinder rr $P_WF_RR, lc $P_WF_LC"
+
+declare -A PID PORT
+for i in 0 1 2; do
+    write_backend "backend$i" "${B[$i]}"
+    start "backend$i" "$BACKEND_CPU" nginx -e "$TMP/backend$i.log" -p "$TMP" -c "$TMP/backend$i.conf"
+    wait_ready "backend$i" "${B[$i]}" "$STARTED"
+    [[ $i == 0 ]] && PID[direct]=$STARTED
+done
+PORT[direct]=${B[0]}
+
+write_nginx_proxy "$P_NGINX" "${B[@]}"
+start nginx "$PROXY_CPU" nginx -e "$TMP/nginx.log" -p "$TMP" -c "$TMP/nginx.conf"
+PID[nginx]=$STARTED PORT[nginx]=$P_NGINX
+
+write_haproxy "$P_HAPROXY" "${B[@]}"
+start haproxy "$PROXY_CPU" haproxy -db -f "$TMP/haproxy.cfg"
+PID[haproxy]=$STARTED PORT[haproxy]=$P_HAPROXY
+
+write_wayfinder wf-rr round_robin "$P_WF_RR" "${B[@]}"
+write_wayfinder wf-lc least_connections "$P_WF_LC" "${B[@]}"
+for name in wf-rr wf-lc; do
+    start "$name" "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 \
+        "$WAYFINDER_BIN" --log-level warn run --config "$TMP/$name.toml"
+    PID[$name]=$STARTED
+done
+PORT[wf-rr]=$P_WF_RR PORT[wf-lc]=$P_WF_LC
+
+CONFIGS=(direct nginx haproxy wf-rr wf-lc)
+for cfg in "${CONFIGS[@]}"; do
+    wait_ready "$cfg" "${PORT[$cfg]}" "${PID[$cfg]}"
+done
+
+# Tokio names its workers "tokio-rt-worker" (older releases:
+# "tokio-runtime-worker", cut to 15 characters in comm).
+for name in wf-rr wf-lc; do
+    workers=$(cat /proc/"${PID[$name]}"/task/*/comm 2>/dev/null |
+        grep -cE '^tokio-(rt-worker|runtime-w)' || true)
+    if [[ $workers != 1 ]]; then
+        log "NOTE: $name has $workers Tokio worker threads; TOKIO_WORKER_THREADS=1 was not honoured"
+    else
+        log "$name runs 1 Tokio worker thread (TOKIO_WORKER_THREADS=1 honoured)"
+    fi
+done
+
+log "versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -n1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), kernel $(uname -r)"
+check_idle
+log "warm-up: ${WARM_S}s per configuration"
+for cfg in "${CONFIGS[@]}"; do
+    run_wrk "$cfg" "$CONNS" "$WARM_S" "${PORT[$cfg]}" "${PID[$cfg]}" 0
+done
+
+: >"$TMP/results"
+for round in $(seq "$N"); do
+    log "round $round/$N (${DUR_S}s per run)"
+    for cfg in "${CONFIGS[@]}"; do
+        run_wrk "$cfg" "$CONNS" "$DUR_S" "${PORT[$cfg]}" "${PID[$cfg]}" 1
+        run_wrk "$cfg" "$LAT_CONNS" "$DUR_S" "${PORT[$cfg]}" "${PID[$cfg]}" 1
+    done
+done
+
+# Columns in $TMP/results: 3 rps, 4 p50, 5 p99, 6 cpu us/req, 7 own core %,
+# 8 others on the proxy core %, 9 wrk core %, 10 sock errors, 11 http errors.
+declare -A RPS CPU
+for cfg in "${CONFIGS[@]}"; do
+    RPS[$cfg]=$(median "$cfg" "$CONNS" 3)
+    CPU[$cfg]=$(median "$cfg" "$CONNS" 6)
+done
+us() { printf '%.0fus' "$1"; }
+
+echo
+echo "wayfinder e2e: N=$N rounds of ${DUR_S}s runs, medians. Proxies pinned to CPU $PROXY_CPU" \
+    "(1 worker each); wrk -t1 and the backends on CPU $WRK_CPU."
+fmt='%-8s %9s %5s %8s %5s %6s %5s %7s %7s %8s %7s %9s %7s %7s %7s %7s %7s\n'
+# shellcheck disable=SC2059
+printf "$fmt" config "req/s@$CONNS" "+-%" "cpuus/rq" "own%" "other%" "wrk%" \
+    "p50@$LAT_CONNS" "p99@$LAT_CONNS" "p99@$CONNS" "RSS MiB" "errs s/h" \
+    "rps/ngx" "rps/hap" "rps/dir" "cpu/ngx" "cpu/hap"
+for cfg in "${CONFIGS[@]}"; do
+    rps=${RPS[$cfg]} cpu=${CPU[$cfg]}
+    # shellcheck disable=SC2059
+    printf "$fmt" "$cfg" "$(printf '%.0f' "$rps")" "$(spread "$cfg" "$CONNS" 3 "$rps")" \
+        "$(printf '%.2f' "$cpu")" "$(printf '%.0f' "$(median "$cfg" "$CONNS" 7)")" \
+        "$(printf '%.0f' "$(median "$cfg" "$CONNS" 8)")" \
+        "$(printf '%.0f' "$(median "$cfg" "$CONNS" 9)")" \
+        "$(us "$(median "$cfg" "$LAT_CONNS" 4)")" "$(us "$(median "$cfg" "$LAT_CONNS" 5)")" \
+        "$(us "$(median "$cfg" "$CONNS" 5)")" \
+        "$(awk -v k="$(peak_rss_kib "${PID[$cfg]}")" 'BEGIN { printf "%.1f", k / 1024 }')" \
+        "$(total "$cfg" 10)/$(total "$cfg" 11)" \
+        "$(ratio "$rps" "${RPS[nginx]}")" "$(ratio "$rps" "${RPS[haproxy]}")" \
+        "$(ratio "$rps" "${RPS[direct]}")" \
+        "$(ratio "$cpu" "${CPU[nginx]}")" "$(ratio "$cpu" "${CPU[haproxy]}")"
+done
+cat <<EOF
+
+Throughput, CPU and core columns come from the $CONNS-connection runs; each latency column
+names its run. +-% is (max-min)/median of req/s over the rounds (the noise floor).
+cpuus/rq is the server's utime+stime (whole process tree) per request; own% is that time
+over the run's wall time (100 = the proxy saturates its core). other% is the proxy core's
+busy time not spent by the server under test (other processes: noise). wrk% is how busy
+the wrk/backend core was (near 100 = the load rig, not the proxy, is the limit). For
+"direct" the server is backend 0, which runs on the wrk core. RSS is peak VmHWM over the
+session (nginx: master + worker). errs s/h are totals over all recorded runs: socket
+errors / responses that were not 2xx or 3xx. Ratios divide req/s and cpuus/rq by nginx's,
+HAProxy's and direct's medians.
+EOF
