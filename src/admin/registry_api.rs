@@ -171,7 +171,12 @@ impl Admin {
             Ok(r) => r,
             Err(e) => {
                 let path = e.path().to_string();
-                let field = if path == "." { "body".to_owned() } else { path };
+                // Syntax errors carry no usable path ("." or "?"): name the body.
+                let field = if path == "." || path.contains('?') {
+                    "body".to_owned()
+                } else {
+                    path
+                };
                 return text(
                     StatusCode::BAD_REQUEST,
                     &format!("{field}: {}\n", e.into_inner()),

@@ -131,7 +131,8 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         Some(s) => Some(socket_addr(cx, s, "admin.listen")?),
     };
     if let Some(admin) = admin {
-        if listen.contains(&admin) {
+        // Port 0 asks the OS for a free port, different for each listener.
+        if admin.port() != 0 && listen.contains(&admin) {
             return Err(cx.err_at(
                 raw.admin
                     .listen

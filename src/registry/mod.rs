@@ -76,12 +76,38 @@ struct Shape {
 
 /// Whether an update's removals were asked for (deregistrations, an edited
 /// file) or merely observed (TTL expiry, a source's list shrinking).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removals {
-    /// Asked for: applied as reported.
+    /// Every removal was asked for: applied as reported.
     Explicit,
     /// Observed: subject to the self-preservation guard.
     Implicit,
+    /// These instances (service, address) were asked to go; any other
+    /// removal (including earlier held-back ones) is still guarded.
+    Only(Vec<(Arc<str>, SocketAddr)>),
+}
+
+impl Removals {
+    /// Whether the removal of `addr` from `service` was asked for.
+    fn names(&self, service: &Arc<str>, addr: SocketAddr) -> bool {
+        match self {
+            Removals::Explicit => true,
+            Removals::Implicit => false,
+            Removals::Only(keys) => keys.iter().any(|(s, a)| s == service && *a == addr),
+        }
+    }
+}
+
+/// How long implicit removals from one service add up as one burst.
+const BURST_MS: u64 = 10_000;
+
+/// Implicit removals from one service in the current burst window.
+#[derive(Debug)]
+struct Burst {
+    started_ms: u64,
+    /// The service's size when the burst began.
+    base: usize,
+    removed: usize,
 }
 
 /// One source's last good set and how its reports have gone.
@@ -94,6 +120,8 @@ struct SourceEntry {
     last_ok: Option<SystemTime>,
     last_error: Option<(SystemTime, String)>,
     stale_logged: bool,
+    /// Per service: implicit removals in the current burst window.
+    bursts: HashMap<Arc<str>, Burst>,
 }
 
 impl SourceEntry {
@@ -105,6 +133,7 @@ impl SourceEntry {
             last_ok: Some(SystemTime::now()),
             last_error: None,
             stale_logged: false,
+            bursts: HashMap::new(),
         }
     }
 }
@@ -198,6 +227,7 @@ impl Registry {
     /// (see [`Registry::sources`], [`Registry::release_held`]).
     pub fn report(&self, source: &str, mut instances: Vec<InstanceSpec>, removals: Removals) {
         let current = self.load_full();
+        let now = clock::now_ms();
         let mut st = self.lock();
         let preserve = st.preserve_percent;
         let idx = match st.sources.iter().position(|e| &*e.name == source) {
@@ -210,26 +240,57 @@ impl Registry {
         };
         let entry = &mut st.sources[idx];
         let mut held = Vec::new();
-        if removals == Removals::Implicit && preserve > 0 {
-            let mut removed: BTreeMap<&Arc<str>, Vec<&InstanceSpec>> = BTreeMap::new();
+        if preserve > 0 && removals != Removals::Explicit {
+            let mut removed: BTreeMap<Arc<str>, Vec<InstanceSpec>> = BTreeMap::new();
             for old in &entry.set {
-                if !instances
+                let kept = instances
                     .iter()
-                    .any(|n| n.service == old.service && n.addr == old.addr)
-                {
-                    removed.entry(&old.service).or_default().push(old);
+                    .any(|n| n.service == old.service && n.addr == old.addr);
+                if !kept && !removals.names(&old.service, old.addr) {
+                    removed
+                        .entry(old.service.clone())
+                        .or_default()
+                        .push(old.clone());
                 }
             }
             for (service, gone) in removed {
-                let total = current.service(service).map_or(0, |s| s.members().len());
-                let too_many =
-                    gone.len() * 100 > usize::from(preserve) * total || gone.len() >= total;
+                let total = current.service(&service).map_or(0, |s| s.members().len());
+                // Removals within one burst window add up against the size
+                // the service had when the burst began.
+                let burst = entry.bursts.entry(service.clone()).or_insert(Burst {
+                    started_ms: now,
+                    base: total,
+                    removed: 0,
+                });
+                if now.saturating_sub(burst.started_ms) > BURST_MS {
+                    *burst = Burst {
+                        started_ms: now,
+                        base: total,
+                        removed: 0,
+                    };
+                }
+                let cumulative = burst.removed + gone.len();
+                let too_many = cumulative * 100 > usize::from(preserve) * burst.base.max(total)
+                    || gone.len() >= total;
                 if total > 0 && too_many {
-                    tracing::warn!(
-                        source, service = %service, removing = gone.len(), of = total,
-                        "self-preservation: holding back removal of too many instances at once; release with POST /v1/sources/{source}/release"
-                    );
-                    held.extend(gone.into_iter().cloned());
+                    let newly: Vec<_> = gone
+                        .iter()
+                        .filter(|g| {
+                            !entry
+                                .held
+                                .iter()
+                                .any(|h| h.service == g.service && h.addr == g.addr)
+                        })
+                        .collect();
+                    if !newly.is_empty() {
+                        tracing::warn!(
+                            source, service = %service, removing = gone.len(), of = total,
+                            "self-preservation: holding back removal of too many instances at once; release with POST /v1/sources/{source}/release"
+                        );
+                    }
+                    held.extend(gone);
+                } else {
+                    burst.removed = cumulative;
                 }
             }
         }
@@ -515,6 +576,7 @@ impl BuildState {
                 index,
             };
             crate::balance::update_panic(&entry, now);
+            crate::proxy::retry::start_window(&entry, now);
             services.insert(name.clone(), Arc::new(entry));
         }
         // Instances gone from every source drain: no snapshot lists them,

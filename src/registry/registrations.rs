@@ -200,7 +200,7 @@ impl Registrations {
             registered_at: SystemTime::now(),
             expires_ms,
         });
-        let moved = entry.address != req.address;
+        let moved = (entry.address != req.address).then_some(entry.address);
         entry.address = req.address;
         entry.weight = req.weight;
         entry.tags = req.tags;
@@ -209,14 +209,11 @@ impl Registrations {
         if new {
             tracing::info!(service, id, address = %req.address, ttl = ?req.ttl, "instance registered");
         }
-        self.publish(
-            &entries,
-            if moved {
-                Removals::Explicit
-            } else {
-                Removals::Implicit
-            },
-        );
+        let removals = match moved {
+            Some(old) => Removals::Only(vec![(key.0.clone(), old)]),
+            None => Removals::Implicit,
+        };
+        self.publish(&entries, removals);
         Ok(new)
     }
 
@@ -243,7 +240,10 @@ impl Registrations {
             .remove(&key(service, id))
             .ok_or_else(|| not_found(service, id))?;
         tracing::info!(service, id, address = %r.address, "instance deregistered");
-        self.publish(&entries, Removals::Explicit);
+        self.publish(
+            &entries,
+            Removals::Only(vec![(r.service.clone(), r.address)]),
+        );
         Ok(())
     }
 
