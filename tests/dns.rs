@@ -1,5 +1,5 @@
 //! DNS discovery against a real DNS server: each test starts its own
-//! dnsmasq (Debian package `dnsmasq`) in the foreground on a loopback port
+//! dnsmasq (Debian package `dnsmasq-base`) in the foreground on a loopback port
 //! picked at run time, with its records given on the command line, and
 //! kills it (by its PID only) when done. Instances are real hyper servers.
 //!
@@ -128,7 +128,7 @@ impl Dnsmasq {
         assert!(
             Path::new(&bin).exists(),
             "{bin} not found: these tests need a real DNS server. Install it with \
-             `sudo apt-get install dnsmasq` (./.ci/test does this), or point \
+             `sudo apt-get install dnsmasq-base` (./.ci/test does this), or point \
              WAYFINDER_DNSMASQ at a dnsmasq binary"
         );
         let log = std::fs::OpenOptions::new()
