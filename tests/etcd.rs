@@ -743,3 +743,56 @@ async fn authenticated_etcd_with_username_and_password() {
     a.stop().await;
     anonymous.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_lease_expiry_is_held_back_by_self_preservation() {
+    let etcd = Etcd::start().await;
+    let a = Wf::start(&etcd.url(), "").await;
+    let b = Wf::start(&etcd.url(), "").await;
+    let backends = [
+        Backend::start("m-1").await,
+        Backend::start("m-2").await,
+        Backend::start("m-3").await,
+    ];
+    for (i, be) in backends.iter().enumerate() {
+        assert_eq!(
+            a.register("mass", &format!("m{i}"), be.addr, "2s").await.0,
+            201
+        );
+    }
+    let all: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    wait_for(Duration::from_secs(2), "on both", || async {
+        b.members("mass") == set(&all)
+    })
+    .await;
+    // No heartbeats: every lease expires. That looks like an outage of the
+    // registrars, not a decision: beyond the first half of the service, the
+    // removals are held back on both proxies.
+    let held = |s: Value| s["held_back"].as_array().map_or(0, Vec::len);
+    wait_for(
+        Duration::from_secs(6),
+        "expiry held back on both",
+        || async { held(a.etcd_source().await) >= 2 && held(b.etcd_source().await) >= 2 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for wf in [&a, &b] {
+        let kept = wf.members("mass").len();
+        assert!(kept >= 2, "only {kept} of 3 kept");
+        assert_eq!(held(wf.etcd_source().await), kept);
+        assert_eq!(wf.get("mass").await.map(|r| r.0), Ok(200));
+    }
+    // An operator confirms: the removals apply.
+    let (status, text) = a.admin("POST", "/v1/sources/etcd/release", None).await;
+    assert_eq!(status, 200, "{text}");
+    wait_for(Duration::from_secs(1), "released on A", || async {
+        a.members("mass").is_empty()
+    })
+    .await;
+    assert!(
+        b.members("mass").len() >= 2,
+        "B keeps them until released there"
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -226,27 +226,19 @@ impl EtcdStore {
         None
     }
 
-    /// Applies one watch response: the explicit part first, then deletes
-    /// without a marker as an implicit (guarded) update.
+    /// Applies one watch response; removals it names as explicit are
+    /// applied as asked, the others meet the self-preservation guard.
     fn apply(&self, r: &WatchResponse) {
         let mut m = self.mirror();
         let applied = m.apply(&r.events);
-        if applied.implicit.is_empty() {
-            if applied.changed {
-                let removals = if applied.explicit {
-                    Removals::Explicit
-                } else {
-                    Removals::Implicit
-                };
-                self.report(&m, removals);
-            }
-            return;
+        if applied.changed {
+            let removals = if applied.explicit.is_empty() {
+                Removals::Implicit
+            } else {
+                Removals::Only(applied.explicit)
+            };
+            self.report(&m, removals);
         }
-        if applied.explicit {
-            self.report(&m, Removals::Explicit);
-        }
-        m.remove(&applied.implicit);
-        self.report(&m, Removals::Implicit);
     }
 
     fn report(&self, mirror: &Mirror, removals: Removals) {

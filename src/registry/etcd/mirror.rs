@@ -10,10 +10,11 @@
 //!   transaction as a deregistration's delete (on a short lease of its own),
 //!   so that every proxy can tell an asked-for removal from a lease expiry.
 //!
-//! The mirror applies watch events in order and tells which removals were
-//! explicit: a delete with its marker in the same watch response. A delete
-//! without one (lease expiry, a plain delete by another tool) is implicit
-//! and goes through the registry's self-preservation guard.
+//! The mirror applies watch events in order and names the removals that
+//! were explicit: a delete with its marker in the same watch response, or
+//! the old address of a re-registered instance. A delete without a marker
+//! (lease expiry, a plain delete by another tool) is implicit and goes
+//! through the registry's self-preservation guard.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -178,11 +179,10 @@ pub(crate) struct Stored {
 pub(crate) struct Applied {
     /// Anything changed.
     pub changed: bool,
-    /// Some instance was removed or moved on purpose.
-    pub explicit: bool,
-    /// Deletes without a marker, not yet applied: the caller publishes the
-    /// explicit part first, then removes these with [`Mirror::remove`].
-    pub implicit: Vec<Id>,
+    /// Instances removed on purpose: deleted with their marker, or the old
+    /// address of an instance re-registered elsewhere. Other removals are
+    /// implicit.
+    pub explicit: Vec<(Arc<str>, SocketAddr)>,
 }
 
 /// The instances under the prefix, as of `revision`.
@@ -237,42 +237,27 @@ impl Mirror {
             let KeyKind::Instance(id) = self.layout.parse(&event.kv.key) else {
                 continue;
             };
-            match event.kind {
-                EventKind::Put => {
-                    let new = decode(id.clone(), &event.kv);
-                    let old = match new {
-                        Some(stored) => self.entries.insert(id, stored),
-                        None => self.entries.remove(&id),
-                    };
+            let old = match (event.kind, decode_event(&id, event)) {
+                (EventKind::Put, Some(new)) => {
+                    let moved_to = new.registration.address;
+                    let old = self.entries.insert(id.clone(), new);
+                    if let Some(o) = old.as_ref().filter(|o| o.registration.address != moved_to) {
+                        out.explicit.push((id.0.clone(), o.registration.address));
+                    }
                     out.changed = true;
-                    let kept_address = old.as_ref().is_some_and(|o| {
-                        self.entries
-                            .get(&o.registration.key())
-                            .is_some_and(|n| n.registration.address == o.registration.address)
-                    });
-                    if old.is_some() && !kept_address {
-                        out.explicit = true;
-                    }
+                    continue;
                 }
-                EventKind::Delete if markers.contains(&id) => {
-                    out.changed |= self.entries.remove(&id).is_some();
-                    out.explicit = true;
-                }
-                EventKind::Delete => {
-                    if self.entries.contains_key(&id) && !out.implicit.contains(&id) {
-                        out.implicit.push(id);
-                    }
+                // A delete, or a value that no longer follows the layout.
+                _ => self.entries.remove(&id),
+            };
+            if let Some(old) = old {
+                out.changed = true;
+                if event.kind == EventKind::Delete && markers.contains(&id) {
+                    out.explicit.push((id.0.clone(), old.registration.address));
                 }
             }
         }
         out
-    }
-
-    /// Removes `ids` (the implicit part of an [`Applied`]).
-    pub(crate) fn remove(&mut self, ids: &[Id]) {
-        for id in ids {
-            self.entries.remove(id);
-        }
     }
 
     /// One instance.
@@ -294,6 +279,14 @@ impl Mirror {
             .values()
             .map(|s| s.registration.spec())
             .collect()
+    }
+}
+
+/// The instance a PUT event stores; `None` for deletes and unusable values.
+fn decode_event(id: &Id, event: &Event) -> Option<Stored> {
+    match event.kind {
+        EventKind::Put => decode(id.clone(), &event.kv),
+        EventKind::Delete => None,
     }
 }
 
@@ -404,7 +397,7 @@ mod tests {
             put("/w/services/a/3", "127.0.0.1:3", 4),
             put("/w/other", "x", 4),
         ]);
-        assert_eq!((a.changed, a.explicit), (true, false));
+        assert!(a.changed && a.explicit.is_empty());
         assert_eq!(m.specs().len(), 3);
         assert_eq!(m.revision, 4);
 
@@ -413,28 +406,35 @@ mod tests {
             delete("/w/services/a/1", 5),
             put("/w/deregistered/a/1", "x", 5),
         ]);
-        assert!(a.changed && a.explicit && a.implicit.is_empty());
+        assert!(a.changed);
+        assert_eq!(
+            a.explicit,
+            vec![(Arc::from("a"), "127.0.0.1:1".parse().unwrap())]
+        );
         assert_eq!(m.specs().len(), 2);
 
-        // Lease expiry: no marker; left for the caller to apply.
+        // Lease expiry: no marker, so not named as explicit.
         let a = m.apply(&[delete("/w/services/a/2", 6), delete("/w/services/a/9", 6)]);
-        assert_eq!(a.implicit, vec![(Arc::from("a"), Arc::from("2"))]);
-        assert_eq!(m.specs().len(), 2);
-        m.remove(&a.implicit);
+        assert!(a.changed && a.explicit.is_empty());
         assert_eq!(m.specs().len(), 1);
+        let a = m.apply(&[delete("/w/services/a/9", 7)]);
+        assert!(!a.changed);
     }
 
     #[test]
-    fn moving_an_address_is_explicit_and_bad_values_drop_the_key() {
+    fn moving_an_address_is_explicit_and_bad_values_are_not() {
         let mut m = Mirror::new(layout());
         m.apply(&[put("/w/services/a/1", "127.0.0.1:1", 2)]);
         let a = m.apply(&[put("/w/services/a/1", "127.0.0.1:1", 3)]);
-        assert!(!a.explicit);
+        assert!(a.changed && a.explicit.is_empty());
         let a = m.apply(&[put("/w/services/a/1", "127.0.0.1:7", 4)]);
-        assert!(a.explicit);
+        assert_eq!(
+            a.explicit,
+            vec![(Arc::from("a"), "127.0.0.1:1".parse().unwrap())]
+        );
         assert_eq!(m.specs()[0].addr.port(), 7);
         let a = m.apply(&[put("/w/services/a/1", "garbage", 5)]);
-        assert!(a.explicit);
+        assert!(a.changed && a.explicit.is_empty());
         assert!(m.specs().is_empty());
     }
 }
