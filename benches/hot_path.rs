@@ -189,7 +189,7 @@ fn header_rewrite(c: &mut Criterion) {
     let fwd = Forwarding {
         client_ip: &client_ip,
         via: &via,
-        host: Some("api.example.com"),
+        host: Some(HeaderValue::from_static("api.example.com")),
         upgrade: None,
     };
     let out = request_headers(&src, &fwd);

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -59,19 +61,33 @@ impl Client {
     }
 }
 
-/// The parts of a client request needed to (re)build the upstream request.
-struct Template<'a> {
-    parts: &'a Parts,
+/// What is needed to (re)build the upstream request: method, target and
+/// the already rewritten headers.
+struct Template {
+    method: Method,
     uri: Uri,
-    fwd: Forwarding<'a>,
+    headers: HeaderMap,
 }
 
-impl Template<'_> {
+impl Template {
     fn build(&self, body: UpstreamBody) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
-        *req.method_mut() = self.parts.method.clone();
+        *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = headers::request_headers(&self.parts.headers, &self.fwd);
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+
+    /// The first request: takes the headers instead of copying them when
+    /// no rebuild can follow.
+    fn first(&mut self, body: UpstreamBody, keep: bool) -> Request<UpstreamBody> {
+        if keep {
+            return self.build(body);
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = std::mem::take(&mut self.uri);
+        *req.headers_mut() = std::mem::take(&mut self.headers);
         req
     }
 }
@@ -174,18 +190,23 @@ impl Proxy {
             Version::HTTP_10 => &self.settings.via_h10,
             _ => &self.settings.via_h1,
         };
-        let template = Template {
-            parts: &parts,
-            uri,
-            fwd: Forwarding {
-                client_ip: &client.ip,
-                via,
-                host,
-                upgrade: upgrade.as_ref(),
-            },
+        let host_value = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => parts.headers.get(header::HOST).cloned(),
         };
-
-        let pending = template.build(UpstreamBody::client(body));
+        let fwd = Forwarding {
+            client_ip: &client.ip,
+            via,
+            host: host_value,
+            upgrade,
+        };
+        headers::rewrite_request_headers(&mut parts.headers, &fwd);
+        let mut template = Template {
+            method: parts.method,
+            uri,
+            headers: parts.headers,
+        };
+        let pending = template.first(UpstreamBody::client(body), resend_ok);
         let attempts = self.attempts(
             &service,
             &template,
@@ -211,7 +232,7 @@ impl Proxy {
     async fn attempts(
         &self,
         service: &Arc<ServiceEntry>,
-        template: &Template<'_>,
+        template: &Template,
         first: Request<UpstreamBody>,
         resend_ok: bool,
         client_upgrade: Option<OnUpgrade>,
@@ -296,7 +317,7 @@ impl Proxy {
         service: &ServiceEntry,
         instance: &InstanceState,
         mut request: Request<UpstreamBody>,
-        template: &Template<'_>,
+        template: &Template,
         resend_ok: bool,
     ) -> Attempt {
         let timeouts = &service.policy().timeouts;

@@ -6,7 +6,7 @@
 //! `X-Forwarded-Host` (kept when a proxy in front already set them), and
 //! `Via`. An upgrade handshake keeps `Upgrade` and `Connection: upgrade`.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -32,16 +32,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::UPGRADE
 }
 
-/// Whether a `Connection` header in `headers` lists `name`.
-fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-}
-
 /// What the proxy adds to a forwarded request.
 #[derive(Debug)]
 pub struct Forwarding<'a> {
@@ -49,62 +39,129 @@ pub struct Forwarding<'a> {
     pub client_ip: &'a HeaderValue,
     /// The `Via` entry for this hop (`1.1 wayfinder`).
     pub via: &'a HeaderValue,
-    /// The request's host, for `X-Forwarded-Host` and, when the client
-    /// spoke HTTP/2 and sent no `Host`, for `Host`.
-    pub host: Option<&'a str>,
+    /// The request's host (Host header or URI authority), for
+    /// `X-Forwarded-Host` and, when the request has no `Host` header (HTTP/2,
+    /// absolute-form), for `Host`.
+    pub host: Option<HeaderValue>,
     /// The client's `Upgrade` header when the request asks for an upgrade.
-    pub upgrade: Option<&'a HeaderValue>,
+    pub upgrade: Option<HeaderValue>,
 }
 
-/// The headers to send upstream for a client request with headers `src`.
+/// The headers to send upstream for a client request with headers `src`
+/// (a copy of `src` rewritten by [`rewrite_request_headers`]).
 pub fn request_headers(src: &HeaderMap, fwd: &Forwarding<'_>) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(src.len() + 5);
-    let has_connection = src.contains_key(header::CONNECTION);
-    let mut xff: Option<HeaderValue> = None;
-    for (name, value) in src {
-        if is_hop_by_hop(name) || (has_connection && listed_in_connection(src, name)) {
-            continue;
-        }
-        if name == X_FORWARDED_FOR {
-            xff = Some(match xff {
-                None => value.clone(),
-                Some(prev) => join(&prev, value.as_bytes()),
-            });
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    let xff = match xff {
-        None => fwd.client_ip.clone(),
-        Some(prev) => join(&prev, fwd.client_ip.as_bytes()),
-    };
-    out.insert(X_FORWARDED_FOR.clone(), xff);
-    if !out.contains_key(&X_FORWARDED_PROTO) {
-        out.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
-    }
-    if let Some(host) = fwd.host {
-        if !out.contains_key(&X_FORWARDED_HOST) {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                out.insert(X_FORWARDED_HOST.clone(), v);
-            }
-        }
-        if !out.contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                out.insert(header::HOST, v);
-            }
-        }
-    }
-    out.append(header::VIA, fwd.via.clone());
-    if let Some(upgrade) = fwd.upgrade {
-        out.insert(header::UPGRADE, upgrade.clone());
-        out.insert(header::CONNECTION, UPGRADE.clone());
-    }
+    let mut out = src.clone();
+    rewrite_request_headers(&mut out, fwd);
     out
 }
 
+/// Rewrites a client request's headers in place for forwarding: removes
+/// hop-by-hop headers (and `Expect`, which the proxy answers itself), joins
+/// `X-Forwarded-For` and appends the client, sets `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` and `Host` when absent, appends `Via`. Headers that are
+/// not present cost one comparison each, no hashing.
+pub fn rewrite_request_headers(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    let (mut hop, mut connection, mut has_host) = (false, false, false);
+    for name in headers.keys() {
+        if name == header::HOST {
+            has_host = true;
+        } else if name == header::CONNECTION {
+            connection = true;
+            hop = true;
+        } else if is_hop_by_hop(name) || name == header::EXPECT {
+            hop = true;
+        }
+    }
+    if hop {
+        if connection {
+            for name in connection_listed(headers) {
+                headers.remove(name);
+            }
+        }
+        for name in [
+            &header::CONNECTION,
+            &KEEP_ALIVE,
+            &PROXY_CONNECTION,
+            &header::TE,
+            &header::TRAILER,
+            &header::TRANSFER_ENCODING,
+            &header::UPGRADE,
+            &header::EXPECT,
+        ] {
+            headers.remove(name);
+        }
+    }
+    match headers.entry(X_FORWARDED_FOR.clone()) {
+        Entry::Vacant(v) => {
+            v.insert(fwd.client_ip.clone());
+        }
+        Entry::Occupied(mut o) => {
+            let mut joined: Vec<u8> = Vec::new();
+            for v in o.iter() {
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(v.as_bytes());
+            }
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(fwd.client_ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                o.insert(v);
+            }
+        }
+    }
+    headers
+        .entry(X_FORWARDED_PROTO.clone())
+        .or_insert_with(|| HTTP.clone());
+    if let Some(host) = &fwd.host {
+        headers
+            .entry(X_FORWARDED_HOST.clone())
+            .or_insert_with(|| host.clone());
+        if !has_host {
+            headers.insert(header::HOST, host.clone());
+        }
+    }
+    headers.append(header::VIA, fwd.via.clone());
+    if let Some(upgrade) = &fwd.upgrade {
+        headers.insert(header::UPGRADE, upgrade.clone());
+        headers.insert(header::CONNECTION, UPGRADE.clone());
+    }
+}
+
+/// The header names a `Connection` header lists, other than the tokens that
+/// name no header (`close`, `keep-alive` is removed anyway, `upgrade`).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("upgrade")
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect()
+}
+
 /// Removes hop-by-hop headers from an instance's response, in place. For a
-/// `101 Switching Protocols` answer, `Upgrade` and `Connection` stay.
+/// `101 Switching Protocols` answer, `Upgrade` and `Connection` stay. One
+/// pass over the names finds what is there; only those are removed.
 pub fn clean_response_headers(headers: &mut HeaderMap, switching: bool) {
+    let (mut hop, mut connection) = (false, false);
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+            hop = true;
+        } else if is_hop_by_hop(name) {
+            hop = true;
+        }
+    }
+    if !hop {
+        return;
+    }
     if switching {
         for name in [
             &KEEP_ALIVE,
@@ -117,20 +174,13 @@ pub fn clean_response_headers(headers: &mut HeaderMap, switching: bool) {
         }
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
+    if connection {
+        for name in connection_listed(headers) {
             headers.remove(name);
         }
-        headers.remove(header::CONNECTION);
     }
     for name in [
+        &header::CONNECTION,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
@@ -138,9 +188,7 @@ pub fn clean_response_headers(headers: &mut HeaderMap, switching: bool) {
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
     ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
 }
 
@@ -155,14 +203,6 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<&HeaderValue> {
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         .then_some(upgrade)
-}
-
-fn join(prev: &HeaderValue, next: &[u8]) -> HeaderValue {
-    let mut buf = Vec::with_capacity(prev.len() + 2 + next.len());
-    buf.extend_from_slice(prev.as_bytes());
-    buf.extend_from_slice(b", ");
-    buf.extend_from_slice(next);
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| prev.clone())
 }
 
 #[cfg(test)]
@@ -184,7 +224,7 @@ mod tests {
         Forwarding {
             client_ip: ip,
             via,
-            host: Some("api.svc"),
+            host: Some(HeaderValue::from_static("api.svc")),
             upgrade: None,
         }
     }
@@ -260,7 +300,7 @@ mod tests {
             HeaderValue::from_static("1.1 wayfinder"),
         );
         let mut f = fwd(&ip, &via);
-        f.upgrade = Some(&up);
+        f.upgrade = Some(up);
         let out = request_headers(&src, &f);
         assert_eq!(out["upgrade"], "websocket");
         assert_eq!(out["connection"], "upgrade");
