@@ -73,23 +73,8 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         }
     }
     if hop {
-        if connection {
-            for name in connection_listed(headers) {
-                headers.remove(name);
-            }
-        }
-        for name in [
-            &header::CONNECTION,
-            &KEEP_ALIVE,
-            &PROXY_CONNECTION,
-            &header::TE,
-            &header::TRAILER,
-            &header::TRANSFER_ENCODING,
-            &header::UPGRADE,
-            &header::EXPECT,
-        ] {
-            headers.remove(name);
-        }
+        strip_hop_by_hop(headers, connection, false);
+        headers.remove(header::EXPECT);
     }
     match headers.entry(X_FORWARDED_FOR.clone()) {
         Entry::Vacant(v) => {
@@ -162,33 +147,29 @@ pub fn clean_response_headers(headers: &mut HeaderMap, switching: bool) {
     if !hop {
         return;
     }
-    if switching {
-        for name in [
-            &KEEP_ALIVE,
-            &PROXY_CONNECTION,
-            &header::TE,
-            &header::TRAILER,
-            &header::TRANSFER_ENCODING,
-        ] {
-            headers.remove(name);
-        }
-        return;
-    }
-    if connection {
+    strip_hop_by_hop(headers, connection && !switching, switching);
+}
+
+/// Removes the hop-by-hop headers (and, with `listed`, those `Connection`
+/// names); `keep_upgrade` keeps `Connection` and `Upgrade` for a 101.
+fn strip_hop_by_hop(headers: &mut HeaderMap, listed: bool, keep_upgrade: bool) {
+    if listed {
         for name in connection_listed(headers) {
             headers.remove(name);
         }
     }
     for name in [
-        &header::CONNECTION,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
         &header::TRAILER,
         &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
     ] {
         headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
     }
 }
 
