@@ -5,62 +5,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use support::{within, Backend, H1Client};
-
-/// A config file under the system temp directory, removed on drop.
-struct TempConfig {
-    path: PathBuf,
-}
-
-impl TempConfig {
-    fn new(tag: &str, text: &str) -> TempConfig {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "wayfinder-cli-{tag}-{}-{}-{nanos}.toml",
-            std::process::id(),
-            SEQ.fetch_add(1, SeqCst)
-        );
-        let path = std::env::temp_dir().join(name);
-        std::fs::write(&path, text).expect("write temp config");
-        TempConfig { path }
-    }
-
-    fn file_name(&self) -> &str {
-        self.path.file_name().unwrap().to_str().unwrap()
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// `wayfinder ARGS...` with logs on stderr at info level, killed if the
-/// handle is dropped while it still runs.
-fn wayfinder(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wayfinder"));
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
+use support::{free_port, wayfinder, within, Backend, ConfigFile, H1Client, Proc};
 
 /// Runs a short-lived command to completion: exit status, stdout, stderr.
 async fn finish(mut cmd: Command) -> (ExitStatus, String, String) {
@@ -88,14 +41,6 @@ instances = ["127.0.0.1:9001"]
 conect = "2s"
 "#;
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a free port")
-        .port()
-}
-
 #[tokio::test]
 async fn check_accepts_the_shipped_config() {
     let config = shipped_config();
@@ -111,7 +56,7 @@ async fn check_accepts_the_shipped_config() {
 
 #[tokio::test]
 async fn check_names_file_line_and_key_of_an_unknown_key() {
-    let bad = TempConfig::new("unknown-key", UNKNOWN_KEY_ON_LINE_7);
+    let bad = ConfigFile::new("cli-unknown-key", UNKNOWN_KEY_ON_LINE_7);
     let mut cmd = wayfinder(&["check", "--config"]);
     cmd.arg(&bad.path);
     let (status, stdout, stderr) = finish(cmd).await;
@@ -141,39 +86,12 @@ async fn check_fails_on_a_missing_file() {
 
 #[tokio::test]
 async fn run_refuses_a_bad_config() {
-    let bad = TempConfig::new("run-bad", UNKNOWN_KEY_ON_LINE_7);
+    let bad = ConfigFile::new("cli-run-bad", UNKNOWN_KEY_ON_LINE_7);
     let mut cmd = wayfinder(&["run", "--config"]);
     cmd.arg(&bad.path);
     let (status, _, stderr) = finish(cmd).await;
     assert!(!status.success(), "run started with a bad config");
     assert!(stderr.contains("timeouts.conect"), "{stderr}");
-}
-
-/// Waits for the "wayfinder listening" log line, then keeps draining
-/// stderr in the background (returned) so the child never blocks on it.
-async fn wait_listening(child: &mut Child) -> tokio::task::JoinHandle<String> {
-    let stderr = child.stderr.take().expect("piped stderr");
-    let mut lines = BufReader::new(stderr);
-    let mut seen = String::new();
-    within(30, "wayfinder logs that it listens", async {
-        loop {
-            let mut line = String::new();
-            let n = lines.read_line(&mut line).await.expect("read stderr");
-            seen.push_str(&line);
-            if n == 0 {
-                panic!("wayfinder exited before listening:\n{seen}");
-            }
-            if line.contains("wayfinder listening") {
-                break;
-            }
-        }
-    })
-    .await;
-    tokio::spawn(async move {
-        let mut rest = String::new();
-        let _ = lines.read_to_string(&mut rest).await;
-        seen + &rest
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,8 +102,8 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
         .start()
         .await;
     let port = free_port();
-    let config = TempConfig::new(
-        "run",
+    let config = ConfigFile::new(
+        "cli-run",
         &format!(
             "listen = [\"127.0.0.1:{port}\"]\n\
              [admin]\nlisten = \"off\"\n\
@@ -197,8 +115,8 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
     );
     let mut cmd = wayfinder(&["run", "--config"]);
     cmd.arg(&config.path);
-    let mut child = cmd.spawn().expect("spawn wayfinder run");
-    let logs = wait_listening(&mut child).await;
+    let mut proc = Proc::spawn(cmd);
+    proc.wait_log(30, "wayfinder listening").await;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
     let reply = within(
@@ -215,12 +133,7 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
     let mut client = H1Client::connect(addr).await.unwrap();
     let in_flight = tokio::spawn(async move { client.get("slow.svc", "/").await });
     support::wait_until(10, "slow request reaches its instance", || slow.hits() == 1).await;
-    let pid = child.id().expect("child pid").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(kill.success());
+    proc.signal(Signal::SIGTERM);
 
     let reply = within(10, "in-flight request", in_flight)
         .await
@@ -229,11 +142,8 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "slow");
     // The drain is 5 s; leave room for a slow machine.
-    let status = within(15, "wayfinder exits after SIGTERM", child.wait())
-        .await
-        .expect("wait for wayfinder");
-    let logs = logs.await.unwrap_or_default();
-    assert!(status.success(), "exit status {status}\n{logs}");
+    let status = proc.wait(15, "wayfinder exits after SIGTERM").await;
+    assert!(status.success(), "exit status {status}\n{}", proc.log());
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "still accepting after exit"

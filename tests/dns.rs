@@ -6,114 +6,38 @@
 //! Without dnsmasq these tests fail, saying how to install it: they never
 //! pass silently.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::task::JoinHandle;
+use tokio::net::UdpSocket;
 
+use support::{members, wait_for, Backend, Daemon, Proxy};
 use wayfinder::app::Running;
-use wayfinder::config::Config;
-
-/// Where the Debian package puts dnsmasq; `WAYFINDER_DNSMASQ` overrides it.
-const DNSMASQ_BIN: &str = "/usr/sbin/dnsmasq";
-
-fn init_tracing() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-/// Polls `cond` every 5 ms until it holds; fails after `limit`. Returns how
-/// long it took.
-async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
-}
-
-// === impl Backend ===
-
-/// A real HTTP instance answering with its name.
-struct Backend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Backend {
-    async fn start(name: &str, ip: IpAddr, port: u16) -> std::io::Result<Backend> {
-        let listener = TcpListener::bind(SocketAddr::new(ip, port)).await?;
-        let addr = listener.local_addr()?;
-        let name = Bytes::from(name.to_owned());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let name = name.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let name = name.clone();
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(name))) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Ok(Backend { addr, task })
-    }
-
-    async fn on_loopback(name: &str) -> Backend {
-        Backend::start(name, IpAddr::from([127, 0, 0, 1]), 0)
-            .await
-            .expect("bind backend")
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 // === impl Dnsmasq ===
 
 /// A dnsmasq owned by the test, answering only the records it was given
 /// (authoritative for `.test`: other names there are NXDOMAIN).
 struct Dnsmasq {
+    bin: String,
     port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+    daemon: Daemon,
 }
 
 impl Dnsmasq {
     /// Starts with `records` (dnsmasq options such as
     /// `--host-record=a.test,127.0.0.2`) and waits until it answers.
     async fn start(records: &[String]) -> Dnsmasq {
-        let port = free_udp_port().await;
-        let dir = std::env::temp_dir().join(format!("wayfinder-dns-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create dnsmasq temp dir");
+        // Where the Debian package puts it; `WAYFINDER_DNSMASQ` overrides it.
+        let bin = Daemon::binary("WAYFINDER_DNSMASQ", "/usr/sbin/dnsmasq", "dnsmasq-base");
         let mut d = Dnsmasq {
-            port,
-            dir,
-            child: None,
+            bin,
+            port: free_udp_port().await,
+            daemon: Daemon::new("dnsmasq"),
         };
         d.spawn(records).await;
         d
@@ -124,22 +48,10 @@ impl Dnsmasq {
     }
 
     async fn spawn(&mut self, records: &[String]) {
-        let bin = std::env::var("WAYFINDER_DNSMASQ").unwrap_or_else(|_| DNSMASQ_BIN.to_owned());
-        assert!(
-            Path::new(&bin).exists(),
-            "{bin} not found: these tests need a real DNS server. Install it with \
-             `sudo apt-get install dnsmasq-base` (./.ci/test does this), or point \
-             WAYFINDER_DNSMASQ at a dnsmasq binary"
-        );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("dnsmasq.log"))
-            .expect("dnsmasq log file");
         // Foreground, on our own port and address only, reading no system
         // file: it cannot clash with a system dnsmasq.
-        let child = Command::new(bin)
-            .arg("--no-daemon")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--no-daemon")
             .arg(format!("--port={}", self.port))
             .arg("--listen-address=127.0.0.1")
             .arg("--bind-interfaces")
@@ -148,56 +60,31 @@ impl Dnsmasq {
             .arg("--conf-file=/dev/null")
             .arg(format!(
                 "--pid-file={}",
-                self.dir.join("dnsmasq.pid").display()
+                self.daemon.dir.join("dnsmasq.pid").display()
             ))
             .arg("--local=/test/")
             .arg("--local-ttl=1")
             .arg("--log-facility=-")
-            .args(records)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start dnsmasq");
-        self.child = Some(child);
-        let start = Instant::now();
-        while !answers(self.addr()).await {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "dnsmasq exited ({status}):\n{}",
-                    std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "dnsmasq did not answer in 10s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            .args(records);
+        let addr = self.addr();
+        self.daemon
+            .spawn(
+                cmd,
+                Duration::from_secs(10),
+                Duration::from_millis(10),
+                move || answers(addr),
+            )
+            .await;
     }
 
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill();
     }
 
     /// The same server (port) with other records.
     async fn restart(&mut self, records: &[String]) {
         self.kill();
         self.spawn(records).await;
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -239,41 +126,20 @@ async fn answers(addr: SocketAddr) -> bool {
 // === impl Wf ===
 
 /// A wayfinder proxy in this process.
-struct Wf {
-    running: Option<Running>,
-    proxy: SocketAddr,
-}
+struct Wf(Proxy);
 
 impl Wf {
     async fn start(tables: &str) -> Wf {
-        init_tracing();
-        let text = format!("listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"off\"\n{tables}");
-        let config = Config::parse(&text, Path::new("dns-test.toml"))
-            .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"));
-        let running = wayfinder::app::start(&config).await.expect("start proxy");
-        Wf {
-            proxy: running.listen[0],
-            running: Some(running),
-        }
+        Wf(Proxy::start(tables).await)
     }
 
     fn running(&self) -> &Running {
-        self.running.as_ref().expect("running")
+        self.0.running.as_ref().expect("running")
     }
 
     /// Address -> weight of `service`'s instances in the snapshot.
     fn members(&self, service: &str) -> BTreeMap<SocketAddr, u32> {
-        self.running()
-            .registry
-            .load()
-            .service(service)
-            .map(|s| {
-                s.members()
-                    .iter()
-                    .map(|m| (m.instance.addr(), m.weight))
-                    .collect()
-            })
-            .unwrap_or_default()
+        members(self.running(), service)
     }
 
     /// The state of source `name`.
@@ -288,36 +154,13 @@ impl Wf {
 
     /// The body of a GET for `Host: {service}.svc`, or what went wrong.
     async fn get(&self, service: &str) -> Result<String, String> {
-        let exchange = async {
-            let stream = TcpStream::connect(self.proxy)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let req = Request::builder()
-                .uri("/")
-                .header("host", format!("{service}.svc"))
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
-            let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-            if status.is_success() {
-                Ok(text)
-            } else {
-                Err(format!("{status}: {text}"))
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .unwrap_or_else(|_| Err("no answer within 10s".to_owned()))
+        let host = format!("{service}.svc");
+        match tokio::time::timeout(Duration::from_secs(10), self.0.get(&host, "/")).await {
+            Ok(Ok(reply)) if reply.status.is_success() => Ok(reply.text()),
+            Ok(Ok(reply)) => Err(format!("{}: {}", reply.status, reply.text())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 10s".to_owned()),
+        }
     }
 
     /// Bodies of `n` GETs, counted.
@@ -334,9 +177,7 @@ impl Wf {
     }
 
     async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
-        }
+        self.0.shutdown().await;
     }
 }
 
@@ -352,11 +193,15 @@ fn dns_table(service: &str, body: &str, dns: &Dnsmasq) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_records_with_a_configured_port_route_to_every_address() {
     // Two instances on the same port, on two loopback addresses.
-    let first = Backend::start("web-a", IpAddr::from([127, 0, 0, 2]), 0)
+    let first = Backend::builder("web-a")
+        .at(SocketAddr::new(IpAddr::from([127, 0, 0, 2]), 0))
+        .try_start()
         .await
         .expect("bind 127.0.0.2");
     let port = first.addr.port();
-    let second = Backend::start("web-b", IpAddr::from([127, 0, 0, 3]), port)
+    let second = Backend::builder("web-b")
+        .at(SocketAddr::new(IpAddr::from([127, 0, 0, 3]), port))
+        .try_start()
         .await
         .expect("bind 127.0.0.3 on the same port");
     let dns = Dnsmasq::start(&[
@@ -370,9 +215,11 @@ async fn a_records_with_a_configured_port_route_to_every_address() {
         &dns,
     ))
     .await;
-    wait_for(Duration::from_secs(5), "both addresses resolved", || {
-        wf.members("web").len() == 2
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "both addresses resolved",
+        || async { wf.members("web").len() == 2 },
+    )
     .await;
     assert_eq!(
         wf.members("web").keys().copied().collect::<Vec<_>>(),
@@ -387,9 +234,9 @@ async fn a_records_with_a_configured_port_route_to_every_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_records_give_ports_and_weights() {
-    let one = Backend::on_loopback("srv-1").await;
-    let two = Backend::on_loopback("srv-2").await;
-    let backup = Backend::on_loopback("backup").await;
+    let one = Backend::start("srv-1").await;
+    let two = Backend::start("srv-2").await;
+    let backup = Backend::start("backup").await;
     let dns = Dnsmasq::start(&[
         format!(
             "--srv-host=_http._tcp.api.test,one.test,{},0,1",
@@ -414,7 +261,7 @@ async fn srv_records_give_ports_and_weights() {
         &dns,
     ))
     .await;
-    wait_for(Duration::from_secs(5), "SRV resolved", || {
+    wait_for(Duration::from_secs(5), "SRV resolved", || async {
         !wf.members("api").is_empty()
     })
     .await;
@@ -428,8 +275,8 @@ async fn srv_records_give_ports_and_weights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
-    let one = Backend::on_loopback("v1").await;
-    let two = Backend::on_loopback("v2").await;
+    let one = Backend::start("v1").await;
+    let two = Backend::start("v2").await;
     let srv = |b: &Backend, host: &str| {
         format!(
             "--srv-host=_http._tcp.svc.test,{host}.test,{},0,1",
@@ -449,7 +296,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
         &dns,
     ))
     .await;
-    wait_for(Duration::from_secs(5), "first answer", || {
+    wait_for(Duration::from_secs(5), "first answer", || async {
         wf.members("svc").len() == 1
     })
     .await;
@@ -462,7 +309,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
         hosts[1].clone(),
     ])
     .await;
-    let took = wait_for(Duration::from_secs(3), "second instance added", || {
+    let took = wait_for(Duration::from_secs(3), "second instance added", || async {
         wf.members("svc").len() == 2
     })
     .await;
@@ -471,7 +318,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
 
     // The server goes away: the last good set keeps serving.
     dns.kill();
-    wait_for(Duration::from_secs(10), "source failing", || {
+    wait_for(Duration::from_secs(10), "source failing", || async {
         wf.source_state("dns:svc") == Some("failing")
     })
     .await;
@@ -485,7 +332,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
     let emptied = wait_for(
         Duration::from_secs(15),
         "set emptied after the grace",
-        || wf.members("svc").is_empty(),
+        || async { wf.members("svc").is_empty() },
     )
     .await;
     println!("NXDOMAIN: set emptied {emptied:?} after the server came back (grace 1s)");
@@ -493,7 +340,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
 
     // And the name coming back brings the instances back.
     dns.restart(&[srv(&two, "two"), hosts[1].clone()]).await;
-    wait_for(Duration::from_secs(15), "name back", || {
+    wait_for(Duration::from_secs(15), "name back", || async {
         wf.members("svc").keys().copied().collect::<Vec<_>>() == vec![two.addr]
     })
     .await;

@@ -7,178 +7,51 @@
 //! Without etcd these tests fail, saying how to install it: they never pass
 //! silently.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::header;
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use wayfinder::app::{Running, StartError};
-use wayfinder::config::Config;
+use support::{
+    free_port, full, members, request, send, wait_for, wayfinder, AdminProxy, Backend, Daemon, Proc,
+};
+use wayfinder::app::Running;
 
-/// Where the Debian package puts etcd; `WAYFINDER_ETCD` overrides it.
-const ETCD_BIN: &str = "/usr/bin/etcd";
 /// The key prefix the test proxies use.
 const PREFIX: &str = "/wayfinder-test/";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a free port")
-        .port()
-}
-
-fn init_tracing() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-/// Polls `cond` every 2 ms until it holds; fails after `limit`. Returns how
-/// long it took.
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if cond().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-// === a small HTTP/1.1 client ===
-
-/// One request on a fresh connection: status and body, or what failed.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    host: &str,
-    body: Option<String>,
-) -> Result<(u16, String), String> {
-    let exchange = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", host)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("{method} {path}: no answer within 10s")))
-}
-
-// === impl Backend ===
-
-/// A real HTTP instance on `127.0.0.1:0` answering with its name.
-struct Backend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Backend {
-    async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend address");
-        let name = Bytes::from(name.to_owned());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let name = name.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let name = name.clone();
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(name))) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Backend { addr, task }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 // === impl Etcd ===
 
-/// A real etcd owned by the test: its PID, ports and data directory.
+/// A real etcd owned by the test: its ports and its data directory.
 struct Etcd {
+    bin: String,
     client_port: u16,
     peer_port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+    daemon: Daemon,
 }
 
 impl Etcd {
     /// Starts etcd in a fresh temporary directory and waits until it answers.
     async fn start() -> Etcd {
-        let bin = std::env::var("WAYFINDER_ETCD").unwrap_or_else(|_| ETCD_BIN.to_owned());
-        assert!(
-            Path::new(&bin).exists(),
-            "{bin} not found: these tests need a real etcd. Install it with \
-             `sudo apt-get install etcd-server` (./.ci/test does this), or point \
-             WAYFINDER_ETCD at an etcd binary"
-        );
-        let dir = std::env::temp_dir().join(format!(
-            "wayfinder-etcd-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("create etcd temp dir");
+        // Where the Debian package puts it; `WAYFINDER_ETCD` overrides it.
+        let bin = Daemon::binary("WAYFINDER_ETCD", "/usr/bin/etcd", "etcd-server");
         let mut etcd = Etcd {
+            bin,
             client_port: free_port(),
             peer_port: free_port(),
-            dir,
-            child: None,
+            daemon: Daemon::new("etcd"),
         };
         etcd.spawn().await;
         etcd
@@ -193,16 +66,13 @@ impl Etcd {
     }
 
     async fn spawn(&mut self) {
-        let bin = std::env::var("WAYFINDER_ETCD").unwrap_or_else(|_| ETCD_BIN.to_owned());
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("etcd.log"))
-            .expect("etcd log file");
-        let child = Command::new(bin)
-            .arg("--name=default")
-            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--name=default")
+            .arg(format!(
+                "--data-dir={}",
+                self.daemon.dir.join("data").display()
+            ))
             .arg(format!("--listen-client-urls={}", self.url()))
             .arg(format!("--advertise-client-urls={}", self.url()))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -210,55 +80,26 @@ impl Etcd {
             .arg(format!("--initial-cluster=default={peer}"))
             // A one-member cluster: elect itself quickly.
             .arg("--heartbeat-interval=50")
-            .arg("--election-timeout=500")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start etcd");
-        self.child = Some(child);
-        let start = Instant::now();
-        loop {
-            let ok = http(
-                self.addr(),
-                "POST",
-                "/v3/kv/range",
-                "etcd",
-                Some(r#"{"key":"AA=="}"#.into()),
+            .arg("--election-timeout=500");
+        let addr = self.addr();
+        let ready = move || async move {
+            post(addr, "/v3/kv/range", r#"{"key":"AA=="}"#.into())
+                .await
+                .is_ok_and(|(status, _)| status == 200)
+        };
+        self.daemon
+            .spawn(
+                cmd,
+                Duration::from_secs(30),
+                Duration::from_millis(20),
+                ready,
             )
-            .await
-            .is_ok_and(|(status, _)| status == 200);
-            if ok {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("etcd exited ({status}) during start:\n{}", self.log_tail());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "etcd did not answer within 30s:\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+            .await;
     }
 
     /// SIGKILL, then wait for it to exit.
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill();
     }
 
     /// Starts it again on the same ports and data.
@@ -269,7 +110,7 @@ impl Etcd {
 
     /// A call straight to etcd's gateway, which must succeed.
     async fn call(&self, path: &str, body: Value) -> Value {
-        let (status, text) = http(self.addr(), "POST", path, "etcd", Some(body.to_string()))
+        let (status, text) = post(self.addr(), path, body.to_string())
             .await
             .unwrap_or_else(|e| panic!("etcd {path}: {e}"));
         assert_eq!(status, 200, "etcd {path}: {text}");
@@ -277,10 +118,17 @@ impl Etcd {
     }
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// A POST of JSON `body` to etcd's gateway at `addr` on a fresh connection,
+/// bounded to 10 s: status and body, or what failed.
+async fn post(addr: SocketAddr, path: &str, body: String) -> Result<(u16, String), String> {
+    let req = request("POST", "etcd", path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body))
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), send(addr, req)).await {
+        Ok(Ok(reply)) => Ok((reply.status.as_u16(), reply.text())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("POST {path}: no answer within 10s")),
     }
 }
 
@@ -354,60 +202,44 @@ impl Drop for Relay {
 
 // === impl Wf ===
 
-/// One wayfinder proxy in this process, using etcd at `endpoint`.
-struct Wf {
-    running: Option<Running>,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-}
+/// One wayfinder proxy in this process, using etcd at `endpoint`, with its
+/// admin API on.
+struct Wf(AdminProxy);
 
 impl Wf {
     async fn start(endpoint: &str, extra: &str) -> Wf {
-        init_tracing();
-        for _ in 0..20 {
-            let text = format!(
-                "listen = [\"127.0.0.1:0\"]\n\
-                 [admin]\nlisten = \"127.0.0.1:{}\"\n\
-                 [registry.etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"{PREFIX}\"\n\
-                 dial_timeout = \"500ms\"\nrequest_timeout = \"2s\"\n{extra}",
-                free_port()
-            );
-            let config = Config::parse(&text, Path::new("etcd-test.toml"))
-                .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"));
-            match wayfinder::app::start(&config).await {
-                Ok(running) => {
-                    return Wf {
-                        proxy: running.listen[0],
-                        admin: running.admin.expect("admin API on"),
-                        running: Some(running),
-                    }
-                }
-                Err(StartError::Bind { .. }) => continue,
-            }
-        }
-        panic!("could not bind an admin port in 20 tries");
+        Wf(AdminProxy::start(
+            "",
+            &format!(
+                "[registry.etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"{PREFIX}\"\n\
+                 dial_timeout = \"500ms\"\nrequest_timeout = \"2s\"\n{extra}"
+            ),
+        )
+        .await)
     }
 
     fn running(&self) -> &Running {
-        self.running.as_ref().expect("running")
+        self.0.running()
+    }
+
+    /// Where its admin API listens.
+    fn admin_addr(&self) -> SocketAddr {
+        self.0.api.addr
     }
 
     /// A GET through the proxy for `Host: {service}.svc`.
     async fn get(&self, service: &str) -> Result<(u16, String), String> {
-        http(self.proxy, "GET", "/", &format!("{service}.svc"), None).await
+        match self.0.get(service).await {
+            Ok(reply) => Ok((reply.status.as_u16(), reply.text())),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// An admin API call.
     async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-        http(
-            self.admin,
-            method,
-            path,
-            &self.admin.to_string(),
-            body.map(|b| b.to_string()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("admin {method} {path}: {e}"))
+        let body = body.map(|b| b.to_string());
+        let reply = self.0.api.call(method, path, body.as_deref()).await;
+        (reply.status.as_u16(), reply.text())
     }
 
     async fn register(
@@ -417,35 +249,22 @@ impl Wf {
         addr: SocketAddr,
         ttl: &str,
     ) -> (u16, String) {
-        let body = json!({ "address": addr.to_string(), "ttl": ttl });
-        self.admin("PUT", &format!("/v1/registry/{service}/{id}"), Some(body))
-            .await
+        let reply = self.0.api.register_addr(service, id, addr, ttl).await;
+        (reply.status.as_u16(), reply.text())
     }
 
     /// The addresses this proxy's snapshot lists for `service`.
     fn members(&self, service: &str) -> BTreeSet<SocketAddr> {
-        self.running()
-            .registry
-            .load()
-            .service(service)
-            .map(|s| s.members().iter().map(|m| m.instance.addr()).collect())
-            .unwrap_or_default()
+        members(self.running(), service).into_keys().collect()
     }
 
     /// The `etcd` entry of `GET /v1/sources`.
     async fn etcd_source(&self) -> Value {
-        let (status, text) = self.admin("GET", "/v1/sources", None).await;
-        assert_eq!(status, 200, "{text}");
-        let list: Vec<Value> = serde_json::from_str(&text).expect("sources JSON");
-        list.into_iter()
-            .find(|s| s["name"] == "etcd")
-            .unwrap_or_else(|| panic!("no etcd source in {text}"))
+        self.0.api.source("etcd").await
     }
 
     async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
-        }
+        self.0.shutdown().await;
     }
 }
 
@@ -511,17 +330,12 @@ async fn lease_of_a_killed_registrar_expires_on_every_proxy() {
     for (id, be) in [("s1", &stay1), ("s2", &stay2)] {
         assert_eq!(a.register("api", id, be.addr, "60s").await.0, 201);
     }
-    let mut registrar = Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .args(["register", "--registry"])
-        .arg(format!("http://{}", b.admin))
+    let mut cmd = wayfinder(&["register", "--registry"]);
+    cmd.arg(format!("http://{}", b.admin_addr()))
         .args(["--service", "api", "--id", "doomed", "--address"])
         .arg(doomed.addr.to_string())
-        .args(["--check-tcp", "--ttl", "2s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start wayfinder register");
+        .args(["--check-tcp", "--ttl", "2s"]);
+    let mut registrar = Proc::spawn(cmd);
     let all = set(&[stay1.addr, stay2.addr, doomed.addr]);
     wait_for(
         Duration::from_secs(10),
@@ -531,8 +345,8 @@ async fn lease_of_a_killed_registrar_expires_on_every_proxy() {
     .await;
 
     let killed = Instant::now();
-    registrar.kill().expect("SIGKILL the registrar");
-    let _ = registrar.wait();
+    registrar.signal(Signal::SIGKILL);
+    registrar.wait(10, "registrar exits after SIGKILL").await;
     let rest = set(&[stay1.addr, stay2.addr]);
     wait_for(
         Duration::from_secs(3),

@@ -27,7 +27,8 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 use support::{
-    empty, full, refused_addr, request, service_at, within, Backend, Body, H1Client, Reply,
+    empty, full, parse_config, post_order, refused_addr, request, service_at, start_proxy, within,
+    Api, Backend, Body, H1Client, Reconnecting, Reply,
 };
 use wayfinder::app::Running;
 use wayfinder::config::Config;
@@ -234,7 +235,7 @@ async fn answer(
 /// wayfinder in this process, proxy and admin API on loopback ports.
 struct Wf {
     addr: SocketAddr,
-    admin: SocketAddr,
+    api: Api,
     running: Running,
 }
 
@@ -248,41 +249,30 @@ fn config_text(tables: &str) -> String {
 }
 
 fn parse(tables: &str) -> Config {
-    let text = config_text(tables);
-    Config::parse(&text, Path::new("health-test.toml"))
-        .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"))
+    parse_config(&config_text(tables))
 }
 
 impl Wf {
     async fn start(tables: &str) -> Wf {
-        support::init_tracing();
-        let running = wayfinder::app::start(&parse(tables))
-            .await
-            .expect("start proxy");
+        let running = start_proxy(&parse(tables)).await.expect("start proxy");
         Wf {
             addr: running.listen[0],
-            admin: running.admin.expect("admin listener"),
+            api: Api::new(running.admin.expect("admin listener")),
             running,
         }
     }
 
     /// `GET /v1/services` on the admin listener.
     async fn services(&self) -> Value {
-        let reply = support::get(self.admin, "admin", "/v1/services")
-            .await
-            .expect("admin reachable");
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        reply.json()
+        self.api.json("/v1/services").await
     }
 
     /// One service's entry in `GET /v1/services`.
     async fn service(&self, name: &str) -> Value {
         let doc = self.services().await;
-        doc["services"]
-            .as_array()
-            .and_then(|all| all.iter().find(|s| s["name"] == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("service {name} not in {doc}"))
+        let svc = service_in(&doc, name);
+        assert!(!svc.is_null(), "service {name} not in {doc}");
+        svc
     }
 
     /// One instance's entry, or `Null` when it is not listed.
@@ -385,21 +375,11 @@ impl Load {
                 let (stop, done, host) = (stop.clone(), done.clone(), host.to_owned());
                 tokio::spawn(async move {
                     let mut out = Vec::new();
-                    let mut client: Option<H1Client> = None;
+                    let mut client = Reconnecting::new(addr);
                     while !stop.load(SeqCst) {
-                        let result = async {
-                            if client.is_none() {
-                                client = Some(H1Client::connect(addr).await?);
-                            }
-                            client.as_mut().unwrap().get(&host, "/").await
-                        }
-                        .await;
-                        let result = match result {
+                        let result = match client.get(&host, "/").await {
                             Ok(reply) => Ok((reply.status, backend_of(&reply))),
-                            Err(e) => {
-                                client = None;
-                                Err(e.to_string())
-                            }
+                            Err(e) => Err(e.to_string()),
                         };
                         out.push(Sample {
                             at: Instant::now(),
@@ -793,12 +773,7 @@ async fn post_is_not_replayed_after_reaching_an_instance() {
             service_at("sink", None, &addrs)
         ))
         .await;
-        let mut client = H1Client::connect(wf.addr).await.unwrap();
-        let post = request("POST", "sink.svc", "/orders")
-            .header("content-length", "13")
-            .body(full("{\"order\": 1}\n"))
-            .unwrap();
-        let reply = client.request(post).await.unwrap();
+        let reply = post_order(wf.addr, "sink.svc").await.unwrap();
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
         assert!(
             reply.text().starts_with("service \"sink\" unreachable: "),

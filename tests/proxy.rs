@@ -20,9 +20,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use support::{
-    echoed, empty, full, pattern_body, pattern_sha256, raw_exchange, refused_addr, request,
-    rss_bytes, service, service_at, service_balanced, wait_until, within, Backend, BoxError,
-    H1Client, Mode, Proxy, Reply,
+    echoed, empty, full, pattern_body, pattern_sha256, post_order, raw_exchange, refused_addr,
+    request, rss_bytes, service, service_at, service_balanced, wait_until, within, Backend,
+    BoxError, H1Client, Mode, Proxy, Reconnecting, Reply,
 };
 
 /// Sends `total` GETs for `host` from `workers` concurrent keep-alive
@@ -41,18 +41,9 @@ async fn run_gets(
         let (next, done) = (next.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
-            let mut client: Option<H1Client> = None;
+            let mut client = Reconnecting::new(addr);
             while next.fetch_add(1, SeqCst) < total {
-                let result = async {
-                    if client.is_none() {
-                        client = Some(H1Client::connect(addr).await?);
-                    }
-                    client.as_mut().unwrap().get(host, "/").await
-                }
-                .await;
-                if result.is_err() {
-                    client = None;
-                }
+                let result = client.get(host, "/").await;
                 out.push(result.map_err(|e| e.to_string()));
                 done.fetch_add(1, SeqCst);
             }
@@ -602,12 +593,7 @@ async fn post_with_body_is_never_replayed() {
             service("getsink", &[&gets[0], &gets[1]])
         ))
         .await;
-        let mut client = H1Client::connect(proxy.addr).await.unwrap();
-        let post = request("POST", "sink.svc", "/orders")
-            .header("content-length", "13")
-            .body(full("{\"order\": 1}\n"))
-            .unwrap();
-        let reply = client.request(post).await.unwrap();
+        let reply = post_order(proxy.addr, "sink.svc").await.unwrap();
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
         assert!(
             reply.text().starts_with("service \"sink\" unreachable: "),

@@ -13,10 +13,9 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,188 +26,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
 use tokio::task::{JoinHandle, JoinSet};
 
 use support::{
-    empty, full, refused_addr, request, wait_until, within, Backend, BoxError, H1Client, Reply,
+    empty, free_port, full, refused_addr, request, temp_path, wait_until, wayfinder, within,
+    AdminProxy, Api, Backend, ConfigFile, H1Client, Proc, Reply,
 };
-use wayfinder::app::{Running, StartError};
-use wayfinder::config::Config;
 
 const TOKEN: &str = "secret-token-1";
 
-// === helpers: ports, the admin API, an in-process proxy with admin ===
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a free port")
-        .port()
-}
-
-/// A client of the admin API.
-#[derive(Debug, Clone)]
-struct Api {
-    addr: SocketAddr,
-    token: Option<String>,
-}
-
-impl Api {
-    /// One call on a fresh connection, bounded to 30 s.
-    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        self.call_with(method, path, self.token.as_deref(), body)
-            .await
-    }
-
-    /// One call with an explicit `Authorization: Bearer` token (or none).
-    async fn call_with(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> Reply {
-        self.call_auth(
-            method,
-            path,
-            token.map(|t| format!("Bearer {t}")).as_deref(),
-            body,
-        )
-        .await
-    }
-
-    /// One call with a raw `Authorization` header value (or none).
-    async fn call_auth(
-        &self,
-        method: &str,
-        path: &str,
-        authorization: Option<&str>,
-        body: Option<&str>,
-    ) -> Reply {
-        let mut req = request(method, "admin", path);
-        if let Some(a) = authorization {
-            req = req.header(header::AUTHORIZATION, a);
-        }
-        let body = match body {
-            Some(b) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                full(b.to_owned())
-            }
-            None => empty(),
-        };
-        let req = req.body(body).expect("admin request");
-        let what = format!("admin {method} {path}");
-        within(30, &what, async {
-            let mut client = H1Client::connect(self.addr).await?;
-            client.request(req).await
-        })
-        .await
-        .unwrap_or_else(|e: BoxError| panic!("{what}: {e}"))
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.call("GET", path, None).await
-    }
-
-    /// `PUT /v1/registry/{service}/{id}` with `body`.
-    async fn register(&self, service: &str, id: &str, body: &str) -> Reply {
-        self.call("PUT", &format!("/v1/registry/{service}/{id}"), Some(body))
-            .await
-    }
-
-    /// Registers `addr` with `ttl`, expecting 201.
-    async fn register_ok(&self, service: &str, id: &str, addr: SocketAddr, ttl: &str) {
-        let reply = self
-            .register(
-                service,
-                id,
-                &format!(r#"{{"address":"{addr}","ttl":"{ttl}"}}"#),
-            )
-            .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::CREATED,
-            "register {service}/{id}: {}",
-            reply.text()
-        );
-    }
-
-    async fn deregister(&self, service: &str, id: &str) -> Reply {
-        self.call("DELETE", &format!("/v1/registry/{service}/{id}"), None)
-            .await
-    }
-
-    async fn heartbeat(&self, service: &str, id: &str) -> Reply {
-        self.call(
-            "PUT",
-            &format!("/v1/registry/{service}/{id}/heartbeat"),
-            None,
-        )
-        .await
-    }
-
-    /// The instances `GET /v1/registry/{service}` lists (none when the
-    /// service is unknown).
-    async fn instances(&self, service: &str) -> Vec<Value> {
-        let reply = self.get(&format!("/v1/registry/{service}")).await;
-        match reply.status {
-            StatusCode::NOT_FOUND => Vec::new(),
-            StatusCode::OK => reply.json()["instances"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default(),
-            s => panic!("GET /v1/registry/{service}: {s}: {}", reply.text()),
-        }
-    }
-
-    /// The addresses `GET /v1/registry/{service}` lists, sorted.
-    async fn addresses(&self, service: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .instances(service)
-            .await
-            .iter()
-            .map(|i| i["address"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// The entry of `GET /v1/sources` named `name`.
-    async fn source(&self, name: &str) -> Value {
-        let reply = self.get("/v1/sources").await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        reply
-            .json()
-            .as_array()
-            .and_then(|l| l.iter().find(|s| s["name"] == name).cloned())
-            .unwrap_or_else(|| panic!("no source {name:?} in {}", reply.text()))
-    }
-
-    /// Waits (bounded) until `cond` holds for the addresses of `service`.
-    async fn wait_addresses(
-        &self,
-        secs: u64,
-        service: &str,
-        what: &str,
-        cond: impl Fn(&[String]) -> bool,
-    ) -> Vec<String> {
-        within(secs, what, async {
-            loop {
-                let a = self.addresses(service).await;
-                if cond(&a) {
-                    return a;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-    }
-}
+// === helpers ===
 
 /// The `x-wayfinder-index` header of a reply.
 fn index_of(reply: &Reply) -> u64 {
@@ -220,158 +48,7 @@ fn index_of(reply: &Reply) -> u64 {
         .unwrap_or_else(|| panic!("no x-wayfinder-index in {:?}", reply.headers))
 }
 
-/// wayfinder started in this process with its admin API on.
-struct Wf {
-    running: Option<Running>,
-    proxy: SocketAddr,
-    api: Api,
-}
-
-impl Wf {
-    /// Starts with the admin API on a free loopback port; `admin_extra` goes
-    /// into the `[admin]` table, `tables` after it.
-    async fn start(admin_extra: &str, tables: &str) -> Wf {
-        for _ in 0..20 {
-            match Wf::start_at(free_port(), admin_extra, tables).await {
-                Ok(wf) => return wf,
-                // Someone took the port between picking and binding.
-                Err(StartError::Bind { .. }) => continue,
-            }
-        }
-        panic!("could not bind an admin port in 20 tries");
-    }
-
-    /// Starts with the admin API on `admin_port`.
-    async fn start_at(admin_port: u16, admin_extra: &str, tables: &str) -> Result<Wf, StartError> {
-        support::init_tracing();
-        let text = format!(
-            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{admin_extra}\n{tables}"
-        );
-        let config = Config::parse(&text, Path::new("registry-test.toml"))
-            .unwrap_or_else(|e| panic!("test config rejected: {e}\n{text}"));
-        let running = wayfinder::app::start(&config).await?;
-        let api = Api {
-            addr: running.admin.expect("admin API on"),
-            token: None,
-        };
-        Ok(Wf {
-            proxy: running.listen[0],
-            running: Some(running),
-            api,
-        })
-    }
-
-    /// A GET through the proxy for `Host: {service}.svc`.
-    async fn get(&self, service: &str) -> Result<Reply, BoxError> {
-        within(
-            30,
-            "GET through the proxy",
-            support::get(self.proxy, &format!("{service}.svc"), "/"),
-        )
-        .await
-    }
-
-    /// The body of a GET through the proxy that must answer 200.
-    async fn get_ok(&self, service: &str) -> String {
-        let reply = self
-            .get(service)
-            .await
-            .unwrap_or_else(|e| panic!("GET {service}.svc: {e}"));
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "GET {service}.svc: {}",
-            reply.text()
-        );
-        reply.text()
-    }
-
-    async fn shutdown(&mut self) {
-        if let Some(r) = self.running.take() {
-            within(30, "proxy shutdown", r.shutdown()).await;
-        }
-    }
-}
-
 // === helpers: processes ===
-
-/// A process this test spawned, its stderr collected in the background.
-/// Killed (SIGKILL, by tokio) if dropped while still running.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    reader: JoinHandle<()>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        cmd.env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn process");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let reader = tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Proc { child, log, reader }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id().expect("process still running") as i32
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: Signal) {
-        nix::sys::signal::kill(Pid::from_raw(self.pid()), sig).expect("signal our child");
-    }
-
-    /// Waits (bounded) until stderr contains `needle`.
-    async fn wait_log(&self, secs: u64, needle: &str) {
-        let log = self.log.clone();
-        let what = format!("log line containing {needle:?}");
-        let found = tokio::time::timeout(Duration::from_secs(secs), async {
-            while !log.lock().unwrap().contains(needle) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        if found.is_err() {
-            panic!("{what}: not within {secs}s; log:\n{}", self.log());
-        }
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn wait(&mut self, secs: u64, what: &str) -> ExitStatus {
-        let status = match tokio::time::timeout(Duration::from_secs(secs), self.child.wait()).await
-        {
-            Ok(s) => s.expect("wait for child"),
-            Err(_) => panic!("{what}: still running after {secs}s; log:\n{}", self.log()),
-        };
-        // The pipe closes with the process; let the reader catch up.
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
-        status
-    }
-}
-
-/// `wayfinder ARGS...` (the real binary).
-fn wayfinder(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wayfinder"));
-    cmd.args(args);
-    cmd
-}
 
 /// The real Python interpreter (not a pyenv shim), so that the PID a shell
 /// `exec`s into is the server's.
@@ -385,19 +62,6 @@ fn python() -> &'static str {
         assert!(out.status.success(), "python3 does not run");
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     })
-}
-
-/// A unique path under the temp directory.
-fn temp_path(tag: &str, ext: &str) -> PathBuf {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    std::env::temp_dir().join(format!(
-        "wayfinder-registry-{tag}-{}-{}-{nanos}.{ext}",
-        std::process::id(),
-        SEQ.fetch_add(1, SeqCst)
-    ))
 }
 
 /// The process group of a child that `wayfinder register` started (it puts
@@ -444,7 +108,7 @@ impl Drop for ChildGroup {
 /// `wayfinder register` for service `files` at `127.0.0.1:port`, wrapping
 /// `python3 -m http.server port` (optionally under `timeout secs`).
 fn register_python(api: SocketAddr, port: u16, timeout: Option<u32>) -> (Proc, ChildGroup) {
-    let pidfile = temp_path("child", "pid");
+    let pidfile = temp_path("registry-child", ".pid");
     let server = format!("{} -m http.server {port} --bind 127.0.0.1", python());
     let server = match timeout {
         Some(s) => format!("timeout {s} {server}"),
@@ -533,7 +197,7 @@ async fn slow_stream_backend(chunks: usize, every: Duration) -> SlowStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_is_routable_quickly() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let mut samples = Vec::new();
     let mut backends = Vec::new();
     for n in 0..5 {
@@ -612,7 +276,7 @@ async fn registration_is_routable_quickly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deregister_stops_new_requests_and_in_flight_completes() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let slow = Backend::builder("slow")
         .delay(Duration::from_millis(1000))
         .start()
@@ -673,7 +337,7 @@ async fn deregister_stops_new_requests_and_in_flight_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_lapse_removes_an_instance_that_stops_heartbeating() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let lapsing = Backend::start("lapsing").await;
@@ -745,7 +409,7 @@ async fn ttl_lapse_removes_an_instance_that_stops_heartbeating() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_lapse_of_the_last_instance_is_held_back_until_released() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let lonely = Backend::start("lonely").await;
     wf.api
         .register_ok("lonely", "l1", lonely.addr, "300ms")
@@ -823,7 +487,7 @@ async fn wait_lapsed(api: &Api, service: &str, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_back_removal_survives_an_unrelated_deregistration() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let lonely = Backend::start("lonely").await;
     let o1 = Backend::start("o1").await;
     let o2 = Backend::start("o2").await;
@@ -857,7 +521,7 @@ async fn held_back_removal_survives_an_unrelated_deregistration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_ttl_expiries_is_held_back_like_one_update() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let keeper = Backend::start("keeper").await;
     wf.api
         .register_ok("burst", "keeper", keeper.addr, "60s")
@@ -892,7 +556,7 @@ async fn a_burst_of_ttl_expiries_is_held_back_like_one_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_returns_on_change_and_times_out_with_the_same_index() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let one = Backend::start("one").await;
     let two = Backend::start("two").await;
     wf.api.register_ok("watched", "w1", one.addr, "60s").await;
@@ -1003,7 +667,7 @@ async fn long_poll_returns_on_change_and_times_out_with_the_same_index() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_is_required_for_changes_when_configured() {
-    let wf = Wf::start(&format!("token = \"{TOKEN}\""), "").await;
+    let wf = AdminProxy::start(&format!("token = \"{TOKEN}\""), "").await;
     let backend = Backend::start("guarded").await;
     let api = &wf.api;
     let path = "/v1/registry/guarded/g1";
@@ -1094,7 +758,7 @@ async fn registry_state(api: &Api) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_400_naming_the_field_and_changes_nothing() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let good = Backend::start("good").await;
     let reply = wf
         .api
@@ -1326,7 +990,7 @@ fn names_field(text: &str, field: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_handshake_waits_for_in_flight_requests() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let slow = Backend::builder("slow")
         .delay(Duration::from_millis(1200))
         .start()
@@ -1423,7 +1087,7 @@ async fn drain_handshake_waits_for_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_lists_instances_with_tags_and_filters_healthy() {
-    let wf = Wf::start(
+    let wf = AdminProxy::start(
         "",
         "[services.disco.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n",
     )
@@ -1510,7 +1174,7 @@ async fn discovery_lists_instances_with_tags_and_filters_healthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_child_appears_when_healthy_and_leaves_on_sigterm() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let port = free_port();
     let id = format!("127.0.0.1:{port}");
     let (mut registrar, child) = register_python(wf.api.addr, port, None);
@@ -1559,7 +1223,7 @@ async fn register_child_appears_when_healthy_and_leaves_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_child_that_exits_is_deregistered_with_its_exit_code() {
-    let wf = Wf::start("", "").await;
+    let wf = AdminProxy::start("", "").await;
     let port = free_port();
     let id = format!("127.0.0.1:{port}");
     // The child stops itself after 4 s; `timeout` then exits with 124.
@@ -1592,7 +1256,7 @@ async fn register_child_that_exits_is_deregistered_with_its_exit_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrar_registers_again_after_the_proxy_restarts() {
     let backend = Backend::start("phoenix").await;
-    let mut wf = Wf::start("", "").await;
+    let mut wf = AdminProxy::start("", "").await;
     let admin = wf.api.addr;
     let mut cmd = wayfinder(&["register", "--registry"]);
     cmd.arg(format!("http://{admin}"))
@@ -1616,7 +1280,7 @@ async fn registrar_registers_again_after_the_proxy_restarts() {
     let restarted = Instant::now();
     let wf2 = within(10, "restart on the same admin port", async {
         loop {
-            match Wf::start_at(admin.port(), "", "").await {
+            match AdminProxy::start_at(admin.port(), "", "").await {
                 Ok(wf) => return wf,
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -1646,39 +1310,6 @@ async fn registrar_registers_again_after_the_proxy_restarts() {
 }
 
 // === 10. hot reload ===
-
-/// A config file for `wayfinder run`, removed on drop.
-struct ConfigFile {
-    path: PathBuf,
-}
-
-impl ConfigFile {
-    fn write(&self, text: &str) {
-        std::fs::write(&self.path, text).expect("write config");
-    }
-
-    /// Replaces the file with `text` (same length as now) keeping its
-    /// modification time, so only a SIGHUP can notice the change.
-    fn replace_unnoticed(&self, text: &str) {
-        let meta = std::fs::metadata(&self.path).unwrap();
-        assert_eq!(meta.len(), text.len() as u64, "lengths must match");
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        let f = std::fs::File::options().write(true).open(&tmp).unwrap();
-        f.set_modified(meta.modified().unwrap()).unwrap();
-        drop(f);
-        std::fs::rename(&tmp, &self.path).unwrap();
-        let now = std::fs::metadata(&self.path).unwrap();
-        assert_eq!(now.modified().unwrap(), meta.modified().unwrap());
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
-    }
-}
 
 /// Pads `text` with a comment to exactly `len` bytes.
 fn pad_to(text: &str, len: usize) -> String {
@@ -1734,10 +1365,7 @@ async fn hot_reload_applies_valid_files_keeps_streams_and_rejects_invalid_ones()
     // A typo: the same named error `wayfinder check` gives.
     let invalid = format!("{v3}[timeouts]\nconect = \"2s\"\n");
 
-    let file = ConfigFile {
-        path: temp_path("reload", "toml"),
-    };
-    file.write(&v1);
+    let file = ConfigFile::new("registry-reload", &v1);
     let mut cmd = wayfinder(&["run", "--config"]);
     cmd.arg(&file.path);
     let mut proc = Proc::spawn(cmd);

@@ -1,0 +1,312 @@
+//! Ports, temporary files and the processes a test spawns: the real
+//! `wayfinder` binary ([`wayfinder`], [`Proc`]) and servers such as etcd or
+//! dnsmasq ([`Daemon`]). Only PIDs a test itself spawned are ever
+//! signalled.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("pick a free port")
+        .port()
+}
+
+/// A unique path under the temp directory:
+/// `wayfinder-{tag}-{pid}-{sequence}-{nanos}{ext}` (`ext` with its dot, or
+/// empty).
+pub fn temp_path(tag: &str, ext: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    std::env::temp_dir().join(format!(
+        "wayfinder-{tag}-{}-{}-{nanos}{ext}",
+        std::process::id(),
+        SEQ.fetch_add(1, SeqCst)
+    ))
+}
+
+/// This process's resident set size in bytes, from `/proc/self/status`.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+// === impl ConfigFile ===
+
+/// A config file under the temp directory, removed on drop.
+#[derive(Debug)]
+pub struct ConfigFile {
+    /// Where it is.
+    pub path: PathBuf,
+}
+
+impl ConfigFile {
+    /// Writes `text` to a new `.toml` file named after `tag`.
+    pub fn new(tag: &str, text: &str) -> ConfigFile {
+        let file = ConfigFile {
+            path: temp_path(tag, ".toml"),
+        };
+        file.write(text);
+        file
+    }
+
+    /// Its file name.
+    pub fn file_name(&self) -> &str {
+        self.path.file_name().unwrap().to_str().unwrap()
+    }
+
+    /// Replaces its contents with `text`.
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).expect("write config");
+    }
+
+    /// Replaces the file with `text` (same length as now) keeping its
+    /// modification time, so only a SIGHUP can notice the change.
+    pub fn replace_unnoticed(&self, text: &str) {
+        let meta = std::fs::metadata(&self.path).unwrap();
+        assert_eq!(meta.len(), text.len() as u64, "lengths must match");
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        let f = std::fs::File::options().write(true).open(&tmp).unwrap();
+        f.set_modified(meta.modified().unwrap()).unwrap();
+        drop(f);
+        std::fs::rename(&tmp, &self.path).unwrap();
+        let now = std::fs::metadata(&self.path).unwrap();
+        assert_eq!(now.modified().unwrap(), meta.modified().unwrap());
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
+    }
+}
+
+// === wayfinder, the binary ===
+
+/// `wayfinder ARGS...` (the real binary): logs on stderr without colour at
+/// its default level, no stdin, killed if the handle is dropped while it
+/// still runs.
+pub fn wayfinder(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wayfinder"));
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+// === impl Proc ===
+
+/// A process this test spawned, its stderr collected in the background.
+/// Killed (SIGKILL, by tokio) if dropped while still running.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: JoinHandle<()>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin and stdout closed and stderr collected.
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn process");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Proc { child, log, reader }
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("process still running") as i32
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends it `sig`.
+    pub fn signal(&self, sig: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.pid()), sig).expect("signal our child");
+    }
+
+    /// Waits (bounded) until stderr contains `needle`; fails at once when
+    /// stderr closes (the process exited) without it.
+    pub async fn wait_log(&self, secs: u64, needle: &str) {
+        let what = format!("log line containing {needle:?}");
+        let found = tokio::time::timeout(Duration::from_secs(secs), async {
+            loop {
+                // Whether it closed is read first: the lines read before are in.
+                let closed = self.reader.is_finished();
+                if self.log.lock().unwrap().contains(needle) {
+                    return;
+                }
+                if closed {
+                    panic!("{what}: stderr closed without it; log:\n{}", self.log());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if found.is_err() {
+            panic!("{what}: not within {secs}s; log:\n{}", self.log());
+        }
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub async fn wait(&mut self, secs: u64, what: &str) -> ExitStatus {
+        let status = match tokio::time::timeout(Duration::from_secs(secs), self.child.wait()).await
+        {
+            Ok(s) => s.expect("wait for child"),
+            Err(_) => panic!("{what}: still running after {secs}s; log:\n{}", self.log()),
+        };
+        // The pipe closes with the process; let the reader catch up.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
+        status
+    }
+}
+
+// === impl Daemon ===
+
+/// A server a test runs for real (etcd, dnsmasq): in the foreground, its
+/// stderr in a log file in a temporary directory of its own. SIGKILLed (by
+/// its PID only) and its directory removed on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    name: &'static str,
+    /// Its temporary directory: the log, and whatever else it keeps.
+    pub dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Daemon {
+    /// The binary named by the environment variable `var`, else `default`.
+    /// A missing binary fails the test, saying which `package` to install.
+    pub fn binary(var: &str, default: &str, package: &str) -> String {
+        let bin = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+        assert!(
+            Path::new(&bin).exists(),
+            "{bin} not found: these tests need it for real. Install it with \
+             `sudo apt-get install {package}` (./.ci/test does this), or point \
+             {var} at the binary"
+        );
+        bin
+    }
+
+    /// `name` (in messages and its directory's name), not running yet.
+    pub fn new(name: &'static str) -> Daemon {
+        let dir = temp_path(name, "");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {name} temp dir: {e}"));
+        Daemon {
+            name,
+            dir,
+            child: None,
+        }
+    }
+
+    /// Starts `cmd` (no stdin or stdout, stderr appended to the log), then
+    /// polls `ready` every `every` until it holds. Fails the test, showing
+    /// the end of the log, when the process exits first or `ready` does not
+    /// hold within `limit`.
+    pub async fn spawn<F, Fut>(
+        &mut self,
+        mut cmd: std::process::Command,
+        limit: Duration,
+        every: Duration,
+        mut ready: F,
+    ) where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let name = self.name;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap_or_else(|e| panic!("{name} log file: {e}"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        self.child = Some(child);
+        let start = Instant::now();
+        while !ready().await {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{name} exited ({status}) during start:\n{}",
+                    self.log_tail()
+                );
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{name} did not answer within {limit:?}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.name))
+    }
+
+    /// The last 20 lines of its log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGKILL, then wait for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
