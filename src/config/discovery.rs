@@ -229,22 +229,8 @@ pub(super) fn dns(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use crate::config::{Config, ConfigError, DnsKind};
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("test.toml"))
-    }
-
-    fn err(text: &str) -> (usize, String, String) {
-        match parse(text).unwrap_err() {
-            ConfigError::Invalid {
-                line, key, message, ..
-            } => (line, key, message),
-            e => panic!("unexpected {e}"),
-        }
-    }
+    use crate::config::test_util::{err, parse};
+    use crate::config::DnsKind;
 
     #[test]
     fn etcd_section_parses_with_defaults() {

@@ -10,6 +10,29 @@ mod discovery;
 mod raw;
 mod validate;
 
+/// Helpers shared by the config unit tests.
+#[cfg(test)]
+mod test_util {
+    use std::path::Path;
+
+    use super::{Config, ConfigError};
+
+    /// Parses `text` as `test.toml`.
+    pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    /// The line, key and message of the error `text` must produce.
+    pub(super) fn err(text: &str) -> (usize, String, String) {
+        match parse(text).unwrap_err() {
+            ConfigError::Invalid {
+                line, key, message, ..
+            } => (line, key, message),
+            e => panic!("unexpected {e}"),
+        }
+    }
+}
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -878,19 +878,7 @@ fn routes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        super::parse(text, Path::new("test.toml"))
-    }
-
-    fn err(text: &str) -> (usize, String, String) {
-        match parse(text).unwrap_err() {
-            ConfigError::Invalid {
-                line, key, message, ..
-            } => (line, key, message),
-            e => panic!("unexpected {e}"),
-        }
-    }
+    use crate::config::test_util::{err, parse};
 
     const GOOD: &str = r#"
 listen = ["127.0.0.1:8080"]
