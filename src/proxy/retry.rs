@@ -21,11 +21,7 @@ const WINDOW_MS: u64 = 5_000;
 pub fn take(service: &ServiceEntry, now_ms: u64) -> bool {
     let budget = &service.policy().retry_budget;
     let picks = service.live().cursor.load(Relaxed);
-    let mut w = service
-        .live()
-        .budget
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut w = service.live().budget();
     if w.started_ms == 0 {
         w.started_ms = now_ms;
         w.picks_at_start = 0;
@@ -59,26 +55,9 @@ pub fn take(service: &ServiceEntry, now_ms: u64) -> bool {
     }
 }
 
-/// Starts `service`'s first budget window at `now_ms` (when it appears).
-pub(crate) fn start_window(service: &ServiceEntry, now_ms: u64) {
-    let mut w = service
-        .live()
-        .budget
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if w.started_ms == 0 {
-        w.started_ms = now_ms;
-    }
-}
-
 /// Retries refused by `service`'s budget since it appeared.
 pub fn refused(service: &ServiceEntry) -> u64 {
-    service
-        .live()
-        .budget
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .refused
+    service.live().budget().refused
 }
 
 #[cfg(test)]

@@ -565,7 +565,11 @@ impl BuildState {
             };
             self.service_index.insert(name.clone(), index);
             let schedule = Schedule::new(members.iter().map(|m| m.weight));
-            let service_live = self.service_live.entry(name.clone()).or_default().clone();
+            let service_live = self
+                .service_live
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(ServiceLive::new(now)))
+                .clone();
             let entry = ServiceEntry {
                 name: name.clone(),
                 balance: *balance,
@@ -576,7 +580,6 @@ impl BuildState {
                 index,
             };
             crate::balance::update_panic(&entry, now);
-            crate::proxy::retry::start_window(&entry, now);
             services.insert(name.clone(), Arc::new(entry));
         }
         // Instances gone from every source drain: no snapshot lists them,

@@ -152,6 +152,19 @@ pub struct ServiceLive {
 }
 
 impl ServiceLive {
+    /// Live state for a service that appears at `now_ms`: the retry
+    /// budget's first window starts then.
+    pub(crate) fn new(now_ms: u64) -> Self {
+        let live = ServiceLive::default();
+        live.budget().started_ms = now_ms;
+        live
+    }
+
+    /// The retry budget's window (locked only on the retry path).
+    pub(crate) fn budget(&self) -> std::sync::MutexGuard<'_, RetryWindow> {
+        self.budget.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether panic mode is on: too few instances usable, so health is
     /// ignored.
     pub fn in_panic(&self) -> bool {
