@@ -26,14 +26,13 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use super::attempt::{self, Outcome};
 use super::body::{ProxyBody, TrackedBody, UpstreamBody};
 use super::error::ProxyError;
 use super::headers::{self, Forwarding};
 use super::upstream::{self, Sender};
-use super::{retry, Proxy};
-use crate::balance::{self, Tried};
-use crate::clock;
-use crate::health::passive::{self, Failure};
+use super::Proxy;
+use crate::health::passive::Failure;
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
 
 /// Response header listing the attempts behind a response, when
@@ -105,6 +104,57 @@ enum Attempt {
     TimedOut,
 }
 
+/// Attempts through hyper's HTTP/1.1 client: the request is rebuilt from
+/// the template for a retry once the first copy was sent.
+struct HyperExchange<'a> {
+    proxy: &'a Proxy,
+    service: &'a ServiceEntry,
+    template: &'a Template,
+    pending: Option<Request<UpstreamBody>>,
+    resend_ok: bool,
+}
+
+impl attempt::Exchange for HyperExchange<'_> {
+    type Answer = (Response<Incoming>, Sender);
+
+    async fn attempt(&mut self, instance: &InstanceState) -> Outcome<Self::Answer> {
+        let request = match self.pending.take() {
+            Some(r) => r,
+            None => self.template.build(UpstreamBody::Empty),
+        };
+        match self
+            .proxy
+            .attempt(
+                self.service,
+                instance,
+                request,
+                self.template,
+                self.resend_ok,
+            )
+            .await
+        {
+            Attempt::Answered(resp, sender) => {
+                let status = resp.status().as_u16();
+                Outcome::Answered((resp, sender), status)
+            }
+            Attempt::TimedOut => Outcome::TimedOut,
+            Attempt::Failed {
+                request,
+                error,
+                failure,
+            } => {
+                let retry = request.is_some() || self.resend_ok;
+                self.pending = request;
+                Outcome::Failed {
+                    error,
+                    failure,
+                    retry,
+                }
+            }
+        }
+    }
+}
+
 impl Proxy {
     /// Answers one client request: the instance's response, or the
     /// proxy's own error response.
@@ -124,15 +174,20 @@ impl Proxy {
             resp.headers_mut().insert(DEBUG_HEADER.clone(), value);
         }
         if self.settings.snapshot_header {
-            let snap = self.registry.load();
-            let age = std::time::SystemTime::now()
-                .duration_since(snap.built_at())
-                .map_or(0, |d| d.as_millis());
-            if let Ok(v) = HeaderValue::from_str(&format!("{}; age_ms={age}", snap.version())) {
+            if let Ok(v) = HeaderValue::from_str(&self.snapshot_value()) {
                 resp.headers_mut().insert(SNAPSHOT_HEADER.clone(), v);
             }
         }
         resp
+    }
+
+    /// The `x-wayfinder-snapshot` value: current snapshot version and age.
+    pub(crate) fn snapshot_value(&self) -> String {
+        let snap = self.registry.load();
+        let age = std::time::SystemTime::now()
+            .duration_since(snap.built_at())
+            .map_or(0, |d| d.as_millis());
+        format!("{}; age_ms={age}", snap.version())
     }
 
     async fn forward(
@@ -207,14 +262,17 @@ impl Proxy {
             headers: parts.headers,
         };
         let pending = template.first(UpstreamBody::client(body), resend_ok);
-        let attempts = self.attempts(
-            &service,
-            &template,
-            pending,
-            resend_ok,
-            client_upgrade,
-            trail,
-        );
+        let attempts = async {
+            let mut exchange = HyperExchange {
+                proxy: self,
+                service: &service,
+                template: &template,
+                pending: Some(pending),
+                resend_ok,
+            };
+            let ((resp, sender), guard) = attempt::run(&service, &mut exchange, trail).await?;
+            self.relay(resp, guard, sender, client_upgrade, &service)
+        };
         match service.policy().timeouts.request {
             None => attempts.await,
             Some(deadline) => match tokio::time::timeout(deadline, attempts).await {
@@ -225,89 +283,6 @@ impl Proxy {
                 }),
             },
         }
-    }
-
-    /// Tries instances of `service` until one answers, the attempts or the
-    /// retry budget run out, or a failure makes retrying unsafe.
-    async fn attempts(
-        &self,
-        service: &Arc<ServiceEntry>,
-        template: &Template,
-        first: Request<UpstreamBody>,
-        resend_ok: bool,
-        client_upgrade: Option<OnUpgrade>,
-        trail: &mut Option<String>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let policy = service.policy();
-        let mut pending = Some(first);
-        let mut tried = Tried::default();
-        let mut last_error: Option<String> = None;
-        for n in 1..=policy.max_attempts {
-            if n > 1 && !retry::take(service, clock::now_ms()) {
-                last_error = Some(format!(
-                    "{}; retry budget exhausted",
-                    last_error.unwrap_or_default()
-                ));
-                break;
-            }
-            let Some(guard) = balance::pick(service, clock::now_ms(), &tried) else {
-                break;
-            };
-            tried.add(guard.instance());
-            let request = match pending.take() {
-                Some(r) => r,
-                None if resend_ok => template.build(UpstreamBody::Empty),
-                None => break,
-            };
-            let instance = guard.instance();
-            let addr = instance.addr();
-            match self
-                .attempt(service, instance, request, template, resend_ok)
-                .await
-            {
-                Attempt::Answered(resp, sender) => {
-                    if resp.status().is_server_error() {
-                        passive::on_failure(service, instance, Failure::Status5xx, clock::now_ms());
-                    } else {
-                        passive::on_success(instance);
-                    }
-                    note(trail, n, addr, format_args!("{}", resp.status().as_u16()));
-                    return self.relay(resp, guard, sender, client_upgrade, service);
-                }
-                Attempt::TimedOut => {
-                    passive::on_failure(service, instance, Failure::Timeout, clock::now_ms());
-                    note(trail, n, addr, format_args!("timeout"));
-                    return Err(ProxyError::Timeout {
-                        service: service.name().clone(),
-                        addr,
-                        timeout: policy.timeouts.response_header,
-                    });
-                }
-                Attempt::Failed {
-                    request,
-                    error,
-                    failure,
-                } => {
-                    if let Some(failure) = failure {
-                        passive::on_failure(service, instance, failure, clock::now_ms());
-                    }
-                    tracing::debug!(service = %service.name(), instance = %addr, %error, "attempt failed");
-                    note(trail, n, addr, format_args!("{error}"));
-                    last_error = Some(format!("{addr}: {error}"));
-                    pending = request;
-                    if pending.is_none() && !resend_ok {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(match last_error {
-            None => ProxyError::NoInstance(service.name().clone()),
-            Some(detail) => ProxyError::Unreachable {
-                service: service.name().clone(),
-                detail,
-            },
-        })
     }
 
     /// One attempt on `instance`: a pooled connection if there is one
@@ -420,17 +395,6 @@ async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Durat
             }
         }
         None => Attempt::TimedOut,
-    }
-}
-
-/// Appends one attempt to the debug trail, when it is kept.
-fn note(trail: &mut Option<String>, n: u32, addr: SocketAddr, outcome: std::fmt::Arguments<'_>) {
-    use std::fmt::Write;
-    if let Some(t) = trail {
-        if !t.is_empty() {
-            t.push_str("; ");
-        }
-        let _ = write!(t, "attempt {n} {addr} {outcome}");
     }
 }
 

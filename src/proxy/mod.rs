@@ -1,12 +1,15 @@
 //! The proxy: the server side that accepts client connections ([`server`]),
 //! the forwarding of one request to a picked instance with retries and
-//! error answers ([`forward`]), and the upstream connection pool
+//! error answers ([`forward`] over hyper, [`h1`] the HTTP/1.1 fast path,
+//! both through one attempt loop), and the upstream connection pool
 //! ([`upstream`]). It reads the registry snapshot once per request and takes
 //! no lock on the way.
 
+mod attempt;
 pub mod body;
 pub mod error;
 mod forward;
+mod h1;
 pub mod headers;
 pub mod retry;
 pub mod server;

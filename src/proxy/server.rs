@@ -1,6 +1,8 @@
 //! The client side: accepts connections on the proxy's listeners and
 //! serves HTTP/1.1 and HTTP/2 (prior knowledge) on them, one task per
-//! connection, each request handed to [`Proxy::handle`].
+//! connection. Each connection starts on the HTTP/1.1 fast path
+//! ([`super::h1`]); what that path does not take continues on hyper, each
+//! request handed to [`Proxy::handle`].
 //!
 //! Limits: at most `limits.max_connections` connections are served at once
 //! (further clients wait in the kernel's accept backlog); a request head
@@ -23,7 +25,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::forward::Client;
-use super::Proxy;
+use super::{h1, Proxy};
 use crate::config::Config;
 
 /// hyper's own read-buffer ceiling; raised only when the header limit needs
@@ -89,6 +91,7 @@ pub async fn serve(
                 slots.clone(),
                 stop_rx.clone(),
                 alive_tx.clone(),
+                settings.client_header_timeout,
             ))
         })
         .collect();
@@ -123,6 +126,7 @@ async fn accept_loop(
     slots: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    header_timeout: Duration,
 ) {
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -144,25 +148,41 @@ async fn accept_loop(
         let mut stop = stop.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
-            let conn_state = Arc::new((proxy, Client::new(peer)));
-            let service = service_fn(move |req| {
-                let state = conn_state.clone();
-                async move { Ok::<_, Infallible>(state.0.handle(req, &state.1).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+            let state = Arc::new((proxy, Client::new(peer)));
+            let ended = h1::serve(&state.0, &state.1, stream, &mut stop, header_timeout).await;
+            if let h1::Ended::Fallback(stream, read) = ended {
+                let io = TokioIo::new(h1::Rewind::new(stream, read.freeze()));
+                serve_general(io, state, &builder, &mut stop, peer).await;
             }
             drop((permit, alive));
         });
+    }
+}
+
+/// Serves the rest of a connection on the general path (hyper: HTTP/2,
+/// HTTP/1.0, upgrades, streamed bodies).
+async fn serve_general(
+    io: TokioIo<h1::Rewind>,
+    state: Arc<(Arc<Proxy>, Client)>,
+    builder: &auto::Builder<TokioExecutor>,
+    stop: &mut watch::Receiver<bool>,
+    peer: SocketAddr,
+) {
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(state.0.handle(req, &state.1).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
     }
 }
 

@@ -1,5 +1,7 @@
 //! Upstream connections: dialing an instance and keeping its idle HTTP/1.1
-//! keep-alive connections for reuse.
+//! keep-alive connections for reuse. Two kinds are kept apart: hyper client
+//! connections ([`Sender`], for the general path) and plain sockets with
+//! their read buffer ([`RawConn`], for the HTTP/1.1 fast path in [`super::h1`]).
 //!
 //! Each instance owns its own small lock-free pool ([`IdlePool`], part of the
 //! instance's live state), so a pool never needs a lookup by address and dies
@@ -12,6 +14,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
 use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -28,14 +33,84 @@ pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
 /// flowing when the response ended early).
 const READY_WAIT: Duration = Duration::from_millis(50);
 
-/// Idle connections to one instance, oldest first.
-pub(crate) struct IdlePool {
-    queue: Option<ArrayQueue<Idle>>,
+/// Read buffer of a fast-path upstream connection.
+const RAW_BUF: usize = 8 * 1024;
+
+/// A fast-path upstream connection: the socket and the bytes read from it
+/// but not yet used.
+#[derive(Debug)]
+pub(crate) struct RawConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: BytesMut,
 }
 
-struct Idle {
-    sender: Sender,
+impl RawConn {
+    /// Whether the idle connection was closed (or sent something
+    /// unasked) by the instance. Reads only the readiness tokio already
+    /// has: no system call.
+    fn is_closed(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        !self.buf.is_empty() || matches!(self.stream.poll_read_ready(&mut cx), Poll::Ready(_))
+    }
+}
+
+/// A pooled connection of either kind.
+trait Pooled {
+    fn is_closed(&self) -> bool;
+}
+
+impl Pooled for Sender {
+    fn is_closed(&self) -> bool {
+        Sender::is_closed(self)
+    }
+}
+
+impl Pooled for RawConn {
+    fn is_closed(&self) -> bool {
+        RawConn::is_closed(self)
+    }
+}
+
+/// Idle connections to one instance, oldest first.
+pub(crate) struct IdlePool {
+    queue: Option<ArrayQueue<Idle<Sender>>>,
+    raw: Option<ArrayQueue<Idle<RawConn>>>,
+}
+
+struct Idle<C> {
+    conn: C,
     since_ms: u64,
+}
+
+fn put<C: Pooled>(q: &Option<ArrayQueue<Idle<C>>>, conn: C) {
+    if conn.is_closed() {
+        return;
+    }
+    if let Some(q) = q {
+        let _ = q.push(Idle {
+            conn,
+            since_ms: clock::now_ms(),
+        });
+    }
+}
+
+fn reap<C: Pooled>(q: &Option<ArrayQueue<Idle<C>>>, oldest_ok: u64) {
+    let Some(q) = q else { return };
+    for _ in 0..q.len() {
+        match q.pop() {
+            Some(idle) if !idle.conn.is_closed() && idle.since_ms >= oldest_ok => {
+                let _ = q.push(idle);
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+}
+
+fn clear<C>(q: &Option<ArrayQueue<Idle<C>>>) {
+    if let Some(q) = q {
+        while q.pop().is_some() {}
+    }
 }
 
 impl std::fmt::Debug for IdlePool {
@@ -51,25 +126,38 @@ impl IdlePool {
     pub(crate) fn new(max_idle: usize) -> Self {
         IdlePool {
             queue: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
+            raw: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
         }
     }
 
     /// Number of idle connections held.
     pub(crate) fn len(&self) -> usize {
         self.queue.as_ref().map_or(0, ArrayQueue::len)
+            + self.raw.as_ref().map_or(0, ArrayQueue::len)
     }
 
     /// Keeps `sender` for reuse; closes it when the pool is full.
     pub(crate) fn put(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
+        put(&self.queue, sender);
+    }
+
+    /// Keeps a fast-path connection for reuse; closes it when the pool is
+    /// full.
+    pub(crate) fn put_raw(&self, conn: RawConn) {
+        put(&self.raw, conn);
+    }
+
+    /// An idle fast-path connection that is still open and younger than
+    /// `max_idle_time`, if there is one.
+    pub(crate) fn take_raw(&self, max_idle_time: Duration) -> Option<RawConn> {
+        let q = self.raw.as_ref()?;
+        let oldest_ok = clock::now_ms().saturating_sub(max_idle_time.as_millis() as u64);
+        while let Some(idle) = q.pop() {
+            if idle.since_ms >= oldest_ok && !idle.conn.is_closed() {
+                return Some(idle.conn);
+            }
         }
-        if let Some(q) = &self.queue {
-            let _ = q.push(Idle {
-                sender,
-                since_ms: clock::now_ms(),
-            });
-        }
+        None
     }
 
     /// An idle connection that is still open, younger than `max_idle_time`
@@ -78,7 +166,7 @@ impl IdlePool {
         let q = self.queue.as_ref()?;
         let oldest_ok = clock::now_ms().saturating_sub(max_idle_time.as_millis() as u64);
         while let Some(Idle {
-            mut sender,
+            conn: mut sender,
             since_ms,
         }) = q.pop()
         {
@@ -97,24 +185,15 @@ impl IdlePool {
 
     /// Closes every idle connection.
     pub(crate) fn clear(&self) {
-        if let Some(q) = &self.queue {
-            while q.pop().is_some() {}
-        }
+        clear(&self.queue);
+        clear(&self.raw);
     }
 
     /// Closes connections idle for longer than `max_idle_time`.
     pub(crate) fn reap(&self, max_idle_time: Duration) {
-        let Some(q) = &self.queue else { return };
         let oldest_ok = clock::now_ms().saturating_sub(max_idle_time.as_millis() as u64);
-        for _ in 0..q.len() {
-            match q.pop() {
-                Some(idle) if !idle.sender.is_closed() && idle.since_ms >= oldest_ok => {
-                    let _ = q.push(idle);
-                }
-                Some(_) => {}
-                None => break,
-            }
-        }
+        reap(&self.queue, oldest_ok);
+        reap(&self.raw, oldest_ok);
     }
 }
 
@@ -132,14 +211,30 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
-/// Dials `addr` and starts an HTTP/1.1 connection on it. The connection is
-/// driven by its own task, which ends when the connection closes.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+/// Dials `addr` with `timeout`, for a fast-path exchange.
+pub(crate) async fn connect_raw(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<RawConn, ConnectError> {
+    Ok(RawConn {
+        stream: dial(addr, timeout).await?,
+        buf: BytesMut::with_capacity(RAW_BUF),
+    })
+}
+
+async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(stream) => stream?,
         Err(_) => return Err(ConnectError::Timeout(timeout)),
     };
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Dials `addr` and starts an HTTP/1.1 connection on it. The connection is
+/// driven by its own task, which ends when the connection closes.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = dial(addr, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await?;

@@ -1,0 +1,122 @@
+//! The attempt loop both forwarding paths share: pick an instance, try it,
+//! report the outcome to passive health and the debug trail, and retry on
+//! another instance while the request allows it and the retry budget lasts.
+//! How one attempt is made (hyper client or the HTTP/1.1 fast path) is the
+//! caller's [`Exchange`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::error::ProxyError;
+use super::retry;
+use crate::balance::{self, Tried};
+use crate::clock;
+use crate::health::passive::{self, Failure};
+use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
+
+/// How one attempt on one instance ended.
+pub(crate) enum Outcome<A> {
+    /// The instance sent a response head with this status.
+    Answered(A, u16),
+    /// No response.
+    Failed {
+        error: String,
+        /// What to hold against the instance, if anything.
+        failure: Option<Failure>,
+        /// Whether the request may still go to another instance.
+        retry: bool,
+    },
+    /// No response head within the response-header timeout.
+    TimedOut,
+}
+
+/// One way of making attempts for a request.
+pub(crate) trait Exchange {
+    /// What an answered attempt yields.
+    type Answer;
+
+    /// Tries `instance` once.
+    fn attempt(&mut self, instance: &InstanceState) -> impl Future<Output = Outcome<Self::Answer>>;
+}
+
+/// Tries instances of `service` until one answers, the attempts or the
+/// retry budget run out, or a failure makes retrying unsafe. The answer
+/// comes with the in-flight guard of the instance that gave it.
+pub(crate) async fn run<E: Exchange>(
+    service: &Arc<ServiceEntry>,
+    exchange: &mut E,
+    trail: &mut Option<String>,
+) -> Result<(E::Answer, InFlightGuard), ProxyError> {
+    let policy = service.policy();
+    let mut tried = Tried::default();
+    let mut last_error: Option<String> = None;
+    for n in 1..=policy.max_attempts {
+        if n > 1 && !retry::take(service, clock::now_ms()) {
+            last_error = Some(format!(
+                "{}; retry budget exhausted",
+                last_error.unwrap_or_default()
+            ));
+            break;
+        }
+        let Some(guard) = balance::pick(service, clock::now_ms(), &tried) else {
+            break;
+        };
+        tried.add(guard.instance());
+        let instance = guard.instance();
+        let addr = instance.addr();
+        match exchange.attempt(instance).await {
+            Outcome::Answered(answer, status) => {
+                if status >= 500 {
+                    passive::on_failure(service, instance, Failure::Status5xx, clock::now_ms());
+                } else {
+                    passive::on_success(instance);
+                }
+                note(trail, n, addr, format_args!("{status}"));
+                return Ok((answer, guard));
+            }
+            Outcome::TimedOut => {
+                passive::on_failure(service, instance, Failure::Timeout, clock::now_ms());
+                note(trail, n, addr, format_args!("timeout"));
+                return Err(ProxyError::Timeout {
+                    service: service.name().clone(),
+                    addr,
+                    timeout: policy.timeouts.response_header,
+                });
+            }
+            Outcome::Failed {
+                error,
+                failure,
+                retry,
+            } => {
+                if let Some(failure) = failure {
+                    passive::on_failure(service, instance, failure, clock::now_ms());
+                }
+                tracing::debug!(service = %service.name(), instance = %addr, %error, "attempt failed");
+                note(trail, n, addr, format_args!("{error}"));
+                last_error = Some(format!("{addr}: {error}"));
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    Err(match last_error {
+        None => ProxyError::NoInstance(service.name().clone()),
+        Some(detail) => ProxyError::Unreachable {
+            service: service.name().clone(),
+            detail,
+        },
+    })
+}
+
+/// Appends one attempt to the debug trail, when it is kept.
+fn note(trail: &mut Option<String>, n: u32, addr: SocketAddr, outcome: std::fmt::Arguments<'_>) {
+    use std::fmt::Write;
+    if let Some(t) = trail {
+        if !t.is_empty() {
+            t.push_str("; ");
+        }
+        let _ = write!(t, "attempt {n} {addr} {outcome}");
+    }
+}
