@@ -14,12 +14,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::task::{Context, Poll, Waker};
-
 use bytes::BytesMut;
 use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
@@ -49,8 +48,7 @@ impl RawConn {
     /// unasked) by the instance. Reads only the readiness tokio already
     /// has: no system call.
     fn is_closed(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        !self.buf.is_empty() || matches!(self.stream.poll_read_ready(&mut cx), Poll::Ready(_))
+        !self.buf.is_empty() || self.stream.try_io(Interest::READABLE, || Ok(())).is_ok()
     }
 }
 

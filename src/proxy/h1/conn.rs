@@ -4,7 +4,9 @@
 //! happens in the connection's own task, with one read buffer per side and
 //! no header map.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use super::chunked::ChunkedTracker;
 use super::head::{self, Added, Framing, HeadError};
@@ -63,9 +66,17 @@ pub(crate) async fn serve(
         out: Vec::with_capacity(4 * 1024),
         resp: Vec::with_capacity(4 * 1024),
         header_timeout,
+        head_timer: Box::pin(tokio::time::sleep(header_timeout)),
+        response_timer: Box::pin(tokio::time::sleep(header_timeout)),
+        stopping: stop.clone(),
+        head_request: false,
     };
+    // One wait for shutdown for the whole connection, polled only between
+    // requests.
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
     loop {
-        match conn.request(stop).await {
+        match conn.request(&mut stopped).await {
             Step::Next => {}
             Step::Close => {
                 let _ = conn.stream.shutdown().await;
@@ -93,6 +104,16 @@ struct Conn<'a> {
     /// The response for the client.
     resp: Vec<u8>,
     header_timeout: Duration,
+    /// The request-head deadline and the response-head deadline. Each is
+    /// one timer for the connection's life, moved forward per request,
+    /// which costs an atomic update instead of a timer-wheel insertion and
+    /// removal.
+    head_timer: Pin<Box<Sleep>>,
+    response_timer: Pin<Box<Sleep>>,
+    /// Whether shutdown has begun (answers then close the connection).
+    stopping: watch::Receiver<bool>,
+    /// The current request is a HEAD: answers carry no body.
+    head_request: bool,
 }
 
 /// A routed request whose upstream head is in `Conn::out`.
@@ -123,7 +144,11 @@ struct Answer {
 }
 
 impl Conn<'_> {
-    async fn request(&mut self, stop: &mut watch::Receiver<bool>) -> Step {
+    async fn request<S: Future>(&mut self, stopped: &mut Pin<&mut S>) -> Step {
+        self.head_timer
+            .as_mut()
+            .reset(Instant::now() + self.header_timeout);
+        self.head_request = false;
         let routed = loop {
             if !self.buf.is_empty() {
                 match self.prepare() {
@@ -146,16 +171,16 @@ impl Conn<'_> {
                 }
             }
             let idle = self.buf.is_empty();
-            let read = read_more(&mut self.stream, &mut self.buf);
-            let read = tokio::time::timeout(self.header_timeout, read);
             let outcome = tokio::select! {
                 biased;
-                r = read => r,
-                _ = stop.wait_for(|s| *s), if idle => return Step::Close,
+                r = read_more(&mut self.stream, &mut self.buf) => r,
+                // Too slow with its head: nothing to answer.
+                () = self.head_timer.as_mut() => return Step::Close,
+                _ = stopped.as_mut(), if idle => return Step::Close,
             };
             match outcome {
-                Ok(Ok(n)) if n > 0 => {}
-                // Closed, failed, or too slow with its head: nothing to answer.
+                Ok(n) if n > 0 => {}
+                // Closed or failed.
                 _ => return Step::Close,
             }
         };
@@ -167,7 +192,7 @@ impl Conn<'_> {
         self.out
             .extend_from_slice(&self.buf[routed.head_len..total]);
         self.buf.advance(total);
-        self.forward(routed, stop).await
+        self.forward(routed).await
     }
 
     /// Parses and routes the head at the start of the buffer, writing the
@@ -192,6 +217,7 @@ impl Conn<'_> {
                 return Prepared::Refuse(e, None);
             }
         };
+        self.head_request = head.method == "HEAD";
         let settings = &self.proxy.settings;
         if head.len > settings.max_header_bytes {
             let e = ProxyError::HeadersTooLarge {
@@ -260,9 +286,13 @@ impl Conn<'_> {
             if let Some(end) = end {
                 return Ok(Some(end));
             }
-            let read = read_more(&mut self.stream, &mut self.buf);
-            match tokio::time::timeout(self.header_timeout, read).await {
-                Ok(Ok(n)) if n > 0 => {}
+            let outcome = tokio::select! {
+                biased;
+                r = read_more(&mut self.stream, &mut self.buf) => r,
+                () = self.head_timer.as_mut() => return Err(Step::Close),
+            };
+            match outcome {
+                Ok(n) if n > 0 => {}
                 _ => return Err(Step::Close),
             }
         }
@@ -270,7 +300,7 @@ impl Conn<'_> {
 
     /// Sends the request in `out` to an instance of the routed service and
     /// relays the answer.
-    async fn forward(&mut self, routed: Routed, stop: &watch::Receiver<bool>) -> Step {
+    async fn forward(&mut self, routed: Routed) -> Step {
         let settings = &self.proxy.settings;
         let service = &routed.service;
         let mut trail = settings.debug_header.then(String::new);
@@ -279,6 +309,7 @@ impl Conn<'_> {
             service,
             request: &self.out,
             resp: &mut self.resp,
+            timer: &mut self.response_timer,
             resendable: routed.resendable,
             head_request: routed.head_request,
         };
@@ -299,10 +330,12 @@ impl Conn<'_> {
             Err(e) => {
                 tracing::debug!(error = %e, "request failed");
                 self.finish_error_head(&e, trail.as_deref(), routed.close);
-                return self.send_resp(routed.close || *stop.borrow()).await;
+                return self
+                    .send_resp(routed.close || *self.stopping.borrow())
+                    .await;
             }
         };
-        let close = routed.close || answer.body == Framing::UntilClose || *stop.borrow();
+        let close = routed.close || answer.body == Framing::UntilClose || *self.stopping.borrow();
         self.extra_headers(trail.as_deref(), close);
         self.resp.extend_from_slice(b"\r\n");
         match self.relay_body(&mut upstream, answer.body).await {
@@ -399,7 +432,9 @@ impl Conn<'_> {
         };
         self.extra_headers(trail, close);
         self.resp.extend_from_slice(b"\r\n");
-        self.resp.extend_from_slice(body.as_bytes());
+        if !self.head_request {
+            self.resp.extend_from_slice(body.as_bytes());
+        }
     }
 
     /// The proxy's own response headers: the debug trail and snapshot
@@ -450,6 +485,7 @@ struct FastExchange<'a> {
     service: &'a ServiceEntry,
     request: &'a [u8],
     resp: &'a mut Vec<u8>,
+    timer: &'a mut Pin<Box<Sleep>>,
     resendable: bool,
     head_request: bool,
 }
@@ -532,59 +568,67 @@ impl FastExchange<'_> {
                 .map_err(|e| Lost::Sent(e.to_string()))?,
             Err(e) => return Err(Lost::Unsent(e.to_string())),
         }
-        match tokio::time::timeout(timeout, self.response_head(conn)).await {
-            Ok(r) => r,
-            Err(_) => Err(Lost::TimedOut),
+        self.timer.as_mut().reset(Instant::now() + timeout);
+        tokio::select! {
+            biased;
+            r = response_head(conn, self.resp, self.head_request) => r,
+            () = self.timer.as_mut() => Err(Lost::TimedOut),
         }
     }
+}
 
-    async fn response_head(&mut self, conn: &mut RawConn) -> Result<(u16, Answer), Lost> {
-        loop {
-            if !conn.buf.is_empty() {
-                let mut slots = head::header_slots();
-                let parsed = match head::parse_response(&conn.buf, &mut slots, self.head_request) {
-                    Ok(Some(h)) if h.status == 101 => {
-                        return Err(Lost::Sent(
-                            "switched protocols without being asked to".to_owned(),
-                        ))
-                    }
-                    // Interim answer (100 Continue, 103 Early Hints): skip.
-                    Ok(Some(h)) if h.status < 200 => Some(h.len),
-                    Ok(Some(h)) => {
-                        self.resp.clear();
-                        h.write_client(self.resp);
-                        let answer = Answer {
-                            body: h.body,
-                            reusable: h.reusable,
-                        };
-                        let (status, len) = (h.status, h.len);
-                        conn.buf.advance(len);
-                        return Ok((status, answer));
-                    }
-                    Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
-                        return Err(Lost::Sent("response head too large".to_owned()))
-                    }
-                    Ok(None) => None,
-                    Err(HeadError::Invalid(why) | HeadError::Fallback(why)) => {
-                        return Err(Lost::Sent(why.to_owned()))
-                    }
-                    Err(HeadError::TooManyHeaders) => {
-                        return Err(Lost::Sent("too many response headers".to_owned()))
-                    }
-                };
-                if let Some(len) = parsed {
+/// Reads the response head on `conn`, skipping interim (1xx) answers, and
+/// writes its client version to `resp`.
+async fn response_head(
+    conn: &mut RawConn,
+    resp: &mut Vec<u8>,
+    head_request: bool,
+) -> Result<(u16, Answer), Lost> {
+    loop {
+        if !conn.buf.is_empty() {
+            let mut slots = head::header_slots();
+            let parsed = match head::parse_response(&conn.buf, &mut slots, head_request) {
+                Ok(Some(h)) if h.status == 101 => {
+                    return Err(Lost::Sent(
+                        "switched protocols without being asked to".to_owned(),
+                    ))
+                }
+                // Interim answer (100 Continue, 103 Early Hints): skip.
+                Ok(Some(h)) if h.status < 200 => Some(h.len),
+                Ok(Some(h)) => {
+                    resp.clear();
+                    h.write_client(resp);
+                    let answer = Answer {
+                        body: h.body,
+                        reusable: h.reusable,
+                    };
+                    let (status, len) = (h.status, h.len);
                     conn.buf.advance(len);
-                    continue;
+                    return Ok((status, answer));
                 }
-            }
-            match read_more(&mut conn.stream, &mut conn.buf).await {
-                Ok(0) if conn.buf.is_empty() => {
-                    return Err(Lost::Sent("connection closed before a response".to_owned()))
+                Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(Lost::Sent("response head too large".to_owned()))
                 }
-                Ok(0) => return Err(Lost::Sent("response head cut short".to_owned())),
-                Ok(_) => {}
-                Err(e) => return Err(Lost::Sent(e.to_string())),
+                Ok(None) => None,
+                Err(HeadError::Invalid(why) | HeadError::Fallback(why)) => {
+                    return Err(Lost::Sent(why.to_owned()))
+                }
+                Err(HeadError::TooManyHeaders) => {
+                    return Err(Lost::Sent("too many response headers".to_owned()))
+                }
+            };
+            if let Some(len) = parsed {
+                conn.buf.advance(len);
+                continue;
             }
+        }
+        match read_more(&mut conn.stream, &mut conn.buf).await {
+            Ok(0) if conn.buf.is_empty() => {
+                return Err(Lost::Sent("connection closed before a response".to_owned()))
+            }
+            Ok(0) => return Err(Lost::Sent("response head cut short".to_owned())),
+            Ok(_) => {}
+            Err(e) => return Err(Lost::Sent(e.to_string())),
         }
     }
 }

@@ -73,7 +73,10 @@ pub(crate) struct RequestHead<'h, 'b> {
     pub body: Framing,
     /// The client asked to close after this exchange.
     pub close: bool,
+    buf: &'b [u8],
     headers: &'h [Header<'b>],
+    /// Header lines not forwarded, by index.
+    skip: u128,
     seen: Seen,
 }
 
@@ -139,13 +142,65 @@ fn connection_tokens(value: &[u8]) -> (bool, bool, bool) {
     (close, keep_alive, listed)
 }
 
-/// Whether `name` is listed by one of the `Connection` headers in `headers`.
-fn listed_by_connection(headers: &[Header<'_>], name: &str) -> bool {
+/// The header lines (by index) that a `Connection` header names.
+fn listed_mask(headers: &[Header<'_>]) -> u128 {
+    let listed = |name: &str| {
+        headers
+            .iter()
+            .filter(|h| classify(h.name) == Name::Connection)
+            .flat_map(|h| tokens(h.value))
+            .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    };
     headers
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| tokens(h.value))
-        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+        .enumerate()
+        .filter(|(_, h)| listed(h.name))
+        .fold(0, |mask, (i, _)| mask | 1 << i)
+}
+
+/// Where `part` (a slice of `buf`) starts in `buf`, if it lies inside it.
+fn offset_in(buf: &[u8], part: &[u8]) -> Option<usize> {
+    let off = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    (off + part.len() <= buf.len()).then_some(off)
+}
+
+/// Appends the header lines of `headers` (parsed from `buf`) whose index is
+/// not set in `skip`, each ended by CRLF. Runs of adjacent lines that were
+/// received with CRLF endings are copied from `buf` in one piece; any other
+/// line is written out name by value.
+fn copy_lines(buf: &[u8], headers: &[Header<'_>], skip: u128, out: &mut Vec<u8>) {
+    // The received bytes not yet copied: [start, end).
+    let mut run: Option<(usize, usize)> = None;
+    for (i, h) in headers.iter().enumerate() {
+        if skip & (1 << i) != 0 {
+            continue;
+        }
+        let span = offset_in(buf, h.name.as_bytes())
+            .zip(offset_in(buf, h.value))
+            .filter(|_| !h.value.is_empty())
+            .map(|(start, value)| (start, value + h.value.len()));
+        match (run, span) {
+            (Some((start, end)), Some((s, e))) if s == end + 2 && &buf[end..s] == b"\r\n" => {
+                run = Some((start, e));
+            }
+            (_, Some(span)) => {
+                flush(buf, run.take(), out);
+                run = Some(span);
+            }
+            (_, None) => {
+                flush(buf, run.take(), out);
+                line(out, h.name.as_bytes(), h.value);
+            }
+        }
+    }
+    flush(buf, run, out);
+}
+
+fn flush(buf: &[u8], run: Option<(usize, usize)>, out: &mut Vec<u8>) {
+    if let Some((start, end)) = run {
+        out.extend_from_slice(&buf[start..end]);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 fn content_length(value: &[u8], prev: Option<u64>) -> Result<u64, &'static str> {
@@ -209,8 +264,16 @@ pub(crate) fn parse_request<'h, 'b>(
     let mut chunked = false;
     let mut close = false;
     let mut seen = Seen::default();
-    for h in headers {
-        match classify(h.name) {
+    let mut skip = 0u128;
+    for (i, h) in headers.iter().enumerate() {
+        let name = classify(h.name);
+        if matches!(
+            name,
+            Name::Connection | Name::Hop | Name::Upgrade | Name::Expect | Name::Xff
+        ) {
+            skip |= 1 << i;
+        }
+        match name {
             Name::Other | Name::Hop => {}
             Name::Host => {
                 if host.is_some() {
@@ -247,6 +310,9 @@ pub(crate) fn parse_request<'h, 'b>(
     let Some(host) = host else {
         return Err(HeadError::Invalid("missing Host header"));
     };
+    if seen.listed {
+        skip |= listed_mask(headers);
+    }
     let body = match (chunked, length) {
         (true, Some(_)) => return Err(HeadError::Fallback("both Content-Length and chunked")),
         (true, None) => Framing::Chunked,
@@ -260,7 +326,9 @@ pub(crate) fn parse_request<'h, 'b>(
         len,
         body,
         close,
+        buf,
         headers,
+        skip,
         seen,
     }))
 }
@@ -295,15 +363,7 @@ impl RequestHead<'_, '_> {
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for h in self.headers {
-            let name = classify(h.name);
-            match name {
-                Name::Connection | Name::Hop | Name::Upgrade | Name::Expect | Name::Xff => continue,
-                _ if self.seen.listed && listed_by_connection(self.headers, h.name) => continue,
-                _ => {}
-            }
-            line(out, h.name.as_bytes(), h.value);
-        }
+        copy_lines(self.buf, self.headers, self.skip, out);
         out.extend_from_slice(b"x-forwarded-for: ");
         if self.seen.xff {
             for h in self
@@ -346,8 +406,10 @@ pub(crate) struct ResponseHead<'h, 'b> {
     pub body: Framing,
     /// The connection may carry another request after this response.
     pub reusable: bool,
+    buf: &'b [u8],
     headers: &'h [Header<'b>],
-    listed: bool,
+    /// Header lines not relayed, by index.
+    skip: u128,
 }
 
 /// Parses a response head at the start of `buf`, for a request whose
@@ -374,23 +436,31 @@ pub(crate) fn parse_response<'h, 'b>(
     let mut chunked = false;
     let mut coded = false;
     let (mut close, mut keep_alive, mut listed) = (false, false, false);
-    for h in headers {
+    let (mut skip, mut lengths, mut codings) = (0u128, 0u128, 0u128);
+    for (i, h) in headers.iter().enumerate() {
         match classify(h.name) {
             Name::ContentLength => {
                 length = Some(content_length(h.value, length).map_err(HeadError::Invalid)?);
+                lengths |= 1 << i;
             }
             Name::TransferEncoding => {
                 coded = true;
                 chunked = ends_chunked(h.value);
+                codings |= 1 << i;
             }
             Name::Connection => {
                 let (c, k, l) = connection_tokens(h.value);
                 close |= c;
                 keep_alive |= k;
                 listed |= l;
+                skip |= 1 << i;
             }
+            Name::Hop | Name::Upgrade => skip |= 1 << i,
             _ => {}
         }
+    }
+    if listed {
+        skip |= listed_mask(headers);
     }
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Empty
@@ -407,6 +477,15 @@ pub(crate) fn parse_response<'h, 'b>(
             None => Framing::UntilClose,
         }
     };
+    // A chunked body passes through as it is, with its coding header and
+    // without a length; a body read until close keeps its coding header
+    // (the client reads it the same way); a bodiless answer keeps its
+    // Content-Length (HEAD, 304) but not a coding.
+    skip |= match body {
+        Framing::Chunked => lengths,
+        Framing::UntilClose => 0,
+        Framing::Empty | Framing::Length(_) => codings,
+    };
     let persistent = if version == 1 {
         !close
     } else {
@@ -418,8 +497,9 @@ pub(crate) fn parse_response<'h, 'b>(
         len,
         body,
         reusable: persistent && body != Framing::UntilClose,
+        buf,
         headers,
-        listed,
+        skip,
     }))
 }
 
@@ -436,22 +516,7 @@ impl ResponseHead<'_, '_> {
         out.push(b' ');
         out.extend_from_slice(self.reason.as_bytes());
         out.extend_from_slice(b"\r\n");
-        for h in self.headers {
-            match classify(h.name) {
-                Name::Connection | Name::Hop | Name::Upgrade => continue,
-                // Kept for a chunked body, which passes through as it is.
-                Name::TransferEncoding if self.body != Framing::Chunked => {
-                    if self.body == Framing::UntilClose {
-                        line(out, h.name.as_bytes(), h.value);
-                    }
-                    continue;
-                }
-                Name::ContentLength if self.body == Framing::Chunked => continue,
-                _ if self.listed && listed_by_connection(self.headers, h.name) => continue,
-                _ => {}
-            }
-            line(out, h.name.as_bytes(), h.value);
-        }
+        copy_lines(self.buf, self.headers, self.skip, out);
     }
 }
 
@@ -487,6 +552,17 @@ mod tests {
             upstream_head(raw, "/p"),
             "POST /p HTTP/1.1\r\nhost: a\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: b\r\n\
              transfer-encoding: chunked\r\nx-forwarded-for: 10.0.0.9\r\nvia: 1.1 wayfinder\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn forwarded_lines_always_end_in_crlf() {
+        let raw = "GET / HTTP/1.1\nHost: h\nA: b  \r\nB: c\r\nC:d\r\nTE: x\r\nE: f\n\n";
+        assert_eq!(
+            upstream_head(raw, "/"),
+            "GET / HTTP/1.1\r\nHost: h\r\nA: b\r\nB: c\r\nC:d\r\nE: f\r\n\
+             x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: h\r\nvia: 1.1 wayfinder\r\n\r\n"
         );
     }
 
