@@ -286,6 +286,11 @@ impl Conn<'_> {
             if let Some(end) = end {
                 return Ok(Some(end));
             }
+            // Each wait for more of the body gets the full timeout (like
+            // nginx's client_body_timeout); the head's deadline has passed.
+            self.head_timer
+                .as_mut()
+                .reset(Instant::now() + self.header_timeout);
             let outcome = tokio::select! {
                 biased;
                 r = read_more(&mut self.stream, &mut self.buf) => r,
