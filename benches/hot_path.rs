@@ -21,7 +21,7 @@ use wayfinder::balance::{self, Tried};
 use wayfinder::clock;
 use wayfinder::config::Config;
 use wayfinder::proxy::headers::{request_headers, Forwarding};
-use wayfinder::registry::{InstanceSpec, Registry};
+use wayfinder::registry::{InstanceSpec, Registry, Removals};
 
 fn parse(text: &str) -> Config {
     Config::parse(text, Path::new("bench.toml")).expect("bench config is valid")
@@ -233,7 +233,7 @@ fn instance_set(churn: bool) -> Vec<InstanceSpec> {
 }
 
 /// The refresher's work for a source update in a large registry:
-/// `update_source` with a full set of 10,000 instances (1,000 services),
+/// an explicit `report` of a full set of 10,000 instances (1,000 services),
 /// then `rebuild`: merge and sort the sources, compare with the published
 /// shape, materialize the new snapshot (reusing live state by identity,
 /// 100 instances new each time) and swap it in, dropping the old one.
@@ -258,7 +258,9 @@ fn rebuild(c: &mut Criterion) {
                 set
             },
             |set| {
-                reg.update_source("bench", set);
+                // Explicit: the self-preservation guard would hold back
+                // repeated removals within its burst window.
+                reg.report("bench", set, Removals::Explicit);
                 assert!(reg.rebuild(), "every rebuild must publish a change");
             },
             BatchSize::PerIteration,
@@ -267,5 +269,34 @@ fn rebuild(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, router, header_rewrite, rebuild);
+/// The refresher's work when one instance registers or leaves a large
+/// registry (10,000 instances, 1,000 services): an explicit `report` of a second
+/// source with one instance (or none), then `rebuild` and swap. Unchanged
+/// services keep their entries, so this is the cost of one service's change
+/// plus the merge, compare and swap of the whole snapshot.
+fn rebuild_one(c: &mut Criterion) {
+    let reg = Registry::new(&parse("[admin]\nlisten = \"off\"\n"));
+    reg.update_source("bench", instance_set(false));
+    assert!(reg.rebuild());
+    let one = InstanceSpec::new(Arc::from("joiner"), "127.0.0.1:9".parse().unwrap());
+    let mut present = false;
+    let mut group = c.benchmark_group("registry");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("rebuild_10k_instances_one_changes", |b| {
+        b.iter(|| {
+            present = !present;
+            let set = if present {
+                vec![one.clone()]
+            } else {
+                Vec::new()
+            };
+            reg.report("api", set, Removals::Explicit);
+            assert!(reg.rebuild(), "every rebuild must publish a change");
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pick, router, header_rewrite, rebuild, rebuild_one);
 criterion_main!(benches);

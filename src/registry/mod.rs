@@ -14,7 +14,7 @@ pub mod registrations;
 mod snapshot;
 mod source;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -415,7 +415,8 @@ impl Registry {
             return false;
         }
         st.version += 1;
-        let snapshot = st.materialize(&shape);
+        let current = self.current.load_full();
+        let snapshot = st.materialize(&shape, &current);
         let (services, instances) = (snapshot.service_count(), snapshot.instance_count());
         self.current.store(Arc::new(snapshot));
         tracing::debug!(
@@ -505,12 +506,36 @@ impl BuildState {
     }
 
     /// Builds the snapshot for `shape`, attaching live state by identity.
-    fn materialize(&mut self, shape: &Shape) -> Snapshot {
+    /// Services whose inputs are unchanged since `current` (built from the
+    /// published shape) keep their entry as it is, so the cost of a rebuild
+    /// follows what changed, not the registry's size.
+    fn materialize(&mut self, shape: &Shape, current: &Snapshot) -> Snapshot {
         let now = clock::now_ms();
         let first_build = self.version == 1;
         let mut services = HashMap::with_capacity(shape.services.len());
-        let mut live = HashMap::with_capacity(self.live.len());
+        // Instances of changed or removed services: they drain unless they
+        // are placed again below.
+        let mut left: Vec<InstanceKey> = Vec::new();
+        let mut placed: HashSet<InstanceKey> = HashSet::new();
+        for (name, entry) in current.services_by_name() {
+            if !shape.services.contains_key(name) {
+                left.extend(entry.members().iter().map(|m| m.instance.key().clone()));
+            }
+        }
         for (name, (balance, policy, specs)) in &shape.services {
+            let unchanged = self
+                .published
+                .as_ref()
+                .and_then(|old| old.services.get(name))
+                .is_some_and(|old| old.0 == *balance && old.1 == *policy && old.2 == *specs);
+            let old_entry = current.service(name);
+            if let (true, Some(entry)) = (unchanged, old_entry) {
+                services.insert(name.clone(), entry.clone());
+                continue;
+            }
+            if let Some(entry) = old_entry {
+                left.extend(entry.members().iter().map(|m| m.instance.key().clone()));
+            }
             let members: Box<[Member]> = specs
                 .iter()
                 .map(|Placed { spec, source }| {
@@ -543,7 +568,8 @@ impl BuildState {
                             state
                         }
                     };
-                    live.insert(key, Arc::downgrade(&state));
+                    self.live.insert(key.clone(), Arc::downgrade(&state));
+                    placed.insert(key);
                     state.set_admin_drain(spec.draining);
                     Member {
                         instance: state,
@@ -554,11 +580,6 @@ impl BuildState {
                     }
                 })
                 .collect();
-            let unchanged = self
-                .published
-                .as_ref()
-                .and_then(|old| old.services.get(name))
-                .is_some_and(|old| old.0 == *balance && old.1 == *policy && old.2 == *specs);
             let index = match self.service_index.get(name) {
                 Some(&i) if unchanged => i,
                 _ => self.version,
@@ -584,14 +605,14 @@ impl BuildState {
         }
         // Instances gone from every source drain: no snapshot lists them,
         // their idle connections close, requests in flight finish.
-        for (key, weak) in &self.live {
-            if !live.contains_key(key) {
-                if let Some(state) = weak.upgrade() {
-                    state.start_draining();
-                }
+        for key in left {
+            if placed.contains(&key) {
+                continue;
+            }
+            if let Some(state) = self.live.remove(&key).and_then(|w| w.upgrade()) {
+                state.start_draining();
             }
         }
-        self.live = live;
         self.service_live
             .retain(|name, _| services.contains_key(name));
         Snapshot::new(self.version, self.router.clone(), services)

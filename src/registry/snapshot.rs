@@ -67,6 +67,11 @@ impl Snapshot {
         self.services.values()
     }
 
+    /// Every service with its name, in no particular order.
+    pub(crate) fn services_by_name(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<ServiceEntry>)> {
+        self.services.iter()
+    }
+
     /// Number of services.
     pub fn service_count(&self) -> usize {
         self.services.len()
