@@ -411,12 +411,12 @@ impl Registry {
     pub fn rebuild(&self) -> bool {
         let mut st = self.lock();
         let shape = st.shape();
-        if st.published.as_ref() == Some(&shape) {
+        let Some(changed) = st.changes(&shape) else {
             return false;
-        }
+        };
         st.version += 1;
         let current = self.current.load_full();
-        let snapshot = st.materialize(&shape, &current);
+        let snapshot = st.materialize(&shape, &changed, &current);
         let (services, instances) = (snapshot.service_count(), snapshot.instance_count());
         self.current.store(Arc::new(snapshot));
         tracing::debug!(
@@ -439,12 +439,13 @@ impl Registry {
         drop(self);
         loop {
             changed.notified().await;
-            match weak.upgrade() {
-                Some(me) => {
-                    me.rebuild();
-                }
-                None => return,
-            }
+            let Some(me) = weak.upgrade() else {
+                return;
+            };
+            // Off the proxy's worker threads: a rebuild of a large
+            // registry takes a millisecond or more, which must not stall
+            // the requests of the worker it would otherwise run on.
+            let _ = tokio::task::spawn_blocking(move || me.rebuild()).await;
         }
     }
 
@@ -479,19 +480,34 @@ impl BuildState {
             .iter()
             .map(|(name, (balance, policy))| (name.clone(), (*balance, policy.clone(), Vec::new())))
             .collect();
+        // Sets usually list a service's instances together: gather each
+        // run of one service, and look the service up once per run.
+        let mut run: Vec<Placed> = Vec::new();
+        let mut flush = |run: &mut Vec<Placed>| {
+            if let Some(first) = run.first() {
+                let (_, _, members) =
+                    services
+                        .entry(first.spec.service.clone())
+                        .or_insert_with(|| {
+                            (Balance::default(), self.default_policy.clone(), Vec::new())
+                        });
+                members.append(run);
+            }
+        };
         for SourceEntry {
             name: source, set, ..
         } in &self.sources
         {
             for spec in set {
-                let (_, _, members) = services.entry(spec.service.clone()).or_insert_with(|| {
-                    (Balance::default(), self.default_policy.clone(), Vec::new())
-                });
-                members.push(Placed {
+                if run.first().is_some_and(|f| f.spec.service != spec.service) {
+                    flush(&mut run);
+                }
+                run.push(Placed {
                     spec: spec.clone(),
                     source: source.clone(),
                 });
             }
+            flush(&mut run);
         }
         for (_, _, members) in services.values_mut() {
             // Stable sort keeps source order among equal addresses, so the
@@ -505,11 +521,37 @@ impl BuildState {
         }
     }
 
+    /// What differs between `shape` and the published one: `None` when
+    /// nothing does, else the services whose entries must be rebuilt (new
+    /// ones included; removed ones and a new router change the snapshot
+    /// without naming a service).
+    fn changes(&self, shape: &Shape) -> Option<HashSet<Arc<str>>> {
+        let Some(old) = &self.published else {
+            return Some(shape.services.keys().cloned().collect());
+        };
+        let changed: HashSet<Arc<str>> = shape
+            .services
+            .iter()
+            .filter(|(name, new)| old.services.get(*name) != Some(new))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let removed = old
+            .services
+            .keys()
+            .any(|name| !shape.services.contains_key(name));
+        (!changed.is_empty() || removed || old.router != shape.router).then_some(changed)
+    }
+
     /// Builds the snapshot for `shape`, attaching live state by identity.
-    /// Services whose inputs are unchanged since `current` (built from the
-    /// published shape) keep their entry as it is, so the cost of a rebuild
-    /// follows what changed, not the registry's size.
-    fn materialize(&mut self, shape: &Shape, current: &Snapshot) -> Snapshot {
+    /// Services not in `changed` keep their entry in `current` (built from
+    /// the published shape) as it is, so the cost of a rebuild follows what
+    /// changed, not the registry's size.
+    fn materialize(
+        &mut self,
+        shape: &Shape,
+        changed: &HashSet<Arc<str>>,
+        current: &Snapshot,
+    ) -> Snapshot {
         let now = clock::now_ms();
         let first_build = self.version == 1;
         let mut services = HashMap::with_capacity(shape.services.len());
@@ -523,11 +565,7 @@ impl BuildState {
             }
         }
         for (name, (balance, policy, specs)) in &shape.services {
-            let unchanged = self
-                .published
-                .as_ref()
-                .and_then(|old| old.services.get(name))
-                .is_some_and(|old| old.0 == *balance && old.1 == *policy && old.2 == *specs);
+            let unchanged = !changed.contains(name);
             let old_entry = current.service(name);
             if let (true, Some(entry)) = (unchanged, old_entry) {
                 services.insert(name.clone(), entry.clone());
