@@ -69,10 +69,37 @@ impl Pooled for RawConn {
     }
 }
 
-/// Idle connections to one instance, oldest first.
+/// Idle connections to one instance, oldest first. The queues are
+/// allocated on first use, so instances that are never contacted (most of a
+/// large registry on any one proxy) cost no pool memory.
 pub(crate) struct IdlePool {
-    queue: Option<ArrayQueue<Idle<Sender>>>,
-    raw: Option<ArrayQueue<Idle<RawConn>>>,
+    queue: LazyQueue<Idle<Sender>>,
+    raw: LazyQueue<Idle<RawConn>>,
+}
+
+/// A bounded queue allocated when first written to.
+struct LazyQueue<T> {
+    capacity: usize,
+    queue: std::sync::OnceLock<ArrayQueue<T>>,
+}
+
+impl<T> LazyQueue<T> {
+    fn new(capacity: usize) -> Self {
+        LazyQueue {
+            capacity,
+            queue: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The queue, if it has been allocated.
+    fn get(&self) -> Option<&ArrayQueue<T>> {
+        self.queue.get()
+    }
+
+    /// The queue, allocated now if needed; `None` when pooling is off.
+    fn get_or_init(&self) -> Option<&ArrayQueue<T>> {
+        (self.capacity > 0).then(|| self.queue.get_or_init(|| ArrayQueue::new(self.capacity)))
+    }
 }
 
 struct Idle<C> {
@@ -80,11 +107,11 @@ struct Idle<C> {
     since_ms: u64,
 }
 
-fn put<C: Pooled>(q: &Option<ArrayQueue<Idle<C>>>, conn: C) {
+fn put<C: Pooled>(q: &LazyQueue<Idle<C>>, conn: C) {
     if conn.is_closed() {
         return;
     }
-    if let Some(q) = q {
+    if let Some(q) = q.get_or_init() {
         let _ = q.push(Idle {
             conn,
             since_ms: clock::now_ms(),
@@ -92,8 +119,8 @@ fn put<C: Pooled>(q: &Option<ArrayQueue<Idle<C>>>, conn: C) {
     }
 }
 
-fn reap<C: Pooled>(q: &Option<ArrayQueue<Idle<C>>>, oldest_ok: u64) {
-    let Some(q) = q else { return };
+fn reap<C: Pooled>(q: &LazyQueue<Idle<C>>, oldest_ok: u64) {
+    let Some(q) = q.get() else { return };
     for _ in 0..q.len() {
         match q.pop() {
             Some(idle) if !idle.conn.is_closed() && idle.since_ms >= oldest_ok => {
@@ -105,8 +132,8 @@ fn reap<C: Pooled>(q: &Option<ArrayQueue<Idle<C>>>, oldest_ok: u64) {
     }
 }
 
-fn clear<C>(q: &Option<ArrayQueue<Idle<C>>>) {
-    if let Some(q) = q {
+fn clear<C>(q: &LazyQueue<Idle<C>>) {
+    if let Some(q) = q.get() {
         while q.pop().is_some() {}
     }
 }
@@ -123,15 +150,14 @@ impl IdlePool {
     /// A pool keeping at most `max_idle` connections (0 disables pooling).
     pub(crate) fn new(max_idle: usize) -> Self {
         IdlePool {
-            queue: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
-            raw: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
+            queue: LazyQueue::new(max_idle),
+            raw: LazyQueue::new(max_idle),
         }
     }
 
     /// Number of idle connections held.
     pub(crate) fn len(&self) -> usize {
-        self.queue.as_ref().map_or(0, ArrayQueue::len)
-            + self.raw.as_ref().map_or(0, ArrayQueue::len)
+        self.queue.get().map_or(0, ArrayQueue::len) + self.raw.get().map_or(0, ArrayQueue::len)
     }
 
     /// Keeps `sender` for reuse; closes it when the pool is full.
@@ -148,7 +174,7 @@ impl IdlePool {
     /// An idle fast-path connection that is still open and younger than
     /// `max_idle_time`, if there is one.
     pub(crate) fn take_raw(&self, max_idle_time: Duration) -> Option<RawConn> {
-        let q = self.raw.as_ref()?;
+        let q = self.raw.get()?;
         let oldest_ok = clock::now_ms().saturating_sub(max_idle_time.as_millis() as u64);
         while let Some(idle) = q.pop() {
             if idle.since_ms >= oldest_ok && !idle.conn.is_closed() {
@@ -161,7 +187,7 @@ impl IdlePool {
     /// An idle connection that is still open, younger than `max_idle_time`
     /// and ready for a request, if there is one.
     pub(crate) async fn take(&self, max_idle_time: Duration) -> Option<Sender> {
-        let q = self.queue.as_ref()?;
+        let q = self.queue.get()?;
         let oldest_ok = clock::now_ms().saturating_sub(max_idle_time.as_millis() as u64);
         while let Some(Idle {
             conn: mut sender,
