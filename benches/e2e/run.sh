@@ -9,6 +9,16 @@
 # times; each slot is one throughput run at 64 connections and one latency
 # run at 8. The table shows medians over the N rounds.
 #
+# Besides direct, nginx, HAProxy and wayfinder round-robin / least-
+# connections, three wayfinder rows answer the scaling and swap targets:
+#   wf-2w    round-robin with 2 worker threads on both cores (sharing the
+#            wrk core: a floor for 2-core scaling, not a clean figure)
+#   wf-10k   round-robin with 10,000 instances across 1,000 services in the
+#            registry (the bench service plus 999 never-contacted ones)
+#   wf-swap  the same, while a registration is added or removed every
+#            100 ms through the admin API (each one a snapshot rebuild and
+#            swap); SWAPS in the summary counts them
+#
 # Settings (environment):
 #   N=3            rounds
 #   DURATION=5s    length of each wrk run (seconds, optional "s")
@@ -320,6 +330,68 @@ instances = [${list%, }]
 EOF
 }
 
+# write_wayfinder_10k NAME PORT ADMIN_PORT BACKENDS...: the bench service
+# plus 999 services of 10 instances each on 127.1.x.y addresses that are
+# never contacted (no route leads there, no health checks), and an admin
+# listener for registrations.
+write_wayfinder_10k() {
+    local name=$1 port=$2 admin=$3 list=""
+    shift 3
+    for b in "$@"; do list+="\"127.0.0.1:$b\", "; done
+    {
+        cat <<EOF
+listen = ["127.0.0.1:$port"]
+
+[admin]
+listen = "127.0.0.1:$admin"
+
+[[routes]]
+path = "/"
+service = "bench"
+
+[services.bench]
+balance = "round_robin"
+instances = [${list%, }]
+EOF
+        awk 'BEGIN {
+            for (s = 0; s < 999; s++) {
+                printf "\n[services.s%d]\ninstances = [", s
+                for (i = 0; i < 10; i++)
+                    printf "\"127.1.%d.%d:%d\"%s", int(s / 250), s % 250 + 1, 10000 + i, (i < 9 ? ", " : "")
+                printf "]\n"
+            }
+        }'
+    } >"$TMP/$name.toml"
+}
+
+# Registration churn against the admin API on port $1: one PUT or DELETE of
+# service "churn" every 100 ms (each a rebuild and swap of the snapshot),
+# until killed. Bash builtins only (/dev/tcp, read -t on a FIFO as the
+# sleep), so the loop adds next to no load to the wrk core it shares.
+# Counts successful changes in $TMP/swaps.
+churn() {
+    local admin=$1 n=0 status body='{"address":"127.0.0.1:9","ttl":"60s"}'
+    local path=/v1/registry/churn/c1
+    [[ -p $TMP/churn-tick ]] || mkfifo "$TMP/churn-tick"
+    exec 4<>"$TMP/churn-tick"
+    while :; do
+        if exec 3<>"/dev/tcp/127.0.0.1/$admin"; then
+            if ((n % 2 == 0)); then
+                printf 'PUT %s HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
+                    "$path" "${#body}" "$body" >&3
+            else
+                printf 'DELETE %s HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' "$path" >&3
+            fi
+            status=""
+            read -r -t 5 _ status _ <&3 || true
+            exec 3<&-
+            [[ $status == 2* ]] && echo >>"$TMP/swaps"
+        fi
+        n=$((n + 1))
+        read -r -t 0.1 -u 4 _ || true
+    done
+}
+
 # === load ===
 
 WRK_LUA='done = function(s, lat, req)
@@ -336,13 +408,21 @@ end'
 run_wrk() {
     local cfg=$1 conns=$2 dur=$3 port=$4 pid=$5 record=$6 t0 t1 line
     local reqs dur_us sock http p50 p99 pc0 pc1 wc0 wc1 own=1
-    local out
+    local out churn_pid=""
     out="$TMP/wrk-$cfg-$conns-$(date +%s%N).txt"
+    if [[ $cfg == wf-swap ]]; then
+        taskset -c "$WRK_CPU" bash -c "$(declare -f churn); TMP=$TMP; churn $P_WF_ADMIN" &
+        churn_pid=$!
+    fi
     t0=$(cpu_ticks "$pid")
     pc0=$(core_ticks "$PROXY_CPU") wc0=$(core_ticks "$WRK_CPU")
     timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" \
         wrk -t1 -c"$conns" -d"${dur}s" --latency -s "$TMP/result.lua" \
         "http://127.0.0.1:$port/" >"$out" 2>&1 || die "wrk failed against $cfg (see $out)"
+    if [[ -n $churn_pid ]]; then
+        kill "$churn_pid" 2>/dev/null || true
+        wait "$churn_pid" 2>/dev/null || true
+    fi
     t1=$(cpu_ticks "$pid")
     pc1=$(core_ticks "$PROXY_CPU") wc1=$(core_ticks "$WRK_CPU")
     line=$(grep '^WRKRESULT' "$out") || die "no wrk result for $cfg: $(cat "$out")"
@@ -408,9 +488,10 @@ TMP=$(mktemp -d /tmp/wayfinder-e2e.XXXXXX)
 chmod 755 "$TMP" # nginx workers drop to an unprivileged user
 printf '%s\n' "$WRK_LUA" >"$TMP/result.lua"
 
-pick_ports 7
+pick_ports 11
 B=("${PORTS[@]:0:3}")
 P_NGINX=${PORTS[3]} P_HAPROXY=${PORTS[4]} P_WF_RR=${PORTS[5]} P_WF_LC=${PORTS[6]}
+P_WF_2W=${PORTS[7]} P_WF_10K=${PORTS[8]} P_WF_SWAP=${PORTS[9]} P_WF_ADMIN=${PORTS[10]}
 log "backends on ${B[*]}; nginx $P_NGINX, haproxy $P_HAPROXY, wayfinder rr $P_WF_RR, lc $P_WF_LC"
 
 declare -A PID PORT
@@ -432,21 +513,28 @@ PID[haproxy]=$STARTED PORT[haproxy]=$P_HAPROXY
 
 write_wayfinder wf-rr round_robin "$P_WF_RR" "${B[@]}"
 write_wayfinder wf-lc least_connections "$P_WF_LC" "${B[@]}"
-for name in wf-rr wf-lc; do
+write_wayfinder wf-2w round_robin "$P_WF_2W" "${B[@]}"
+write_wayfinder_10k wf-10k "$P_WF_10K" 0 "${B[@]}"
+write_wayfinder_10k wf-swap "$P_WF_SWAP" "$P_WF_ADMIN" "${B[@]}"
+for name in wf-rr wf-lc wf-10k wf-swap; do
     start "$name" "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 \
         "$WAYFINDER_BIN" --log-level warn run --config "$TMP/$name.toml"
     PID[$name]=$STARTED
 done
-PORT[wf-rr]=$P_WF_RR PORT[wf-lc]=$P_WF_LC
+start wf-2w "$PROXY_CPU,$WRK_CPU" env TOKIO_WORKER_THREADS=2 \
+    "$WAYFINDER_BIN" --log-level warn run --config "$TMP/wf-2w.toml"
+PID[wf-2w]=$STARTED
+PORT[wf-rr]=$P_WF_RR PORT[wf-lc]=$P_WF_LC PORT[wf-2w]=$P_WF_2W
+PORT[wf-10k]=$P_WF_10K PORT[wf-swap]=$P_WF_SWAP
 
-CONFIGS=(direct nginx haproxy wf-rr wf-lc)
+CONFIGS=(direct nginx haproxy wf-rr wf-lc wf-2w wf-10k wf-swap)
 for cfg in "${CONFIGS[@]}"; do
     wait_ready "$cfg" "${PORT[$cfg]}" "${PID[$cfg]}"
 done
 
 # Tokio names its workers "tokio-rt-worker" (older releases:
 # "tokio-runtime-worker", cut to 15 characters in comm).
-for name in wf-rr wf-lc; do
+for name in wf-rr wf-lc wf-10k wf-swap; do
     workers=$(cat /proc/"${PID[$name]}"/task/*/comm 2>/dev/null |
         grep -cE '^tokio-(rt-worker|runtime-w)' || true)
     if [[ $workers != 1 ]]; then
@@ -464,6 +552,7 @@ for cfg in "${CONFIGS[@]}"; do
 done
 
 : >"$TMP/results"
+: >"$TMP/swaps"
 for round in $(seq "$N"); do
     log "round $round/$N (${DUR_S}s per run)"
     for cfg in "${CONFIGS[@]}"; do
@@ -517,3 +606,16 @@ session (nginx: master + worker). errs s/h are totals over all recorded runs: so
 errors / responses that were not 2xx or 3xx. Ratios divide req/s and cpuus/rq by nginx's,
 HAProxy's and direct's medians.
 EOF
+swaps=$(wc -l <"$TMP/swaps")
+swap_s=$((N * 2 * DUR_S))
+echo
+echo "Targets (ratios from the table above):"
+echo "  req/s vs the better peer:      $(ratio "${RPS[wf-rr]}" "$(awk -v a="${RPS[nginx]}" -v b="${RPS[haproxy]}" 'BEGIN { print (a > b ? a : b) }')") (target >= 1.15)"
+echo "  CPU/request vs the better peer: $(ratio "${CPU[wf-rr]}" "$(awk -v a="${CPU[nginx]}" -v b="${CPU[haproxy]}" 'BEGIN { print (a < b ? a : b) }')") (target <= 0.80)"
+echo "  p99@$LAT_CONNS vs no proxy:           $(ratio "$(median wf-rr "$LAT_CONNS" 5)" "$(median direct "$LAT_CONNS" 5)") (target <= 1.10)"
+echo "  p99@$CONNS vs the better peer:   $(ratio "$(median wf-rr "$CONNS" 5)" "$(awk -v a="$(median nginx "$CONNS" 5)" -v b="$(median haproxy "$CONNS" 5)" 'BEGIN { print (a < b ? a : b) }')") (target <= 1.00)"
+echo "  least-conn vs round-robin:     $(ratio "${RPS[wf-lc]}" "${RPS[wf-rr]}") (target >= 0.95)"
+echo "  2 workers vs 1 (req/s):        $(ratio "${RPS[wf-2w]}" "${RPS[wf-rr]}") (2 workers share the wrk core)"
+echo "  10k registry vs 3 (req/s):     $(ratio "${RPS[wf-10k]}" "${RPS[wf-rr]}")"
+echo "  p99@$LAT_CONNS during swaps vs none:  $(ratio "$(median wf-swap "$LAT_CONNS" 5)" "$(median wf-10k "$LAT_CONNS" 5)") (target < 1.10); p99@$CONNS: $(ratio "$(median wf-swap "$CONNS" 5)" "$(median wf-10k "$CONNS" 5)")"
+echo "  swaps during wf-swap runs:    $swaps in ${swap_s}s ($(awk -v n="$swaps" -v t="$swap_s" 'BEGIN { printf "%.0f", (n > 0 ? t * 1000 / n : 0) }') ms apart)"
