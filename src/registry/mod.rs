@@ -14,7 +14,7 @@ pub mod registrations;
 mod snapshot;
 mod source;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -64,7 +64,78 @@ struct BuildState {
     service_live: HashMap<Arc<str>, Arc<ServiceLive>>,
     /// What the published snapshot was built from, to detect "no change".
     published: Option<Shape>,
+    /// Services whose inputs changed since the last rebuild.
+    dirty: Dirty,
     version: u64,
+}
+
+/// What the next rebuild must look at again.
+#[derive(Debug)]
+enum Dirty {
+    /// Everything (first build, config reload).
+    All,
+    /// Only these services; every other one is as published.
+    Services(BTreeSet<Arc<str>>),
+}
+
+/// Above this many changed services a rebuild merges every source again
+/// instead of service by service.
+const INCREMENTAL_LIMIT: usize = 32;
+
+impl Dirty {
+    fn extend(&mut self, names: impl IntoIterator<Item = Arc<str>>) {
+        if let Dirty::Services(set) = self {
+            set.extend(names);
+        }
+    }
+}
+
+/// The services whose instances differ between two versions of one
+/// source's set.
+fn changed_services(old: &[InstanceSpec], new: &[InstanceSpec]) -> Vec<Arc<str>> {
+    if let (Some(old), Some(new)) = (runs(old), runs(new)) {
+        let mut changed: Vec<Arc<str>> = new
+            .iter()
+            .filter(|(name, specs)| old.get(*name) != Some(*specs))
+            .map(|(name, _)| (*name).clone())
+            .collect();
+        changed.extend(
+            old.keys()
+                .filter(|name| !new.contains_key(*name))
+                .map(|name| (*name).clone()),
+        );
+        return changed;
+    }
+    let mut by_service: BTreeMap<&Arc<str>, (Vec<&InstanceSpec>, Vec<&InstanceSpec>)> =
+        BTreeMap::new();
+    for spec in old {
+        by_service.entry(&spec.service).or_default().0.push(spec);
+    }
+    for spec in new {
+        by_service.entry(&spec.service).or_default().1.push(spec);
+    }
+    by_service
+        .into_iter()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// A set that lists each service's instances together, as one slice per
+/// service (one map insertion per service); `None` when some service's
+/// instances are spread out.
+fn runs(set: &[InstanceSpec]) -> Option<BTreeMap<&Arc<str>, &[InstanceSpec]>> {
+    let mut map = BTreeMap::new();
+    let mut start = 0;
+    for i in 1..=set.len() {
+        if i == set.len() || !source::same_str(&set[i].service, &set[start].service) {
+            if map.insert(&set[start].service, &set[start..i]).is_some() {
+                return None;
+            }
+            start = i;
+        }
+    }
+    Some(map)
 }
 
 /// Everything a snapshot's content depends on, in comparable form.
@@ -157,10 +228,16 @@ pub struct SourceStatus {
 }
 
 /// An instance spec together with the source that reported it.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct Placed {
     spec: InstanceSpec,
     source: Arc<str>,
+}
+
+impl PartialEq for Placed {
+    fn eq(&self, other: &Self) -> bool {
+        source::same_str(&self.source, &other.source) && self.spec == other.spec
+    }
 }
 
 impl Registry {
@@ -183,6 +260,7 @@ impl Registry {
             live: HashMap::new(),
             service_live: HashMap::new(),
             published: None,
+            dirty: Dirty::All,
             version: 0,
         };
         let registry = Arc::new(Registry {
@@ -295,6 +373,7 @@ impl Registry {
             }
         }
         instances.extend(held.iter().cloned());
+        let changed = changed_services(&entry.set, &instances);
         entry.set = instances;
         entry.held = held;
         entry.last_ok = Some(SystemTime::now());
@@ -302,6 +381,7 @@ impl Registry {
         if let Some((_, e)) = entry.last_error.take() {
             tracing::info!(source, previous_error = %e, "source reporting again");
         }
+        st.dirty.extend(changed);
         drop(st);
         self.changed.notify_one();
     }
@@ -335,6 +415,7 @@ impl Registry {
                 .iter()
                 .any(|h| h.service == s.service && h.addr == s.addr)
         });
+        st.dirty.extend(held.iter().map(|h| h.service.clone()));
         drop(st);
         self.changed.notify_one();
         tracing::info!(
@@ -402,6 +483,7 @@ impl Registry {
             e.held.clear();
             e.last_ok = Some(SystemTime::now());
         }
+        st.dirty = Dirty::All;
         drop(st);
         self.changed.notify_one();
     }
@@ -410,9 +492,25 @@ impl Registry {
     /// differs from the current snapshot. Returns whether it published.
     pub fn rebuild(&self) -> bool {
         let mut st = self.lock();
-        let shape = st.shape();
-        let Some(changed) = st.changes(&shape) else {
-            return false;
+        let dirty = std::mem::replace(&mut st.dirty, Dirty::Services(BTreeSet::new()));
+        let (shape, changed) = match (dirty, st.published.take()) {
+            (Dirty::Services(names), Some(mut shape)) if names.len() <= INCREMENTAL_LIMIT => {
+                match st.update_shape(&mut shape, names) {
+                    Some(changed) => (shape, changed),
+                    None => {
+                        st.published = Some(shape);
+                        return false;
+                    }
+                }
+            }
+            (_, published) => {
+                st.published = published;
+                let shape = st.shape();
+                let Some(changed) = st.changes(&shape) else {
+                    return false;
+                };
+                (shape, changed)
+            }
         };
         st.version += 1;
         let current = self.current.load_full();
@@ -519,6 +617,60 @@ impl BuildState {
             router: self.router.clone(),
             services,
         }
+    }
+
+    /// One service's entry in the next shape, merged from every source;
+    /// `None` when no source lists it and the config does not name it.
+    fn service_shape(&self, name: &Arc<str>) -> Option<(Balance, Arc<ServicePolicy>, Vec<Placed>)> {
+        let mut members: Vec<Placed> = Vec::new();
+        for SourceEntry {
+            name: source, set, ..
+        } in &self.sources
+        {
+            members.extend(
+                set.iter()
+                    .filter(|spec| source::same_str(&spec.service, name))
+                    .map(|spec| Placed {
+                        spec: spec.clone(),
+                        source: source.clone(),
+                    }),
+            );
+        }
+        members.sort_by_key(|m| m.spec.addr);
+        members.dedup_by_key(|m| m.spec.addr);
+        match self.policies.get(name) {
+            Some((balance, policy)) => Some((*balance, policy.clone(), members)),
+            None if members.is_empty() => None,
+            None => Some((Balance::default(), self.default_policy.clone(), members)),
+        }
+    }
+
+    /// Brings the published `shape` up to date for the services in
+    /// `names` (all others are unchanged). Returns the services whose
+    /// entries changed, or `None` when the snapshot would be the same.
+    fn update_shape(
+        &self,
+        shape: &mut Shape,
+        names: BTreeSet<Arc<str>>,
+    ) -> Option<HashSet<Arc<str>>> {
+        let mut changed = HashSet::new();
+        let mut removed = false;
+        for name in names {
+            match self.service_shape(&name) {
+                Some(entry) => {
+                    if shape.services.get(&name) != Some(&entry) {
+                        shape.services.insert(name.clone(), entry);
+                        changed.insert(name);
+                    }
+                }
+                None => removed |= shape.services.remove(&name).is_some(),
+            }
+        }
+        let router_changed = !Arc::ptr_eq(&shape.router, &self.router);
+        if router_changed {
+            shape.router = self.router.clone();
+        }
+        (!changed.is_empty() || removed || router_changed).then_some(changed)
     }
 
     /// What differs between `shape` and the published one: `None` when

@@ -18,7 +18,7 @@ use crate::config::Config;
 pub const STATIC_SOURCE: &str = "config";
 
 /// One instance as a source reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Eq)]
 pub struct InstanceSpec {
     /// The service it belongs to.
     pub service: Arc<str>,
@@ -32,6 +32,31 @@ pub struct InstanceSpec {
     pub tags: Option<Arc<BTreeMap<String, String>>>,
     /// Asked to drain: kept listed, takes no new requests.
     pub draining: bool,
+}
+
+/// Equal strings, checked by pointer first: specs compared across
+/// rebuilds usually share their `Arc`s, and `Arc<str>`'s own `==` always
+/// compares the bytes.
+#[inline]
+pub(crate) fn same_str(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+impl PartialEq for InstanceSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr
+            && self.weight == other.weight
+            && self.draining == other.draining
+            && same_str(&self.service, &other.service)
+            && match (&self.id, &other.id) {
+                (Some(a), Some(b)) => same_str(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
+            && match (&self.tags, &other.tags) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (a, b) => a.is_none() && b.is_none(),
+            }
+    }
 }
 
 impl InstanceSpec {

@@ -215,3 +215,91 @@ fn failing_source_keeps_its_set() {
     assert_eq!(st.state, "failing");
     assert_eq!(st.last_error.unwrap().1, "timeout");
 }
+
+#[test]
+fn incremental_rebuilds_touch_only_changed_services() {
+    let reg = Registry::new(&config(
+        "[services.a]\ninstances = [\"127.0.0.1:1\"]\n\
+         [services.b]\ninstances = [\"127.0.0.1:2\"]\n\
+         [services.empty]\n",
+    ));
+    let before = reg.load_full();
+    // Joins a configured service from another source, then a new service.
+    reg.report(
+        "api",
+        vec![spec("a", 3), spec("c", 4), spec("c", 5)],
+        Removals::Explicit,
+    );
+    assert!(reg.rebuild());
+    let mid = reg.load_full();
+    let ports = |snap: &Snapshot, s: &str| -> Vec<u16> {
+        snap.service(s)
+            .map(|e| {
+                e.members()
+                    .iter()
+                    .map(|m| m.instance.addr().port())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(ports(&mid, "a"), [1, 3]);
+    assert_eq!(ports(&mid, "c"), [4, 5]);
+    assert!(
+        Arc::ptr_eq(before.service("b").unwrap(), mid.service("b").unwrap()),
+        "an unchanged service keeps its entry"
+    );
+    assert!(mid.service("empty").is_some(), "configured services stay");
+    let a3 = mid.service("a").unwrap().members()[1].instance.clone();
+
+    // Leaves: "c" disappears, "a" shrinks back, and the leaver drains.
+    reg.report("api", vec![], Removals::Explicit);
+    assert!(reg.rebuild());
+    let after = reg.load_full();
+    assert_eq!(ports(&after, "a"), [1]);
+    assert!(after.service("c").is_none());
+    assert!(a3.is_draining());
+    assert!(!after.service("a").unwrap().members()[0]
+        .instance
+        .is_draining());
+    assert!(Arc::ptr_eq(
+        before.service("b").unwrap(),
+        after.service("b").unwrap()
+    ));
+    assert!(!reg.rebuild(), "nothing left to publish");
+
+    // A reload that changes nothing but the file's statics of "b".
+    reg.apply_config(&config(
+        "[services.a]\ninstances = [\"127.0.0.1:1\"]\n\
+         [services.b]\ninstances = [\"127.0.0.1:2\", \"127.0.0.1:6\"]\n\
+         [services.empty]\n",
+    ));
+    assert!(reg.rebuild());
+    assert_eq!(ports(&reg.load(), "b"), [2, 6]);
+    assert_eq!(ports(&reg.load(), "a"), [1]);
+}
+
+#[test]
+fn changed_services_compare_sets_service_by_service() {
+    let set = |v: &[(&str, u16)]| v.iter().map(|(s, p)| spec(s, *p)).collect::<Vec<_>>();
+    let names = |v: Vec<Arc<str>>| {
+        let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    let old = set(&[("a", 1), ("a", 2), ("b", 3)]);
+    assert!(changed_services(&old, &old.clone()).is_empty());
+    assert_eq!(
+        names(changed_services(
+            &old,
+            &set(&[("a", 1), ("a", 2), ("c", 4)])
+        )),
+        ["b", "c"]
+    );
+    // Spread out (not one run per service): still compared per service.
+    let spread = set(&[("a", 1), ("b", 3), ("a", 2)]);
+    assert!(changed_services(&old, &spread).is_empty());
+    assert_eq!(
+        names(changed_services(&spread, &set(&[("a", 1), ("b", 3)]))),
+        ["a"]
+    );
+}
