@@ -14,10 +14,11 @@
 #   wf-2w    round-robin with 2 worker threads on both cores (sharing the
 #            wrk core: a floor for 2-core scaling, not a clean figure)
 #   wf-10k   round-robin with 10,000 instances across 1,000 services in the
-#            registry (the bench service plus 999 never-contacted ones)
+#            registry (the bench service plus 999 never-contacted ones),
+#            while the admin API is read every 100 ms (the control)
 #   wf-swap  the same, while a registration is added or removed every
-#            100 ms through the admin API (each one a snapshot rebuild and
-#            swap); SWAPS in the summary counts them
+#            100 ms through the admin API instead (each one a snapshot
+#            rebuild and swap); the summary counts them
 #
 # Settings (environment):
 #   N=3            rounds
@@ -364,19 +365,23 @@ EOF
     } >"$TMP/$name.toml"
 }
 
-# Registration churn against the admin API on port $1: one PUT or DELETE of
-# service "churn" every 100 ms (each a rebuild and swap of the snapshot),
-# until killed. Bash builtins only (/dev/tcp, read -t on a FIFO as the
-# sleep), so the loop adds next to no load to the wrk core it shares.
-# Counts successful changes in $TMP/swaps.
+# Registration churn against the admin API on port $1, every 100 ms until
+# killed. MODE ($2) "change": a PUT or DELETE of service "churn" (each a
+# rebuild and swap of the snapshot; successes are counted in $TMP/swaps).
+# MODE "read": a GET of the same registration (no change), the control run
+# that puts the same load on the admin API and the wrk core without swaps.
+# Bash builtins only (/dev/tcp, read -t on a FIFO as the sleep), so the loop
+# adds little load to the wrk core it shares.
 churn() {
-    local admin=$1 n=0 status body='{"address":"127.0.0.1:9","ttl":"60s"}'
+    local admin=$1 mode=$2 n=0 status body='{"address":"127.0.0.1:9","ttl":"60s"}'
     local path=/v1/registry/churn/c1
     [[ -p $TMP/churn-tick ]] || mkfifo "$TMP/churn-tick"
     exec 4<>"$TMP/churn-tick"
     while :; do
         if exec 3<>"/dev/tcp/127.0.0.1/$admin"; then
-            if ((n % 2 == 0)); then
+            if [[ $mode == read ]]; then
+                printf 'GET %s HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' "$path" >&3
+            elif ((n % 2 == 0)); then
                 printf 'PUT %s HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
                     "$path" "${#body}" "$body" >&3
             else
@@ -385,7 +390,7 @@ churn() {
             status=""
             read -r -t 5 _ status _ <&3 || true
             exec 3<&-
-            [[ $status == 2* ]] && echo >>"$TMP/swaps"
+            [[ $mode == change && $status == 2* ]] && echo >>"$TMP/swaps"
         fi
         n=$((n + 1))
         read -r -t 0.1 -u 4 _ || true
@@ -410,8 +415,10 @@ run_wrk() {
     local reqs dur_us sock http p50 p99 pc0 pc1 wc0 wc1 own=1
     local out churn_pid=""
     out="$TMP/wrk-$cfg-$conns-$(date +%s%N).txt"
-    if [[ $cfg == wf-swap ]]; then
-        taskset -c "$WRK_CPU" bash -c "$(declare -f churn); TMP=$TMP; churn $P_WF_ADMIN" &
+    if [[ $cfg == wf-swap || $cfg == wf-10k ]]; then
+        local admin=$P_WF_ADMIN mode=change
+        [[ $cfg == wf-10k ]] && admin=$P_WF_ADMIN_10K mode=read
+        taskset -c "$WRK_CPU" bash -c "$(declare -f churn); TMP=$TMP; churn $admin $mode" &
         churn_pid=$!
     fi
     t0=$(cpu_ticks "$pid")
@@ -488,10 +495,11 @@ TMP=$(mktemp -d /tmp/wayfinder-e2e.XXXXXX)
 chmod 755 "$TMP" # nginx workers drop to an unprivileged user
 printf '%s\n' "$WRK_LUA" >"$TMP/result.lua"
 
-pick_ports 11
+pick_ports 12
 B=("${PORTS[@]:0:3}")
 P_NGINX=${PORTS[3]} P_HAPROXY=${PORTS[4]} P_WF_RR=${PORTS[5]} P_WF_LC=${PORTS[6]}
 P_WF_2W=${PORTS[7]} P_WF_10K=${PORTS[8]} P_WF_SWAP=${PORTS[9]} P_WF_ADMIN=${PORTS[10]}
+P_WF_ADMIN_10K=${PORTS[11]}
 log "backends on ${B[*]}; nginx $P_NGINX, haproxy $P_HAPROXY, wayfinder rr $P_WF_RR, lc $P_WF_LC"
 
 declare -A PID PORT
@@ -514,7 +522,7 @@ PID[haproxy]=$STARTED PORT[haproxy]=$P_HAPROXY
 write_wayfinder wf-rr round_robin "$P_WF_RR" "${B[@]}"
 write_wayfinder wf-lc least_connections "$P_WF_LC" "${B[@]}"
 write_wayfinder wf-2w round_robin "$P_WF_2W" "${B[@]}"
-write_wayfinder_10k wf-10k "$P_WF_10K" 0 "${B[@]}"
+write_wayfinder_10k wf-10k "$P_WF_10K" "$P_WF_ADMIN_10K" "${B[@]}"
 write_wayfinder_10k wf-swap "$P_WF_SWAP" "$P_WF_ADMIN" "${B[@]}"
 for name in wf-rr wf-lc wf-10k wf-swap; do
     start "$name" "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 \

@@ -55,6 +55,9 @@ impl Drop for Checker {
 async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::Receiver<u64>) {
     let mut checkers: HashMap<InstanceKey, Checker> = HashMap::new();
     let mut seen = u64::MAX;
+    let mut refresh = tokio::time::interval(PANIC_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = true;
     loop {
         let Some(reg) = registry.upgrade() else {
             return;
@@ -92,14 +95,24 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
             // the checkers stops them.
             checkers = wanted;
         }
-        for service in snap.services() {
-            update_panic(service, now);
+        // A rebuild sets panic mode for the services it rebuilt; the
+        // periodic sweep catches what time changes (ejections ending,
+        // checks passing), so a swap does not walk every instance.
+        if sweep {
+            for service in snap.services() {
+                update_panic(service, now);
+            }
         }
         drop(snap);
-        tokio::select! {
-            changed = versions.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(PANIC_REFRESH) => {}
-        }
+        sweep = tokio::select! {
+            changed = versions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                false
+            }
+            _ = refresh.tick() => true,
+        };
     }
 }
 
