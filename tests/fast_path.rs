@@ -201,6 +201,16 @@ async fn read_to_close(stream: &mut TcpStream, mut buf: Vec<u8>) -> (Vec<u8>, io
 
 /// Every response in `buf`, which holds a whole connection's worth of
 /// bytes (the peer has closed).
+/// Writes `request` (the last on the connection: it asks to close), reads
+/// until the proxy closes cleanly, and parses every response after `buf`.
+async fn send_last(stream: &mut TcpStream, buf: Vec<u8>, request: &[u8]) -> (Vec<u8>, Vec<Resp>) {
+    stream.write_all(request).await.unwrap();
+    let (bytes, closed) = read_to_close(stream, buf).await;
+    closed.unwrap();
+    let responses = all_responses(&bytes);
+    (bytes, responses)
+}
+
 fn all_responses(mut buf: &[u8]) -> Vec<Resp> {
     let mut out = Vec::new();
     while !buf.is_empty() {
@@ -466,13 +476,12 @@ async fn connection_stays_usable_after_an_error_answer() {
             resp.text(),
             "no route for host \"nowhere.example\" and path \"/x\"\n"
         );
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: a.svc\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let (bytes, closed) = read_to_close(&mut stream, buf).await;
-        closed.unwrap();
-        let responses = all_responses(&bytes);
+        let (bytes, responses) = send_last(
+            &mut stream,
+            buf,
+            b"GET / HTTP/1.1\r\nHost: a.svc\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert_eq!(responses.len(), 1, "{:?}", lossy(&bytes));
         assert_eq!(responses[0].status, 200);
         assert_eq!(responses[0].text(), "a");
@@ -502,17 +511,14 @@ async fn small_chunked_request_body_reaches_the_instance() {
 
         // A chunked body with extensions and a trailer, followed in the same
         // write by a second request: the body ends exactly where it should.
-        stream
-            .write_all(
-                b"POST /c HTTP/1.1\r\nHost: up.svc\r\nTransfer-Encoding: chunked\r\n\r\n\
-                  3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nx-sum: 1\r\n\r\n\
-                  POST /d HTTP/1.1\r\nHost: up.svc\r\nContent-Length: 2\r\nConnection: close\r\n\r\nxy",
-            )
-            .await
-            .unwrap();
-        let (bytes, closed) = read_to_close(&mut stream, buf).await;
-        closed.unwrap();
-        let responses = all_responses(&bytes);
+        let (bytes, responses) = send_last(
+            &mut stream,
+            buf,
+            b"POST /c HTTP/1.1\r\nHost: up.svc\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3;ext=1\r\nabc\r\nA\r\n0123456789\r\n0\r\nx-sum: 1\r\n\r\n\
+              POST /d HTTP/1.1\r\nHost: up.svc\r\nContent-Length: 2\r\nConnection: close\r\n\r\nxy",
+        )
+        .await;
         assert_eq!(responses.len(), 2, "{:?}", lossy(&bytes));
         assert_eq!(responses[0].text(), sha_answer(b"abc0123456789"));
         assert_eq!(responses[1].text(), sha_answer(b"xy"));
@@ -656,13 +662,7 @@ async fn chunked_response_with_trailers_passes_through() {
         assert_eq!(lossy(&resp.body), CHUNKED, "chunked bytes with the trailer");
         assert!(buf.is_empty(), "bytes after the body: {:?}", lossy(&buf));
 
-        stream
-            .write_all(b"GET /plain HTTP/1.1\r\nHost: raw.svc\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let (bytes, closed) = read_to_close(&mut stream, buf).await;
-        closed.unwrap();
-        let responses = all_responses(&bytes);
+        let (bytes, responses) = send_last(&mut stream, buf, b"GET /plain HTTP/1.1\r\nHost: raw.svc\r\nConnection: close\r\n\r\n").await;
         assert_eq!(responses.len(), 1, "{:?}", lossy(&bytes));
         assert_eq!(responses[0].status, 200);
         assert_eq!(responses[0].text(), "plain");
@@ -695,14 +695,13 @@ async fn head_response_has_no_body_and_the_connection_goes_on() {
         assert_eq!(resp.values("content-length"), ["5"], "{}", resp.head);
         assert!(!resp.says_close(), "{}", resp.head);
 
-        stream
-            .write_all(b"GET /g HTTP/1.1\r\nHost: raw.svc\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let (bytes, closed) = read_to_close(&mut stream, buf).await;
-        closed.unwrap();
+        let (bytes, responses) = send_last(
+            &mut stream,
+            buf,
+            b"GET /g HTTP/1.1\r\nHost: raw.svc\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         // Nothing after the HEAD answer's head but the GET's response.
-        let responses = all_responses(&bytes);
         assert_eq!(responses.len(), 1, "{:?}", lossy(&bytes));
         assert_eq!(responses[0].status, 200);
         assert_eq!(responses[0].text(), "hello");
@@ -890,18 +889,17 @@ async fn error_answer_to_head_has_no_body() {
             .unwrap();
         let resp = read_response(&mut stream, &mut buf, true).await;
         assert_eq!(resp.status, 502, "{}", resp.head);
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: a.svc\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let (bytes, closed) = read_to_close(&mut stream, buf).await;
-        closed.unwrap();
+        let (bytes, responses) = send_last(
+            &mut stream,
+            buf,
+            b"GET / HTTP/1.1\r\nHost: a.svc\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(
             bytes.starts_with(b"HTTP/1.1 200 "),
             "bytes after the HEAD answer's head: {:?}",
             lossy(&bytes)
         );
-        let responses = all_responses(&bytes);
         assert_eq!(responses.len(), 1, "{:?}", lossy(&bytes));
         assert_eq!(responses[0].text(), "a");
     })
@@ -1062,13 +1060,7 @@ async fn unusually_formatted_heads_are_rewritten_into_valid_ones() {
         assert_eq!(support::echoed(&doc, "x-g"), Vec::<String>::new());
 
         // The response way.
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: raw.svc\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let (bytes, closed) = read_to_close(&mut stream, buf).await;
-        closed.unwrap();
-        let responses = all_responses(&bytes);
+        let (bytes, responses) = send_last(&mut stream, buf, b"GET / HTTP/1.1\r\nHost: raw.svc\r\nConnection: close\r\n\r\n").await;
         assert_eq!(responses.len(), 1, "{:?}", lossy(&bytes));
         let resp = &responses[0];
         let names: Vec<String> = resp

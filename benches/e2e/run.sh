@@ -311,15 +311,16 @@ EOF
     } >"$TMP/haproxy.cfg"
 }
 
-write_wayfinder() { # $1 = name, $2 = balance, $3 = port, rest = backend ports
-    local name=$1 balance=$2 port=$3 list=""
-    shift 3
+write_wayfinder() { # $1 = name, $2 = balance, $3 = port, $4 = admin port or "off", rest = backend ports
+    local name=$1 balance=$2 port=$3 admin=$4 list=""
+    shift 4
     for b in "$@"; do list+="\"127.0.0.1:$b\", "; done
+    [[ $admin == off ]] || admin=127.0.0.1:$admin
     cat >"$TMP/$name.toml" <<EOF
 listen = ["127.0.0.1:$port"]
 
 [admin]
-listen = "off"
+listen = "$admin"
 
 [[routes]]
 path = "/"
@@ -331,38 +332,22 @@ instances = [${list%, }]
 EOF
 }
 
-# write_wayfinder_10k NAME PORT ADMIN_PORT BACKENDS...: the bench service
-# plus 999 services of 10 instances each on 127.1.x.y addresses that are
-# never contacted (no route leads there, no health checks), and an admin
-# listener for registrations.
+# write_wayfinder_10k NAME PORT ADMIN_PORT BACKENDS...: round-robin over the
+# backends as service "bench", plus 999 services of 10 instances each on
+# 127.1.x.y addresses that are never contacted (no route leads there, no
+# health checks), and an admin listener for registrations.
 write_wayfinder_10k() {
-    local name=$1 port=$2 admin=$3 list=""
+    local name=$1 port=$2 admin=$3
     shift 3
-    for b in "$@"; do list+="\"127.0.0.1:$b\", "; done
-    {
-        cat <<EOF
-listen = ["127.0.0.1:$port"]
-
-[admin]
-listen = "127.0.0.1:$admin"
-
-[[routes]]
-path = "/"
-service = "bench"
-
-[services.bench]
-balance = "round_robin"
-instances = [${list%, }]
-EOF
-        awk 'BEGIN {
-            for (s = 0; s < 999; s++) {
-                printf "\n[services.s%d]\ninstances = [", s
-                for (i = 0; i < 10; i++)
-                    printf "\"127.1.%d.%d:%d\"%s", int(s / 250), s % 250 + 1, 10000 + i, (i < 9 ? ", " : "")
-                printf "]\n"
-            }
-        }'
-    } >"$TMP/$name.toml"
+    write_wayfinder "$name" round_robin "$port" "$admin" "$@"
+    awk 'BEGIN {
+        for (s = 0; s < 999; s++) {
+            printf "\n[services.s%d]\ninstances = [", s
+            for (i = 0; i < 10; i++)
+                printf "\"127.1.%d.%d:%d\"%s", int(s / 250), s % 250 + 1, 10000 + i, (i < 9 ? ", " : "")
+            printf "]\n"
+        }
+    }' >>"$TMP/$name.toml"
 }
 
 # Registration churn against the admin API on port $1, every 100 ms until
@@ -519,9 +504,9 @@ write_haproxy "$P_HAPROXY" "${B[@]}"
 start haproxy "$PROXY_CPU" haproxy -db -f "$TMP/haproxy.cfg"
 PID[haproxy]=$STARTED PORT[haproxy]=$P_HAPROXY
 
-write_wayfinder wf-rr round_robin "$P_WF_RR" "${B[@]}"
-write_wayfinder wf-lc least_connections "$P_WF_LC" "${B[@]}"
-write_wayfinder wf-2w round_robin "$P_WF_2W" "${B[@]}"
+write_wayfinder wf-rr round_robin "$P_WF_RR" off "${B[@]}"
+write_wayfinder wf-lc least_connections "$P_WF_LC" off "${B[@]}"
+write_wayfinder wf-2w round_robin "$P_WF_2W" off "${B[@]}"
 write_wayfinder_10k wf-10k "$P_WF_10K" "$P_WF_ADMIN_10K" "${B[@]}"
 write_wayfinder_10k wf-swap "$P_WF_SWAP" "$P_WF_ADMIN" "${B[@]}"
 for name in wf-rr wf-lc wf-10k wf-swap; do

@@ -15,6 +15,15 @@ use crate::clock;
 use crate::health::passive::{self, Failure};
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
 
+/// Whether `method` may be repeated with the same effect as one request
+/// (RFC 9110 section 9.2.2): only these are resent after being written.
+pub(crate) fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
 /// How one attempt on one instance ended.
 pub(crate) enum Outcome<A> {
     /// The instance sent a response head with this status.

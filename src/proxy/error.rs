@@ -10,6 +10,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
 
+/// Content type of the proxy's own error answers.
+pub(crate) const BODY_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
 /// Why a request was not forwarded, or not answered by an instance.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -94,16 +97,20 @@ impl ProxyError {
     /// The response sent to the client: the status and the message as a
     /// one-line plain-text body.
     pub fn into_response(self) -> Response<ProxyBody> {
-        let status = self.status();
-        let mut body = self.to_string();
-        body.push('\n');
-        let mut resp = Response::new(ProxyBody::full(body));
-        *resp.status_mut() = status;
+        let mut resp = Response::new(ProxyBody::full(self.body_text()));
+        *resp.status_mut() = self.status();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
+            HeaderValue::from_static(BODY_CONTENT_TYPE),
         );
         resp
+    }
+
+    /// The one-line body of the proxy's own answer (both forwarding paths).
+    pub(crate) fn body_text(&self) -> String {
+        let mut body = self.to_string();
+        body.push('\n');
+        body
     }
 }
 

@@ -239,7 +239,9 @@ impl Proxy {
         let uri =
             Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
 
-        let resend_ok = upgrade.is_none() && body.is_end_stream() && is_idempotent(&parts.method);
+        let resend_ok = upgrade.is_none()
+            && body.is_end_stream()
+            && attempt::is_idempotent(parts.method.as_str());
         let via = match parts.version {
             Version::HTTP_2 => &self.settings.via_h2,
             Version::HTTP_10 => &self.settings.via_h10,
@@ -445,13 +447,4 @@ fn head_size(parts: &Parts) -> usize {
         .headers
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
-}
-
-/// Methods whose repetition has the same effect as one request (RFC 9110
-/// section 9.2.2).
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }

@@ -269,3 +269,27 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sende
     });
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_queues_are_allocated_on_first_use() {
+        let pool = IdlePool::new(64);
+        assert!(pool.queue.get().is_none() && pool.raw.get().is_none());
+        assert_eq!(pool.len(), 0);
+        pool.clear();
+        pool.reap(Duration::from_secs(1));
+        assert!(
+            pool.queue.get().is_none() && pool.raw.get().is_none(),
+            "reaping and clearing allocate nothing"
+        );
+
+        let q: LazyQueue<u8> = LazyQueue::new(4);
+        q.get_or_init().unwrap().push(1).unwrap();
+        assert_eq!(q.get().map(ArrayQueue::len), Some(1));
+        let off: LazyQueue<u8> = LazyQueue::new(0);
+        assert!(off.get_or_init().is_none(), "pooling off: no queue");
+    }
+}

@@ -20,7 +20,7 @@ use super::chunked::ChunkedTracker;
 use super::head::{self, Added, Framing, HeadError};
 use crate::health::passive::Failure;
 use crate::proxy::attempt::{self, Exchange, Outcome};
-use crate::proxy::error::ProxyError;
+use crate::proxy::error::{ProxyError, BODY_CONTENT_TYPE};
 use crate::proxy::forward::{Client, DEBUG_HEADER, SNAPSHOT_HEADER};
 use crate::proxy::upstream::{self, RawConn};
 use crate::proxy::Proxy;
@@ -423,13 +423,13 @@ impl Conn<'_> {
     /// Writes the whole error response for `e` to `resp`.
     fn finish_error_head(&mut self, e: &ProxyError, trail: Option<&str>, close: bool) {
         let status = e.status();
-        let body = format!("{e}\n");
+        let body = e.body_text();
         self.resp.clear();
         let _ = {
             use std::io::Write;
             write!(
                 self.resp,
-                "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+                "HTTP/1.1 {} {}\r\ncontent-type: {BODY_CONTENT_TYPE}\r\ncontent-length: {}\r\n",
                 status.as_u16(),
                 status.canonical_reason().unwrap_or(""),
                 body.len()

@@ -349,11 +349,7 @@ impl RequestHead<'_, '_> {
     /// Whether the exchange may be repeated on another instance after it
     /// was sent: idempotent method (RFC 9110 section 9.2.2), no body.
     pub(crate) fn resendable(&self) -> bool {
-        self.body == Framing::Empty
-            && matches!(
-                self.method,
-                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-            )
+        self.body == Framing::Empty && crate::proxy::attempt::is_idempotent(self.method)
     }
 
     /// Appends the head to send to the instance, with request target
