@@ -28,6 +28,9 @@ pub struct Router {
     any: Vec<PathRule>,
     host_suffixes: Vec<String>,
     path_convention: bool,
+    /// Upgrade protocols for routes that do not list their own, and for
+    /// the conventions.
+    default_upgrades: Vec<String>,
 }
 
 /// One path rule under a host; rules are kept longest prefix first.
@@ -36,6 +39,7 @@ struct PathRule {
     prefix: String,
     strip: bool,
     service: Arc<str>,
+    upgrades: Option<Vec<String>>,
 }
 
 /// Where a request goes.
@@ -45,6 +49,17 @@ pub struct RouteTarget<'a> {
     pub service: Cow<'a, str>,
     /// How many leading bytes of the path to remove before forwarding.
     pub strip: usize,
+    /// The upgrade protocols forwarded on this route (lower case).
+    pub upgrades: &'a [String],
+}
+
+impl RouteTarget<'_> {
+    /// Whether an upgrade to `protocol` (a name, any case) is forwarded.
+    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+        self.upgrades
+            .iter()
+            .any(|p| p.as_bytes().eq_ignore_ascii_case(protocol))
+    }
 }
 
 impl Router {
@@ -58,6 +73,7 @@ impl Router {
                 prefix: r.path.clone(),
                 strip: r.strip_prefix,
                 service: r.service.clone(),
+                upgrades: r.upgrades.clone(),
             };
             match &r.host {
                 HostMatch::Any => any.push(rule),
@@ -80,6 +96,7 @@ impl Router {
             any,
             host_suffixes: config.conventions.host_suffixes.clone(),
             path_convention: config.conventions.path,
+            default_upgrades: config.proxy.upgrades.clone(),
         }
     }
 
@@ -98,7 +115,11 @@ impl Router {
                             Cow::Borrowed(h) => Cow::Borrowed(&h[..name.len()]),
                             Cow::Owned(_) => Cow::Owned(name.to_owned()),
                         };
-                        return Some(RouteTarget { service, strip: 0 });
+                        return Some(RouteTarget {
+                            service,
+                            strip: 0,
+                            upgrades: &self.default_upgrades,
+                        });
                     }
                 }
             }
@@ -110,6 +131,7 @@ impl Router {
                 return Some(RouteTarget {
                     service: Cow::Owned(name.to_owned()),
                     strip: 1 + name.len(),
+                    upgrades: &self.default_upgrades,
                 });
             }
         }
@@ -121,34 +143,35 @@ impl Router {
             if let Some(t) = self
                 .exact
                 .get(host)
-                .and_then(|rules| match_path(rules, path))
+                .and_then(|rules| self.match_path(rules, path))
             {
                 return Some(t);
             }
             for (suffix, rules) in &self.wildcard {
                 if strip_suffix(host, suffix).is_some() {
-                    if let Some(t) = match_path(rules, path) {
+                    if let Some(t) = self.match_path(rules, path) {
                         return Some(t);
                     }
                 }
             }
         }
-        match_path(&self.any, path)
+        self.match_path(&self.any, path)
     }
-}
 
-fn match_path<'a>(rules: &'a [PathRule], path: &str) -> Option<RouteTarget<'a>> {
-    rules
-        .iter()
-        .find(|r| prefix_matches(&r.prefix, path))
-        .map(|r| RouteTarget {
-            service: Cow::Borrowed(&r.service),
-            strip: if r.strip && r.prefix != "/" {
-                r.prefix.len()
-            } else {
-                0
-            },
-        })
+    fn match_path<'a>(&'a self, rules: &'a [PathRule], path: &str) -> Option<RouteTarget<'a>> {
+        rules
+            .iter()
+            .find(|r| prefix_matches(&r.prefix, path))
+            .map(|r| RouteTarget {
+                service: Cow::Borrowed(&r.service),
+                strip: if r.strip && r.prefix != "/" {
+                    r.prefix.len()
+                } else {
+                    0
+                },
+                upgrades: r.upgrades.as_deref().unwrap_or(&self.default_upgrades),
+            })
+    }
 }
 
 /// Whether `prefix` (no trailing slash unless it is "/") covers `path` on a

@@ -730,7 +730,10 @@ async fn panic_mode_spreads_over_failing_instances_and_off_gives_503() {
         for _ in 0..5 {
             let reply = client.get("off.svc", "/").await.unwrap();
             assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(reply.text(), "no available instance of service \"off\"\n");
+            assert_eq!(
+                reply.text(),
+                "no available instance of service \"off\" (2 instances: 2 unhealthy, 0 ejected, 0 draining)\n"
+            );
         }
         assert_eq!(off[0].hits() + off[1].hits(), 0);
 

@@ -469,7 +469,7 @@ async fn unreachable_is_502_then_ejected_instance_is_503() {
         // The refused instance is now ejected for a second: nothing to try.
         let reply = proxy.get("down.svc", "/").await.unwrap();
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(reply.text(), "no available instance of service \"down\"\n");
+        assert_eq!(reply.text(), "no available instance of service \"down\" (1 instance: 0 unhealthy, 1 ejected, 0 draining)\n");
     })
     .await;
 }

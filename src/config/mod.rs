@@ -7,6 +7,7 @@
 //! file, the line and column, and the key path of what is wrong.
 
 mod discovery;
+mod forwarding;
 mod raw;
 mod validate;
 
@@ -60,6 +61,8 @@ pub struct Config {
     pub conventions: Conventions,
     /// Forwarding settings.
     pub proxy: ProxySettings,
+    /// `[http2]`.
+    pub http2: Http2Settings,
     /// Explicit routes, in file order.
     pub routes: Vec<Route>,
     /// Services declared in the file, by name.
@@ -142,6 +145,10 @@ pub struct Timeouts {
     pub upstream_idle: Duration,
     /// How long shutdown waits for in-flight requests before exiting.
     pub shutdown_drain: Duration,
+    /// Longest pause while a client sends a request body.
+    pub client_body: Duration,
+    /// Longest a write to a client may make no progress.
+    pub client_send: Duration,
 }
 
 /// `[limits]`.
@@ -154,6 +161,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most idle pooled upstream connections kept per instance.
     pub max_idle_per_instance: usize,
+    /// Longest request target accepted, in bytes.
+    pub max_uri_bytes: usize,
 }
 
 /// `[conventions]`: routing without a route per service.
@@ -178,6 +187,42 @@ pub struct ProxySettings {
     pub debug_header: bool,
     /// Whether responses carry `x-wayfinder-snapshot: VERSION; age=MS`.
     pub snapshot_header: bool,
+    /// Peers whose forwarding headers are kept.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Whether the proxy writes an RFC 7239 `Forwarded` header.
+    pub forwarded: bool,
+    /// Upgrade protocols forwarded when a route does not list its own.
+    pub upgrades: Vec<String>,
+    /// Whether plain HTTP/1.1 takes the fast path.
+    pub fast_path: bool,
+}
+
+/// An address block: `10.0.0.0/8`, `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address.
+    pub addr: std::net::IpAddr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+/// `[http2]`: limits and timers of HTTP/2 client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// Streams a client may have open at once.
+    pub max_concurrent_streams: u32,
+    /// PING interval.
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// A connection with no open stream for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a new connection may go without a first request.
+    pub first_request_timeout: Duration,
+    /// Streams reset by the client before being handled, at once.
+    pub max_pending_reset_streams: usize,
+    /// Streams reset for protocol errors before the connection closes.
+    pub max_local_error_resets: usize,
 }
 
 /// One explicit route.
@@ -191,6 +236,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// The service the route sends to.
     pub service: Arc<str>,
+    /// Upgrade protocols forwarded on this route (`None`: `proxy.upgrades`).
+    pub upgrades: Option<Vec<String>>,
 }
 
 /// The Host part of a route.

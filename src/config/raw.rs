@@ -34,6 +34,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub proxy: RawProxy,
     #[serde(default)]
+    pub http2: RawHttp2,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub services: BTreeMap<String, Spanned<RawService>>,
@@ -104,6 +106,11 @@ pub(crate) struct RawTimeouts {
     pub upstream_idle: Option<Spanned<Dur>>,
     /// How long shutdown waits for in-flight requests. Default 10s.
     pub shutdown_drain: Option<Spanned<Dur>>,
+    /// Longest pause while a client sends a request body. Default 30s.
+    pub client_body: Option<Spanned<Dur>>,
+    /// Longest a client may leave a response unread (a write that makes no
+    /// progress). Default 30s.
+    pub client_send: Option<Spanned<Dur>>,
 }
 
 /// `[limits]`
@@ -116,6 +123,8 @@ pub(crate) struct RawLimits {
     pub max_connections: Option<Spanned<i64>>,
     /// Most idle pooled connections kept per instance. Default 64.
     pub max_idle_per_instance: Option<Spanned<i64>>,
+    /// Longest request target in bytes (longer: 414). Default 8192.
+    pub max_uri_bytes: Option<Spanned<i64>>,
 }
 
 /// `[conventions]`: reaching a registered service without a route.
@@ -140,6 +149,39 @@ pub(crate) struct RawProxy {
     pub debug_header: Option<bool>,
     /// Add the `x-wayfinder-snapshot` response header. Default false.
     pub snapshot_header: Option<bool>,
+    /// Peers (addresses or CIDR blocks) whose `X-Forwarded-Proto`,
+    /// `X-Forwarded-Host` and `Forwarded` are kept. Default none.
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// Write an RFC 7239 `Forwarded` header. Default false.
+    pub forwarded: Option<bool>,
+    /// Upgrade protocols forwarded when a route does not list its own.
+    /// Default `["websocket"]`.
+    pub upgrades: Option<Vec<Spanned<String>>>,
+    /// Serve plain HTTP/1.1 on the fast path. Default true; false sends
+    /// every request through hyper (for diagnosis).
+    pub fast_path: Option<bool>,
+}
+
+/// `[http2]`: HTTP/2 client connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp2 {
+    /// Streams a client may have open at once. Default 256.
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    /// PING interval on a connection. Default 20s.
+    pub keepalive_interval: Option<Spanned<Dur>>,
+    /// How long a PING may go unanswered before the connection closes. Default 10s.
+    pub keepalive_timeout: Option<Spanned<Dur>>,
+    /// A connection with no open stream for this long is closed. Default 60s.
+    pub idle_timeout: Option<Spanned<Dur>>,
+    /// How long a new connection may go without a first request. Default 10s.
+    pub first_request_timeout: Option<Spanned<Dur>>,
+    /// Streams reset by the client before they were handled, at once
+    /// (rapid-reset protection). Default 20.
+    pub max_pending_reset_streams: Option<Spanned<i64>>,
+    /// Streams the proxy may reset for protocol errors before it closes the
+    /// connection. Default 1024.
+    pub max_local_error_resets: Option<Spanned<i64>>,
 }
 
 /// One `[[routes]]` entry.
@@ -155,6 +197,8 @@ pub(crate) struct RawRoute {
     pub strip_prefix: bool,
     /// The service this route sends to.
     pub service: Spanned<String>,
+    /// Upgrade protocols forwarded on this route. Default `proxy.upgrades`.
+    pub upgrades: Option<Vec<Spanned<String>>>,
 }
 
 /// One `[services.NAME]` table.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::discovery;
+use super::forwarding;
 
 use super::raw::{
     Dur, RawBalance, RawCheckKind, RawConfig, RawHealth, RawInitial, RawInstance, RawService,
@@ -246,6 +247,18 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             "timeouts.shutdown_drain",
             Duration::from_secs(10),
         )?,
+        client_body: duration(
+            cx,
+            &t.client_body,
+            "timeouts.client_body",
+            Duration::from_secs(30),
+        )?,
+        client_send: duration(
+            cx,
+            &t.client_send,
+            "timeouts.client_send",
+            Duration::from_secs(30),
+        )?,
     };
 
     let l = &raw.limits;
@@ -270,6 +283,13 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             "limits.max_idle_per_instance",
             64,
             0..=100_000,
+        )?,
+        max_uri_bytes: int(
+            cx,
+            &l.max_uri_bytes,
+            "limits.max_uri_bytes",
+            8 * 1024,
+            256..=1024 * 1024,
         )?,
     };
 
@@ -308,7 +328,17 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         max_attempts: int(cx, &p.max_attempts, "proxy.max_attempts", 3, 1..=10)?,
         debug_header: p.debug_header.unwrap_or(false),
         snapshot_header: p.snapshot_header.unwrap_or(false),
+        trusted_proxies: forwarding::trusted_proxies(cx, &p.trusted_proxies)?,
+        forwarded: p.forwarded.unwrap_or(false),
+        upgrades: forwarding::upgrades(cx, &p.upgrades, "proxy.upgrades")?.unwrap_or_else(|| {
+            forwarding::DEFAULT_UPGRADES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        }),
+        fast_path: p.fast_path.unwrap_or(true),
     };
+    let http2 = forwarding::http2(cx, &raw)?;
 
     let default_policy = ServicePolicy {
         max_attempts: proxy.max_attempts,
@@ -346,6 +376,7 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         limits,
         conventions,
         proxy,
+        http2,
         routes,
         services,
         default_policy: Arc::new(default_policy),
@@ -865,11 +896,13 @@ fn routes(
                 "another route already matches the same host and path",
             ));
         }
+        let upgrades = forwarding::upgrades(cx, &r.upgrades, &format!("{key}.upgrades"))?;
         out.push(Route {
             host,
             path,
             strip_prefix: r.strip_prefix,
             service: name.clone(),
+            upgrades,
         });
     }
     Ok(out)

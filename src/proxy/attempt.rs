@@ -38,6 +38,10 @@ pub(crate) enum Outcome<A> {
     },
     /// No response head within the response-header timeout.
     TimedOut,
+    /// The instance answered with a head that cannot be relayed.
+    BadResponse(&'static str),
+    /// The client went away: nothing to answer, nobody to blame.
+    Abandoned,
 }
 
 /// One way of making attempts for a request.
@@ -84,6 +88,19 @@ pub(crate) async fn run<E: Exchange>(
                 note(trail, n, addr, format_args!("{status}"));
                 return Ok((answer, guard));
             }
+            Outcome::BadResponse(detail) => {
+                passive::on_failure(service, instance, Failure::Reset, clock::now_ms());
+                note(trail, n, addr, format_args!("bad response: {detail}"));
+                return Err(ProxyError::BadResponse {
+                    service: service.name().clone(),
+                    addr,
+                    detail,
+                });
+            }
+            Outcome::Abandoned => {
+                note(trail, n, addr, format_args!("client gone"));
+                return Err(ProxyError::ClientGone);
+            }
             Outcome::TimedOut => {
                 passive::on_failure(service, instance, Failure::Timeout, clock::now_ms());
                 note(trail, n, addr, format_args!("timeout"));
@@ -111,12 +128,59 @@ pub(crate) async fn run<E: Exchange>(
         }
     }
     Err(match last_error {
-        None => ProxyError::NoInstance(service.name().clone()),
+        None => ProxyError::NoInstance {
+            service: service.name().clone(),
+            why: why_unavailable(service, clock::now_ms()),
+        },
         Some(detail) => ProxyError::Unreachable {
             service: service.name().clone(),
             detail,
         },
     })
+}
+
+/// [`run`] within the service's overall request deadline, if it has one.
+pub(crate) async fn run_with_deadline<E: Exchange>(
+    service: &Arc<ServiceEntry>,
+    exchange: &mut E,
+    trail: &mut Option<String>,
+) -> Result<(E::Answer, InFlightGuard), ProxyError> {
+    let run = run(service, exchange, trail);
+    match service.policy().timeouts.request {
+        None => run.await,
+        Some(deadline) => tokio::time::timeout(deadline, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProxyError::Deadline {
+                    service: service.name().clone(),
+                    timeout: deadline,
+                })
+            }),
+    }
+}
+
+/// Why no instance of `service` can take a request: how many it has, and
+/// how many of them are unhealthy, ejected or draining. Counted only when
+/// a request fails this way.
+fn why_unavailable(service: &ServiceEntry, now_ms: u64) -> String {
+    let members = service.members();
+    if members.is_empty() {
+        return "the service has no instances".to_owned();
+    }
+    let (mut unhealthy, mut ejected, mut draining) = (0, 0, 0);
+    for m in members {
+        let i = &m.instance;
+        if i.is_drained() || i.is_draining() {
+            draining += 1;
+        } else if i.is_ejected(now_ms) {
+            ejected += 1;
+        } else if !i.is_available(now_ms) {
+            unhealthy += 1;
+        }
+    }
+    let n = members.len();
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} instance{s}: {unhealthy} unhealthy, {ejected} ejected, {draining} draining")
 }
 
 /// Appends one attempt to the debug trail, when it is kept.

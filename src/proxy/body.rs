@@ -3,19 +3,45 @@
 //! response body carries the request's in-flight count and its pooled
 //! connection, so both are released exactly when the body ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::policy::fields::trailer_allowed;
 use super::upstream::Sender;
 use crate::registry::InFlightGuard;
+
+/// Errors of bodies the proxy streams on.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Keeps only the trailer fields the policy lets through a trailer
+/// section (the same rule as the fast path's chunked scanner).
+fn filter_trailers<D>(frame: Frame<D>) -> Frame<D> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            let names: Vec<_> = trailers
+                .keys()
+                .filter(|n| !trailer_allowed(n.as_str().as_bytes()))
+                .cloned()
+                .collect();
+            for n in names {
+                trailers.remove(n);
+            }
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
+}
 
 /// A request body sent upstream.
 #[derive(Debug)]
@@ -27,16 +53,27 @@ pub enum UpstreamBody {
         body: Incoming,
         /// Signalled at its end.
         progress: Option<Arc<Progress>>,
+        /// Fires when the client pauses longer than `idle`.
+        timer: Pin<Box<Sleep>>,
+        /// `timeouts.client_body`.
+        idle: Duration,
     },
     /// No body (a rebuilt bodyless request on retry).
     Empty,
 }
 
 impl UpstreamBody {
-    /// Wraps a client body; bodies with content get a progress signal.
-    pub fn client(body: Incoming) -> Self {
+    /// Wraps a client body; bodies with content get a progress signal. A
+    /// pause of more than `idle` between its frames ends it with an error
+    /// (the upstream request is abandoned and the connection closed).
+    pub fn client(body: Incoming, idle: Duration) -> Self {
         let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::default()));
-        UpstreamBody::Client { body, progress }
+        UpstreamBody::Client {
+            body,
+            progress,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            idle,
+        }
     }
 
     /// The signal for "fully sent", when there is a body to send.
@@ -65,10 +102,16 @@ impl Drop for UpstreamBody {
 #[derive(Debug, Default)]
 pub struct Progress {
     done: AtomicBool,
+    timed_out: AtomicBool,
     notify: Notify,
 }
 
 impl Progress {
+    /// Whether the client stopped sending the body (it was abandoned).
+    pub fn client_timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Acquire)
+    }
+
     fn finish(&self) {
         if !self.done.swap(true, Ordering::AcqRel) {
             self.notify.notify_waiters();
@@ -91,16 +134,35 @@ impl Progress {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Client { body, progress } => {
+            UpstreamBody::Client {
+                body,
+                progress,
+                timer,
+                idle,
+            } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Pending => {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            if let Some(p) = progress {
+                                p.timed_out.store(true, Ordering::Release);
+                                p.finish();
+                            }
+                            return Poll::Ready(Some(Err("client body timed out".into())));
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Some(Ok(_))) => timer.as_mut().reset(Instant::now() + *idle),
+                    _ => {}
+                }
                 if let Some(p) = progress {
                     match &polled {
                         Poll::Ready(None) | Poll::Ready(Some(Err(_))) => p.finish(),
@@ -108,7 +170,12 @@ impl Body for UpstreamBody {
                         _ => {}
                     }
                 }
-                polled
+                match polled {
+                    Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(filter_trailers(frame)))),
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
             }
             UpstreamBody::Empty => Poll::Ready(None),
         }
@@ -236,7 +303,7 @@ impl Body for TrackedBody {
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true),
             _ => {}
         }
-        polled
+        polled.map(|f| f.map(|f| f.map(filter_trailers)))
     }
 
     #[inline]

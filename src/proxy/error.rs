@@ -16,7 +16,7 @@ pub(crate) const BODY_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// Why a request was not forwarded, or not answered by an instance.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// HTTP/1.1 request without a Host header, or an unusable Host.
+    /// The request's framing, target or Host cannot be trusted.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     /// The request head is over `limits.max_header_bytes`.
@@ -27,6 +27,38 @@ pub enum ProxyError {
         /// The configured limit.
         limit: usize,
     },
+    /// The request has more header lines than the proxy takes.
+    #[error("request has {count} header lines, over the limit of {limit}")]
+    TooManyHeaders {
+        /// How many were counted (at least).
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request target is over `limits.max_uri_bytes`.
+    #[error("request target is {size} bytes, over the limit of {limit}")]
+    UriTooLong {
+        /// Its size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A method the proxy does not forward (`CONNECT`).
+    #[error("method {0} is not supported by this proxy")]
+    MethodNotAllowed(&'static str),
+    /// An `Expect` other than `100-continue`.
+    #[error("expectation not supported (only 100-continue is)")]
+    ExpectationFailed,
+    /// A request transfer coding other than `chunked`.
+    #[error("transfer coding not supported (only chunked is)")]
+    UnsupportedCoding,
+    /// The client stopped sending its request body, or stopped reading
+    /// the response, for longer than the client timeout.
+    #[error("client timed out after {0:?}")]
+    ClientTimeout(Duration),
+    /// The client closed its connection before the answer (never sent).
+    #[error("client closed the connection")]
+    ClientGone,
     /// No route and no convention matched.
     #[error("no route for host {host:?} and path {path:?}")]
     NoRoute {
@@ -39,8 +71,13 @@ pub enum ProxyError {
     #[error("unknown service {0:?}")]
     UnknownService(String),
     /// The service exists but has no instance that can be tried.
-    #[error("no available instance of service {0:?}")]
-    NoInstance(Arc<str>),
+    #[error("no available instance of service {service:?} ({why})")]
+    NoInstance {
+        /// The service.
+        service: Arc<str>,
+        /// Why none is available, with counts by state.
+        why: String,
+    },
     /// Every attempt failed before an instance answered.
     #[error("service {service:?} unreachable: {detail}")]
     Unreachable {
@@ -84,9 +121,18 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::HeadersTooLarge { .. } | ProxyError::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
+            ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            // Nobody reads it; 499 as nginx logs it.
+            ProxyError::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             ProxyError::NoRoute { .. } | ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable { .. } | ProxyError::BadResponse { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -94,24 +140,107 @@ impl ProxyError {
         }
     }
 
-    /// The response sent to the client: the status and the message as a
-    /// one-line plain-text body.
+    /// Whether the client connection is closed after this answer whatever
+    /// else holds: the request was refused before its framing was known to
+    /// be sound, so what follows it on the connection cannot be trusted.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::HeadersTooLarge { .. }
+                | ProxyError::TooManyHeaders { .. }
+                | ProxyError::UriTooLong { .. }
+                | ProxyError::MethodNotAllowed(_)
+                | ProxyError::ExpectationFailed
+                | ProxyError::UnsupportedCoding
+                | ProxyError::ClientTimeout(_)
+                | ProxyError::ClientGone
+        )
+    }
+
+    /// The response sent to the client by the hyper codec: the status, the
+    /// message as a one-line plain-text body, an `Allow` for 405, and
+    /// `Connection: close` when [`Self::closes_connection`].
     pub fn into_response(self) -> Response<ProxyBody> {
         let mut resp = Response::new(ProxyBody::full(self.body_text()));
         *resp.status_mut() = self.status();
-        resp.headers_mut().insert(
+        let h = resp.headers_mut();
+        h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(BODY_CONTENT_TYPE),
         );
+        if let ProxyError::MethodNotAllowed(_) = self {
+            h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+        }
+        if self.closes_connection() {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 
-    /// The one-line body of the proxy's own answer (both forwarding paths).
+    /// Writes the whole HTTP/1.1 answer for the fast path's codec to `out`:
+    /// status line, the same fields as [`Self::into_response`] plus `Date`,
+    /// the fields `extra` adds, and the body unless `head_request`.
+    pub(crate) fn write_h1(
+        &self,
+        head_request: bool,
+        close: bool,
+        out: &mut Vec<u8>,
+        extra: impl FnOnce(&mut Vec<u8>),
+    ) {
+        use std::io::Write;
+        let status = self.status();
+        let body = self.body_text();
+        out.clear();
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: {BODY_CONTENT_TYPE}\r\ncontent-length: {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            http_date(),
+            body.len()
+        );
+        if let ProxyError::MethodNotAllowed(_) = self {
+            let _ = write!(out, "allow: {ALLOWED}\r\n");
+        }
+        extra(out);
+        if close || self.closes_connection() {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_request {
+            out.extend_from_slice(body.as_bytes());
+        }
+    }
+
+    /// The one-line body of the proxy's own answer (both codecs).
     pub(crate) fn body_text(&self) -> String {
         let mut body = self.to_string();
         body.push('\n');
         body
     }
+}
+
+/// The methods the proxy forwards, for `Allow` on a 405.
+const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
+
+/// The current time as an HTTP date, formatted at most once a second per
+/// thread.
+pub(crate) fn http_date() -> String {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        c.1.clone()
+    })
 }
 
 #[cfg(test)]
@@ -133,7 +262,18 @@ mod tests {
                 404,
             ),
             (ProxyError::UnknownService("x".into()), 404),
-            (ProxyError::NoInstance(svc.clone()), 503),
+            (
+                ProxyError::NoInstance {
+                    service: svc.clone(),
+                    why: "no instances".into(),
+                },
+                503,
+            ),
+            (ProxyError::UriTooLong { size: 2, limit: 1 }, 414),
+            (ProxyError::TooManyHeaders { count: 2, limit: 1 }, 431),
+            (ProxyError::MethodNotAllowed("CONNECT"), 405),
+            (ProxyError::ExpectationFailed, 417),
+            (ProxyError::UnsupportedCoding, 501),
             (
                 ProxyError::Unreachable {
                     service: svc.clone(),

@@ -1,6 +1,9 @@
-//! Forwarding one request: find the service (router, then the snapshot),
-//! pick an instance, send, and relay the answer, retrying on another
-//! instance when that is safe.
+//! The hyper codec: forwarding one request that hyper parsed (HTTP/2,
+//! HTTP/1.0, upgrades, `Expect`, streamed bodies, and everything when the
+//! fast path is off). The request is checked and rewritten by
+//! [`super::policy`] and routed by [`super::route`] exactly as on the fast
+//! path; an instance is tried through the shared attempt loop; the answer
+//! is checked by the same response policy.
 //!
 //! Retry rules: a request that never reached an instance (connect refused
 //! or timed out, or a pooled connection found closed before the request was
@@ -12,15 +15,13 @@
 //! that fails this way is retried first on a fresh connection to the same
 //! instance, since keep-alive races are not the instance's fault.
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::request::Parts;
-use http::uri::PathAndQuery;
-use http::{
-    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -29,11 +30,14 @@ use hyper_util::rt::TokioIo;
 use super::attempt::{self, Outcome};
 use super::body::{ProxyBody, TrackedBody, UpstreamBody};
 use super::error::ProxyError;
-use super::headers::{self, Forwarding};
+use super::headers::{self, MapWriter};
+use super::policy::request::{self, RequestView};
+use super::policy::response::{self, Asked, Kind, ResponsePlan, ResponseView};
 use super::upstream::{self, Sender};
-use super::Proxy;
+use super::{Client, Proxy};
 use crate::health::passive::Failure;
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
+use crate::router::strip_path;
 
 /// Response header listing the attempts behind a response, when
 /// `proxy.debug_header` is on.
@@ -42,23 +46,6 @@ pub static DEBUG_HEADER: HeaderName = HeaderName::from_static("x-wayfinder-debug
 /// Response header with the registry snapshot version and age, when
 /// `proxy.snapshot_header` is on: `x-wayfinder-snapshot: 12; age_ms=850`.
 pub static SNAPSHOT_HEADER: HeaderName = HeaderName::from_static("x-wayfinder-snapshot");
-use crate::router::strip_path;
-
-/// What the proxy knows about the client connection a request came on.
-#[derive(Debug, Clone)]
-pub struct Client {
-    /// The client's IP, formatted once per connection for X-Forwarded-For.
-    pub ip: HeaderValue,
-}
-
-impl Client {
-    /// Describes a client connecting from `peer`.
-    pub fn new(peer: SocketAddr) -> Client {
-        let ip = HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Client { ip }
-    }
-}
 
 /// What is needed to (re)build the upstream request: method, target and
 /// the already rewritten headers.
@@ -91,6 +78,15 @@ impl Template {
     }
 }
 
+/// An instance's answer, checked: the response, its connection, the
+/// policy's plan for it and its header lines.
+type Answered = (
+    Response<Incoming>,
+    Sender,
+    ResponsePlan,
+    Vec<(HeaderName, HeaderValue)>,
+);
+
 /// How one attempt on one instance ended.
 enum Attempt {
     Answered(Response<Incoming>, Sender),
@@ -102,6 +98,8 @@ enum Attempt {
         failure: Option<Failure>,
     },
     TimedOut,
+    /// The client stopped sending its body.
+    ClientTimedOut,
 }
 
 /// Attempts through hyper's HTTP/1.1 client: the request is rebuilt from
@@ -112,10 +110,12 @@ struct HyperExchange<'a> {
     template: &'a Template,
     pending: Option<Request<UpstreamBody>>,
     resend_ok: bool,
+    asked: Asked<'a>,
+    client_timed_out: bool,
 }
 
 impl attempt::Exchange for HyperExchange<'_> {
-    type Answer = (Response<Incoming>, Sender);
+    type Answer = Answered;
 
     async fn attempt(&mut self, instance: &InstanceState) -> Outcome<Self::Answer> {
         let request = match self.pending.take() {
@@ -134,10 +134,25 @@ impl attempt::Exchange for HyperExchange<'_> {
             .await
         {
             Attempt::Answered(resp, sender) => {
-                let status = resp.status().as_u16();
-                Outcome::Answered((resp, sender), status)
+                let fields = headers::fields(resp.headers());
+                let view = ResponseView {
+                    status: resp.status().as_u16(),
+                    minor: u8::from(resp.version() != Version::HTTP_10),
+                    fields: &fields[..],
+                };
+                match response::plan(&view, self.asked) {
+                    Ok(plan) => {
+                        let status = resp.status().as_u16();
+                        Outcome::Answered((resp, sender, plan, fields), status)
+                    }
+                    Err(detail) => Outcome::BadResponse(detail),
+                }
             }
             Attempt::TimedOut => Outcome::TimedOut,
+            Attempt::ClientTimedOut => {
+                self.client_timed_out = true;
+                Outcome::Abandoned
+            }
             Attempt::Failed {
                 request,
                 error,
@@ -197,6 +212,7 @@ impl Proxy {
         trail: &mut Option<String>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
+        let method = parts.method.clone();
         let size = head_size(&parts);
         if size > self.settings.max_header_bytes {
             return Err(ProxyError::HeadersTooLarge {
@@ -204,87 +220,83 @@ impl Proxy {
                 limit: self.settings.max_header_bytes,
             });
         }
-        let upgrade = match parts.version {
-            Version::HTTP_11 => headers::upgrade_request(&parts.headers).cloned(),
-            _ => None,
+        let (version, via) = match parts.version {
+            Version::HTTP_10 => (request::Version::H10, &self.settings.via_h10),
+            Version::HTTP_11 => (request::Version::H11, &self.settings.via_h1),
+            Version::HTTP_2 => (
+                request::Version::H2 {
+                    has_body: !body.is_end_stream(),
+                },
+                &self.settings.via_h2,
+            ),
+            _ => return Err(ProxyError::BadRequest("unsupported HTTP version")),
         };
-        let client_upgrade = upgrade
-            .as_ref()
-            .and_then(|_| parts.extensions.remove::<OnUpgrade>());
-        let host = request_host(&parts)?;
-        let (service, path_and_query) = {
-            let snapshot = self.registry.load();
-            let target = snapshot
-                .router()
-                .route(host, parts.uri.path())
-                .ok_or_else(|| ProxyError::NoRoute {
-                    host: host.unwrap_or("").to_owned(),
-                    path: parts.uri.path().to_owned(),
-                })?;
-            let service = snapshot
-                .service(&target.service)
-                .ok_or_else(|| ProxyError::UnknownService(target.service.clone().into_owned()))?
-                .clone();
-            let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-            let pq = match strip_path(pq, target.strip) {
-                std::borrow::Cow::Borrowed(_) if target.strip == 0 => {
-                    parts.uri.path_and_query().cloned()
-                }
-                stripped => PathAndQuery::try_from(&*stripped).ok(),
-            };
-            (service, pq)
+        let h2_client = parts.version == Version::HTTP_2;
+        let hop = client.hop(&self.settings, via);
+        let fields = headers::fields(&parts.headers);
+        let target = request_target(&parts.uri);
+        let view = RequestView {
+            method: method.as_str(),
+            target: &target,
+            version,
+            fields: &fields[..],
         };
-        let mut uri = http::uri::Parts::default();
-        uri.path_and_query = Some(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        let plan = request::plan(&view, &hop)?;
+        let routed = self.route(&plan.target, plan.upgrade)?;
+        let service = routed.service;
+        let path = strip_path(plan.target.path_and_query, routed.strip);
         let uri =
-            Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-
-        let resend_ok = upgrade.is_none()
-            && body.is_end_stream()
-            && attempt::is_idempotent(parts.method.as_str());
-        let via = match parts.version {
-            Version::HTTP_2 => &self.settings.via_h2,
-            Version::HTTP_10 => &self.settings.via_h10,
-            _ => &self.settings.via_h1,
-        };
-        let host_value = match parts.uri.authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => parts.headers.get(header::HOST).cloned(),
-        };
-        let fwd = Forwarding {
-            client_ip: &client.ip,
-            via,
-            host: host_value,
-            upgrade,
-        };
-        headers::rewrite_request_headers(&mut parts.headers, &fwd);
-        let mut template = Template {
-            method: parts.method,
-            uri,
-            headers: parts.headers,
-        };
-        let pending = template.first(UpstreamBody::client(body), resend_ok);
-        let attempts = async {
-            let mut exchange = HyperExchange {
-                proxy: self,
-                service: &service,
-                template: &template,
-                pending: Some(pending),
-                resend_ok,
-            };
-            let ((resp, sender), guard) = attempt::run(&service, &mut exchange, trail).await?;
-            self.relay(resp, guard, sender, client_upgrade, &service)
-        };
-        match service.policy().timeouts.request {
-            None => attempts.await,
-            Some(deadline) => match tokio::time::timeout(deadline, attempts).await {
-                Ok(result) => result,
-                Err(_) => Err(ProxyError::Deadline {
-                    service: service.name().clone(),
-                    timeout: deadline,
-                }),
+            Uri::try_from(&*path).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        let mut upstream_headers = headers::keep(&fields, plan.skip);
+        plan.write_additions(
+            &fields[..],
+            &hop,
+            routed.upgrade,
+            &mut MapWriter {
+                map: &mut upstream_headers,
+                h2: false,
             },
+        );
+        let client_upgrade = routed
+            .upgrade
+            .and_then(|_| parts.extensions.remove::<OnUpgrade>());
+        let resend_ok = routed.upgrade.is_none()
+            && body.is_end_stream()
+            && attempt::is_idempotent(method.as_str());
+        let mut template = Template {
+            method: method.clone(),
+            uri,
+            headers: upstream_headers,
+        };
+        let body = UpstreamBody::client(body, self.settings.client_body);
+        let pending = template.first(body, resend_ok);
+        let mut exchange = HyperExchange {
+            proxy: self,
+            service: &service,
+            template: &template,
+            pending: Some(pending),
+            resend_ok,
+            asked: Asked {
+                head: template.method == Method::HEAD,
+                upgrade: routed.upgrade,
+            },
+            client_timed_out: false,
+        };
+        let result = attempt::run_with_deadline(&service, &mut exchange, trail).await;
+        if exchange.client_timed_out {
+            return Err(ProxyError::ClientTimeout(self.settings.client_body));
         }
+        let ((resp, sender, plan, fields), guard) = result?;
+        let asked = exchange.asked;
+        self.relay(
+            resp,
+            guard,
+            sender,
+            (plan, fields),
+            client_upgrade,
+            asked,
+            h2_client,
+        )
     }
 
     /// One attempt on `instance`: a pooled connection if there is one
@@ -332,20 +344,30 @@ impl Proxy {
         }
     }
 
-    /// Turns the instance's response into the client's response.
+    /// Turns the instance's checked response into the client's response.
+    #[allow(clippy::too_many_arguments)]
     fn relay(
         &self,
         resp: Response<Incoming>,
         guard: InFlightGuard,
         sender: Sender,
+        (plan, fields): (ResponsePlan, Vec<(HeaderName, HeaderValue)>),
         client_upgrade: Option<OnUpgrade>,
-        service: &Arc<ServiceEntry>,
+        asked: Asked<'_>,
+        h2_client: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = resp.into_parts();
-        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        headers::clean_response_headers(&mut parts.headers, switching);
+        let mut out = headers::keep(&fields, plan.skip);
+        plan.write_additions(
+            asked.upgrade,
+            &mut MapWriter {
+                map: &mut out,
+                h2: h2_client,
+            },
+        );
+        parts.headers = out;
         parts.version = Version::HTTP_11;
-        if !switching {
+        if plan.kind != Kind::Switching {
             let body = ProxyBody::Upstream(TrackedBody::new(body, guard, Some(sender)));
             return Ok(Response::from_parts(parts, body));
         }
@@ -353,7 +375,7 @@ impl Proxy {
             (client_upgrade, parts.extensions.remove::<OnUpgrade>())
         else {
             return Err(ProxyError::BadResponse {
-                service: service.name().clone(),
+                service: Arc::clone(&guard.instance().key().service),
                 addr: guard.instance().addr(),
                 detail: "switched protocols without being asked to",
             });
@@ -363,6 +385,16 @@ impl Proxy {
     }
 }
 
+/// The request target as received: the origin-form path and query, `*`,
+/// or the whole URI for absolute-form and HTTP/2 requests (whose
+/// `:authority` makes them absolute).
+fn request_target(uri: &Uri) -> Cow<'_, str> {
+    if uri.scheme().is_some() || uri.path_and_query().is_none() {
+        return Cow::Owned(uri.to_string());
+    }
+    Cow::Borrowed(uri.path_and_query().map_or("/", |pq| pq.as_str()))
+}
+
 /// Sends `request` on `sender` and waits for the response head. The
 /// response-header timeout starts once the request body has been sent, so a
 /// slow upload is not cut short by it.
@@ -370,7 +402,7 @@ async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Durat
     let progress = request.body().progress();
     let sent = sender.try_send_request(request);
     let timer = async {
-        if let Some(p) = progress {
+        if let Some(p) = &progress {
             p.finished().await;
         }
         tokio::time::sleep(timeout).await;
@@ -379,6 +411,9 @@ async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Durat
         r = sent => Some(r),
         () = timer => None,
     };
+    if progress.as_ref().is_some_and(|p| p.client_timed_out()) {
+        return Attempt::ClientTimedOut;
+    }
     match outcome {
         Some(Ok(resp)) => Attempt::Answered(resp, sender),
         Some(Err(mut e)) => {
@@ -418,24 +453,6 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guard: InFlightGuard, se
         Err(e) => tracing::debug!(instance = %addr, error = %e, "tunnel ended with an error"),
     }
     drop(guard);
-}
-
-/// The host a request is for: the URI's authority (HTTP/2, absolute-form)
-/// or the Host header. HTTP/1.1 requires one; HTTP/1.0 may go without.
-fn request_host(parts: &Parts) -> Result<Option<&str>, ProxyError> {
-    if let Some(authority) = parts.uri.authority() {
-        return Ok(Some(authority.as_str()));
-    }
-    match parts.headers.get(header::HOST) {
-        Some(v) => v
-            .to_str()
-            .ok()
-            .filter(|h| !h.is_empty())
-            .map(Some)
-            .ok_or(ProxyError::BadRequest("unusable Host header")),
-        None if parts.version == Version::HTTP_10 => Ok(None),
-        None => Err(ProxyError::BadRequest("missing Host header")),
-    }
 }
 
 /// Size of the request head as received: request line plus header lines.

@@ -11,7 +11,9 @@ pub mod error;
 mod forward;
 mod h1;
 pub mod headers;
+pub(crate) mod policy;
 pub mod retry;
+mod route;
 pub mod server;
 pub(crate) mod upstream;
 
@@ -22,10 +24,9 @@ use http::HeaderValue;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;
-pub use forward::Client;
 pub use upstream::ConnectError;
 
-use crate::config::Config;
+use crate::config::{Cidr, Config};
 use crate::registry::Registry;
 
 /// Everything a request needs besides itself: the registry and the settings
@@ -48,6 +49,57 @@ pub(crate) struct Settings {
     pub via_h10: HeaderValue,
     pub via_h1: HeaderValue,
     pub via_h2: HeaderValue,
+    /// Peers whose forwarding headers are kept.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Write an RFC 7239 `Forwarded` header.
+    pub forwarded: bool,
+    /// `limits.max_uri_bytes`.
+    pub max_uri_bytes: usize,
+    /// Longest pause in a client's request body.
+    pub client_body: Duration,
+    /// Longest a write to a client may stall.
+    pub client_send: Duration,
+}
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The client's IP, formatted once per connection.
+    ip: Box<str>,
+    /// The client is one of `proxy.trusted_proxies`.
+    trusted: bool,
+}
+
+impl Client {
+    /// Describes a client connecting from `peer` to `proxy`.
+    pub fn new(peer: std::net::SocketAddr, proxy: &Proxy) -> Client {
+        let ip = peer.ip();
+        Client {
+            ip: ip.to_string().into_boxed_str(),
+            trusted: proxy
+                .settings
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(ip)),
+        }
+    }
+
+    /// The hop a request on this connection came over, for the forwarding
+    /// policy; `via` is the `Via` entry for the request's version.
+    pub(crate) fn hop<'a>(
+        &'a self,
+        settings: &'a Settings,
+        via: &'a HeaderValue,
+    ) -> policy::request::Hop<'a> {
+        policy::request::Hop {
+            client_ip: &self.ip,
+            trusted: self.trusted,
+            proto: "http",
+            via: via.as_bytes(),
+            forwarded: settings.forwarded,
+            max_uri_bytes: settings.max_uri_bytes,
+        }
+    }
 }
 
 impl Proxy {
@@ -67,6 +119,11 @@ impl Proxy {
                 via_h10: via("1.0"),
                 via_h1: via("1.1"),
                 via_h2: via("2"),
+                trusted_proxies: config.proxy.trusted_proxies.clone(),
+                forwarded: config.proxy.forwarded,
+                max_uri_bytes: config.limits.max_uri_bytes,
+                client_body: config.timeouts.client_body,
+                client_send: config.timeouts.client_send,
             },
         }
     }

@@ -7,9 +7,15 @@
 //! Limits: at most `limits.max_connections` connections are served at once
 //! (further clients wait in the kernel's accept backlog); a request head
 //! must arrive within `timeouts.client_header` (which also closes idle
-//! keep-alive connections). Shutdown stops accepting at once, lets requests
-//! in flight finish and closes each connection after its current request,
-//! up to the drain timeout.
+//! keep-alive connections); a write to a client that makes no progress for
+//! `timeouts.client_send` closes the connection. HTTP/2 connections get
+//! PINGs (`http2.keepalive_interval`, answered within
+//! `http2.keepalive_timeout`), a bound on their streams, header list and
+//! resets (rapid-reset protection), and are closed when no stream has been
+//! open for `http2.idle_timeout` (`http2.first_request_timeout` before the
+//! first one). Shutdown stops accepting at once, lets requests in flight
+//! finish and closes each connection after its current request, up to the
+//! drain timeout.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,9 +30,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::forward::Client;
-use super::{h1, Proxy};
-use crate::config::Config;
+use super::policy::request::MAX_FIELDS;
+use super::{h1, Client, Proxy};
+use crate::config::{Config, Http2Settings};
 
 /// hyper's own read-buffer ceiling; raised only when the header limit needs
 /// more, so oversized heads up to the limit reach our own 431 with a body.
@@ -43,6 +49,12 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain: Duration,
+    /// Longest a write to a client may make no progress.
+    pub client_send: Duration,
+    /// `[http2]`.
+    pub http2: Http2Settings,
+    /// Whether HTTP/1.1 starts on the fast path.
+    pub fast_path: bool,
 }
 
 impl ServerSettings {
@@ -53,6 +65,9 @@ impl ServerSettings {
             client_header_timeout: config.timeouts.client_header,
             max_header_bytes: config.limits.max_header_bytes,
             drain: config.timeouts.shutdown_drain,
+            client_send: config.timeouts.client_send,
+            http2: config.http2.clone(),
+            fast_path: config.proxy.fast_path,
         }
     }
 }
@@ -69,11 +84,18 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.client_header_timeout)
+        .max_headers(MAX_FIELDS)
         .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(settings.max_header_bytes + 8192));
+    let h2 = &settings.http2;
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .keep_alive_interval(h2.keepalive_interval)
+        .keep_alive_timeout(h2.keepalive_timeout)
+        .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_resets);
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -91,7 +113,7 @@ pub async fn serve(
                 slots.clone(),
                 stop_rx.clone(),
                 alive_tx.clone(),
-                settings.client_header_timeout,
+                settings.clone(),
             ))
         })
         .collect();
@@ -126,8 +148,9 @@ async fn accept_loop(
     slots: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
-    header_timeout: Duration,
+    settings: ServerSettings,
 ) {
+    let settings = Arc::new(settings);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -147,12 +170,25 @@ async fn accept_loop(
         let builder = builder.clone();
         let mut stop = stop.clone();
         let alive = alive.clone();
+        let settings = settings.clone();
         tokio::spawn(async move {
-            let state = Arc::new((proxy, Client::new(peer)));
-            let ended = h1::serve(&state.0, &state.1, stream, &mut stop, header_timeout).await;
+            let client = Client::new(peer, &proxy);
+            let state = Arc::new((proxy, client));
+            let ended = if settings.fast_path {
+                h1::serve(
+                    &state.0,
+                    &state.1,
+                    stream,
+                    &mut stop,
+                    settings.client_header_timeout,
+                )
+                .await
+            } else {
+                h1::Ended::Fallback(stream, bytes::BytesMut::new())
+            };
             if let h1::Ended::Fallback(stream, read) = ended {
-                let io = TokioIo::new(h1::Rewind::new(stream, read.freeze()));
-                serve_general(io, state, &builder, &mut stop, peer).await;
+                let io = h1::Rewind::new(stream, read.freeze(), settings.client_send);
+                serve_general(io, state, &builder, &mut stop, peer, &settings).await;
             }
             drop((permit, alive));
         });
@@ -160,29 +196,149 @@ async fn accept_loop(
 }
 
 /// Serves the rest of a connection on the general path (hyper: HTTP/2,
-/// HTTP/1.0, upgrades, streamed bodies).
+/// HTTP/1.0, upgrades, streamed bodies). A watchdog closes the connection
+/// once no request has been in progress for the idle timeout (HTTP/2:
+/// `http2.idle_timeout`, or `http2.first_request_timeout` before the first
+/// request; HTTP/1: `timeouts.client_header`); a connection that does not
+/// close within a grace period after that is dropped.
 async fn serve_general(
-    io: TokioIo<h1::Rewind>,
+    io: h1::Rewind,
     state: Arc<(Arc<Proxy>, Client)>,
     builder: &auto::Builder<TokioExecutor>,
     stop: &mut watch::Receiver<bool>,
     peer: SocketAddr,
+    settings: &ServerSettings,
 ) {
+    let h2 = io.is_h2_preface();
+    let activity = Arc::new(Activity::default());
+    let counter = activity.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(state.0.handle(req, &state.1).await) }
+        let active = counter.start();
+        async move {
+            let resp = state.0.handle(req, &state.1).await;
+            Ok::<_, Infallible>(resp.map(|body| Counted {
+                body,
+                _active: active,
+            }))
+        }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let (first, idle) = if h2 {
+        (
+            settings.http2.first_request_timeout,
+            settings.http2.idle_timeout,
+        )
+    } else {
+        (
+            settings.client_header_timeout,
+            settings.client_header_timeout,
+        )
+    };
     let result = tokio::select! {
         r = conn.as_mut() => r,
         () = async { let _ = stop.wait_for(|s| *s).await; } => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        () = activity.idle(first, idle) => {
+            tracing::debug!(client = %peer, h2, "closing idle connection");
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
     };
     if let Err(e) = result {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// How long an idle connection told to close may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Requests in progress on one connection, and when the last one ended.
+#[derive(Debug, Default)]
+struct Activity {
+    active: std::sync::atomic::AtomicUsize,
+    /// Requests started so far.
+    started: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+/// One request in progress; dropped with its response body.
+struct Active(Arc<Activity>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> Active {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.changed.notify_waiters();
+        Active(self.clone())
+    }
+
+    /// Completes once no request has been in progress for `idle` (`first`
+    /// before the first request).
+    async fn idle(&self, first: Duration, idle: Duration) {
+        use std::sync::atomic::Ordering::Acquire;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.active.load(Acquire) > 0 {
+                changed.await;
+                continue;
+            }
+            let wait = if self.started.load(Acquire) == 0 {
+                first
+            } else {
+                idle
+            };
+            if tokio::time::timeout(wait, changed).await.is_err() && self.active.load(Acquire) == 0
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in progress on its
+/// connection until it is dropped.
+struct Counted {
+    body: super::ProxyBody,
+    _active: Active,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = <super::ProxyBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

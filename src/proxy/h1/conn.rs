@@ -1,8 +1,19 @@
-//! One client connection on the fast path: read a request head, route it,
-//! send the rewritten head (and its buffered body) to a picked instance on a
-//! pooled socket, relay the response, repeat. Everything for one request
-//! happens in the connection's own task, with one read buffer per side and
-//! no header map.
+//! One client connection on the fast path: read a request head, check and
+//! route it (through [`crate::proxy::policy`] and [`crate::proxy::route`],
+//! as the hyper path does), send the rewritten head and its buffered body
+//! to a picked instance on a pooled socket, relay the response, repeat.
+//! Everything for one request happens in the connection's own task, with
+//! one read buffer per side and no header map.
+//!
+//! Every wait is bounded: the request head by `timeouts.client_header`;
+//! each pause in the request body by `timeouts.client_body` (408), and the
+//! buffering of the whole body by `timeouts.client_header` again (a body
+//! still arriving then is handed, with its connection, to the general
+//! path, which streams it); each write to the client by
+//! `timeouts.client_send`; the instance by the service's timeouts. While the instance works, the client socket is
+//! watched: a client that closes or resets its connection cancels the
+//! exchange at once (the upstream connection is closed, not pooled, and the
+//! instance's in-flight count is released).
 
 use std::future::Future;
 use std::io;
@@ -11,19 +22,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::chunked::ChunkedTracker;
-use super::head::{self, Added, Framing, HeadError};
+use super::head::{self, HeadError};
 use crate::health::passive::Failure;
 use crate::proxy::attempt::{self, Exchange, Outcome};
-use crate::proxy::error::{ProxyError, BODY_CONTENT_TYPE};
-use crate::proxy::forward::{Client, DEBUG_HEADER, SNAPSHOT_HEADER};
+use crate::proxy::error::ProxyError;
+use crate::proxy::forward::{DEBUG_HEADER, SNAPSHOT_HEADER};
+use crate::proxy::policy::chunked::ChunkedScanner;
+use crate::proxy::policy::response::Asked;
+use crate::proxy::policy::Framing;
 use crate::proxy::upstream::{self, RawConn};
-use crate::proxy::Proxy;
+use crate::proxy::{Client, Proxy};
 use crate::registry::{InstanceState, ServiceEntry};
 use crate::router::strip_path;
 
@@ -36,6 +49,9 @@ const READ_SPACE: usize = 4 * 1024;
 
 /// Largest response head accepted from an instance.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Most interim (1xx) responses relayed before the final one.
+const MAX_INTERIM: usize = 16;
 
 /// How the fast path let go of a connection.
 #[derive(Debug)]
@@ -104,10 +120,10 @@ struct Conn<'a> {
     /// The response for the client.
     resp: Vec<u8>,
     header_timeout: Duration,
-    /// The request-head deadline and the response-head deadline. Each is
-    /// one timer for the connection's life, moved forward per request,
-    /// which costs an atomic update instead of a timer-wheel insertion and
-    /// removal.
+    /// The request deadline (head, then body) and the deadline of the
+    /// current wait on the instance or the client's socket. Each is one
+    /// timer for the connection's life, moved forward per use, which costs
+    /// an atomic update instead of a timer-wheel insertion and removal.
     head_timer: Pin<Box<Sleep>>,
     response_timer: Pin<Box<Sleep>>,
     /// Whether shutdown has begun (answers then close the connection).
@@ -123,14 +139,14 @@ struct Routed {
     body: Framing,
     close: bool,
     resendable: bool,
-    head_request: bool,
 }
 
 enum Prepared {
     Partial,
     Routed(Routed),
-    /// Answer with this error, then close, or go on after the request's
-    /// head (`Some(length)`; only for requests without a body).
+    /// Answer with this error; then go on after the request's head
+    /// (`Some(length)`: a request without a body, refused after its head
+    /// was read whole and sound), or close.
     Refuse(ProxyError, Option<usize>),
     Fallback,
 }
@@ -141,6 +157,15 @@ enum Prepared {
 struct Answer {
     body: Framing,
     reusable: bool,
+}
+
+/// How the body of a request stands.
+enum Body {
+    /// Whole in the buffer: the request (head and body) ends at `end`.
+    Ready { end: usize },
+    /// Too long or too slow for the fast path: the general path takes the
+    /// connection.
+    Fallback,
 }
 
 impl Conn<'_> {
@@ -161,12 +186,7 @@ impl Conn<'_> {
                     }
                     Prepared::Fallback => return Step::Fallback,
                 }
-                let limit = self.proxy.settings.max_header_bytes;
-                if self.buf.len() > limit {
-                    let e = ProxyError::HeadersTooLarge {
-                        size: self.buf.len(),
-                        limit,
-                    };
+                if let Some(e) = self.head_over_limits() {
                     return self.refuse(&e, true).await;
                 }
             }
@@ -184,41 +204,49 @@ impl Conn<'_> {
                 _ => return Step::Close,
             }
         };
-        let total = match self.buffer_body(&routed).await {
-            Ok(Some(total)) => total,
-            Ok(None) => return Step::Fallback,
+        let end = match self.buffer_body(&routed).await {
+            Ok(Body::Ready { end }) => end,
+            Ok(Body::Fallback) => return Step::Fallback,
             Err(step) => return step,
         };
-        self.out
-            .extend_from_slice(&self.buf[routed.head_len..total]);
-        self.buf.advance(total);
+        self.buf.advance(end);
         self.forward(routed).await
     }
 
-    /// Parses and routes the head at the start of the buffer, writing the
-    /// instance's version of it to `out`.
+    /// An incomplete head that is already over a limit: 414 when the
+    /// request line alone is too long, else 431.
+    fn head_over_limits(&self) -> Option<ProxyError> {
+        let settings = &self.proxy.settings;
+        let line = self.buf.iter().position(|&b| b == b'\n');
+        let uri_limit = settings.max_uri_bytes + 32;
+        if line.map_or(self.buf.len(), |l| l) > uri_limit {
+            return Some(ProxyError::UriTooLong {
+                size: line.unwrap_or(self.buf.len()),
+                limit: settings.max_uri_bytes,
+            });
+        }
+        (self.buf.len() > settings.max_header_bytes).then(|| ProxyError::HeadersTooLarge {
+            size: self.buf.len(),
+            limit: settings.max_header_bytes,
+        })
+    }
+
+    /// Parses, checks and routes the head at the start of the buffer,
+    /// writing the instance's version of it to `out`.
     fn prepare(&mut self) -> Prepared {
+        let settings = &self.proxy.settings;
+        let hop = self.client.hop(settings, &settings.via_h1);
         let mut slots = head::header_slots();
-        let head = match head::parse_request(&self.buf, &mut slots) {
+        let head = match head::parse_request(&self.buf, &mut slots, &hop) {
             Ok(Some(h)) => h,
             Ok(None) => return Prepared::Partial,
             Err(HeadError::Fallback(why)) => {
                 tracing::trace!(why, "request handed to the general path");
                 return Prepared::Fallback;
             }
-            Err(HeadError::Invalid(why)) => {
-                return Prepared::Refuse(ProxyError::BadRequest(why), None)
-            }
-            Err(HeadError::TooManyHeaders) => {
-                let e = ProxyError::HeadersTooLarge {
-                    size: self.buf.len(),
-                    limit: self.proxy.settings.max_header_bytes,
-                };
-                return Prepared::Refuse(e, None);
-            }
+            Err(HeadError::Refuse(e)) => return Prepared::Refuse(e, None),
         };
         self.head_request = head.method == "HEAD";
-        let settings = &self.proxy.settings;
         if head.len > settings.max_header_bytes {
             let e = ProxyError::HeadersTooLarge {
                 size: head.len,
@@ -227,54 +255,58 @@ impl Conn<'_> {
             return Prepared::Refuse(e, None);
         }
         // An error answer cannot skip a body it has not read: close after.
-        let go_on = (!head.close && head.body == Framing::Empty).then_some(head.len);
-        let snapshot = self.proxy.registry.load();
-        let Some(target) = snapshot.router().route(Some(head.host), head.path()) else {
-            let e = ProxyError::NoRoute {
-                host: head.host.to_owned(),
-                path: head.path().to_owned(),
-            };
-            return Prepared::Refuse(e, go_on);
-        };
-        let Some(service) = snapshot.service(&target.service) else {
-            let e = ProxyError::UnknownService(target.service.into_owned());
-            return Prepared::Refuse(e, go_on);
+        let plan = &head.plan;
+        let go_on = (!plan.close && plan.body == Framing::Empty).then_some(head.len);
+        let routed = match self.proxy.route(&plan.target, None) {
+            Ok(r) => r,
+            Err(e) => return Prepared::Refuse(e, go_on),
         };
         self.out.clear();
-        let added = Added {
-            client_ip: self.client.ip.as_bytes(),
-            via: settings.via_h1.as_bytes(),
-        };
-        head.write_upstream(&strip_path(head.target, target.strip), added, &mut self.out);
+        let target = strip_path(plan.target.path_and_query, routed.strip);
+        head.write_upstream(&target, &hop, &mut self.out);
         Prepared::Routed(Routed {
-            service: service.clone(),
+            service: routed.service,
             head_len: head.len,
-            body: head.body,
-            close: head.close,
+            body: plan.body,
+            close: plan.close,
             resendable: head.resendable(),
-            head_request: head.method == "HEAD",
         })
     }
 
-    /// Reads until the request body is whole in the buffer. `Ok(Some(end))`:
-    /// the request ends at `end`; `Ok(None)`: too long, or not complete, for
-    /// the fast path.
-    async fn buffer_body(&mut self, routed: &Routed) -> Result<Option<usize>, Step> {
+    /// Reads until the request body is whole in the buffer and appends it
+    /// (chunked: checked, with its trailer section filtered) to `out`.
+    async fn buffer_body(&mut self, routed: &Routed) -> Result<Body, Step> {
         let start = routed.head_len;
-        let mut chunked = ChunkedTracker::default();
+        let mut chunked = ChunkedScanner::default();
         let mut scanned = start;
+        // Each pause within the body timeout; after one head timeout of
+        // buffering, the general path streams the rest.
+        let deadline = Instant::now() + self.header_timeout;
         loop {
-            let end = match routed.body {
-                Framing::Empty | Framing::UntilClose => Some(start),
-                Framing::Length(n) if n > BUFFERED_BODY => return Ok(None),
-                Framing::Length(n) => Some(start + n as usize).filter(|&e| e <= self.buf.len()),
-                Framing::Chunked => match chunked.feed(&self.buf[scanned..]) {
-                    Ok(Some(n)) => Some(scanned + n),
-                    Ok(None) if (self.buf.len() - start) as u64 > BUFFERED_BODY => return Ok(None),
-                    Ok(None) => {
-                        scanned = self.buf.len();
-                        None
+            match routed.body {
+                Framing::Empty | Framing::UntilClose => return Ok(Body::Ready { end: start }),
+                Framing::Length(n) if n > BUFFERED_BODY => return Ok(Body::Fallback),
+                Framing::Length(n) => {
+                    let end = start + n as usize;
+                    if end <= self.buf.len() {
+                        self.out.extend_from_slice(&self.buf[start..end]);
+                        return Ok(Body::Ready { end });
                     }
+                }
+                Framing::Chunked => match chunked.feed(&self.buf[scanned..]) {
+                    Ok(scan) if scan.done => {
+                        self.out
+                            .extend_from_slice(&self.buf[start..scanned + scan.pass]);
+                        self.out.extend_from_slice(chunked.trailers());
+                        self.out.extend_from_slice(b"\r\n");
+                        return Ok(Body::Ready {
+                            end: scanned + scan.consumed,
+                        });
+                    }
+                    Ok(_) if (self.buf.len() - start) as u64 > BUFFERED_BODY => {
+                        return Ok(Body::Fallback)
+                    }
+                    Ok(_) => scanned = self.buf.len(),
                     Err(e) => {
                         tracing::debug!(error = %e, "bad request body");
                         return Err(self
@@ -282,19 +314,23 @@ impl Conn<'_> {
                             .await);
                     }
                 },
-            };
-            if let Some(end) = end {
-                return Ok(Some(end));
             }
-            // Each wait for more of the body gets the full timeout (like
-            // nginx's client_body_timeout); the head's deadline has passed.
-            self.head_timer
-                .as_mut()
-                .reset(Instant::now() + self.header_timeout);
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Body::Fallback);
+            }
+            let pause = now + self.proxy.settings.client_body;
+            self.head_timer.as_mut().reset(pause.min(deadline));
             let outcome = tokio::select! {
                 biased;
                 r = read_more(&mut self.stream, &mut self.buf) => r,
-                () = self.head_timer.as_mut() => return Err(Step::Close),
+                () = self.head_timer.as_mut() => {
+                    if Instant::now() >= deadline && pause > deadline {
+                        return Ok(Body::Fallback);
+                    }
+                    let e = ProxyError::ClientTimeout(self.proxy.settings.client_body);
+                    return Err(self.refuse(&e, true).await);
+                }
             };
             match outcome {
                 Ok(n) if n > 0 => {}
@@ -316,28 +352,24 @@ impl Conn<'_> {
             resp: &mut self.resp,
             timer: &mut self.response_timer,
             resendable: routed.resendable,
-            head_request: routed.head_request,
+            head_request: self.head_request,
+            client: &mut self.stream,
+            client_buf: &mut self.buf,
+            client_gone: false,
+            watch_limit: settings.max_header_bytes + BUFFERED_BODY as usize,
+            send_timeout: settings.client_send,
         };
-        let run = attempt::run(service, &mut exchange, &mut trail);
-        let result = match service.policy().timeouts.request {
-            None => run.await,
-            Some(deadline) => tokio::time::timeout(deadline, run)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProxyError::Deadline {
-                        service: service.name().clone(),
-                        timeout: deadline,
-                    })
-                }),
-        };
+        let result = attempt::run_with_deadline(service, &mut exchange, &mut trail).await;
+        if exchange.client_gone {
+            tracing::debug!(service = %service.name(), "client closed its connection while waiting; request cancelled");
+            return Step::Close;
+        }
         let ((mut upstream, answer), guard) = match result {
             Ok(answered) => answered,
             Err(e) => {
                 tracing::debug!(error = %e, "request failed");
-                self.finish_error_head(&e, trail.as_deref(), routed.close);
-                return self
-                    .send_resp(routed.close || *self.stopping.borrow())
-                    .await;
+                let close = routed.close || *self.stopping.borrow();
+                return self.answer_error(&e, trail.as_deref(), close).await;
             }
         };
         let close = routed.close || answer.body == Framing::UntilClose || *self.stopping.borrow();
@@ -367,7 +399,7 @@ impl Conn<'_> {
     /// Sends the head in `resp` and the body behind it in `upstream`;
     /// `Ok(true)` when the body ended where its framing said.
     async fn relay_body(&mut self, upstream: &mut RawConn, body: Framing) -> io::Result<bool> {
-        let mut chunked = ChunkedTracker::default();
+        let mut chunked = ChunkedScanner::default();
         let mut remaining = match body {
             Framing::Length(n) => n,
             _ => 0,
@@ -375,28 +407,56 @@ impl Conn<'_> {
         // The first piece travels with the head.
         let mut pending = true;
         loop {
-            let (take, done) = match body {
-                Framing::Empty => (0, true),
+            let (pass, consumed, done) = match body {
+                Framing::Empty => (0, 0, true),
                 Framing::Length(_) => {
                     let take = remaining.min(upstream.buf.len() as u64);
                     remaining -= take;
-                    (take as usize, remaining == 0)
+                    (take as usize, take as usize, remaining == 0)
                 }
                 Framing::Chunked => match chunked.feed(&upstream.buf) {
-                    Ok(Some(n)) => (n, true),
-                    Ok(None) => (upstream.buf.len(), false),
+                    Ok(scan) => (scan.pass, scan.consumed, scan.done),
                     Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
                 },
-                Framing::UntilClose => (upstream.buf.len(), false),
+                Framing::UntilClose => (upstream.buf.len(), upstream.buf.len(), false),
             };
             if pending {
-                self.resp.extend_from_slice(&upstream.buf[..take]);
-                self.stream.write_all(&self.resp).await?;
+                self.resp.extend_from_slice(&upstream.buf[..pass]);
+                if done && body == Framing::Chunked {
+                    self.resp.extend_from_slice(chunked.trailers());
+                    self.resp.extend_from_slice(b"\r\n");
+                }
+                send(
+                    &mut self.stream,
+                    &self.resp,
+                    &mut self.response_timer,
+                    self.proxy.settings.client_send,
+                )
+                .await?;
                 pending = false;
-            } else if take > 0 {
-                self.stream.write_all(&upstream.buf[..take]).await?;
+            } else {
+                if pass > 0 {
+                    send(
+                        &mut self.stream,
+                        &upstream.buf[..pass],
+                        &mut self.response_timer,
+                        self.proxy.settings.client_send,
+                    )
+                    .await?;
+                }
+                if done && body == Framing::Chunked {
+                    let mut end = chunked.trailers().to_vec();
+                    end.extend_from_slice(b"\r\n");
+                    send(
+                        &mut self.stream,
+                        &end,
+                        &mut self.response_timer,
+                        self.proxy.settings.client_send,
+                    )
+                    .await?;
+                }
             }
-            upstream.buf.advance(take);
+            upstream.buf.advance(consumed);
             if done {
                 return Ok(true);
             }
@@ -416,54 +476,47 @@ impl Conn<'_> {
     /// Answers the current request with `e` itself.
     async fn refuse(&mut self, e: &ProxyError, close: bool) -> Step {
         tracing::debug!(error = %e, "request refused");
-        self.finish_error_head(e, None, close);
-        self.send_resp(close).await
+        self.answer_error(e, None, close).await
     }
 
-    /// Writes the whole error response for `e` to `resp`.
-    fn finish_error_head(&mut self, e: &ProxyError, trail: Option<&str>, close: bool) {
-        let status = e.status();
-        let body = e.body_text();
-        self.resp.clear();
-        let _ = {
-            use std::io::Write;
-            write!(
-                self.resp,
-                "HTTP/1.1 {} {}\r\ncontent-type: {BODY_CONTENT_TYPE}\r\ncontent-length: {}\r\n",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or(""),
-                body.len()
-            )
-        };
-        self.extra_headers(trail, close);
-        self.resp.extend_from_slice(b"\r\n");
-        if !self.head_request {
-            self.resp.extend_from_slice(body.as_bytes());
+    /// Writes and sends the whole error answer for `e`.
+    async fn answer_error(&mut self, e: &ProxyError, trail: Option<&str>, close: bool) -> Step {
+        let close = close || e.closes_connection();
+        let mut resp = std::mem::take(&mut self.resp);
+        e.write_h1(self.head_request, close, &mut resp, |out| {
+            self.write_extra(out, trail);
+        });
+        self.resp = resp;
+        let sent = send(
+            &mut self.stream,
+            &self.resp,
+            &mut self.response_timer,
+            self.proxy.settings.client_send,
+        )
+        .await;
+        match sent {
+            Ok(()) if !close => Step::Next,
+            _ => Step::Close,
         }
     }
 
     /// The proxy's own response headers: the debug trail and snapshot
     /// header when configured, `Connection: close` when closing.
     fn extra_headers(&mut self, trail: Option<&str>, close: bool) {
-        if let Some(t) = trail.filter(|t| !t.is_empty() && !t.contains(['\r', '\n'])) {
-            header_line(&mut self.resp, DEBUG_HEADER.as_str(), t);
-        }
-        if self.proxy.settings.snapshot_header {
-            header_line(
-                &mut self.resp,
-                SNAPSHOT_HEADER.as_str(),
-                &self.proxy.snapshot_value(),
-            );
-        }
+        let mut resp = std::mem::take(&mut self.resp);
+        self.write_extra(&mut resp, trail);
         if close {
-            self.resp.extend_from_slice(b"connection: close\r\n");
+            resp.extend_from_slice(b"connection: close\r\n");
         }
+        self.resp = resp;
     }
 
-    async fn send_resp(&mut self, close: bool) -> Step {
-        match self.stream.write_all(&self.resp).await {
-            Ok(()) if !close => Step::Next,
-            _ => Step::Close,
+    fn write_extra(&self, out: &mut Vec<u8>, trail: Option<&str>) {
+        if let Some(t) = trail.filter(|t| !t.is_empty() && !t.contains(['\r', '\n'])) {
+            header_line(out, DEBUG_HEADER.as_str(), t);
+        }
+        if self.proxy.settings.snapshot_header {
+            header_line(out, SNAPSHOT_HEADER.as_str(), &self.proxy.snapshot_value());
         }
     }
 }
@@ -475,12 +528,53 @@ fn header_line(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes `bytes` to the client; a write that makes no progress for
+/// `timeout` fails (the client stopped reading).
+async fn send(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    timer: &mut Pin<Box<Sleep>>,
+    timeout: Duration,
+) -> io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        // Most writes complete at once; the timer is only armed when
+        // polled, that is when the socket is full.
+        timer.as_mut().reset(Instant::now() + timeout);
+        let n = tokio::select! {
+            biased;
+            r = stream.write(&bytes[written..]) => r?,
+            () = timer.as_mut() => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))
+            }
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    Ok(())
+}
+
 /// Reads what `stream` has into `buf`, making room first.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+async fn read_more<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < READ_SPACE {
         buf.reserve(READ_SPACE);
     }
     stream.read_buf(buf).await
+}
+
+/// Completes when the client closes or resets its connection. Bytes it
+/// sends meanwhile (pipelined requests) are kept in `buf`, up to `limit`;
+/// past that the watch stops (the next request will be read later).
+async fn client_closed<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut, limit: usize) {
+    while buf.len() < limit {
+        match read_more(stream, buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Attempts over fast-path sockets: the request is the same bytes every
@@ -493,6 +587,13 @@ struct FastExchange<'a> {
     timer: &'a mut Pin<Box<Sleep>>,
     resendable: bool,
     head_request: bool,
+    /// The client's socket, watched while the instance works.
+    client: &'a mut TcpStream,
+    client_buf: &'a mut BytesMut,
+    /// The client went away during an attempt.
+    client_gone: bool,
+    watch_limit: usize,
+    send_timeout: Duration,
 }
 
 /// How one exchange on one socket failed.
@@ -501,7 +602,11 @@ enum Lost {
     Unsent(String),
     /// The request was (maybe partly) written; no usable response came.
     Sent(String),
+    /// The instance answered in a way that cannot be relayed.
+    Bad(&'static str),
     TimedOut,
+    /// The client closed its connection.
+    ClientGone,
 }
 
 impl Exchange for FastExchange<'_> {
@@ -514,6 +619,7 @@ impl Exchange for FastExchange<'_> {
             match self.exchange(&mut conn, timeout.response_header).await {
                 Ok((status, answer)) => return Outcome::Answered((conn, answer), status),
                 Err(Lost::TimedOut) => return Outcome::TimedOut,
+                Err(lost @ (Lost::Bad(_) | Lost::ClientGone)) => return self.lost(lost),
                 // A keep-alive race: try a fresh connection to the same
                 // instance when nothing was sent or repeating is safe.
                 Err(Lost::Unsent(_)) => {}
@@ -528,7 +634,15 @@ impl Exchange for FastExchange<'_> {
                 }
             }
         }
-        let mut conn = match upstream::connect_raw(instance.addr(), timeout.connect).await {
+        let connect = upstream::connect_raw(instance.addr(), timeout.connect);
+        let connected = tokio::select! {
+            biased;
+            c = connect => c,
+            () = client_closed(self.client, self.client_buf, self.watch_limit) => {
+                return self.lost(Lost::ClientGone);
+            }
+        };
+        let mut conn = match connected {
             Ok(conn) => conn,
             Err(e) => {
                 return Outcome::Failed {
@@ -551,80 +665,122 @@ impl Exchange for FastExchange<'_> {
                 failure: Some(Failure::Reset),
                 retry: self.resendable,
             },
+            Err(lost) => self.lost(lost),
         }
     }
 }
 
 impl FastExchange<'_> {
+    /// The outcome of an attempt that cannot be retried.
+    fn lost(&mut self, lost: Lost) -> Outcome<(RawConn, Answer)> {
+        match lost {
+            Lost::ClientGone => {
+                self.client_gone = true;
+                Outcome::Abandoned
+            }
+            Lost::Bad(detail) => Outcome::BadResponse(detail),
+            Lost::Unsent(error) | Lost::Sent(error) => Outcome::Failed {
+                error,
+                failure: None,
+                retry: false,
+            },
+            Lost::TimedOut => Outcome::TimedOut,
+        }
+    }
+
     /// Writes the request on `conn` and reads the response head, whose
-    /// client version goes to `resp`.
+    /// client version goes to `resp`; interim answers are relayed to the
+    /// client on the way. The client's socket is watched meanwhile.
     async fn exchange(
         &mut self,
         conn: &mut RawConn,
         timeout: Duration,
     ) -> Result<(u16, Answer), Lost> {
-        match conn.stream.write(self.request).await {
-            Ok(n) if n == self.request.len() => {}
-            Ok(0) => return Err(Lost::Unsent("connection closed".to_owned())),
-            Ok(n) => conn
-                .stream
-                .write_all(&self.request[n..])
-                .await
-                .map_err(|e| Lost::Sent(e.to_string()))?,
-            Err(e) => return Err(Lost::Unsent(e.to_string())),
-        }
         self.timer.as_mut().reset(Instant::now() + timeout);
+        let asked = Asked {
+            head: self.head_request,
+            upgrade: None,
+        };
+        // Reading half watched, writing half for interim answers.
+        let (mut client_rd, mut client_wr) = self.client.split();
+        let send_timeout = self.send_timeout;
+        let request = self.request;
+        let resp = &mut *self.resp;
+        let relay = async {
+            match conn.stream.write(request).await {
+                Ok(n) if n == request.len() => {}
+                Ok(0) => return Err(Lost::Unsent("connection closed".to_owned())),
+                Ok(n) => conn
+                    .stream
+                    .write_all(&request[n..])
+                    .await
+                    .map_err(|e| Lost::Sent(e.to_string()))?,
+                Err(e) => return Err(Lost::Unsent(e.to_string())),
+            }
+            response_head(conn, resp, asked, &mut client_wr, send_timeout).await
+        };
         tokio::select! {
             biased;
-            r = response_head(conn, self.resp, self.head_request) => r,
+            r = relay => r,
             () = self.timer.as_mut() => Err(Lost::TimedOut),
+            () = client_closed(&mut client_rd, self.client_buf, self.watch_limit) => Err(Lost::ClientGone),
         }
     }
 }
 
-/// Reads the response head on `conn`, skipping interim (1xx) answers, and
-/// writes its client version to `resp`.
-async fn response_head(
+/// Reads the response head on `conn`, relaying interim (1xx) answers to
+/// `client` and skipping `100 Continue`, and writes the final head's client
+/// version to `resp`.
+async fn response_head<W: AsyncWrite + Unpin>(
     conn: &mut RawConn,
     resp: &mut Vec<u8>,
-    head_request: bool,
+    asked: Asked<'_>,
+    client: &mut W,
+    send_timeout: Duration,
 ) -> Result<(u16, Answer), Lost> {
+    let mut interim = 0;
     loop {
         if !conn.buf.is_empty() {
             let mut slots = head::header_slots();
-            let parsed = match head::parse_response(&conn.buf, &mut slots, head_request) {
-                Ok(Some(h)) if h.status == 101 => {
-                    return Err(Lost::Sent(
-                        "switched protocols without being asked to".to_owned(),
-                    ))
+            match head::parse_response(&conn.buf, &mut slots, asked) {
+                Ok(Some(h)) if h.len > MAX_RESPONSE_HEAD => {
+                    return Err(Lost::Bad("response head too large"))
                 }
-                // Interim answer (100 Continue, 103 Early Hints): skip.
-                Ok(Some(h)) if h.status < 200 => Some(h.len),
+                Ok(Some(h)) if h.status < 200 => {
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Err(Lost::Bad("too many interim responses"));
+                    }
+                    let len = h.len;
+                    if h.is_interim() {
+                        let mut head = Vec::with_capacity(len + 16);
+                        h.write_client(&mut head);
+                        head.extend_from_slice(b"\r\n");
+                        let write = client.write_all(&head);
+                        match tokio::time::timeout(send_timeout, write).await {
+                            Ok(Ok(())) => {}
+                            _ => return Err(Lost::ClientGone),
+                        }
+                    }
+                    conn.buf.advance(len);
+                    continue;
+                }
                 Ok(Some(h)) => {
                     resp.clear();
                     h.write_client(resp);
                     let answer = Answer {
-                        body: h.body,
-                        reusable: h.reusable,
+                        body: h.plan.body,
+                        reusable: h.plan.reusable,
                     };
                     let (status, len) = (h.status, h.len);
                     conn.buf.advance(len);
                     return Ok((status, answer));
                 }
                 Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(Lost::Sent("response head too large".to_owned()))
+                    return Err(Lost::Bad("response head too large"))
                 }
-                Ok(None) => None,
-                Err(HeadError::Invalid(why) | HeadError::Fallback(why)) => {
-                    return Err(Lost::Sent(why.to_owned()))
-                }
-                Err(HeadError::TooManyHeaders) => {
-                    return Err(Lost::Sent("too many response headers".to_owned()))
-                }
-            };
-            if let Some(len) = parsed {
-                conn.buf.advance(len);
-                continue;
+                Ok(None) => {}
+                Err(why) => return Err(Lost::Bad(why)),
             }
         }
         match read_more(&mut conn.stream, &mut conn.buf).await {

@@ -13,7 +13,6 @@
 //! Both paths share the routing, balancing, attempt loop, pools and error
 //! answers, so the two behave alike.
 
-mod chunked;
 mod conn;
 mod head;
 mod rewind;

@@ -1,26 +1,74 @@
-//! A client socket with bytes already read from it put back in front, so a
-//! connection the fast path hands over is read by hyper from its first
-//! byte.
+//! The client socket as the general (hyper) path sees it: bytes the fast
+//! path already read are put back in front, so hyper reads the connection
+//! from its first byte; and a write that makes no progress for
+//! `timeouts.client_send` fails, so a client that stops reading cannot hold
+//! a connection (and the instance's response behind it) forever.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// `stream`, read as `prefix` followed by what the socket delivers.
 #[derive(Debug)]
 pub struct Rewind {
     prefix: Bytes,
     stream: TcpStream,
+    /// Armed while a write waits for the client.
+    stalled: Option<Pin<Box<Sleep>>>,
+    send_timeout: Duration,
 }
 
 impl Rewind {
-    /// Puts `prefix` back in front of `stream`.
-    pub fn new(stream: TcpStream, prefix: Bytes) -> Self {
-        Rewind { prefix, stream }
+    /// Puts `prefix` back in front of `stream`; writes stalled for longer
+    /// than `send_timeout` fail.
+    pub fn new(stream: TcpStream, prefix: Bytes, send_timeout: Duration) -> Self {
+        Rewind {
+            prefix,
+            stream,
+            stalled: None,
+            send_timeout,
+        }
+    }
+
+    /// Whether the connection starts with the HTTP/2 connection preface.
+    pub fn is_h2_preface(&self) -> bool {
+        self.prefix.starts_with(b"PRI * HTTP/2.0")
+    }
+
+    /// Turns a pending write into a timeout error once it has been pending
+    /// for too long; a write that completes disarms the timer.
+    fn bound<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                let timeout = self.send_timeout;
+                let timer = self.stalled.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + timeout))
+                });
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.stalled = None;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client stopped reading",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
     }
 }
 
@@ -46,7 +94,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.bound(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -54,7 +103,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.bound(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -62,10 +112,12 @@ impl AsyncWrite for Rewind {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.bound(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.bound(cx, polled)
     }
 }

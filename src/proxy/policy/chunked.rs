@@ -1,0 +1,324 @@
+//! A strict scanner for chunked bodies (RFC 9112 section 7.1) that pass
+//! through the fast path: it finds where a body ends, refuses anything two
+//! parsers could read differently, and filters the trailer section.
+//!
+//! Refused (the caller answers 400 for requests, 502 for responses, and
+//! closes): a bare CR or LF anywhere, control characters, chunk sizes that
+//! are not 1-16 hex digits, chunk extensions outside the grammar
+//! (`*( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )`),
+//! size lines over 4 KiB, trailer lines that are not `token ":" value`
+//! (obs-fold, white space before the colon, NUL), and trailer sections
+//! over 16 KiB or 64 lines.
+//!
+//! Chunk sizes, extensions and data pass through as received. The trailer
+//! section is held back and re-emitted with only the fields
+//! [`super::fields::trailer_allowed`] admits, one `name: value` line each.
+
+use super::fields::{is_tchar, trailer_allowed};
+
+/// Why a chunked body is malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked body: {0}")]
+pub(crate) struct ChunkError(pub &'static str);
+
+/// Longest chunk-size line (digits plus extensions).
+const MAX_SIZE_LINE: u32 = 4096;
+/// Largest trailer section, and most trailer lines.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+const MAX_TRAILER_LINES: u32 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Hex digits of a chunk size.
+    Size,
+    /// White space after the size.
+    SizeBws,
+    /// After `;`, before an extension name.
+    ExtBws,
+    ExtName,
+    /// White space after an extension name.
+    ExtNameBws,
+    /// After `=`, before the value.
+    ValBws,
+    Token,
+    Quoted,
+    QuotedPair,
+    /// White space after a value.
+    AfterVal,
+    /// LF ending the size line.
+    SizeLf,
+    /// Chunk data.
+    Data,
+    DataCr,
+    DataLf,
+    /// Start of a trailer line, or the CR of the final empty line.
+    TrailerStart,
+    TrailerName,
+    TrailerValue,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// What one [`ChunkedScanner::feed`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// Leading bytes of the input to forward as they are.
+    pub pass: usize,
+    /// Bytes of the input that belong to the body (the rest, when `done`,
+    /// is the next message); `consumed - pass` went into the trailers.
+    pub consumed: usize,
+    /// The body ended; [`ChunkedScanner::trailers`] holds its trailer
+    /// lines to write before the final CRLF.
+    pub done: bool,
+}
+
+/// Scans one chunked body fed to it piece by piece.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkedScanner {
+    state: State,
+    remaining: u64,
+    digits: u32,
+    line: u32,
+    trailer_lines: u32,
+    /// The trailer line being read; allocated only when there are trailers.
+    current: Vec<u8>,
+    /// The trailer lines kept, each ending in CRLF.
+    kept: Vec<u8>,
+    trailer_bytes: usize,
+}
+
+impl Default for ChunkedScanner {
+    fn default() -> Self {
+        ChunkedScanner {
+            state: State::Size,
+            remaining: 0,
+            digits: 0,
+            line: 0,
+            trailer_lines: 0,
+            current: Vec::new(),
+            kept: Vec::new(),
+            trailer_bytes: 0,
+        }
+    }
+}
+
+#[inline]
+fn ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+impl ChunkedScanner {
+    /// Whether the body has ended.
+    #[cfg(test)]
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The kept trailer lines (each `name: value\r\n`), once done.
+    pub(crate) fn trailers(&self) -> &[u8] {
+        &self.kept
+    }
+
+    /// Feeds the next bytes of the body.
+    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<Scan, ChunkError> {
+        let mut i = 0;
+        let mut pass = None;
+        while i < data.len() {
+            if self.state == State::Data {
+                let take = self.remaining.min((data.len() - i) as u64);
+                self.remaining -= take;
+                i += take as usize;
+                if self.remaining == 0 {
+                    self.state = State::DataCr;
+                }
+                continue;
+            }
+            let b = data[i];
+            i += 1;
+            if matches!(
+                self.state,
+                State::SizeBws
+                    | State::ExtBws
+                    | State::ExtName
+                    | State::ExtNameBws
+                    | State::ValBws
+                    | State::Token
+                    | State::Quoted
+                    | State::QuotedPair
+                    | State::AfterVal
+            ) {
+                self.line += 1;
+                if self.line > MAX_SIZE_LINE {
+                    return Err(ChunkError("chunk size line too long"));
+                }
+            }
+            self.state = match (self.state, b) {
+                (State::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                    self.digits += 1;
+                    if self.digits > 16 {
+                        return Err(ChunkError("chunk size too large"));
+                    }
+                    self.remaining = self.remaining << 4 | u64::from(hex(b));
+                    State::Size
+                }
+                (State::Size, _) if self.digits == 0 => return Err(ChunkError("bad chunk size")),
+                (State::Size | State::SizeBws, b' ' | b'\t') => State::SizeBws,
+                (State::Size | State::SizeBws | State::AfterVal | State::Token, b';') => {
+                    State::ExtBws
+                }
+                (State::ExtName | State::ExtNameBws, b';') => State::ExtBws,
+                (State::ExtBws, b) if ws(b) => State::ExtBws,
+                (State::ExtBws | State::ExtName, b) if is_tchar(b) => State::ExtName,
+                (State::ExtName | State::ExtNameBws, b) if ws(b) => State::ExtNameBws,
+                (State::ExtName | State::ExtNameBws, b'=') => State::ValBws,
+                (State::ValBws, b) if ws(b) => State::ValBws,
+                (State::ValBws, b'"') => State::Quoted,
+                (State::ValBws | State::Token, b) if is_tchar(b) => State::Token,
+                (State::Token | State::AfterVal, b) if ws(b) => State::AfterVal,
+                (State::Quoted, b'"') => State::AfterVal,
+                (State::Quoted, b'\\') => State::QuotedPair,
+                (State::Quoted, b) if qdtext(b) => State::Quoted,
+                (State::QuotedPair, b) if ws(b) || (0x21..=0x7e).contains(&b) || b >= 0x80 => {
+                    State::Quoted
+                }
+                (
+                    State::Size
+                    | State::SizeBws
+                    | State::ExtName
+                    | State::ExtNameBws
+                    | State::Token
+                    | State::AfterVal,
+                    b'\r',
+                ) => State::SizeLf,
+                (State::SizeLf, b'\n') => {
+                    self.digits = 0;
+                    self.line = 0;
+                    if self.remaining == 0 {
+                        // The trailer section starts after this byte.
+                        pass = Some(i);
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    }
+                }
+                (
+                    State::Size
+                    | State::SizeBws
+                    | State::ExtBws
+                    | State::ExtName
+                    | State::ExtNameBws
+                    | State::ValBws
+                    | State::Token
+                    | State::Quoted
+                    | State::QuotedPair
+                    | State::AfterVal
+                    | State::SizeLf,
+                    _,
+                ) => return Err(ChunkError("bad chunk size line")),
+                (State::DataCr, b'\r') => State::DataLf,
+                (State::DataLf, b'\n') => State::Size,
+                (State::DataCr | State::DataLf, _) => {
+                    return Err(ChunkError("chunk data not followed by CRLF"))
+                }
+                (State::TrailerStart, b'\r') => State::EndLf,
+                (State::TrailerStart | State::TrailerName, b) if is_tchar(b) => {
+                    self.trailer_byte(b)?;
+                    State::TrailerName
+                }
+                (State::TrailerName, b':') => {
+                    self.trailer_byte(b)?;
+                    State::TrailerValue
+                }
+                (State::TrailerValue, b'\r') => State::TrailerLf,
+                (State::TrailerValue, b) if b == b'\t' || (b >= 0x20 && b != 0x7f) => {
+                    self.trailer_byte(b)?;
+                    State::TrailerValue
+                }
+                (State::TrailerLf, b'\n') => {
+                    self.end_trailer_line()?;
+                    State::TrailerStart
+                }
+                (State::TrailerStart | State::TrailerName | State::TrailerValue, _) => {
+                    return Err(ChunkError("malformed trailer line"))
+                }
+                (State::TrailerLf, _) => return Err(ChunkError("trailer line not ended by CRLF")),
+                (State::EndLf, b'\n') => {
+                    self.state = State::Done;
+                    return Ok(Scan {
+                        pass: pass.unwrap_or(0),
+                        consumed: i,
+                        done: true,
+                    });
+                }
+                (State::EndLf, _) => return Err(ChunkError("chunked body not ended by CRLF")),
+                (State::Data | State::Done, _) => unreachable!("handled above or never fed"),
+            };
+        }
+        let in_trailers = matches!(
+            self.state,
+            State::TrailerStart
+                | State::TrailerName
+                | State::TrailerValue
+                | State::TrailerLf
+                | State::EndLf
+        );
+        Ok(Scan {
+            pass: match pass {
+                Some(p) => p,
+                None if in_trailers => 0,
+                None => data.len(),
+            },
+            consumed: data.len(),
+            done: false,
+        })
+    }
+
+    fn trailer_byte(&mut self, b: u8) -> Result<(), ChunkError> {
+        self.trailer_bytes += 1;
+        if self.trailer_bytes > MAX_TRAILER_BYTES {
+            return Err(ChunkError("trailer section too large"));
+        }
+        self.current.push(b);
+        Ok(())
+    }
+
+    fn end_trailer_line(&mut self) -> Result<(), ChunkError> {
+        self.trailer_lines += 1;
+        if self.trailer_lines > MAX_TRAILER_LINES {
+            return Err(ChunkError("too many trailer lines"));
+        }
+        let line = std::mem::take(&mut self.current);
+        let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if trailer_allowed(name) {
+            self.kept.extend_from_slice(name);
+            self.kept.extend_from_slice(b": ");
+            self.kept.extend_from_slice(value);
+            self.kept.extend_from_slice(b"\r\n");
+        }
+        self.current = line;
+        self.current.clear();
+        Ok(())
+    }
+}
+
+fn qdtext(b: u8) -> bool {
+    b == b'\t'
+        || b == b' '
+        || b == 0x21
+        || (0x23..=0x5b).contains(&b)
+        || (0x5d..=0x7e).contains(&b)
+        || b >= 0x80
+}
+
+fn hex(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    }
+}
+
+#[cfg(test)]
+mod tests;

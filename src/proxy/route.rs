@@ -1,0 +1,54 @@
+//! Finding where a checked request goes, for both codecs: the router picks
+//! a service name (and the prefix to strip, and the upgrades the route
+//! allows), the snapshot resolves it to the service's entry. One `load` of
+//! the snapshot per request.
+
+use std::sync::Arc;
+
+use super::error::ProxyError;
+use super::policy::request::protocol_name;
+use super::policy::target::Target;
+use super::Proxy;
+use crate::registry::ServiceEntry;
+
+/// Where a request goes.
+#[derive(Debug)]
+pub(crate) struct Routed<'a> {
+    pub service: Arc<ServiceEntry>,
+    /// Leading bytes of the path removed before forwarding.
+    pub strip: usize,
+    /// The upgrade to forward: what the client asked for, if the route
+    /// allows it.
+    pub upgrade: Option<&'a [u8]>,
+}
+
+impl Proxy {
+    /// Routes a request for `target` that asked to upgrade to `upgrade`.
+    pub(crate) fn route<'a>(
+        &self,
+        target: &Target<'_>,
+        upgrade: Option<&'a [u8]>,
+    ) -> Result<Routed<'a>, ProxyError> {
+        let snapshot = self.registry.load();
+        let path = target.path();
+        let Some(to) = snapshot.router().route(Some(target.authority), path) else {
+            return Err(ProxyError::NoRoute {
+                host: target.authority.to_owned(),
+                path: path.to_owned(),
+            });
+        };
+        let Some(service) = snapshot.service(&to.service) else {
+            return Err(ProxyError::UnknownService(to.service.into_owned()));
+        };
+        let upgrade = upgrade.filter(|u| to.allows_upgrade(protocol_name(u)));
+        Ok(Routed {
+            service: service.clone(),
+            strip: if target.path_and_query == "*" {
+                0
+            } else {
+                to.strip
+            },
+            upgrade,
+        })
+    }
+}
