@@ -368,7 +368,11 @@ impl Proxy {
         parts.headers = out;
         parts.version = Version::HTTP_11;
         if plan.kind != Kind::Switching {
-            let body = ProxyBody::Upstream(TrackedBody::new(body, guard, Some(sender)));
+            // A connection the response policy says cannot carry another
+            // request (HTTP/1.0 with Transfer-Encoding, a 204 announcing a
+            // body, ...) is closed with the body, never pooled.
+            let sender = plan.reusable.then_some(sender);
+            let body = ProxyBody::Upstream(TrackedBody::new(body, guard, sender));
             return Ok(Response::from_parts(parts, body));
         }
         let (Some(client_up), Some(upstream_up)) =

@@ -84,7 +84,9 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.client_header_timeout)
-        .max_headers(MAX_FIELDS)
+        // Room above the policy's limit, so that a request with too many
+        // lines gets the policy's 431 with its message rather than hyper's.
+        .max_headers(2 * MAX_FIELDS)
         .max_buf_size(HYPER_DEFAULT_MAX_BUF.max(settings.max_header_bytes + 8192));
     let h2 = &settings.http2;
     builder

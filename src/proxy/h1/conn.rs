@@ -257,10 +257,17 @@ impl Conn<'_> {
         // An error answer cannot skip a body it has not read: close after.
         let plan = &head.plan;
         let go_on = (!plan.close && plan.body == Framing::Empty).then_some(head.len);
-        let routed = match self.proxy.route(&plan.target, None) {
+        let routed = match self.proxy.route(&plan.target, plan.upgrade) {
             Ok(r) => r,
             Err(e) => return Prepared::Refuse(e, go_on),
         };
+        if routed.upgrade.is_some() {
+            // The route allows the upgrade: hyper tunnels it. Any other
+            // upgrade request (h2c, say) is served here as plain HTTP/1.1,
+            // its Upgrade fields dropped.
+            tracing::trace!("upgrade handed to the general path");
+            return Prepared::Fallback;
+        }
         self.out.clear();
         let target = strip_path(plan.target.path_and_query, routed.strip);
         head.write_upstream(&target, &hop, &mut self.out);

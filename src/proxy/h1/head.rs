@@ -28,7 +28,8 @@ pub(crate) enum HeadError {
     /// closes.
     Refuse(ProxyError),
     /// Valid, but served by the general (hyper) path: HTTP/2 prior
-    /// knowledge, HTTP/1.0, upgrades, `Expect: 100-continue`.
+    /// knowledge, HTTP/1.0, `Expect: 100-continue` (and, once routed, an
+    /// upgrade the route allows).
     Fallback(&'static str),
 }
 
@@ -100,9 +101,6 @@ pub(crate) fn parse_request<'h, 'b>(
     let plan = request::plan(&view, hop).map_err(HeadError::Refuse)?;
     if version == 0 {
         return Err(HeadError::Fallback("HTTP/1.0"));
-    }
-    if plan.upgrade.is_some() {
-        return Err(HeadError::Fallback("upgrade"));
     }
     if plan.expect_continue {
         return Err(HeadError::Fallback("Expect"));

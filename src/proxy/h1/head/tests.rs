@@ -67,7 +67,7 @@ fn sorts_requests_into_served_refused_and_handed_over() {
         ("GET / HTTP/1.0\r\nHost: h\r\n\r\n", "fallback: HTTP/1.0"),
         (
             "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            "fallback: upgrade",
+            "served",
         ),
         (
             "PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
