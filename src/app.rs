@@ -1,10 +1,14 @@
 //! The running process: binds the listeners, builds the registry and starts
-//! its refresher, the proxy server, the admin API and the idle-connection
-//! reaper, and stops them all in order on shutdown.
+//! its refresher, the admin API (answering `/readyz` with 503 while the
+//! rest starts), the proxy server and the idle-connection reaper; reloads
+//! the config file; and on shutdown reports not ready, waits the pre-stop
+//! delay while still serving, then stops everything in order. A second
+//! SIGTERM/SIGINT during shutdown exits at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,13 +16,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::admin::status::{Phase, RunState};
 use crate::config::{Config, ConfigError};
 use crate::proxy::server::{self, ServerSettings};
 use crate::proxy::Proxy;
 use crate::registry::dns::DnsSources;
 use crate::registry::etcd::EtcdStore;
 use crate::registry::registrations::Registrations;
-use crate::registry::Registry;
+use crate::registry::{static_instances, Registry, Removals, STATIC_SOURCE};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,28 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `registry.state_file` cannot be written (or read).
+    #[error("registry.state_file {}: {what}: {source}", path.display())]
+    StateFile {
+        /// The file.
+        path: PathBuf,
+        /// What was tried.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Why `wayfinder run` ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// It could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A second SIGTERM/SIGINT arrived during shutdown: exited without
+    /// waiting for the pre-stop delay or the drain to end.
+    #[error("second signal during shutdown: exited at once, requests in flight were cut")]
+    Forced,
 }
 
 /// A started proxy.
@@ -47,6 +74,15 @@ pub struct Running {
     pub registry: Arc<Registry>,
     /// The registration source behind the admin API.
     pub registrations: Arc<Registrations>,
+    /// Readiness, reloads and the config in effect, as the admin API shows
+    /// them.
+    pub state: Arc<RunState>,
+    /// The config the process started with (what restart-only settings
+    /// keep until the next start).
+    started: Config,
+    /// Whether the last reload was rejected (the `config` source then
+    /// shows it as its error).
+    reload_failed: AtomicBool,
     /// One resolving task per service with a `[services.NAME.dns]` table.
     dns: Mutex<DnsSources>,
     stop: oneshot::Sender<()>,
@@ -54,17 +90,72 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, drains requests in flight (up to the configured
-    /// drain timeout) and returns when everything has stopped.
+    /// Reports not ready (`/readyz` 503), keeps serving for the configured
+    /// pre-stop delay (`timeouts.pre_stop`), then stops accepting, drains
+    /// requests in flight (up to the drain timeout) and returns when
+    /// everything has stopped.
     pub async fn shutdown(self) {
+        self.state.set_phase(Phase::Draining);
+        let pre_stop = self.state.config().timeouts.pre_stop;
+        if !pre_stop.is_zero() {
+            tracing::info!(
+                ?pre_stop,
+                "pre-stop: /readyz reports not ready; still serving until the delay ends"
+            );
+            tokio::time::sleep(pre_stop).await;
+            tracing::info!("pre-stop delay over");
+        }
         let _ = self.stop.send(());
         let _ = self.done.await;
     }
 }
 
+/// Checks that `registry.state_file` can be saved where it is (a file
+/// written beside it and renamed over it, as each save does) and, when it
+/// exists, read.
+fn check_state_file(path: &Path) -> Result<(), StartError> {
+    let fail = |what, source| StartError::StateFile {
+        path: path.to_owned(),
+        what,
+        source,
+    };
+    if path.exists() {
+        std::fs::File::open(path).map_err(|e| fail("cannot read it", e))?;
+        if path.is_dir() {
+            return Err(fail(
+                "is a directory",
+                std::io::Error::other("a state file must be a file"),
+            ));
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| {
+            fail(
+                "cannot write beside it (registrations could not be saved)",
+                e,
+            )
+        })?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
+}
+
 /// Binds and starts everything `config` describes. Must be called inside a
 /// Tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    start_from(config, None).await
+}
+
+/// [`start`], with the file `config` was read from (shown by the admin
+/// API).
+pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running, StartError> {
+    if let Some(path) = &config.registry.state_file {
+        check_state_file(path)?;
+    }
     let mut listeners = Vec::with_capacity(config.listen.len());
     let mut listen = Vec::with_capacity(config.listen.len());
     for &addr in &config.listen {
@@ -85,28 +176,63 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let state = RunState::new(config, file.map(Path::to_owned));
 
     let registry = Registry::new(config);
     tokio::spawn(registry.clone().run_refresher());
-    let etcd = match &config.registry.etcd {
-        Some(settings) => {
-            let store = EtcdStore::new(settings, &registry);
-            let task = store.spawn();
+    let etcd = config.registry.etcd.as_ref().map(|settings| {
+        let store = EtcdStore::new(settings, &registry);
+        let task = store.spawn();
+        (
+            store,
+            task,
+            settings.dial_timeout + settings.request_timeout,
+        )
+    });
+    let registrations = match &etcd {
+        Some((store, _, _)) => Registrations::with_etcd(&registry, store.clone()),
+        None => Registrations::new(&registry, config.registry.state_file.clone()),
+    };
+    tokio::spawn(registrations.clone().run_expiry());
+
+    // The admin API answers from here on: `/readyz` says "starting" until
+    // the registry is loaded.
+    let (admin_stop_tx, admin_stop) = oneshot::channel::<()>();
+    let admin = admin::Admin {
+        registry: registry.clone(),
+        registrations: registrations.clone(),
+        token: config.admin_token.as_deref().map(Arc::from),
+        auth_reads: config.admin_auth_reads,
+        default_ttl: config.registry.default_ttl,
+        state: state.clone(),
+    };
+    let admin_task = admin_listener.map(|l| {
+        tokio::spawn(admin::serve(l, admin, async move {
+            let _ = admin_stop.await;
+        }))
+    });
+
+    let etcd_task = match etcd {
+        Some((store, task, wait)) => {
             // Serve with the shared registry loaded when etcd answers in
             // time; otherwise start anyway (the source keeps retrying).
-            if store
-                .wait_listed(settings.dial_timeout + settings.request_timeout)
-                .await
-            {
+            if store.wait_listed(wait).await {
                 registry.rebuild();
             } else {
                 tracing::warn!(
                     "etcd not listed yet; serving without its instances until it answers"
                 );
             }
-            Some((store, task))
+            Some(task)
         }
-        None => None,
+        None => {
+            // The state file's registrations are in the first snapshot.
+            registry.rebuild();
+            None
+        }
     };
     let dns = DnsSources::start(&registry, config);
     let health = crate::health::spawn_supervisor(&registry);
@@ -122,26 +248,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     drop(snap);
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let (admin_stop_tx, admin_stop) = oneshot::channel::<()>();
-    let (registrations, etcd_task) = match etcd {
-        Some((store, task)) => (Registrations::with_etcd(&registry, store), Some(task)),
-        None => (
-            Registrations::new(&registry, config.registry.state_file.clone()),
-            None,
-        ),
-    };
-    tokio::spawn(registrations.clone().run_expiry());
-    let admin = admin::Admin {
-        registry: registry.clone(),
-        registrations: registrations.clone(),
-        token: config.admin_token.as_deref().map(Arc::from),
-        default_ttl: config.registry.default_ttl,
-    };
-    let admin_task = admin_listener.map(|l| {
-        tokio::spawn(admin::serve(l, admin, async move {
-            let _ = admin_stop.await;
-        }))
-    });
     let reaper = tokio::spawn(reap_idle(proxy.clone(), config.timeouts.upstream_idle));
     let settings = ServerSettings::from_config(config);
     let done = tokio::spawn(async move {
@@ -159,53 +265,113 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             t.abort();
         }
     });
+    state.set_phase(Phase::Ready);
     Ok(Running {
         listen,
         admin: admin_addr,
         registry,
         registrations,
+        state,
+        started: config.clone(),
+        reload_failed: AtomicBool::new(false),
         dns: Mutex::new(dns),
         stop,
         done,
     })
 }
 
+/// The settings read only at start: which of them differ between `old`
+/// and `new`, and `new` with those kept at their `old` values (what is in
+/// effect until a restart).
+fn restart_only(old: &Config, new: &Config) -> (Vec<&'static str>, Config) {
+    let mut effective = new.clone();
+    let mut changed = Vec::new();
+    macro_rules! at_start {
+        ($key:literal, $($field:ident).+) => {
+            if new.$($field).+ != old.$($field).+ {
+                changed.push($key);
+                effective.$($field).+ = old.$($field).+.clone();
+            }
+        };
+    }
+    at_start!("listen", listen);
+    at_start!("admin.listen", admin);
+    at_start!("admin.token", admin_token);
+    at_start!("admin.token_env", admin_token_env);
+    at_start!("admin.auth_reads", admin_auth_reads);
+    at_start!("registry.state_file", registry.state_file);
+    at_start!("registry.default_ttl", registry.default_ttl);
+    at_start!("registry.etcd", registry.etcd);
+    at_start!("runtime.worker_threads", runtime.worker_threads);
+    at_start!("timeouts.client_header", timeouts.client_header);
+    at_start!("timeouts.upstream_idle", timeouts.upstream_idle);
+    at_start!("timeouts.shutdown_drain", timeouts.shutdown_drain);
+    at_start!("limits.max_header_bytes", limits.max_header_bytes);
+    at_start!("limits.max_connections", limits.max_connections);
+    at_start!("limits.max_idle_per_instance", limits.max_idle_per_instance);
+    at_start!("proxy.via", proxy.via);
+    at_start!("proxy.debug_header", proxy.debug_header);
+    at_start!("proxy.snapshot_header", proxy.snapshot_header);
+    (changed, effective)
+}
+
 impl Running {
-    /// Reloads the config file at `path` and applies routes, services,
-    /// policies and static instances. An invalid file changes nothing and
-    /// its error is returned (and logged).
+    /// Reloads the config file at `path` (`current` is the last config
+    /// applied) and applies routes, services, policies, static instances
+    /// and the pre-stop delay. An invalid file changes nothing; its error
+    /// is returned, logged, shown by `GET /v1/status` and as the `config`
+    /// source's error in `GET /v1/sources`. Settings read only at start
+    /// are listed in the log line and in `GET /v1/status`.
     pub fn reload(&self, path: &Path, current: &mut Config) -> Result<bool, ConfigError> {
         let new = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "config reload rejected; the running config stays");
+                self.state.record_rejected(path.to_owned(), e.to_string());
+                self.registry
+                    .source_failed(STATIC_SOURCE, format!("rejected reload: {e}"));
+                self.reload_failed.store(true, Ordering::Relaxed);
                 return Err(e);
             }
         };
         if new == *current {
+            self.state.record_unchanged(path.to_owned());
+            self.clear_reload_error(current);
             return Ok(false);
         }
-        let restart_needed = new.listen != current.listen
-            || new.admin != current.admin
-            || new.limits != current.limits
-            || new.timeouts.client_header != current.timeouts.client_header
-            || new.timeouts.upstream_idle != current.timeouts.upstream_idle
-            || new.proxy.debug_header != current.proxy.debug_header
-            || new.proxy.snapshot_header != current.proxy.snapshot_header
-            || new.proxy.via != current.proxy.via
-            || new.admin_token != current.admin_token
-            || new.registry.etcd != current.registry.etcd;
-        if restart_needed {
-            tracing::warn!("config changes to listen, admin, limits, proxy headers, client timeouts or [registry.etcd] apply at the next restart");
-        }
+        let (changed, _) = restart_only(current, &new);
+        let (pending, effective) = restart_only(&self.started, &new);
         self.registry.apply_config(&new);
         self.dns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .apply(&self.registry, &new);
-        tracing::info!(file = %path.display(), routes = new.routes.len(), services = new.services.len(), "config reloaded");
+        self.clear_reload_error(&new);
+        if changed.is_empty() {
+            tracing::info!(file = %path.display(), routes = new.routes.len(), services = new.services.len(), "config reloaded");
+        } else {
+            tracing::warn!(
+                file = %path.display(),
+                routes = new.routes.len(),
+                services = new.services.len(),
+                restart_needed = %changed.join(", "),
+                "config reloaded; changed settings that apply only at the next restart: {}",
+                changed.join(", ")
+            );
+        }
+        self.state
+            .record_applied(path.to_owned(), effective, changed, pending);
         *current = new;
         Ok(true)
+    }
+
+    /// After a valid reload: the `config` source no longer shows the error
+    /// of an earlier rejected one.
+    fn clear_reload_error(&self, config: &Config) {
+        if self.reload_failed.swap(false, Ordering::Relaxed) {
+            self.registry
+                .report(STATIC_SOURCE, static_instances(config), Removals::Explicit);
+        }
     }
 
     /// Watches `path` (checked every second) and, with `sighup`, SIGHUP;
@@ -241,25 +407,58 @@ impl Running {
     }
 }
 
-/// Starts the proxy and serves until `shutdown` completes, then drains.
-/// With `path`, the config file is watched and reloaded on change or SIGHUP.
+/// Completes on the next SIGTERM or SIGINT (never, if neither can be
+/// listened for). Listening starts when this is called.
+fn next_stop_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = wait(term) => {}
+            () = wait(int) => {}
+        }
+    }
+}
+
+/// Starts the proxy and serves until `shutdown` completes, then shuts down
+/// (see [`Running::shutdown`]); a SIGTERM or SIGINT during the shutdown
+/// ends it at once with [`RunError::Forced`]. With `path`, the config file
+/// is watched and reloaded on change or SIGHUP.
 pub async fn run(
     config: &Config,
     path: Option<&Path>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), StartError> {
-    let running = Arc::new(start(config).await?);
+) -> Result<(), RunError> {
+    let running = Arc::new(start_from(config, path).await?);
     if let Some(path) = path {
         running.spawn_reloader(path.to_owned(), config.clone(), true);
     }
     shutdown.await;
+    // Listening before readiness turns: whoever sees `/readyz` say
+    // "draining" can force the exit with a second signal.
+    let force = next_stop_signal();
+    running.state.set_phase(Phase::Draining);
     let Ok(running) = Arc::try_unwrap(running) else {
         tracing::warn!("reloader still holds the proxy; exiting without drain");
         return Ok(());
     };
     tracing::info!("shutting down");
-    running.shutdown().await;
-    Ok(())
+    tokio::select! {
+        () = running.shutdown() => Ok(()),
+        () = force => {
+            tracing::warn!("second signal: exiting now, without waiting for the pre-stop delay or the drain");
+            Err(RunError::Forced)
+        }
+    }
 }
 
 async fn reap_idle(proxy: Arc<Proxy>, idle: Duration) {

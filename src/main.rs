@@ -23,15 +23,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the proxy with a config file until SIGTERM or SIGINT, then drain.
-    /// The file is watched and reloaded on change or SIGHUP.
+    /// Run the proxy with a config file until SIGTERM or SIGINT, then report
+    /// not ready for timeouts.pre_stop while still serving, and drain; a
+    /// second signal exits at once. The file is watched and reloaded on
+    /// change or SIGHUP.
     Run {
         /// The config file.
         #[arg(long, short, default_value = "config/wayfinder.toml")]
         config: PathBuf,
     },
-    /// Validate a config file and exit: 0 when valid, 1 with the error
-    /// (file:line:column: key: message) when not.
+    /// Validate a config file and exit: 0 when valid (warnings on stderr), 1
+    /// with every error (file:line:column: key: message; at most 20) when
+    /// not. Environment variables it names are checked by name, not value.
     Check {
         /// The config file.
         #[arg(long, short, default_value = "config/wayfinder.toml")]
@@ -103,8 +106,14 @@ fn main() -> ExitCode {
         .init();
 
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
+        Command::Check { config } => match Config::check(&config) {
+            Ok(wayfinder::config::Checked {
+                config: c,
+                warnings,
+            }) => {
+                for w in &warnings {
+                    eprintln!("wayfinder: warning: {w}");
+                }
                 println!(
                     "{}: ok ({} routes, {} services, {} static instances)",
                     config.display(),

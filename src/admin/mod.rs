@@ -1,11 +1,15 @@
 //! The admin API, served on its own listener (loopback by default), never
-//! on the proxy's: liveness, the registry as the proxy routes it, the
-//! registration API and client-side discovery queries.
+//! on the proxy's: liveness and readiness, the running state and config,
+//! the registry as the proxy routes it, the registration API and
+//! client-side discovery queries.
 //!
 //! | call | what |
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process serves |
-//! | `GET /v1/status` | snapshot version and age, counts |
+//! | `GET /readyz` | `200 ready`; `503 starting` until the registry is loaded, `503 draining` from SIGTERM/SIGINT on |
+//! | `GET /v1/status` | version, uptime, readiness, snapshot version and age, last reload, settings waiting for a restart |
+//! | `GET /v1/config` | the config in effect, secrets redacted |
+//! | `GET /v1/routes` | explicit routes in precedence order, and the conventions |
 //! | `GET /v1/services` | every service and instance with its combined state |
 //! | `GET /v1/sources` | per source: state, last success/error, instances, held-back removals |
 //! | `POST /v1/sources/{source}/release` | apply removals self-preservation held back |
@@ -17,11 +21,15 @@
 //! | `GET /v1/registry/{service}/{id}[?wait=drained&timeout=30s]` | one registration and its in-flight count |
 //! | `DELETE /v1/registry/{service}/{id}` | deregister |
 //!
-//! When a token is configured, every call that changes something (PUT,
-//! POST, DELETE) needs `Authorization: Bearer TOKEN` or gets 401.
+//! `HEAD` is answered like `GET`, without the body. When a token is
+//! configured, every call that changes something (PUT, POST, DELETE)
+//! needs `Authorization: Bearer TOKEN` (the scheme in any case) or gets
+//! 401; with `admin.auth_reads` every call does, except `/healthz` and
+//! `/readyz`. This is decided here, before any endpoint runs.
 
 mod registry_api;
 pub mod services;
+pub mod status;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,6 +38,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -53,8 +62,12 @@ pub struct Admin {
     pub registrations: Arc<Registrations>,
     /// Token mutating calls must carry, if any.
     pub token: Option<Arc<str>>,
+    /// Whether every call but `/healthz` and `/readyz` needs the token.
+    pub auth_reads: bool,
     /// TTL of registrations that name none.
     pub default_ttl: Duration,
+    /// The running process: readiness, reloads, the config in effect.
+    pub state: Arc<status::RunState>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.
@@ -90,28 +103,56 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
 
 impl Admin {
     /// Answers one admin request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let head = req.method() == Method::HEAD;
+        if head {
+            *req.method_mut() = Method::GET;
+        }
+        let resp = self.dispatch(req).await;
+        if head {
+            without_body(resp)
+        } else {
+            resp
+        }
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let probe = matches!(segments.as_slice(), ["healthz" | "readyz"]);
         let mutating = matches!(
             *req.method(),
             Method::PUT | Method::POST | Method::DELETE | Method::PATCH
         );
-        if mutating && !self.authorized(&req) {
+        let needs_token = mutating || (self.auth_reads && !probe);
+        if needs_token && !self.authorized(&req) {
             let mut resp = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return resp;
         }
-        let path = req.uri().path().to_owned();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (req.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+            (Method::GET, ["readyz"]) => match self.state.phase() {
+                status::Phase::Ready => text(StatusCode::OK, "ready\n"),
+                phase => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("{}\n", phase.as_str()),
+                ),
+            },
             (Method::GET, ["v1", "status"]) => {
-                json(StatusCode::OK, &services::status(&self.registry))
+                json(StatusCode::OK, &status::status(&self.state, &self.registry))
+            }
+            (Method::GET, ["v1", "config"]) => json(StatusCode::OK, &status::config(&self.state)),
+            (Method::GET, ["v1", "routes"]) => {
+                json(StatusCode::OK, &status::routes(&self.state, &self.registry))
             }
             (Method::GET, ["v1", "services"]) => {
                 json(StatusCode::OK, &services::services(&self.registry))
             }
-            (_, ["healthz"] | ["v1", "status" | "services"]) => method_not_allowed("GET"),
+            (_, ["healthz" | "readyz"] | ["v1", "status" | "config" | "routes" | "services"]) => {
+                method_not_allowed("GET, HEAD")
+            }
             (_, ["v1", "sources", ..]) | (_, ["v1", "registry", ..]) => {
                 self.registry_call(req, &segments).await
             }
@@ -126,16 +167,33 @@ impl Admin {
         let Some(token) = &self.token else {
             return true;
         };
-        let Some(given) = req
+        let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+            .and_then(bearer);
+        given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme is
+/// case-insensitive (RFC 9110, section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A `HEAD` answer: the `GET` answer's status and headers (its length
+/// included), no body.
+fn without_body(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    if let Some(len) = body.size_hint().exact() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Response::from_parts(parts, ProxyBody::empty())
 }
 
 /// Compares without an early exit, so timing does not leak the token.
@@ -212,6 +270,16 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(bearer("Bearer "), None);
+    }
 
     #[test]
     fn token_comparison() {

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::collect::Cx;
 use super::raw::{RawDns, RawDnsKind, RawEtcd};
-use super::validate::{duration, int, socket_addr, valid_host_chars, Cx};
+use super::validate::{duration, int, socket_addr, valid_host_chars};
 use super::{ConfigError, DnsDiscovery, DnsKind, EtcdAuth, EtcdSettings};
 
 /// etcd's default client port, used when an endpoint names none.
@@ -59,16 +60,13 @@ pub(super) fn etcd(cx: &Cx<'_>, raw: &Spanned<RawEtcd>) -> Result<EtcdSettings, 
             ))
         }
         (Some(p), None) => Some((p.get_ref().clone(), p.span())),
-        (None, Some(var)) => match std::env::var(var.get_ref()) {
-            Ok(v) if !v.is_empty() => Some((v, var.span())),
-            _ => {
-                return Err(cx.err_at(
-                    var,
-                    "registry.etcd.password_env",
-                    format!("environment variable {} is not set or empty", var.get_ref()),
-                ))
-            }
-        },
+        // Only checking (`wayfinder check`) with the variable unset: an
+        // empty password stands in for it.
+        (None, Some(var)) => Some((
+            cx.env_var(var, "registry.etcd.password_env")?
+                .unwrap_or_default(),
+            var.span(),
+        )),
         (None, None) => None,
     };
     let auth = match (&e.username, password) {

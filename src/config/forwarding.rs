@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::collect::Cx;
 use super::raw::{RawConfig, RawHttp2};
-use super::validate::{duration, int, Cx};
+use super::validate::{duration, int};
 use super::{Cidr, ConfigError, Http2Settings};
 
-/// Upgrade protocols allowed when a route does not say.
-pub(super) const DEFAULT_UPGRADES: &[&str] = &["websocket"];
+/// Upgrade protocols allowed when a route does not say: `["websocket"]`.
+pub(super) fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_owned()]
+}
 
 /// Parses a list of upgrade protocol names (tokens; `h2c` is refused: an
 /// HTTP/2 upgrade would leave the proxy's request handling behind).
@@ -75,58 +78,51 @@ pub(super) fn trusted_proxies(
         .collect()
 }
 
-/// Parses `[http2]`.
-pub(super) fn http2(cx: &Cx<'_>, raw: &RawConfig) -> Result<Http2Settings, ConfigError> {
+/// Parses `[http2]`; a bad value is recorded and its default kept.
+pub(super) fn http2(cx: &Cx<'_>, raw: &RawConfig) -> Http2Settings {
     let h: &RawHttp2 = &raw.http2;
-    let keepalive_interval = duration(
-        cx,
-        &h.keepalive_interval,
-        "http2.keepalive_interval",
-        Duration::from_secs(20),
-    )?;
-    let keepalive_timeout = duration(
-        cx,
-        &h.keepalive_timeout,
-        "http2.keepalive_timeout",
-        Duration::from_secs(10),
-    )?;
-    Ok(Http2Settings {
-        max_concurrent_streams: int(
-            cx,
-            &h.max_concurrent_streams,
-            "http2.max_concurrent_streams",
+    let secs = Duration::from_secs;
+    let dur = |v, key, default| cx.keep(duration(cx, v, key, default), default);
+    Http2Settings {
+        max_concurrent_streams: cx.keep(
+            int(
+                cx,
+                &h.max_concurrent_streams,
+                "http2.max_concurrent_streams",
+                256,
+                1..=65_536,
+            ),
             256,
-            1..=65_536,
-        )?,
-        keepalive_interval,
-        keepalive_timeout,
-        idle_timeout: duration(
-            cx,
-            &h.idle_timeout,
-            "http2.idle_timeout",
-            Duration::from_secs(60),
-        )?,
-        first_request_timeout: duration(
-            cx,
+        ),
+        keepalive_interval: dur(&h.keepalive_interval, "http2.keepalive_interval", secs(20)),
+        keepalive_timeout: dur(&h.keepalive_timeout, "http2.keepalive_timeout", secs(10)),
+        idle_timeout: dur(&h.idle_timeout, "http2.idle_timeout", secs(60)),
+        first_request_timeout: dur(
             &h.first_request_timeout,
             "http2.first_request_timeout",
-            Duration::from_secs(10),
-        )?,
-        max_pending_reset_streams: int(
-            cx,
-            &h.max_pending_reset_streams,
-            "http2.max_pending_reset_streams",
+            secs(10),
+        ),
+        max_pending_reset_streams: cx.keep(
+            int(
+                cx,
+                &h.max_pending_reset_streams,
+                "http2.max_pending_reset_streams",
+                20,
+                1..=10_000,
+            ),
             20,
-            1..=10_000,
-        )?,
-        max_local_error_resets: int(
-            cx,
-            &h.max_local_error_resets,
-            "http2.max_local_error_resets",
+        ),
+        max_local_error_resets: cx.keep(
+            int(
+                cx,
+                &h.max_local_error_resets,
+                "http2.max_local_error_resets",
+                1024,
+                1..=1_000_000,
+            ),
             1024,
-            1..=1_000_000,
-        )?,
-    })
+        ),
+    }
 }
 
 impl std::str::FromStr for Cidr {

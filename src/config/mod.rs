@@ -6,9 +6,11 @@
 //! builds the [`Config`] the rest of the proxy uses. Every error names the
 //! file, the line and column, and the key path of what is wrong.
 
+mod collect;
 mod discovery;
 mod forwarding;
 mod raw;
+mod serialize;
 mod validate;
 
 /// Helpers shared by the config unit tests.
@@ -21,6 +23,25 @@ mod test_util {
     /// Parses `text` as `test.toml`.
     pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
+    }
+
+    /// Every error `text` produces, as (line, key, message).
+    pub(super) fn errs(text: &str) -> Vec<(usize, String, String)> {
+        match parse(text).unwrap_err() {
+            ConfigError::Several { errors, .. } => errors
+                .into_iter()
+                .map(|e| match e {
+                    ConfigError::Invalid {
+                        line, key, message, ..
+                    } => (line, key, message),
+                    e => panic!("unexpected {e}"),
+                })
+                .collect(),
+            ConfigError::Invalid {
+                line, key, message, ..
+            } => vec![(line, key, message)],
+            e => panic!("unexpected {e}"),
+        }
     }
 
     /// The line, key and message of the error `text` must produce.
@@ -40,15 +61,31 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A fully validated configuration.
+use serde::Serialize;
+
+pub use serialize::REDACTED;
+
+/// Most errors one file reports; further ones are counted, not listed.
+pub const MAX_ERRORS: usize = 20;
+
+/// A fully validated configuration. It serializes (for `GET /v1/config`)
+/// with the file's key names and with secrets (the admin token, the etcd
+/// password) replaced by [`REDACTED`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where clients connect.
     pub listen: Vec<SocketAddr>,
     /// The admin API listener; `None` when disabled.
     pub admin: Option<SocketAddr>,
-    /// Bearer token that mutating admin calls must carry, if set.
+    /// Bearer token that admin calls must carry (the mutating ones, or all
+    /// but `/healthz` and `/readyz` with [`Config::admin_auth_reads`]), if
+    /// set. With `token_env`, the variable's value (`None` when only
+    /// checked with [`Config::check`] and the variable is not set).
     pub admin_token: Option<String>,
+    /// `admin.token_env`: the environment variable the token is read from.
+    pub admin_token_env: Option<String>,
+    /// `admin.auth_reads`: reads need the token too.
+    pub admin_auth_reads: bool,
     /// `[registry]`.
     pub registry: RegistrySettings,
     /// `[runtime]`.
@@ -74,23 +111,25 @@ pub struct Config {
 }
 
 /// `[runtime]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Runtime {
     /// Tokio worker threads; `None` means one per available core.
     pub worker_threads: Option<usize>,
 }
 
 /// `[registry]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegistrySettings {
     /// Largest share of a service's instances one implicit update may
     /// remove (0 disables the guard).
     pub self_preservation_percent: u8,
     /// A failing source is reported stale after this long.
+    #[serde(serialize_with = "serialize::duration")]
     pub max_staleness: Duration,
     /// Where the registration API's instances are saved, if anywhere.
     pub state_file: Option<PathBuf>,
     /// TTL of registrations that name none.
+    #[serde(serialize_with = "serialize::duration")]
     pub default_ttl: Duration,
     /// `[registry.etcd]`: the shared registry, when several proxies share one.
     pub etcd: Option<EtcdSettings>,
@@ -98,21 +137,24 @@ pub struct RegistrySettings {
 
 /// `[registry.etcd]`: etcd (v3, through its JSON gateway) as the registry
 /// shared by several proxies.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EtcdSettings {
     /// Client URLs (`http://host:port`), tried in order.
+    #[serde(serialize_with = "serialize::uris")]
     pub endpoints: Vec<http::Uri>,
     /// Key prefix, starting and ending with `/`.
     pub prefix: String,
     /// User and password for etcd authentication, when enabled there.
     pub auth: Option<EtcdAuth>,
     /// TCP connect to an endpoint.
+    #[serde(serialize_with = "serialize::duration")]
     pub dial_timeout: Duration,
     /// One etcd call (not the long-lived watch).
+    #[serde(serialize_with = "serialize::duration")]
     pub request_timeout: Duration,
 }
 
-/// etcd credentials. `Debug` does not show the password.
+/// etcd credentials. Neither `Debug` nor `Serialize` shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EtcdAuth {
     /// The etcd user.
@@ -131,28 +173,39 @@ impl std::fmt::Debug for EtcdAuth {
 }
 
 /// `[timeouts]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
     /// Upstream TCP connect.
+    #[serde(serialize_with = "serialize::duration")]
     pub connect: Duration,
     /// From writing the request upstream to receiving the response head.
+    #[serde(serialize_with = "serialize::duration")]
     pub response_header: Duration,
     /// Waiting for a complete request head from a client. The clock starts
     /// when the connection starts waiting for a request, so this also closes
     /// HTTP/1 keep-alive connections that stay idle for longer.
+    #[serde(serialize_with = "serialize::duration")]
     pub client_header: Duration,
     /// How long an idle pooled upstream connection is kept before closing.
+    #[serde(serialize_with = "serialize::duration")]
     pub upstream_idle: Duration,
     /// How long shutdown waits for in-flight requests before exiting.
+    #[serde(serialize_with = "serialize::duration")]
     pub shutdown_drain: Duration,
+    /// On SIGTERM/SIGINT: how long the proxy keeps serving, with `/readyz`
+    /// reporting not ready, before it stops accepting (zero: at once).
+    #[serde(serialize_with = "serialize::duration")]
+    pub pre_stop: Duration,
     /// Longest pause while a client sends a request body.
+    #[serde(serialize_with = "serialize::duration")]
     pub client_body: Duration,
     /// Longest a write to a client may make no progress.
+    #[serde(serialize_with = "serialize::duration")]
     pub client_send: Duration,
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// Largest request head (request line and headers) accepted, in bytes.
     pub max_header_bytes: usize,
@@ -166,7 +219,7 @@ pub struct Limits {
 }
 
 /// `[conventions]`: routing without a route per service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Conventions {
     /// Lower-case host suffixes, each starting with a dot: `NAME` + suffix
     /// names service `NAME`.
@@ -176,7 +229,7 @@ pub struct Conventions {
 }
 
 /// `[proxy]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProxySettings {
     /// The pseudonym written into `Via`.
     pub via: String,
@@ -206,18 +259,28 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", self.addr, self.prefix))
+    }
+}
+
 /// `[http2]`: limits and timers of HTTP/2 client connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Http2Settings {
     /// Streams a client may have open at once.
     pub max_concurrent_streams: u32,
     /// PING interval.
+    #[serde(serialize_with = "serialize::duration")]
     pub keepalive_interval: Duration,
     /// How long a PING may go unanswered.
+    #[serde(serialize_with = "serialize::duration")]
     pub keepalive_timeout: Duration,
     /// A connection with no open stream for this long is closed.
+    #[serde(serialize_with = "serialize::duration")]
     pub idle_timeout: Duration,
     /// How long a new connection may go without a first request.
+    #[serde(serialize_with = "serialize::duration")]
     pub first_request_timeout: Duration,
     /// Streams reset by the client before being handled, at once.
     pub max_pending_reset_streams: usize,
@@ -386,7 +449,7 @@ pub struct Outlier {
 }
 
 /// `[services.NAME.retry_budget]`: retries allowed on top of requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RetryBudget {
     /// Retries as a percent of requests over the last ten seconds.
     pub percent: u32,
@@ -438,45 +501,132 @@ pub enum ConfigError {
         /// What is wrong, and what is expected.
         message: String,
     },
+    /// More than one thing is wrong: each error on its own line, in file
+    /// order, at most [`MAX_ERRORS`] of them.
+    #[error("{}", several(errors, *truncated))]
+    Several {
+        /// The errors, each an [`ConfigError::Invalid`], in line order.
+        errors: Vec<ConfigError>,
+        /// Whether checking stopped at [`MAX_ERRORS`] with more to find.
+        truncated: bool,
+    },
+}
+
+fn several(errors: &[ConfigError], truncated: bool) -> String {
+    let head = if truncated {
+        format!("more than {MAX_ERRORS} errors; the first {MAX_ERRORS}:")
+    } else {
+        format!("{} errors:", errors.len())
+    };
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("{head}\n{}", lines.join("\n"))
 }
 
 impl ConfigError {
-    /// The key path the error names, if it is about content.
+    /// The key path the error names (the first one's when there are
+    /// several), if it is about content.
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),
             ConfigError::Read { .. } => None,
+            ConfigError::Several { errors, .. } => errors.first().and_then(ConfigError::key),
         }
     }
 
-    /// The 1-based line the error names, if known.
+    /// The 1-based line the error names (the first one's), if known.
     pub fn line(&self) -> Option<usize> {
         match self {
             ConfigError::Invalid { line, .. } if *line > 0 => Some(*line),
+            ConfigError::Several { errors, .. } => errors.first().and_then(ConfigError::line),
             _ => None,
+        }
+    }
+
+    /// Each error on its own: the listed ones of [`ConfigError::Several`],
+    /// else this one.
+    pub fn each(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several { errors, .. } => errors.iter().collect(),
+            e => vec![e],
         }
     }
 }
 
+/// What `wayfinder check` found in a valid file.
+#[derive(Debug)]
+pub struct Checked {
+    /// The config. Secrets read from environment variables that are not set
+    /// where the check ran are missing from it: use it to report, not to run.
+    pub config: Config,
+    /// Things worth a word that do not make the file invalid.
+    pub warnings: Vec<String>,
+}
+
 impl Config {
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path`, for running: environment
+    /// variables it names (`admin.token_env`, `registry.etcd.password_env`)
+    /// must be set.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+        let text = read(path)?;
         Config::parse(&text, path)
     }
 
+    /// Reads and validates the file at `path` without the environment it
+    /// will run in: the variables it names are checked by name, not value
+    /// (an unset one is a warning). Also returns the warnings `run` logs at
+    /// start.
+    pub fn check(path: &Path) -> Result<Checked, ConfigError> {
+        let text = read(path)?;
+        let (config, mut warnings) = validate::parse(&text, path, collect::Env::ShapeOnly)?;
+        warnings.extend(config.warnings());
+        Ok(Checked { config, warnings })
+    }
+
     /// Validates `text`; `file` is only used to name the source in errors.
+    /// The environment variables it names must be set.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        validate::parse(text, file)
+        validate::parse(text, file, collect::Env::Require).map(|(c, _)| c)
     }
 
     /// Number of static instances across all services.
     pub fn static_instance_count(&self) -> usize {
         self.services.values().map(|s| s.instances.len()).sum()
     }
+
+    /// What in this config deserves a warning without being an error: an
+    /// admin API reachable beyond loopback with no token, or with reads left
+    /// open.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some(admin) = self.admin else {
+            return out;
+        };
+        if admin.ip().is_loopback() {
+            return out;
+        }
+        let token = self.admin_token.is_some() || self.admin_token_env.is_some();
+        if !token {
+            out.push(format!(
+                "admin.listen {admin} is not a loopback address and no admin.token is set: \
+                 anyone who can reach it can register, drain and deregister instances and \
+                 read the registry; set admin.token (or token_env) and admin.auth_reads = true"
+            ));
+        } else if !self.admin_auth_reads {
+            out.push(format!(
+                "admin.listen {admin} is not a loopback address and admin.auth_reads is off: \
+                 reads (/v1/services, /v1/registry, /v1/config, ...) need no token; \
+                 set admin.auth_reads = true to require it"
+            ));
+        }
+        out
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_owned(),
+        source,
+    })
 }
 
 /// Checks a service name: 1 to 63 characters from `a-z`, `0-9`, `-` and `_`,

@@ -51,6 +51,8 @@ pub(crate) struct RawAdmin {
     pub token: Option<Spanned<String>>,
     /// Environment variable holding the token.
     pub token_env: Option<Spanned<String>>,
+    /// Require the token for reads too (all but /healthz and /readyz). Default false.
+    pub auth_reads: Option<Spanned<bool>>,
 }
 
 /// `[runtime]`: process tuning.
@@ -106,6 +108,8 @@ pub(crate) struct RawTimeouts {
     pub upstream_idle: Option<Spanned<Dur>>,
     /// How long shutdown waits for in-flight requests. Default 10s.
     pub shutdown_drain: Option<Spanned<Dur>>,
+    /// Serving on, reported not ready, before the listeners close. Default 0s.
+    pub pre_stop: Option<Spanned<Dur>>,
     /// Longest pause while a client sends a request body. Default 30s.
     pub client_body: Option<Spanned<Dur>>,
     /// Longest a client may leave a response unread (a write that makes no
@@ -377,13 +381,55 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration string such as \"250ms\" or \"5s\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s).map(Dur).map_err(|e| {
-                    E::custom(format!(
-                        "invalid duration {s:?} ({e}): write it with a unit, e.g. \"250ms\" or \"5s\""
-                    ))
-                })
+                parse_duration(s).map(Dur).map_err(E::custom)
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// Parses a duration written with units, with our own message for each
+/// way it can be wrong (the parser's own messages speak of offsets).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    const HOW: &str = "write a number with a unit, e.g. \"250ms\", \"5s\" or \"1m\"";
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(format!("empty duration: {HOW}"));
+    }
+    if t.starts_with('-') {
+        return Err(format!(
+            "{s:?} is negative: a duration is zero or more; {HOW}"
+        ));
+    }
+    humantime::parse_duration(t).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+            format!("{s:?} has no unit; {HOW}")
+        }
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("{s:?}: unknown unit {unit:?} (use ns, us, ms, s, m, h or d); {HOW}")
+        }
+        humantime::DurationError::NumberOverflow => format!("{s:?} is too long a duration"),
+        _ => format!("{s:?} is not a duration; {HOW}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn duration_messages_are_our_own() {
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        let neg = parse_duration("-5s").unwrap_err();
+        assert!(neg.contains("negative"), "{neg}");
+        assert!(!neg.contains("expected"), "{neg}");
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("\"parsecs\""));
+        assert!(parse_duration("soon").unwrap_err().contains("\"250ms\""));
     }
 }

@@ -1,15 +1,17 @@
 //! The validation step: from the raw serde mirror to a typed [`Config`],
-//! turning every problem into a [`ConfigError`] that names file, line and key.
+//! turning every problem into a [`ConfigError`] that names file, line and
+//! key. A problem is recorded and checking goes on with a fallback value,
+//! so one run reports every error (see [`super::collect`]).
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
-use std::ops::Range;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
 
+use super::collect::{parse_raw, Cx, Env};
 use super::discovery;
 use super::forwarding;
 
@@ -22,198 +24,194 @@ use super::{
     ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, Timeouts,
 };
 
-/// Parses and validates; see [`Config::parse`].
-pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    let cx = Cx { text, file };
+/// Parses and validates; see [`Config::parse`] and [`Config::check`].
+/// Returns the config and the warnings met on the way.
+pub(super) fn parse(
+    text: &str,
+    file: &Path,
+    env: Env,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let cx = Cx::new(text, file, env);
     let raw = parse_raw(&cx)?;
-    build(&cx, raw)
+    let config = build(&cx, raw);
+    let config = cx.finish(config)?;
+    Ok((config, cx.warnings()))
 }
 
-/// What every error needs: the text (to turn spans into lines) and the file name.
-pub(super) struct Cx<'a> {
-    text: &'a str,
-    file: &'a Path,
+/// Whether two listener addresses would take the same port: the same
+/// address, or a wildcard (`0.0.0.0`, `[::]`) and any address of its family
+/// on the same port. IPv6 listeners are IPv6-only, so the families never
+/// meet. Port 0 asks the OS for a free port, different for each listener.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-impl Cx<'_> {
-    pub(super) fn err(
-        &self,
-        span: Option<Range<usize>>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        let (line, column) = match span {
-            Some(span) => line_col(self.text, span.start),
-            None => (0, 0),
-        };
-        ConfigError::Invalid {
-            file: self.file.to_owned(),
-            line,
-            column,
-            key: key.into(),
-            message: message.into(),
+/// A listener address: an IPv4-mapped IPv6 address cannot be bound by an
+/// IPv6-only listener, so it is written as IPv4.
+fn listen_addr(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+    let addr = socket_addr(cx, s, key)?;
+    if let IpAddr::V6(v6) = addr.ip() {
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Err(cx.err_at(
+                s,
+                key,
+                format!(
+                    "{addr} is an IPv4-mapped address: IPv6 listeners are IPv6-only; write {}",
+                    SocketAddr::new(IpAddr::V4(v4), addr.port())
+                ),
+            ));
         }
     }
-
-    pub(super) fn err_at<T>(
-        &self,
-        at: &Spanned<T>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        self.err(Some(at.span()), key, message)
-    }
+    Ok(addr)
 }
 
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
-}
-
-fn parse_raw(cx: &Cx<'_>) -> Result<RawConfig, ConfigError> {
-    let de = toml::de::Deserializer::parse(cx.text)
-        .map_err(|e| cx.err(e.span(), "(syntax)", e.message().trim()))?;
-    serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
-        let key = clean_path(&e.path().to_string());
-        let inner = e.into_inner();
-        cx.err(inner.span(), key, inner.message().trim())
-    })
-}
-
-/// Drops the private field names `toml::Spanned` uses, so the path reads as the user wrote it.
-fn clean_path(path: &str) -> String {
-    let kept: Vec<&str> = path
-        .split('.')
-        .filter(|seg| !seg.starts_with("$__serde_spanned"))
-        .collect();
-    let joined = kept.join(".");
-    if joined.is_empty() {
-        "(top level)".to_owned()
-    } else {
-        joined
-    }
-}
-
-fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
-    let listen = match &raw.listen {
-        None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
+    let mut listen = Vec::new();
+    match &raw.listen {
+        None => listen.push(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        Some(list) if list.get_ref().is_empty() => cx.push(cx.err_at(
+            list,
+            "listen",
+            "needs at least one address, e.g. [\"127.0.0.1:8080\"]",
+        )),
         Some(list) => {
-            if list.get_ref().is_empty() {
-                return Err(cx.err_at(
-                    list,
-                    "listen",
-                    "needs at least one address, e.g. [\"127.0.0.1:8080\"]",
-                ));
-            }
-            let mut out = Vec::new();
-            for (i, addr) in list.get_ref().iter().enumerate() {
-                let parsed = socket_addr(cx, addr, &format!("listen[{i}]"))?;
-                if out.contains(&parsed) {
-                    return Err(cx.err_at(
-                        addr,
-                        format!("listen[{i}]"),
-                        format!("{parsed} is listed twice"),
-                    ));
+            for (i, s) in list.get_ref().iter().enumerate() {
+                let key = format!("listen[{i}]");
+                let Some(addr) = cx.ok(listen_addr(cx, s, &key)) else {
+                    continue;
+                };
+                let clash = listen
+                    .iter()
+                    .position(|&other| other == addr || overlap(other, addr));
+                match clash {
+                    Some(j) if listen[j] == addr => {
+                        cx.push(cx.err_at(s, key, format!("{addr} is listed twice")));
+                    }
+                    Some(j) => cx.push(cx.err_at(
+                        s,
+                        key,
+                        format!(
+                            "{addr} overlaps listen[{j}] {}: a wildcard address takes the port \
+                             on every address of its family, so the second bind would fail",
+                            listen[j]
+                        ),
+                    )),
+                    None => {}
                 }
-                out.push(parsed);
+                listen.push(addr);
             }
-            out
         }
-    };
+    }
     let admin = match &raw.admin.listen {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 9900))),
         Some(s) if s.get_ref() == "off" => None,
-        Some(s) => Some(socket_addr(cx, s, "admin.listen")?),
+        Some(s) => cx.ok(listen_addr(cx, s, "admin.listen")),
     };
-    if let Some(admin) = admin {
-        // Port 0 asks the OS for a free port, different for each listener.
-        if admin.port() != 0 && listen.contains(&admin) {
-            return Err(cx.err_at(
-                raw.admin
-                    .listen
-                    .as_ref()
-                    .expect("admin address came from the file"),
+    if let (Some(admin), Some(at)) = (admin, &raw.admin.listen) {
+        if let Some(l) = listen.iter().find(|&&l| l == admin && l.port() != 0) {
+            cx.push(cx.err_at(
+                at,
                 "admin.listen",
-                format!("{admin} is also a client listener; the admin API needs its own address"),
+                format!("{l} is also a client listener; the admin API needs its own address"),
+            ));
+        } else if let Some(l) = listen.iter().find(|&&l| overlap(l, admin)) {
+            cx.push(cx.err_at(
+                at,
+                "admin.listen",
+                format!(
+                    "{admin} overlaps the client listener {l} (same port, and one is a wildcard \
+                     address); the admin API needs its own port"
+                ),
             ));
         }
     }
 
-    let admin_token = match (&raw.admin.token, &raw.admin.token_env) {
+    let a = &raw.admin;
+    let (admin_token, admin_token_env) = match (&a.token, &a.token_env) {
         (Some(t), Some(_)) => {
-            return Err(cx.err_at(t, "admin.token", "set token or token_env, not both"));
+            cx.push(cx.err_at(t, "admin.token", "set token or token_env, not both"));
+            (None, None)
         }
         (Some(t), None) if t.get_ref().len() < 8 => {
-            return Err(cx.err_at(t, "admin.token", "use at least 8 characters"));
+            cx.push(cx.err_at(t, "admin.token", "use at least 8 characters"));
+            (None, None)
         }
-        (Some(t), None) => Some(t.get_ref().clone()),
-        (None, Some(var)) => match std::env::var(var.get_ref()) {
-            Ok(v) if !v.is_empty() => Some(v),
-            _ => {
-                return Err(cx.err_at(
-                    var,
-                    "admin.token_env",
-                    format!("environment variable {} is not set or empty", var.get_ref()),
-                ))
-            }
-        },
-        (None, None) => None,
+        (Some(t), None) => (Some(t.get_ref().clone()), None),
+        (None, Some(var)) => (
+            cx.ok(cx.env_var(var, "admin.token_env")).flatten(),
+            Some(var.get_ref().clone()),
+        ),
+        (None, None) => (None, None),
+    };
+    let admin_auth_reads = match &a.auth_reads {
+        Some(b) if *b.get_ref() && a.token.is_none() && a.token_env.is_none() => {
+            cx.push(cx.err_at(
+                b,
+                "admin.auth_reads",
+                "there is no token to require: set admin.token or admin.token_env",
+            ));
+            false
+        }
+        Some(b) => *b.get_ref(),
+        None => false,
     };
     let runtime = Runtime {
         worker_threads: match &raw.runtime.worker_threads {
             None => None,
-            Some(n) => Some(int(
+            Some(n) => cx.ok(int(
                 cx,
                 &Some(n.clone()),
                 "runtime.worker_threads",
                 1,
                 1..=1024,
-            )?),
+            )),
         },
     };
     let r = &raw.registry;
     let registry = RegistrySettings {
-        self_preservation_percent: int(
-            cx,
-            &r.self_preservation_percent,
-            "registry.self_preservation_percent",
+        self_preservation_percent: cx.keep(
+            int(
+                cx,
+                &r.self_preservation_percent,
+                "registry.self_preservation_percent",
+                50,
+                0..=100,
+            ),
             50,
-            0..=100,
-        )?,
-        max_staleness: duration(
-            cx,
-            &r.max_staleness,
-            "registry.max_staleness",
+        ),
+        max_staleness: cx.keep(
+            duration(
+                cx,
+                &r.max_staleness,
+                "registry.max_staleness",
+                Duration::from_secs(300),
+            ),
             Duration::from_secs(300),
-        )?,
+        ),
         state_file: r.state_file.as_ref().map(|f| {
             let p = std::path::PathBuf::from(f.get_ref());
             if p.is_relative() {
-                cx.file.parent().unwrap_or(Path::new(".")).join(p)
+                cx.file().parent().unwrap_or(Path::new(".")).join(p)
             } else {
                 p
             }
         }),
-        default_ttl: duration(
-            cx,
-            &r.default_ttl,
-            "registry.default_ttl",
+        default_ttl: cx.keep(
+            duration(
+                cx,
+                &r.default_ttl,
+                "registry.default_ttl",
+                Duration::from_secs(30),
+            ),
             Duration::from_secs(30),
-        )?,
-        etcd: r
-            .etcd
-            .as_ref()
-            .map(|e| discovery::etcd(cx, e))
-            .transpose()?,
+        ),
+        etcd: r.etcd.as_ref().and_then(|e| cx.ok(discovery::etcd(cx, e))),
     };
-    if let (Some(f), Some(_)) = (&r.state_file, &registry.etcd) {
-        return Err(cx.err_at(
+    if let (Some(f), Some(_)) = (&r.state_file, &r.etcd) {
+        cx.push(cx.err_at(
             f,
             "registry.state_file",
             "not used with [registry.etcd]: etcd keeps the registrations; remove state_file",
@@ -221,76 +219,85 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let t = &raw.timeouts;
+    let secs = Duration::from_secs;
     let timeouts = Timeouts {
-        connect: duration(cx, &t.connect, "timeouts.connect", Duration::from_secs(2))?,
-        response_header: duration(
-            cx,
-            &t.response_header,
-            "timeouts.response_header",
-            Duration::from_secs(30),
-        )?,
-        client_header: duration(
-            cx,
-            &t.client_header,
-            "timeouts.client_header",
-            Duration::from_secs(30),
-        )?,
-        upstream_idle: duration(
-            cx,
-            &t.upstream_idle,
-            "timeouts.upstream_idle",
-            Duration::from_secs(60),
-        )?,
-        shutdown_drain: duration(
-            cx,
-            &t.shutdown_drain,
-            "timeouts.shutdown_drain",
-            Duration::from_secs(10),
-        )?,
-        client_body: duration(
-            cx,
-            &t.client_body,
-            "timeouts.client_body",
-            Duration::from_secs(30),
-        )?,
-        client_send: duration(
-            cx,
-            &t.client_send,
-            "timeouts.client_send",
-            Duration::from_secs(30),
-        )?,
+        connect: cx.keep(
+            duration(cx, &t.connect, "timeouts.connect", secs(2)),
+            secs(2),
+        ),
+        response_header: cx.keep(
+            duration(cx, &t.response_header, "timeouts.response_header", secs(30)),
+            secs(30),
+        ),
+        client_header: cx.keep(
+            duration(cx, &t.client_header, "timeouts.client_header", secs(30)),
+            secs(30),
+        ),
+        upstream_idle: cx.keep(
+            duration(cx, &t.upstream_idle, "timeouts.upstream_idle", secs(60)),
+            secs(60),
+        ),
+        shutdown_drain: cx.keep(
+            duration(cx, &t.shutdown_drain, "timeouts.shutdown_drain", secs(10)),
+            secs(10),
+        ),
+        // Zero is allowed: no pre-stop delay.
+        pre_stop: t
+            .pre_stop
+            .as_ref()
+            .map_or(Duration::ZERO, |d| d.get_ref().0),
+        client_body: cx.keep(
+            duration(cx, &t.client_body, "timeouts.client_body", secs(30)),
+            secs(30),
+        ),
+        client_send: cx.keep(
+            duration(cx, &t.client_send, "timeouts.client_send", secs(30)),
+            secs(30),
+        ),
     };
 
     let l = &raw.limits;
     let limits = Limits {
-        max_header_bytes: int(
-            cx,
-            &l.max_header_bytes,
-            "limits.max_header_bytes",
+        max_header_bytes: cx.keep(
+            int(
+                cx,
+                &l.max_header_bytes,
+                "limits.max_header_bytes",
+                16 * 1024,
+                1024..=1024 * 1024,
+            ),
             16 * 1024,
-            1024..=1024 * 1024,
-        )?,
-        max_connections: int(
-            cx,
-            &l.max_connections,
-            "limits.max_connections",
+        ),
+        max_connections: cx.keep(
+            int(
+                cx,
+                &l.max_connections,
+                "limits.max_connections",
+                10_000,
+                1..=10_000_000,
+            ),
             10_000,
-            1..=10_000_000,
-        )?,
-        max_idle_per_instance: int(
-            cx,
-            &l.max_idle_per_instance,
-            "limits.max_idle_per_instance",
+        ),
+        max_idle_per_instance: cx.keep(
+            int(
+                cx,
+                &l.max_idle_per_instance,
+                "limits.max_idle_per_instance",
+                64,
+                0..=100_000,
+            ),
             64,
-            0..=100_000,
-        )?,
-        max_uri_bytes: int(
-            cx,
-            &l.max_uri_bytes,
-            "limits.max_uri_bytes",
+        ),
+        max_uri_bytes: cx.keep(
+            int(
+                cx,
+                &l.max_uri_bytes,
+                "limits.max_uri_bytes",
+                8 * 1024,
+                256..=1024 * 1024,
+            ),
             8 * 1024,
-            256..=1024 * 1024,
-        )?,
+        ),
     };
 
     let conventions = Conventions {
@@ -299,8 +306,14 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             Some(list) => list
                 .iter()
                 .enumerate()
-                .map(|(i, s)| host_suffix(cx, s, &format!("conventions.host_suffixes[{i}]")))
-                .collect::<Result<_, _>>()?,
+                .filter_map(|(i, s)| {
+                    cx.ok(host_suffix(
+                        cx,
+                        s,
+                        &format!("conventions.host_suffixes[{i}]"),
+                    ))
+                })
+                .collect(),
         },
         path: raw.conventions.path.unwrap_or(false),
     };
@@ -313,32 +326,35 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 && v.get_ref()
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-            if !ok {
-                return Err(cx.err_at(
+            if ok {
+                v.get_ref().clone()
+            } else {
+                cx.push(cx.err_at(
                     v,
                     "proxy.via",
                     "use letters, digits, '-', '.' or '_' (a Via pseudonym)",
                 ));
+                "wayfinder".to_owned()
             }
-            v.get_ref().clone()
         }
     };
     let proxy = ProxySettings {
         via,
-        max_attempts: int(cx, &p.max_attempts, "proxy.max_attempts", 3, 1..=10)?,
+        max_attempts: cx.keep(int(cx, &p.max_attempts, "proxy.max_attempts", 3, 1..=10), 3),
         debug_header: p.debug_header.unwrap_or(false),
         snapshot_header: p.snapshot_header.unwrap_or(false),
-        trusted_proxies: forwarding::trusted_proxies(cx, &p.trusted_proxies)?,
+        trusted_proxies: cx.keep(
+            forwarding::trusted_proxies(cx, &p.trusted_proxies),
+            Vec::new(),
+        ),
         forwarded: p.forwarded.unwrap_or(false),
-        upgrades: forwarding::upgrades(cx, &p.upgrades, "proxy.upgrades")?.unwrap_or_else(|| {
-            forwarding::DEFAULT_UPGRADES
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect()
-        }),
+        upgrades: cx
+            .ok(forwarding::upgrades(cx, &p.upgrades, "proxy.upgrades"))
+            .flatten()
+            .unwrap_or_else(forwarding::default_upgrades),
         fast_path: p.fast_path.unwrap_or(true),
     };
-    let http2 = forwarding::http2(cx, &raw)?;
+    let http2 = forwarding::http2(cx, &raw);
 
     let default_policy = ServicePolicy {
         max_attempts: proxy.max_attempts,
@@ -363,13 +379,15 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             min_per_second: 5,
         },
     };
-    let services = services(cx, &raw.services, &default_policy)?;
-    let routes = routes(cx, &raw, &services)?;
+    let services = services(cx, &raw.services, &default_policy);
+    let routes = routes(cx, &raw, &services);
 
-    Ok(Config {
+    Config {
         listen,
         admin,
         admin_token,
+        admin_token_env,
+        admin_auth_reads,
         registry,
         runtime,
         timeouts,
@@ -380,7 +398,7 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         routes,
         services,
         default_policy: Arc::new(default_policy),
-    })
+    }
 }
 
 pub(super) fn socket_addr(
@@ -463,74 +481,62 @@ pub(super) fn valid_host_chars(h: &str) -> bool {
 }
 
 /// A service's policy: its own settings over the defaults.
-fn policy(
-    cx: &Cx<'_>,
-    s: &RawService,
-    key: &str,
-    defaults: &ServicePolicy,
-) -> Result<ServicePolicy, ConfigError> {
+fn policy(cx: &Cx<'_>, s: &RawService, key: &str, defaults: &ServicePolicy) -> ServicePolicy {
+    let dur = |v: &Option<Spanned<Dur>>, name: &str, default: Duration| {
+        cx.keep(duration(cx, v, &format!("{key}.{name}"), default), default)
+    };
+    let num = |v: &Option<Spanned<i64>>, name: &str, default: u32, range| {
+        cx.keep(
+            int(cx, v, &format!("{key}.{name}"), default, range),
+            default,
+        )
+    };
     let t = &s.timeouts;
     let timeouts = ServiceTimeouts {
-        connect: duration(
-            cx,
-            &t.connect,
-            &format!("{key}.timeouts.connect"),
-            defaults.timeouts.connect,
-        )?,
-        response_header: duration(
-            cx,
+        connect: dur(&t.connect, "timeouts.connect", defaults.timeouts.connect),
+        response_header: dur(
             &t.response_header,
-            &format!("{key}.timeouts.response_header"),
+            "timeouts.response_header",
             defaults.timeouts.response_header,
-        )?,
+        ),
         request: match &t.request {
             None => None,
-            Some(_) => Some(duration(
+            Some(_) => cx.ok(duration(
                 cx,
                 &t.request,
                 &format!("{key}.timeouts.request"),
                 Duration::ZERO,
-            )?),
+            )),
         },
     };
     let o = &s.outlier;
     let d = &defaults.outlier;
-    let okey = format!("{key}.outlier");
     let outlier = Outlier {
-        connect_failures: int(
-            cx,
+        connect_failures: num(
             &o.connect_failures,
-            &format!("{okey}.connect_failures"),
+            "outlier.connect_failures",
             d.connect_failures,
             0..=1000,
-        )?,
-        consecutive_failures: int(
-            cx,
+        ),
+        consecutive_failures: num(
             &o.consecutive_failures,
-            &format!("{okey}.consecutive_failures"),
+            "outlier.consecutive_failures",
             d.consecutive_failures,
             0..=1000,
-        )?,
+        ),
         count_5xx: o.count_5xx.unwrap_or(d.count_5xx),
-        base_ejection: duration(
-            cx,
-            &o.base_ejection,
-            &format!("{okey}.base_ejection"),
-            d.base_ejection,
-        )?,
-        max_ejection: duration(
-            cx,
-            &o.max_ejection,
-            &format!("{okey}.max_ejection"),
-            d.max_ejection,
-        )?,
-        max_ejected_percent: int(
-            cx,
-            &o.max_ejected_percent,
-            &format!("{okey}.max_ejected_percent"),
+        base_ejection: dur(&o.base_ejection, "outlier.base_ejection", d.base_ejection),
+        max_ejection: dur(&o.max_ejection, "outlier.max_ejection", d.max_ejection),
+        max_ejected_percent: cx.keep(
+            int(
+                cx,
+                &o.max_ejected_percent,
+                &format!("{key}.outlier.max_ejected_percent"),
+                d.max_ejected_percent,
+                0..=100,
+            ),
             d.max_ejected_percent,
-            0..=100,
-        )?,
+        ),
     };
     if outlier.max_ejection < outlier.base_ejection {
         let at = o
@@ -538,9 +544,9 @@ fn policy(
             .as_ref()
             .or(o.base_ejection.as_ref())
             .map(Spanned::span);
-        return Err(cx.err(
+        cx.push(cx.err(
             at,
-            format!("{okey}.max_ejection"),
+            format!("{key}.outlier.max_ejection"),
             format!(
                 "max_ejection ({:?}) is shorter than base_ejection ({:?})",
                 outlier.max_ejection, outlier.base_ejection
@@ -548,70 +554,72 @@ fn policy(
         ));
     }
     let b = &s.retry_budget;
-    let bkey = format!("{key}.retry_budget");
     let retry_budget = RetryBudget {
-        percent: int(
-            cx,
+        percent: num(
             &b.percent,
-            &format!("{bkey}.percent"),
+            "retry_budget.percent",
             defaults.retry_budget.percent,
             0..=100,
-        )?,
-        min_per_second: int(
-            cx,
+        ),
+        min_per_second: num(
             &b.min_per_second,
-            &format!("{bkey}.min_per_second"),
+            "retry_budget.min_per_second",
             defaults.retry_budget.min_per_second,
             0..=100_000,
-        )?,
+        ),
     };
-    Ok(ServicePolicy {
-        max_attempts: int(
-            cx,
+    ServicePolicy {
+        max_attempts: num(
             &s.max_attempts,
-            &format!("{key}.max_attempts"),
+            "max_attempts",
             defaults.max_attempts,
             1..=10,
-        )?,
+        ),
         timeouts,
-        health: match &s.health {
-            None => None,
-            Some(h) => Some(health(cx, h, &format!("{key}.health"))?),
-        },
+        health: s
+            .health
+            .as_ref()
+            .map(|h| health(cx, h, &format!("{key}.health"))),
         outlier,
-        panic_threshold: int(
-            cx,
-            &s.panic_threshold,
-            &format!("{key}.panic_threshold"),
+        panic_threshold: cx.keep(
+            int(
+                cx,
+                &s.panic_threshold,
+                &format!("{key}.panic_threshold"),
+                defaults.panic_threshold,
+                0..=100,
+            ),
             defaults.panic_threshold,
-            0..=100,
-        )?,
+        ),
         slow_start: match &s.slow_start {
             None => defaults.slow_start,
             Some(d) => d.get_ref().0,
         },
         retry_budget,
-    })
+    }
 }
 
 /// `[services.NAME.health]`.
-fn health(cx: &Cx<'_>, raw: &Spanned<RawHealth>, key: &str) -> Result<HealthCheck, ConfigError> {
+fn health(cx: &Cx<'_>, raw: &Spanned<RawHealth>, key: &str) -> HealthCheck {
     let h = raw.get_ref();
-    let interval = duration(
-        cx,
-        &h.interval,
-        &format!("{key}.interval"),
-        Duration::from_secs(5),
-    )?;
-    let timeout = duration(
-        cx,
-        &h.timeout,
-        &format!("{key}.timeout"),
-        Duration::from_secs(1).min(interval / 2),
-    )?;
+    let default_interval = Duration::from_secs(5);
+    let interval = cx.keep(
+        duration(
+            cx,
+            &h.interval,
+            &format!("{key}.interval"),
+            default_interval,
+        ),
+        default_interval,
+    );
+    let default_timeout = Duration::from_secs(1).min(interval / 2);
+    let timeout = cx.keep(
+        duration(cx, &h.timeout, &format!("{key}.timeout"), default_timeout),
+        default_timeout,
+    );
     if timeout >= interval {
         let at = h.timeout.as_ref().map_or(raw.span(), Spanned::span);
-        return Err(cx.err(
+        cx.push(cx.err(
             Some(at),
             format!("{key}.timeout"),
             format!("timeout ({timeout:?}) must be shorter than interval ({interval:?}), or checks overlap"),
@@ -626,7 +634,7 @@ fn health(cx: &Cx<'_>, raw: &Spanned<RawHealth>, key: &str) -> Result<HealthChec
                 ("expect", h.expect.is_some()),
             ] {
                 if set {
-                    return Err(cx.err_at(
+                    cx.push(cx.err_at(
                         raw,
                         format!("{key}.{field}"),
                         format!("{field} applies to kind = \"http\" only"),
@@ -645,11 +653,12 @@ fn health(cx: &Cx<'_>, raw: &Spanned<RawHealth>, key: &str) -> Result<HealthChec
                     p.get_ref().clone()
                 }
                 Some(p) => {
-                    return Err(cx.err_at(
+                    cx.push(cx.err_at(
                         p,
                         format!("{key}.path"),
                         "must be a path starting with '/'",
-                    ))
+                    ));
+                    "/healthz".to_owned()
                 }
             };
             let method = match &h.method {
@@ -658,7 +667,8 @@ fn health(cx: &Cx<'_>, raw: &Spanned<RawHealth>, key: &str) -> Result<HealthChec
                     match http::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
                         Ok(method) => method,
                         Err(_) => {
-                            return Err(cx.err_at(m, format!("{key}.method"), "not an HTTP method"))
+                            cx.push(cx.err_at(m, format!("{key}.method"), "not an HTTP method"));
+                            http::Method::GET
                         }
                     }
                 }
@@ -672,25 +682,35 @@ fn health(cx: &Cx<'_>, raw: &Spanned<RawHealth>, key: &str) -> Result<HealthChec
                     Some(v.get_ref().clone())
                 }
                 Some(v) => {
-                    return Err(cx.err_at(
-                        v,
-                        format!("{key}.host"),
-                        "not a usable Host header value",
-                    ))
+                    cx.push(cx.err_at(v, format!("{key}.host"), "not a usable Host header value"));
+                    None
                 }
             };
             let expect = match &h.expect {
                 None => vec![(200, 399)],
                 Some(list) if list.is_empty() => {
-                    return Err(cx.err_at(raw, format!("{key}.expect"), "needs at least one status or range, e.g. [\"200-399\"]"))
+                    cx.push(cx.err_at(
+                        raw,
+                        format!("{key}.expect"),
+                        "needs at least one status or range, e.g. [\"200-399\"]",
+                    ));
+                    vec![(200, 399)]
                 }
                 Some(list) => list
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| status_range(r.get_ref()).ok_or_else(|| {
-                        cx.err_at(r, format!("{key}.expect[{i}]"), format!("{:?} is not a status (\"204\") or range (\"200-399\") within 100-599", r.get_ref()))
-                    }))
-                    .collect::<Result<_, _>>()?,
+                    .filter_map(|(i, r)| {
+                        let range = status_range(r.get_ref());
+                        if range.is_none() {
+                            cx.push(cx.err_at(
+                                r,
+                                format!("{key}.expect[{i}]"),
+                                format!("{:?} is not a status (\"204\") or range (\"200-399\") within 100-599", r.get_ref()),
+                            ));
+                        }
+                        range
+                    })
+                    .collect(),
             };
             CheckKind::Http {
                 method,
@@ -701,23 +721,27 @@ fn health(cx: &Cx<'_>, raw: &Spanned<RawHealth>, key: &str) -> Result<HealthChec
         }
     };
     let threshold = |v: &Option<Spanned<i64>>, name: &str, default: u32| {
-        int(cx, v, &format!("{key}.{name}"), default, 1..=100)
+        cx.keep(
+            int(cx, v, &format!("{key}.{name}"), default, 1..=100),
+            default,
+        )
     };
-    Ok(HealthCheck {
+    HealthCheck {
         kind,
         interval,
         timeout,
-        healthy_threshold: threshold(&h.healthy_threshold, "healthy_threshold", 2)?,
-        unhealthy_threshold: threshold(&h.unhealthy_threshold, "unhealthy_threshold", 3)?,
+        healthy_threshold: threshold(&h.healthy_threshold, "healthy_threshold", 2),
+        unhealthy_threshold: threshold(&h.unhealthy_threshold, "unhealthy_threshold", 3),
         jitter: match &h.jitter {
             None => interval / 10,
             Some(j) if j.get_ref().0 >= interval => {
-                return Err(cx.err_at(j, format!("{key}.jitter"), "must be shorter than interval"))
+                cx.push(cx.err_at(j, format!("{key}.jitter"), "must be shorter than interval"));
+                interval / 10
             }
             Some(j) => j.get_ref().0,
         },
         start_healthy: matches!(h.initial, Some(RawInitial::Healthy)),
-    })
+    }
 }
 
 /// `"204"` or `"200-399"`.
@@ -736,22 +760,27 @@ fn services(
     cx: &Cx<'_>,
     raw: &BTreeMap<String, Spanned<RawService>>,
     defaults: &ServicePolicy,
-) -> Result<BTreeMap<Arc<str>, ServiceConfig>, ConfigError> {
+) -> BTreeMap<Arc<str>, ServiceConfig> {
     let mut out = BTreeMap::new();
     for (name, svc) in raw {
         let key = format!("services.{name}");
-        check_service_name(name).map_err(|m| cx.err_at(svc, &key, m))?;
+        if let Err(m) = check_service_name(name) {
+            // Kept, so routes naming it do not add errors of their own.
+            cx.push(cx.err_at(svc, &key, m));
+        }
         let s = svc.get_ref();
         let raw_instances: &[Spanned<RawInstance>] = match &s.instances {
-            // A service fed only by the registration API (or another source).
+            // A service fed only by registrations, DNS or etcd.
             None => &[],
             Some(list) if list.get_ref().is_empty() => {
-                return Err(cx.err_at(
+                cx.push(cx.err_at(
                     list,
                     format!("{key}.instances"),
                     "an empty list names no instance: list at least one (\"127.0.0.1:9001\"), \
-                     or omit `instances` for a service whose instances register themselves",
+                     or omit `instances` for a service whose instances register themselves \
+                     or come from DNS",
                 ));
+                &[]
             }
             Some(list) => list.get_ref(),
         };
@@ -762,37 +791,37 @@ fn services(
                 RawInstance::Address(a) => (a, None),
                 RawInstance::Table(t) => (&t.address, t.weight),
             };
-            let addr: SocketAddr = addr.parse().map_err(|_| {
-                cx.err_at(
+            let Ok(addr) = addr.parse::<SocketAddr>() else {
+                cx.push(cx.err_at(
                     inst,
                     &ikey,
                     format!("{addr:?} is not an IP:PORT address (e.g. \"127.0.0.1:9001\")"),
-                )
-            })?;
-            if addr.port() == 0 {
-                return Err(cx.err_at(
-                    inst,
-                    &ikey,
-                    format!("{addr}: port 0 cannot be an instance"),
                 ));
+                continue;
+            };
+            if addr.port() == 0 {
+                cx.push(cx.err_at(inst, &ikey, format!("{addr}: port 0 cannot be an instance")));
+                continue;
             }
             let weight = match weight {
                 None => 1,
                 Some(w @ 1..=1000) => w as u32,
                 Some(w) => {
-                    return Err(cx.err_at(
+                    cx.push(cx.err_at(
                         inst,
                         format!("{ikey}.weight"),
                         format!("{w} is out of range 1..=1000"),
-                    ))
+                    ));
+                    continue;
                 }
             };
             if instances.iter().any(|x| x.addr == addr) {
-                return Err(cx.err_at(
+                cx.push(cx.err_at(
                     inst,
                     &ikey,
                     format!("{addr} is listed twice in this service"),
                 ));
+                continue;
             }
             instances.push(StaticInstance { addr, weight });
         }
@@ -806,106 +835,117 @@ fn services(
                     Some(RawBalance::LeastConnections) => Balance::LeastConnections,
                 },
                 instances,
-                policy: Arc::new(policy(cx, s, &key, defaults)?),
+                policy: Arc::new(policy(cx, s, &key, defaults)),
                 dns: s
                     .dns
                     .as_ref()
-                    .map(|d| discovery::dns(cx, d, &format!("{key}.dns")))
-                    .transpose()?,
+                    .and_then(|d| cx.ok(discovery::dns(cx, d, &format!("{key}.dns")))),
             },
         );
     }
-    Ok(out)
+    out
 }
 
 fn routes(
     cx: &Cx<'_>,
     raw: &RawConfig,
     services: &BTreeMap<Arc<str>, ServiceConfig>,
-) -> Result<Vec<Route>, ConfigError> {
+) -> Vec<Route> {
     let mut out = Vec::with_capacity(raw.routes.len());
     let mut seen = HashSet::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        let key = format!("routes[{i}]");
-        let host = match &r.host {
-            None => HostMatch::Any,
-            Some(h) => {
-                let v = h.get_ref().to_ascii_lowercase();
-                if let Some(suffix) = v.strip_prefix('*') {
-                    if !suffix.starts_with('.') || !valid_host_chars(&suffix[1..]) {
-                        return Err(cx.err_at(
-                            h,
-                            format!("{key}.host"),
-                            format!(
-                                "{:?}: a wildcard host is written \"*.example.com\"",
-                                h.get_ref()
-                            ),
-                        ));
-                    }
-                    HostMatch::Suffix(suffix.to_owned())
-                } else if valid_host_chars(&v) {
-                    HostMatch::Exact(v)
-                } else {
+        if let Some(route) = cx.ok(route(cx, r, i, services)) {
+            if seen.insert((route.host.clone(), route.path.clone())) {
+                out.push(route);
+            } else {
+                cx.push(cx.err_at(
+                    &r.service,
+                    format!("routes[{i}]"),
+                    "another route already matches the same host and path",
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn route(
+    cx: &Cx<'_>,
+    r: &super::raw::RawRoute,
+    i: usize,
+    services: &BTreeMap<Arc<str>, ServiceConfig>,
+) -> Result<Route, ConfigError> {
+    let key = format!("routes[{i}]");
+    let host = match &r.host {
+        None => HostMatch::Any,
+        Some(h) => {
+            let v = h.get_ref().to_ascii_lowercase();
+            if let Some(suffix) = v.strip_prefix('*') {
+                if !suffix.starts_with('.') || !valid_host_chars(&suffix[1..]) {
                     return Err(cx.err_at(
                         h,
                         format!("{key}.host"),
-                        format!("{:?} is not a host name (no port, no scheme)", h.get_ref()),
+                        format!(
+                            "{:?}: a wildcard host is written \"*.example.com\"",
+                            h.get_ref()
+                        ),
                     ));
                 }
+                HostMatch::Suffix(suffix.to_owned())
+            } else if valid_host_chars(&v) {
+                HostMatch::Exact(v)
+            } else {
+                return Err(cx.err_at(
+                    h,
+                    format!("{key}.host"),
+                    format!("{:?} is not a host name (no port, no scheme)", h.get_ref()),
+                ));
             }
-        };
-        let path = match &r.path {
-            None => "/".to_owned(),
-            Some(p) => {
-                let v = p.get_ref();
-                if !v.starts_with('/') || v.contains(['?', '#', ' ']) {
-                    return Err(cx.err_at(
-                        p,
-                        format!("{key}.path"),
-                        format!("{v:?} is not a path prefix: it starts with '/' and has no query"),
-                    ));
-                }
-                // "/api/" and "/api" mean the same prefix; keep one form.
-                if v.len() > 1 {
-                    v.trim_end_matches('/').to_owned()
-                } else {
-                    v.clone()
-                }
-            }
-        };
-        let service = r.service.get_ref();
-        let Some((name, _)) = services.get_key_value(service.as_str()) else {
-            let known: Vec<&str> = services.keys().map(|k| &**k).collect();
-            return Err(cx.err_at(
-                &r.service,
-                format!("{key}.service"),
-                format!(
-                    "no service named {service:?} is declared (declared: {})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
-        };
-        if !seen.insert((host.clone(), path.clone())) {
-            return Err(cx.err_at(
-                &r.service,
-                &key,
-                "another route already matches the same host and path",
-            ));
         }
-        let upgrades = forwarding::upgrades(cx, &r.upgrades, &format!("{key}.upgrades"))?;
-        out.push(Route {
-            host,
-            path,
-            strip_prefix: r.strip_prefix,
-            service: name.clone(),
-            upgrades,
-        });
-    }
-    Ok(out)
+    };
+    let path = match &r.path {
+        None => "/".to_owned(),
+        Some(p) => {
+            let v = p.get_ref();
+            if !v.starts_with('/') || v.contains(['?', '#', ' ']) {
+                return Err(cx.err_at(
+                    p,
+                    format!("{key}.path"),
+                    format!("{v:?} is not a path prefix: it starts with '/' and has no query"),
+                ));
+            }
+            // "/api/" and "/api" mean the same prefix; keep one form.
+            if v.len() > 1 {
+                v.trim_end_matches('/').to_owned()
+            } else {
+                v.clone()
+            }
+        }
+    };
+    let service = r.service.get_ref();
+    let Some((name, _)) = services.get_key_value(service.as_str()) else {
+        let known: Vec<&str> = services.keys().map(|k| &**k).collect();
+        return Err(cx.err_at(
+            &r.service,
+            format!("{key}.service"),
+            format!(
+                "no service named {service:?} is declared (declared: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    };
+    let upgrades = forwarding::upgrades(cx, &r.upgrades, &format!("{key}.upgrades"))?;
+    Ok(Route {
+        host,
+        path,
+        strip_prefix: r.strip_prefix,
+        service: name.clone(),
+        upgrades,
+    })
 }
 
 #[cfg(test)]
@@ -1004,6 +1044,84 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
     }
 
     #[test]
+    fn service_without_instances_key_is_accepted() {
+        // Fed by registrations, DNS or etcd: no static instances.
+        let c = parse("[services.a]\nbalance = \"least_connections\"\n").unwrap();
+        assert!(c.services["a"].instances.is_empty());
+    }
+
+    #[test]
+    fn overlapping_listeners_are_refused_and_the_dual_stack_pair_is_not() {
+        let c = parse("listen = [\"0.0.0.0:8080\", \"[::]:8080\"]\n").unwrap();
+        assert_eq!(c.listen.len(), 2);
+        let (_, key, msg) = err("listen = [\"0.0.0.0:8080\", \"127.0.0.1:8080\"]\n");
+        assert_eq!(key, "listen[1]");
+        assert!(msg.contains("overlaps listen[0] 0.0.0.0:8080"), "{msg}");
+        let (_, key, _) = err("listen = [\"[::1]:8080\", \"[::]:8080\"]\n");
+        assert_eq!(key, "listen[1]");
+        let (_, key, msg) = err("listen = [\"[::ffff:127.0.0.1]:8080\"]\n");
+        assert_eq!(key, "listen[0]");
+        assert!(msg.contains("write 127.0.0.1:8080"), "{msg}");
+        // Different ports, and port 0 (a fresh port each), do not clash.
+        parse("listen = [\"0.0.0.0:8080\", \"127.0.0.1:8081\", \"0.0.0.0:0\", \"127.0.0.1:0\"]\n")
+            .unwrap();
+        let (_, key, msg) =
+            err("listen = [\"0.0.0.0:8080\"]\n[admin]\nlisten = \"127.0.0.1:8080\"\n");
+        assert_eq!(key, "admin.listen");
+        assert!(
+            msg.contains("overlaps the client listener 0.0.0.0:8080"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn auth_reads_needs_a_token_and_open_admin_apis_are_warned_about() {
+        let (_, key, _) = err("[admin]\nauth_reads = true\n");
+        assert_eq!(key, "admin.auth_reads");
+        let open = parse("[admin]\nlisten = \"0.0.0.0:9900\"\n").unwrap();
+        assert!(open.warnings()[0].contains("no admin.token is set"));
+        let reads = parse("[admin]\nlisten = \"[::]:9900\"\ntoken = \"12345678\"\n").unwrap();
+        assert!(reads.warnings()[0].contains("admin.auth_reads is off"));
+        let closed =
+            parse("[admin]\nlisten = \"0.0.0.0:9900\"\ntoken = \"12345678\"\nauth_reads = true\n")
+                .unwrap();
+        assert!(closed.warnings().is_empty());
+        assert!(
+            parse("").unwrap().warnings().is_empty(),
+            "loopback by default"
+        );
+    }
+
+    #[test]
+    fn token_env_is_checked_by_name_when_only_checking() {
+        let text = "[admin]\ntoken_env = \"WAYFINDER_UNIT_TEST_UNSET_VAR\"\n";
+        let (_, key, _) = err(text);
+        assert_eq!(key, "admin.token_env");
+        let (c, warnings) = super::parse(text, Path::new("t.toml"), Env::ShapeOnly).unwrap();
+        assert_eq!(c.admin_token, None);
+        assert_eq!(
+            c.admin_token_env.as_deref(),
+            Some("WAYFINDER_UNIT_TEST_UNSET_VAR")
+        );
+        assert!(
+            warnings[0].contains("WAYFINDER_UNIT_TEST_UNSET_VAR"),
+            "{warnings:?}"
+        );
+        assert!(c.warnings().is_empty(), "a token is configured");
+        let (_, key, _) = err("[admin]\ntoken_env = \"A=B\"\n");
+        assert_eq!(key, "admin.token_env");
+    }
+
+    #[test]
+    fn pre_stop_defaults_to_zero_and_takes_zero() {
+        assert!(parse("").unwrap().timeouts.pre_stop.is_zero());
+        let c = parse("[timeouts]\npre_stop = \"0s\"\n").unwrap();
+        assert!(c.timeouts.pre_stop.is_zero());
+        let c = parse("[timeouts]\npre_stop = \"15s\"\n").unwrap();
+        assert_eq!(c.timeouts.pre_stop, Duration::from_secs(15));
+    }
+
+    #[test]
     fn admin_off_and_clash() {
         let c = parse("[admin]\nlisten = \"off\"\n").unwrap();
         assert_eq!(c.admin, None);
@@ -1024,12 +1142,6 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
         assert_eq!(key, "routes[0].path");
         let (_, key, _) = err(&format!("[[routes]]\npath = \"/x\"\nservice = \"a\"\n[[routes]]\npath = \"/x/\"\nservice = \"a\"\n{base}"));
         assert_eq!(key, "routes[1]");
-    }
-
-    #[test]
-    fn line_col_counts_from_one() {
-        assert_eq!(line_col("ab\ncd", 0), (1, 1));
-        assert_eq!(line_col("ab\ncd", 4), (2, 2));
     }
 
     const SVC: &str = "[services.a]\ninstances = [\"127.0.0.1:1\"]\n";

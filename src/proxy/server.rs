@@ -346,12 +346,17 @@ impl http_body::Body for Counted {
 
 /// Binds a listener on `addr` with a deep accept backlog and address reuse,
 /// so a restarted proxy can bind while old connections sit in TIME_WAIT.
+/// An IPv6 listener is IPv6-only (as nginx's), so `[::]:P` and `0.0.0.0:P`
+/// can both be listed.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

@@ -144,6 +144,7 @@ impl AdminProxy {
                 Ok(wf) => return wf,
                 // Someone took the port between picking and binding.
                 Err(StartError::Bind { .. }) => continue,
+                Err(e) => panic!("start: {e}"),
             }
         }
         panic!("could not bind an admin port in 20 tries");

@@ -1,0 +1,274 @@
+//! How a [`Config`] serializes (for `GET /v1/config`): the file's key
+//! names, durations written as in the file (`"250ms"`), and secrets (the
+//! admin token, the etcd password) replaced by [`REDACTED`], so no view of
+//! the config can show one.
+
+use std::time::Duration;
+
+use serde::ser::{SerializeMap, SerializeStruct, Serializer};
+use serde::Serialize;
+
+use super::{
+    Balance, CheckKind, Config, DnsDiscovery, DnsKind, EtcdAuth, HealthCheck, HostMatch, Outlier,
+    Route, ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance,
+};
+
+/// What a secret serializes as.
+pub const REDACTED: &str = "<redacted>";
+
+/// A duration as written in the file: `"250ms"`, `"5s"`, `"1m 30s"`, `"0s"`.
+pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&fmt_duration(*d))
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0s".to_owned()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+/// URIs as strings.
+pub(super) fn uris<S: Serializer>(list: &[http::Uri], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(ToString::to_string))
+}
+
+struct Dur(Duration);
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        duration(&self.0, s)
+    }
+}
+
+/// The `[admin]` table.
+struct AdminView<'a>(&'a Config);
+
+impl Serialize for AdminView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let c = self.0;
+        let mut m = s.serialize_struct("Admin", 4)?;
+        match c.admin {
+            Some(addr) => m.serialize_field("listen", &addr.to_string())?,
+            None => m.serialize_field("listen", "off")?,
+        }
+        m.serialize_field("token", &c.admin_token.as_ref().map(|_| REDACTED))?;
+        m.serialize_field("token_env", &c.admin_token_env)?;
+        m.serialize_field("auth_reads", &c.admin_auth_reads)?;
+        m.end()
+    }
+}
+
+impl Serialize for Config {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("Config", 11)?;
+        m.serialize_field("listen", &self.listen)?;
+        m.serialize_field("admin", &AdminView(self))?;
+        m.serialize_field("registry", &self.registry)?;
+        m.serialize_field("runtime", &self.runtime)?;
+        m.serialize_field("timeouts", &self.timeouts)?;
+        m.serialize_field("limits", &self.limits)?;
+        m.serialize_field("conventions", &self.conventions)?;
+        m.serialize_field("proxy", &self.proxy)?;
+        m.serialize_field("http2", &self.http2)?;
+        m.serialize_field("routes", &self.routes)?;
+        m.serialize_field("services", &self.services)?;
+        m.end()
+    }
+}
+
+impl Serialize for EtcdAuth {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("EtcdAuth", 2)?;
+        m.serialize_field("username", &self.username)?;
+        m.serialize_field("password", REDACTED)?;
+        m.end()
+    }
+}
+
+impl Serialize for HostMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HostMatch::Any => s.serialize_none(),
+            HostMatch::Exact(h) => s.serialize_str(h),
+            HostMatch::Suffix(suffix) => s.serialize_str(&format!("*{suffix}")),
+        }
+    }
+}
+
+impl Serialize for Route {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("Route", 5)?;
+        m.serialize_field("host", &self.host)?;
+        m.serialize_field("path", &self.path)?;
+        m.serialize_field("strip_prefix", &self.strip_prefix)?;
+        m.serialize_field("service", &*self.service)?;
+        m.serialize_field("upgrades", &self.upgrades)?;
+        m.end()
+    }
+}
+
+impl Serialize for Balance {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConnections => "least_connections",
+        })
+    }
+}
+
+impl Serialize for StaticInstance {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("Instance", 2)?;
+        m.serialize_field("address", &self.addr.to_string())?;
+        m.serialize_field("weight", &self.weight)?;
+        m.end()
+    }
+}
+
+/// A service: its own keys, then its policy's, as in `[services.NAME]`.
+impl Serialize for ServiceConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("balance", &self.balance)?;
+        m.serialize_entry("instances", &self.instances)?;
+        policy_entries(&mut m, &self.policy)?;
+        m.serialize_entry("dns", &self.dns)?;
+        m.end()
+    }
+}
+
+fn policy_entries<M: SerializeMap>(m: &mut M, p: &ServicePolicy) -> Result<(), M::Error> {
+    m.serialize_entry("max_attempts", &p.max_attempts)?;
+    m.serialize_entry("slow_start", &Dur(p.slow_start))?;
+    m.serialize_entry("panic_threshold", &p.panic_threshold)?;
+    m.serialize_entry("timeouts", &p.timeouts)?;
+    m.serialize_entry("health", &p.health)?;
+    m.serialize_entry("outlier", &p.outlier)?;
+    m.serialize_entry("retry_budget", &p.retry_budget)
+}
+
+impl Serialize for ServicePolicy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        policy_entries(&mut m, self)?;
+        m.end()
+    }
+}
+
+impl Serialize for ServiceTimeouts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("ServiceTimeouts", 3)?;
+        m.serialize_field("connect", &Dur(self.connect))?;
+        m.serialize_field("response_header", &Dur(self.response_header))?;
+        m.serialize_field("request", &self.request.map(Dur))?;
+        m.end()
+    }
+}
+
+impl Serialize for HealthCheck {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        match &self.kind {
+            CheckKind::Tcp => m.serialize_entry("kind", "tcp")?,
+            CheckKind::Http {
+                method,
+                path,
+                host,
+                expect,
+            } => {
+                m.serialize_entry("kind", "http")?;
+                m.serialize_entry("method", method.as_str())?;
+                m.serialize_entry("path", path)?;
+                m.serialize_entry("host", host)?;
+                let ranges: Vec<String> = expect
+                    .iter()
+                    .map(|&(lo, hi)| {
+                        if lo == hi {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    })
+                    .collect();
+                m.serialize_entry("expect", &ranges)?;
+            }
+        }
+        m.serialize_entry("interval", &Dur(self.interval))?;
+        m.serialize_entry("timeout", &Dur(self.timeout))?;
+        m.serialize_entry("healthy_threshold", &self.healthy_threshold)?;
+        m.serialize_entry("unhealthy_threshold", &self.unhealthy_threshold)?;
+        m.serialize_entry("jitter", &Dur(self.jitter))?;
+        m.serialize_entry(
+            "initial",
+            if self.start_healthy {
+                "healthy"
+            } else {
+                "unknown"
+            },
+        )?;
+        m.end()
+    }
+}
+
+impl Serialize for Outlier {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("Outlier", 6)?;
+        m.serialize_field("connect_failures", &self.connect_failures)?;
+        m.serialize_field("consecutive_failures", &self.consecutive_failures)?;
+        m.serialize_field("count_5xx", &self.count_5xx)?;
+        m.serialize_field("base_ejection", &Dur(self.base_ejection))?;
+        m.serialize_field("max_ejection", &Dur(self.max_ejection))?;
+        m.serialize_field("max_ejected_percent", &self.max_ejected_percent)?;
+        m.end()
+    }
+}
+
+impl Serialize for DnsDiscovery {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("name", &self.name)?;
+        match self.kind {
+            DnsKind::A { port } => {
+                m.serialize_entry("kind", "a")?;
+                m.serialize_entry("port", &port)?;
+            }
+            DnsKind::Srv => m.serialize_entry("kind", "srv")?,
+        }
+        m.serialize_entry("nameserver", &self.nameserver.map(|a| a.to_string()))?;
+        m.serialize_entry("min_refresh", &Dur(self.min_refresh))?;
+        m.serialize_entry("max_refresh", &Dur(self.max_refresh))?;
+        m.serialize_entry("nxdomain_grace", &Dur(self.nxdomain_grace))?;
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_util::parse;
+
+    #[test]
+    fn secrets_are_redacted_and_durations_read_as_written() {
+        let c = parse(
+            "[admin]\ntoken = \"admin-secret-1\"\n\
+             [timeouts]\nconnect = \"250ms\"\n\
+             [registry.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nusername = \"u\"\npassword = \"etcd-secret-2\"\n\
+             [[routes]]\nhost = \"*.example.com\"\nservice = \"a\"\n\
+             [services.a]\ninstances = [\"127.0.0.1:1\"]\n[services.a.health]\nkind = \"http\"\n",
+        )
+        .unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        let text = v.to_string();
+        assert!(!text.contains("admin-secret-1"), "{text}");
+        assert!(!text.contains("etcd-secret-2"), "{text}");
+        assert_eq!(v["admin"]["token"], super::REDACTED);
+        assert_eq!(v["registry"]["etcd"]["auth"]["password"], super::REDACTED);
+        assert_eq!(v["registry"]["etcd"]["auth"]["username"], "u");
+        assert_eq!(v["timeouts"]["connect"], "250ms");
+        assert_eq!(v["timeouts"]["pre_stop"], "0s");
+        assert_eq!(v["routes"][0]["host"], "*.example.com");
+        assert_eq!(v["services"]["a"]["health"]["expect"][0], "200-399");
+        assert_eq!(v["services"]["a"]["instances"][0]["address"], "127.0.0.1:1");
+    }
+}
