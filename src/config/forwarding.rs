@@ -97,11 +97,6 @@ pub(super) fn http2(cx: &Cx<'_>, raw: &RawConfig) -> Http2Settings {
         keepalive_interval: dur(&h.keepalive_interval, "http2.keepalive_interval", secs(20)),
         keepalive_timeout: dur(&h.keepalive_timeout, "http2.keepalive_timeout", secs(10)),
         idle_timeout: dur(&h.idle_timeout, "http2.idle_timeout", secs(60)),
-        first_request_timeout: dur(
-            &h.first_request_timeout,
-            "http2.first_request_timeout",
-            secs(10),
-        ),
         max_pending_reset_streams: cx.keep(
             int(
                 cx,

@@ -279,9 +279,6 @@ pub struct Http2Settings {
     /// A connection with no open stream for this long is closed.
     #[serde(serialize_with = "serialize::duration")]
     pub idle_timeout: Duration,
-    /// How long a new connection may go without a first request.
-    #[serde(serialize_with = "serialize::duration")]
-    pub first_request_timeout: Duration,
     /// Streams reset by the client before being handled, at once.
     pub max_pending_reset_streams: usize,
     /// Streams reset for protocol errors before the connection closes.

@@ -110,10 +110,10 @@ pub(crate) struct RawTimeouts {
     pub shutdown_drain: Option<Spanned<Dur>>,
     /// Serving on, reported not ready, before the listeners close. Default 0s.
     pub pre_stop: Option<Spanned<Dur>>,
-    /// Longest pause while a client sends a request body. Default 30s.
+    /// Longest pause while a client sends a request body. Default 15s.
     pub client_body: Option<Spanned<Dur>>,
     /// Longest a client may leave a response unread (a write that makes no
-    /// progress). Default 30s.
+    /// progress). Default 15s.
     pub client_send: Option<Spanned<Dur>>,
 }
 
@@ -178,8 +178,6 @@ pub(crate) struct RawHttp2 {
     pub keepalive_timeout: Option<Spanned<Dur>>,
     /// A connection with no open stream for this long is closed. Default 60s.
     pub idle_timeout: Option<Spanned<Dur>>,
-    /// How long a new connection may go without a first request. Default 10s.
-    pub first_request_timeout: Option<Spanned<Dur>>,
     /// Streams reset by the client before they were handled, at once
     /// (rapid-reset protection). Default 20.
     pub max_pending_reset_streams: Option<Spanned<i64>>,

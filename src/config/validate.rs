@@ -247,12 +247,12 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
             .as_ref()
             .map_or(Duration::ZERO, |d| d.get_ref().0),
         client_body: cx.keep(
-            duration(cx, &t.client_body, "timeouts.client_body", secs(30)),
-            secs(30),
+            duration(cx, &t.client_body, "timeouts.client_body", secs(15)),
+            secs(15),
         ),
         client_send: cx.keep(
-            duration(cx, &t.client_send, "timeouts.client_send", secs(30)),
-            secs(30),
+            duration(cx, &t.client_send, "timeouts.client_send", secs(15)),
+            secs(15),
         ),
     };
 

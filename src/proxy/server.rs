@@ -12,8 +12,8 @@
 //! PINGs (`http2.keepalive_interval`, answered within
 //! `http2.keepalive_timeout`), a bound on their streams, header list and
 //! resets (rapid-reset protection), and are closed when no stream has been
-//! open for `http2.idle_timeout` (`http2.first_request_timeout` before the
-//! first one). Shutdown stops accepting at once, lets requests in flight
+//! open for `http2.idle_timeout` (`timeouts.client_header` before the first
+//! one). Shutdown stops accepting at once, lets requests in flight
 //! finish and closes each connection after its current request, up to the
 //! drain timeout.
 
@@ -200,7 +200,7 @@ async fn accept_loop(
 /// Serves the rest of a connection on the general path (hyper: HTTP/2,
 /// HTTP/1.0, upgrades, streamed bodies). A watchdog closes the connection
 /// once no request has been in progress for the idle timeout (HTTP/2:
-/// `http2.idle_timeout`, or `http2.first_request_timeout` before the first
+/// `http2.idle_timeout`, or `timeouts.client_header` before the first
 /// request; HTTP/1: `timeouts.client_header`); a connection that does not
 /// close within a grace period after that is dropped.
 async fn serve_general(
@@ -228,10 +228,7 @@ async fn serve_general(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let (first, idle) = if h2 {
-        (
-            settings.http2.first_request_timeout,
-            settings.http2.idle_timeout,
-        )
+        (settings.client_header_timeout, settings.http2.idle_timeout)
     } else {
         (
             settings.client_header_timeout,

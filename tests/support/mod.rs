@@ -5,6 +5,8 @@
 //!   [`raw_exchange`]);
 //! - [`proxy`]: wayfinder started in-process, with its admin API off
 //!   ([`Proxy`]) or on ([`AdminProxy`], [`Api`]), and config snippets;
+//! - [`raw`]: exact bytes on raw sockets (strict response reader,
+//!   scripted [`raw::RawBackend`]);
 //! - [`procs`]: ports, temporary files and the processes a test spawns
 //!   (`wayfinder` itself, [`Proc`]; etcd or dnsmasq, [`Daemon`]);
 //! - here: bodies and bounded waits.
@@ -21,6 +23,7 @@ pub mod backend;
 pub mod client;
 pub mod procs;
 pub mod proxy;
+pub mod raw;
 
 // Re-exported so tests name helpers as `support::x`; a test binary that
 // uses nothing from one of them would otherwise warn.

@@ -159,6 +159,20 @@ struct Answer {
     reusable: bool,
 }
 
+/// Why relaying a response stopped.
+enum Relay {
+    /// The instance's body is malformed and nothing was sent yet.
+    BeforeHead(&'static str),
+    /// The exchange broke after the client got part of the answer.
+    Broken(io::Error),
+}
+
+impl From<io::Error> for Relay {
+    fn from(e: io::Error) -> Self {
+        Relay::Broken(e)
+    }
+}
+
 /// How the body of a request stands.
 enum Body {
     /// Whole in the buffer: the request (head and body) ends at `end`.
@@ -390,7 +404,19 @@ impl Conn<'_> {
                 }
             }
             Ok(_) => {}
-            Err(e) => {
+            Err(Relay::BeforeHead(detail)) => {
+                // Nothing reached the client yet: it gets a proper 502.
+                let instance = guard.instance();
+                tracing::debug!(instance = %instance.addr(), detail, "bad response body");
+                let e = ProxyError::BadResponse {
+                    service: service.name().clone(),
+                    addr: instance.addr(),
+                    detail,
+                };
+                drop(guard);
+                return self.answer_error(&e, trail.as_deref(), true).await;
+            }
+            Err(Relay::Broken(e)) => {
                 tracing::debug!(instance = %guard.instance().addr(), error = %e, "response relay ended early");
                 return Step::Close;
             }
@@ -405,7 +431,7 @@ impl Conn<'_> {
 
     /// Sends the head in `resp` and the body behind it in `upstream`;
     /// `Ok(true)` when the body ended where its framing said.
-    async fn relay_body(&mut self, upstream: &mut RawConn, body: Framing) -> io::Result<bool> {
+    async fn relay_body(&mut self, upstream: &mut RawConn, body: Framing) -> Result<bool, Relay> {
         let mut chunked = ChunkedScanner::default();
         let mut remaining = match body {
             Framing::Length(n) => n,
@@ -423,7 +449,10 @@ impl Conn<'_> {
                 }
                 Framing::Chunked => match chunked.feed(&upstream.buf) {
                     Ok(scan) => (scan.pass, scan.consumed, scan.done),
-                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                    Err(e) if pending => return Err(Relay::BeforeHead(e.0)),
+                    Err(e) => {
+                        return Err(Relay::Broken(io::Error::new(io::ErrorKind::InvalidData, e)))
+                    }
                 },
                 Framing::UntilClose => (upstream.buf.len(), upstream.buf.len(), false),
             };
@@ -471,10 +500,10 @@ impl Conn<'_> {
                 return if body == Framing::UntilClose {
                     Ok(false)
                 } else {
-                    Err(io::Error::new(
+                    Err(Relay::Broken(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "instance closed mid-body",
-                    ))
+                    )))
                 };
             }
         }
