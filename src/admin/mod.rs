@@ -16,6 +16,7 @@
 //! | `PUT /v1/registry/{service}/{id}/drain` | stop new requests, keep in-flight ones |
 //! | `GET /v1/registry/{service}/{id}[?wait=drained&timeout=30s]` | one registration and its in-flight count |
 //! | `DELETE /v1/registry/{service}/{id}` | deregister |
+//! | `PUT` / `DELETE /v1/services/{service}/instances/{addr}/drain` | drain any instance / cancel |
 //!
 //! When a token is configured, every call that changes something (PUT,
 //! POST, DELETE) needs `Authorization: Bearer TOKEN` or gets 401.
@@ -112,7 +113,7 @@ impl Admin {
                 json(StatusCode::OK, &services::services(&self.registry))
             }
             (_, ["healthz"] | ["v1", "status" | "services"]) => method_not_allowed("GET"),
-            (_, ["v1", "sources", ..]) | (_, ["v1", "registry", ..]) => {
+            (_, ["v1", "sources" | "registry", ..] | ["v1", "services", _, ..]) => {
                 self.registry_call(req, &segments).await
             }
             _ => text(

@@ -89,6 +89,8 @@ pub struct RegistrySettings {
     pub state_file: Option<PathBuf>,
     /// TTL of registrations that name none.
     pub default_ttl: Duration,
+    /// Longest self-preservation holds back a removal; then it applies.
+    pub max_hold: Duration,
     /// `[registry.etcd]`: the shared registry, when several proxies share one.
     pub etcd: Option<EtcdSettings>,
 }

@@ -205,6 +205,12 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             "registry.default_ttl",
             Duration::from_secs(30),
         )?,
+        max_hold: duration(
+            cx,
+            &r.max_hold,
+            "registry.max_hold",
+            Duration::from_secs(300),
+        )?,
         etcd: r
             .etcd
             .as_ref()
