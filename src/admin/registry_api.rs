@@ -121,10 +121,13 @@ impl Admin {
             (_, ["v1", "sources"]) => method_not_allowed("GET"),
             (&Method::POST, ["v1", "sources", name, "release"]) => {
                 match self.registry.release_held(name) {
-                    Some(n) => text(
-                        StatusCode::OK,
-                        &format!("released {n} held-back removals\n"),
-                    ),
+                    Some(n) => {
+                        self.settled().await;
+                        text(
+                            StatusCode::OK,
+                            &format!("released {n} held-back removals\n"),
+                        )
+                    }
                     None => text(
                         StatusCode::NOT_FOUND,
                         &format!("no source named {name:?}\n"),
@@ -146,12 +149,11 @@ impl Admin {
                 match (&method, &segs[4..]) {
                     (&Method::PUT, []) => self.register(req, &service, &id).await,
                     (&Method::GET, []) => self.get_registration(&req, &service, &id).await,
-                    (&Method::DELETE, []) => result(
-                        self.registrations
-                            .deregister(&service, &id)
-                            .await
-                            .map(|()| "deregistered"),
-                    ),
+                    (&Method::DELETE, []) => {
+                        let r = self.registrations.deregister(&service, &id).await;
+                        self.settled().await;
+                        result(r.map(|()| "deregistered"))
+                    }
                     (_, []) => method_not_allowed("GET, PUT, DELETE"),
                     (&Method::PUT, ["heartbeat"]) => result(
                         self.registrations
@@ -160,18 +162,16 @@ impl Admin {
                             .map(|()| "ok"),
                     ),
                     (_, ["heartbeat"]) => method_not_allowed("PUT"),
-                    (&Method::PUT, ["drain"]) => result(
-                        self.registrations
-                            .set_draining(&service, &id, true)
-                            .await
-                            .map(|_| "draining"),
-                    ),
-                    (&Method::DELETE, ["drain"]) => result(
-                        self.registrations
-                            .set_draining(&service, &id, false)
-                            .await
-                            .map(|_| "drain cancelled"),
-                    ),
+                    (&Method::PUT, ["drain"]) => {
+                        let r = self.registrations.set_draining(&service, &id, true).await;
+                        self.settled().await;
+                        result(r.map(|_| "draining"))
+                    }
+                    (&Method::DELETE, ["drain"]) => {
+                        let r = self.registrations.set_draining(&service, &id, false).await;
+                        self.settled().await;
+                        result(r.map(|_| "drain cancelled"))
+                    }
                     (_, ["drain"]) => method_not_allowed("PUT, DELETE"),
                     _ => text(StatusCode::NOT_FOUND, "no such registry endpoint\n"),
                 }
@@ -216,15 +216,7 @@ impl Admin {
                 }
                 // Answer once the snapshot routes accordingly, so nothing
                 // new reaches a drained instance after the 200.
-                self.wait_snapshot(|snap| {
-                    snap.service(service).is_none_or(|s| {
-                        s.members()
-                            .iter()
-                            .filter(|m| m.instance.addr() == address)
-                            .all(|m| m.operator_drain == drain)
-                    })
-                })
-                .await;
+                self.settled().await;
                 let what = if drain { "draining" } else { "drain cancelled" };
                 text(StatusCode::OK, &format!("{what}\n"))
             }
@@ -235,9 +227,12 @@ impl Admin {
     }
 
     /// Waits (at most a second: the refresher publishes within
-    /// milliseconds) until `done` holds for the published snapshot.
-    async fn wait_snapshot(&self, done: impl Fn(&Snapshot) -> bool) {
-        self.wait_until(Duration::from_secs(1), done).await;
+    /// milliseconds) until the change just made is in the published
+    /// snapshot, so the answer means the proxy routes accordingly.
+    async fn settled(&self) {
+        if !self.registry.settled(Duration::from_secs(1)).await {
+            tracing::warn!("registry change not published within 1s; answering anyway");
+        }
     }
 
     async fn register(

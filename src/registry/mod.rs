@@ -41,6 +41,9 @@ pub struct Registry {
     changed: Arc<Notify>,
     /// The published version, for watchers (health supervisor, long polls).
     published: tokio::sync::watch::Sender<u64>,
+    /// The input generation the last rebuild took in (see
+    /// [`Registry::settled`]).
+    settled: tokio::sync::watch::Sender<u64>,
 }
 
 /// Inputs of the next rebuild and the live state carried across rebuilds.
@@ -67,6 +70,8 @@ struct BuildState {
     /// they start healthy when they appear (`clock::now_ms()` of the call,
     /// so unclaimed entries are dropped after a while).
     vouched: HashMap<InstanceKey, u64>,
+    /// Counts input changes; a rebuild takes in all of them up to its start.
+    inputs: u64,
     /// Per service: the version at which its published content last changed.
     service_index: HashMap<Arc<str>, u64>,
     live: HashMap<InstanceKey, Weak<InstanceState>>,
@@ -372,6 +377,7 @@ impl Registry {
             max_hold: config.registry.max_hold,
             operator_drains: BTreeMap::new(),
             vouched: HashMap::new(),
+            inputs: 0,
             service_index: HashMap::new(),
             live: HashMap::new(),
             service_live: HashMap::new(),
@@ -384,6 +390,7 @@ impl Registry {
             build: Mutex::new(state),
             changed: Arc::new(Notify::new()),
             published: tokio::sync::watch::Sender::new(0),
+            settled: tokio::sync::watch::Sender::new(0),
         });
         registry.rebuild();
         registry
@@ -550,8 +557,7 @@ impl Registry {
             tracing::info!(source, previous_error = %e, "source reporting again");
         }
         st.dirty.extend(changed);
-        drop(st);
-        self.changed.notify_one();
+        self.touched(st);
     }
 
     /// Records that `source` failed to refresh: its last good set keeps
@@ -583,8 +589,7 @@ impl Registry {
             .retain(|s| !held.contains_key(&(s.service.clone(), s.addr)));
         st.dirty
             .extend(held.keys().map(|(service, _)| service.clone()));
-        drop(st);
-        self.changed.notify_one();
+        self.touched(st);
         tracing::info!(
             source,
             released = held.len(),
@@ -622,8 +627,7 @@ impl Registry {
         let n = services.len();
         if n > 0 {
             st.dirty.extend(services);
-            drop(st);
-            self.changed.notify_one();
+            self.touched(st);
         }
         n
     }
@@ -698,8 +702,7 @@ impl Registry {
         if changed {
             tracing::info!(service, instance = %addr, drain, "operator drain changed");
             st.dirty.extend([key.service]);
-            drop(st);
-            self.changed.notify_one();
+            self.touched(st);
         }
         Ok(changed)
     }
@@ -728,8 +731,7 @@ impl Registry {
         }
         if !services.is_empty() {
             st.dirty.extend(services);
-            drop(st);
-            self.changed.notify_one();
+            self.touched(st);
         }
     }
 
@@ -845,14 +847,45 @@ impl Registry {
             e.last_ok = Some(SystemTime::now());
         }
         st.dirty = Dirty::All;
-        drop(st);
-        self.changed.notify_one();
+        self.touched(st);
     }
 
     /// Rebuilds from the recorded inputs and publishes the result if it
     /// differs from the current snapshot. Returns whether it published.
     pub fn rebuild(&self) -> bool {
+        let (published, generation) = self.rebuild_inner();
+        self.settled.send_if_modified(|g| {
+            let newer = generation > *g;
+            if newer {
+                *g = generation;
+            }
+            newer
+        });
+        published
+    }
+
+    /// Records an input change (the caller has marked what is dirty) and
+    /// wakes the refresher.
+    fn touched(&self, mut st: std::sync::MutexGuard<'_, BuildState>) {
+        st.inputs += 1;
+        drop(st);
+        self.changed.notify_one();
+    }
+
+    /// Waits (at most `limit`) until every input change made so far is in
+    /// the published snapshot (or made no difference to it); whether it is.
+    pub async fn settled(&self, limit: Duration) -> bool {
+        let target = self.lock().inputs;
+        let mut rx = self.settled.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|g| *g >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// [`Registry::rebuild`]; also returns the input generation it took in.
+    fn rebuild_inner(&self) -> (bool, u64) {
         let mut st = self.lock();
+        let generation = st.inputs;
         let dirty = std::mem::replace(&mut st.dirty, Dirty::Services(BTreeSet::new()));
         let (shape, changed) = match (dirty, st.published.take()) {
             (Dirty::Services(names), Some(mut shape)) if names.len() <= INCREMENTAL_LIMIT => {
@@ -860,7 +893,7 @@ impl Registry {
                     Some(changed) => (shape, changed),
                     None => {
                         st.published = Some(shape);
-                        return false;
+                        return (false, generation);
                     }
                 }
             }
@@ -868,7 +901,7 @@ impl Registry {
                 st.published = published;
                 let shape = st.shape();
                 let Some(changed) = st.changes(&shape) else {
-                    return false;
+                    return (false, generation);
                 };
                 (shape, changed)
             }
@@ -886,7 +919,7 @@ impl Registry {
         );
         st.published = Some(shape);
         self.published.send_replace(st.version);
-        true
+        (true, generation)
     }
 
     /// The refresher: rebuilds whenever an input changed. Bursts of updates

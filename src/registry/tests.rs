@@ -440,3 +440,16 @@ fn vouched_instance_starts_healthy() {
         "the proxy's verdict stands"
     );
 }
+
+#[tokio::test]
+async fn settled_waits_until_changes_are_published() {
+    let reg = Registry::new(&config("[services.z]\ninstances = [\"127.0.0.1:50\"]\n"));
+    tokio::spawn(reg.clone().run_refresher());
+    assert!(reg.settled(std::time::Duration::from_secs(5)).await);
+    reg.update_source("api", vec![spec("a", 9)]);
+    assert!(reg.settled(std::time::Duration::from_secs(5)).await);
+    assert_eq!(reg.load().service("a").unwrap().members().len(), 1);
+    reg.report("api", vec![], Removals::Explicit);
+    assert!(reg.settled(std::time::Duration::from_secs(5)).await);
+    assert!(reg.load().service("a").is_none());
+}
