@@ -127,14 +127,16 @@ impl Tried {
 /// in `tried`, and starts counting a request against it.
 ///
 /// Normally only available members qualify (not failing an active check, not
-/// ejected). In panic mode (see [`update_panic`]) every member does, so
-/// traffic spreads over all of them instead of failing. Members in their
-/// slow-start window count with a reduced weight.
+/// ejected, not draining). In panic mode (see [`update_panic`]) unhealthy
+/// and ejected members qualify too, so traffic spreads over them instead of
+/// failing; a draining member (drained by its source or an operator, or
+/// removed) never does. Members in their slow-start window count with a
+/// reduced weight.
 #[inline]
 pub fn pick(service: &ServiceEntry, now_ms: u64, tried: &Tried) -> Option<InFlightGuard> {
     let panic = service.live.panic.load(Relaxed);
     let eligible =
-        |m: &Member| (panic || m.instance.is_available(now_ms)) && !tried.contains(&m.instance);
+        |m: &Member| eligible(panic, &m.instance, now_ms) && !tried.contains(&m.instance);
     let slow_start = service.policy.slow_start;
     let retry = !tried.is_empty();
     let member = match service.balance {
@@ -146,16 +148,35 @@ pub fn pick(service: &ServiceEntry, now_ms: u64, tried: &Tried) -> Option<InFlig
     Some(InFlightGuard::new(member.instance.clone()))
 }
 
+/// Whether `instance` may get a new request: available, or in panic mode
+/// merely not draining.
+#[inline]
+fn eligible(panic: bool, instance: &InstanceState, now_ms: u64) -> bool {
+    if panic {
+        instance.takes_new_requests()
+    } else {
+        instance.is_available(now_ms)
+    }
+}
+
+/// Whether a new request for `service` could be sent to `member` now (the
+/// rule [`pick`] follows, retries aside).
+pub fn routable(service: &ServiceEntry, member: &Member, now_ms: u64) -> bool {
+    eligible(service.live.panic.load(Relaxed), &member.instance, now_ms)
+}
+
 /// Recomputes `service`'s panic flag: on when fewer than
-/// `panic_threshold` percent of its members are available. Members whose
-/// first check has not run yet are left out of the count, so a fresh
-/// service does not start in panic mode. Called when a snapshot is built,
-/// on every health transition and periodically (ejections end by time).
+/// `panic_threshold` percent of its members are available. Draining
+/// members (which panic mode never uses) and members whose first check has
+/// not run yet are left out of the count, so a fresh service does not start
+/// in panic mode and draining half of a service does not start it either.
+/// Called when a snapshot is built, on every health transition and
+/// periodically (ejections end by time).
 pub fn update_panic(service: &ServiceEntry, now_ms: u64) -> bool {
     let threshold = usize::from(service.policy.panic_threshold);
     let (mut counted, mut available) = (0usize, 0usize);
     for m in service.members.iter() {
-        if m.instance.health() == Health::Unknown {
+        if m.instance.health() == Health::Unknown || !m.instance.takes_new_requests() {
             continue;
         }
         counted += 1;
@@ -418,6 +439,66 @@ mod tests {
             pick(svc, now, &Tried::default()).is_none(),
             "no panic mode: nothing to pick"
         );
+    }
+
+    /// Issue 12.1: draining members are never picked, in panic mode or not,
+    /// and do not count toward the panic threshold.
+    #[test]
+    fn panic_mode_never_picks_draining_members() {
+        let text = "[services.s]\ninstances = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\npanic_threshold = 50\n";
+        let reg = Registry::new(&Config::parse(text, Path::new("t.toml")).unwrap());
+        let snap = reg.load();
+        let svc = snap.service("s").unwrap();
+        let now = crate::clock::now_ms();
+        let m = svc.members();
+        m[0].instance.set_admin_drain(true, "test");
+        m[1].instance.set_admin_drain(true, "test");
+        assert!(
+            !update_panic(svc, now),
+            "two of three draining: the one left is 100% of those counted"
+        );
+        let ports = |n: usize| -> std::collections::BTreeSet<u16> {
+            (0..n)
+                .map(|_| {
+                    pick(svc, now, &Tried::default())
+                        .unwrap()
+                        .instance()
+                        .addr()
+                        .port()
+                })
+                .collect()
+        };
+        assert_eq!(ports(9), [3].into());
+        assert!(!routable(svc, &m[0], now) && routable(svc, &m[2], now));
+
+        // The one left fails: panic mode, which widens to unhealthy members
+        // only, never to draining ones.
+        m[2].instance.eject_until(now + 60_000);
+        assert!(update_panic(svc, now), "0 of 1 counted available");
+        assert_eq!(ports(9), [3].into());
+        assert!(!routable(svc, &m[1], now) && routable(svc, &m[2], now));
+
+        // A member removed from the registry is never picked either.
+        m[2].instance.start_draining();
+        assert!(pick(svc, now, &Tried::default()).is_none());
+
+        // Least-connections follows the same rule.
+        let text = text.replace(
+            "[services.s]\n",
+            "[services.s]\nbalance = \"least_connections\"\n",
+        );
+        let reg = Registry::new(&Config::parse(&text, Path::new("t.toml")).unwrap());
+        let snap = reg.load();
+        let svc = snap.service("s").unwrap();
+        let m = svc.members();
+        m[0].instance.set_admin_drain(true, "test");
+        m[1].instance.set_admin_drain(true, "test");
+        m[2].instance.eject_until(now + 60_000);
+        assert!(update_panic(svc, now));
+        let held: Vec<_> = (0..6)
+            .map(|_| pick(svc, now, &Tried::default()).unwrap())
+            .collect();
+        assert!(held.iter().all(|g| g.instance().addr().port() == 3));
     }
 
     #[test]

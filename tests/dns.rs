@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
-use support::{members, wait_for, Backend, Daemon, Proxy};
+use support::{members, wait_for, AdminProxy, Backend, Daemon, Proxy};
 use wayfinder::app::Running;
 
 // === impl Dnsmasq ===
@@ -346,4 +346,98 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
     .await;
     assert_eq!(wf.get("svc").await, Ok("v2".to_owned()));
     wf.stop().await;
+}
+
+/// Issue 12.4: an operator drains a DNS instance by address; the drain
+/// holds while DNS keeps reporting it and across a config reload that
+/// restarts the name's resolution, until cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_drain_of_a_dns_instance_survives_refreshes_and_a_reload() {
+    let first = Backend::builder("web-a")
+        .at(SocketAddr::new(IpAddr::from([127, 0, 0, 2]), 0))
+        .try_start()
+        .await
+        .expect("bind 127.0.0.2");
+    let port = first.addr.port();
+    let _second = Backend::builder("web-b")
+        .at(SocketAddr::new(IpAddr::from([127, 0, 0, 3]), port))
+        .try_start()
+        .await
+        .expect("bind 127.0.0.3 on the same port");
+    let dns = Dnsmasq::start(&[
+        "--host-record=web.test,127.0.0.2".to_owned(),
+        "--host-record=web.test,127.0.0.3".to_owned(),
+    ])
+    .await;
+    let table = |refresh: &str| {
+        dns_table(
+            "web",
+            &format!(
+                "name = \"web.test\"\nkind = \"a\"\nport = {port}\nmin_refresh = \"{refresh}\""
+            ),
+            &dns,
+        )
+    };
+    let mut wf = AdminProxy::start("", &table("100ms")).await;
+    let running = wf.running();
+    wait_for(
+        Duration::from_secs(5),
+        "both addresses resolved",
+        || async { members(running, "web").len() == 2 },
+    )
+    .await;
+    let drain = format!("/v1/services/web/instances/{}/drain", first.addr);
+    let reply = wf.api.call("PUT", &drain, None).await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    let only_b = || async {
+        for _ in 0..6 {
+            assert_eq!(wf.get_ok("web").await, "web-b");
+        }
+    };
+    only_b().await;
+
+    // DNS re-resolves (TTL 1s, min_refresh 100ms): still drained.
+    let source = |wf: &AdminProxy| {
+        wf.running()
+            .registry
+            .sources()
+            .into_iter()
+            .find(|s| &*s.name == "dns:web")
+            .and_then(|s| s.last_success)
+    };
+    let before = source(&wf);
+    wait_for(Duration::from_secs(5), "DNS reported again", || async {
+        source(&wf) != before
+    })
+    .await;
+    only_b().await;
+
+    // A reload that restarts the name's resolution: still drained.
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n\n{}",
+        wf.api.addr.port(),
+        table("100ms")
+    );
+    let mut current = support::parse_config(&text);
+    let file = support::ConfigFile::new("dns-drain", &text.replace("\"100ms\"", "\"150ms\""));
+    assert_eq!(
+        wf.running().reload(&file.path, &mut current).ok(),
+        Some(true)
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "resolved again after the reload",
+        || async { members(wf.running(), "web").len() == 2 },
+    )
+    .await;
+    only_b().await;
+
+    let reply = wf.api.call("DELETE", &drain, None).await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    let mut seen = BTreeMap::new();
+    for _ in 0..4 {
+        *seen.entry(wf.get_ok("web").await).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    wf.shutdown().await;
 }

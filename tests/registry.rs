@@ -417,13 +417,12 @@ async fn ttl_lapse_of_the_last_instance_is_held_back_until_released() {
     assert_eq!(wf.get_ok("lonely").await, "lonely");
 
     // The registration lapses...
-    within(5, "registration lapses", async {
-        while wf.api.get("/v1/registry/lonely/l1").await.status != StatusCode::NOT_FOUND {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    // ...but emptying the service is held back, visibly.
+    wait_lapsed(&wf.api, "lonely", "l1").await;
+    // ...but emptying the service is held back, visibly: the registration
+    // shows as expired and held.
+    let reg = wf.api.json("/v1/registry/lonely/l1").await;
+    assert_eq!(reg["expired"], true, "{reg}");
+    assert!(reg["held_back"]["reason"].is_string(), "{reg}");
     let api = wf.api.source("api").await;
     assert_eq!(
         api["held_back"],
@@ -464,21 +463,26 @@ async fn ttl_lapse_of_the_last_instance_is_held_back_until_released() {
         wf.api.source("api").await["held_back"],
         serde_json::json!([])
     );
+    assert_eq!(
+        wf.api.get("/v1/registry/lonely/l1").await.status,
+        StatusCode::NOT_FOUND,
+        "released: the expired registration is gone"
+    );
     let hits = lonely.hits();
     let after = wf.get("lonely").await.unwrap();
     assert_ne!(after.status, StatusCode::OK, "{}", after.text());
     assert_eq!(lonely.hits(), hits);
 }
 
-/// Waits until the registration `service/id` has lapsed (404).
+/// Waits until the registration `service/id` has lapsed: gone (404), or
+/// shown as expired while self-preservation holds back its removal.
 async fn wait_lapsed(api: &Api, service: &str, id: &str) {
     within(5, "registration lapses", async {
-        while api
-            .get(&format!("/v1/registry/{service}/{id}"))
-            .await
-            .status
-            != StatusCode::NOT_FOUND
-        {
+        loop {
+            let reply = api.get(&format!("/v1/registry/{service}/{id}")).await;
+            if reply.status == StatusCode::NOT_FOUND || reply.json()["expired"] == true {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -517,6 +521,23 @@ async fn held_back_removal_survives_an_unrelated_deregistration() {
     );
     assert_eq!(wf.api.source("api").await["held_back"], held);
     assert_eq!(wf.get_ok("lonely").await, "lonely");
+
+    // Deregistering the expired registration itself applies its removal.
+    assert_eq!(
+        wf.api.deregister("lonely", "l1").await.status,
+        StatusCode::OK
+    );
+    wf.api
+        .wait_addresses(5, "lonely", "l1 deregistered", <[String]>::is_empty)
+        .await;
+    assert_eq!(
+        wf.api.source("api").await["held_back"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        wf.api.deregister("lonely", "l1").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@
 //! | `PUT /v1/registry/{service}/{id}/drain` | stop new requests, keep in-flight ones |
 //! | `GET /v1/registry/{service}/{id}[?wait=drained&timeout=30s]` | one registration and its in-flight count |
 //! | `DELETE /v1/registry/{service}/{id}` | deregister |
+//! | `PUT` / `DELETE /v1/services/{service}/instances/{addr}/drain` | drain any instance / cancel |
 //!
 //! `HEAD` is answered like `GET`, without the body. When a token is
 //! configured, every call that changes something (PUT, POST, DELETE)
@@ -153,7 +154,7 @@ impl Admin {
             (_, ["healthz" | "readyz"] | ["v1", "status" | "config" | "routes" | "services"]) => {
                 method_not_allowed("GET, HEAD")
             }
-            (_, ["v1", "sources", ..]) | (_, ["v1", "registry", ..]) => {
+            (_, ["v1", "sources" | "registry", ..] | ["v1", "services", _, ..]) => {
                 self.registry_call(req, &segments).await
             }
             _ => text(

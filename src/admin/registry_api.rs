@@ -1,6 +1,8 @@
-//! The registration API, client-side discovery queries (with long polls)
-//! and source status. Every input is checked before anything changes: a bad
-//! call gets 400 naming the field and leaves the registry as it was.
+//! The registration API, client-side discovery queries (with long polls),
+//! source status and the operator's drains of any instance
+//! (`PUT`/`DELETE /v1/services/{service}/instances/{addr}/drain`). Every
+//! input is checked before anything changes: a bad call gets 400 naming the
+//! field and leaves the registry as it was.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,12 +13,13 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
+use super::services::{HeldView, InstanceStatus, ProxyHealth};
 use super::{json, method_not_allowed, query_param, read_body, text, Admin};
 use crate::clock;
 use crate::config::check_service_name;
 use crate::proxy::ProxyBody;
 use crate::registry::registrations::{RegisterRequest, Registration, RegistrationError};
-use crate::registry::{Member, Snapshot};
+use crate::registry::{DrainError, Health, ServiceEntry, Snapshot};
 
 /// Longest long poll.
 const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -33,6 +36,9 @@ struct RegisterBody {
     weight: Option<u32>,
     tags: Option<BTreeMap<String, String>>,
     ttl: Option<String>,
+    /// `"healthy"`: the registrant's own check passed, so the instance
+    /// starts healthy instead of waiting for the proxy's first check.
+    initial_health: Option<String>,
 }
 
 /// One instance in a discovery answer.
@@ -43,9 +49,8 @@ struct InstanceInfo {
     weight: u32,
     tags: BTreeMap<String, String>,
     source: String,
-    health: &'static str,
-    available: bool,
-    draining: bool,
+    #[serde(flatten)]
+    status: InstanceStatus,
     in_flight: usize,
 }
 
@@ -69,8 +74,14 @@ struct RegistryInfo {
 struct RegistrationInfo {
     #[serde(flatten)]
     registration: Registration,
+    /// Its TTL lapsed; listed only while self-preservation holds it.
+    expired: bool,
+    /// Self-preservation holds back its removal: why, since when.
+    held_back: Option<HeldView>,
     in_flight: usize,
     drained: bool,
+    /// The proxy's view of its health.
+    proxy_health: ProxyHealth,
 }
 
 /// `GET /v1/sources` entry.
@@ -82,7 +93,20 @@ struct SourceInfo {
     last_error: Option<String>,
     last_error_ago_s: Option<f64>,
     instances: usize,
+    /// `"service address"` of each held-back removal.
     held_back: Vec<String>,
+    /// The same, with why and since when.
+    held: Vec<HeldEntry>,
+}
+
+/// A held-back removal in `GET /v1/sources`.
+#[derive(Debug, Serialize)]
+struct HeldEntry {
+    service: String,
+    address: SocketAddr,
+    id: Option<String>,
+    #[serde(flatten)]
+    held: HeldView,
 }
 
 impl Admin {
@@ -97,10 +121,13 @@ impl Admin {
             (_, ["v1", "sources"]) => method_not_allowed("GET"),
             (&Method::POST, ["v1", "sources", name, "release"]) => {
                 match self.registry.release_held(name) {
-                    Some(n) => text(
-                        StatusCode::OK,
-                        &format!("released {n} held-back removals\n"),
-                    ),
+                    Some(n) => {
+                        self.settled().await;
+                        text(
+                            StatusCode::OK,
+                            &format!("released {n} held-back removals\n"),
+                        )
+                    }
                     None => text(
                         StatusCode::NOT_FOUND,
                         &format!("no source named {name:?}\n"),
@@ -122,12 +149,11 @@ impl Admin {
                 match (&method, &segs[4..]) {
                     (&Method::PUT, []) => self.register(req, &service, &id).await,
                     (&Method::GET, []) => self.get_registration(&req, &service, &id).await,
-                    (&Method::DELETE, []) => result(
-                        self.registrations
-                            .deregister(&service, &id)
-                            .await
-                            .map(|()| "deregistered"),
-                    ),
+                    (&Method::DELETE, []) => {
+                        let r = self.registrations.deregister(&service, &id).await;
+                        self.settled().await;
+                        result(r.map(|()| "deregistered"))
+                    }
                     (_, []) => method_not_allowed("GET, PUT, DELETE"),
                     (&Method::PUT, ["heartbeat"]) => result(
                         self.registrations
@@ -136,23 +162,76 @@ impl Admin {
                             .map(|()| "ok"),
                     ),
                     (_, ["heartbeat"]) => method_not_allowed("PUT"),
-                    (&Method::PUT, ["drain"]) => result(
-                        self.registrations
-                            .set_draining(&service, &id, true)
-                            .await
-                            .map(|_| "draining"),
-                    ),
-                    (&Method::DELETE, ["drain"]) => result(
-                        self.registrations
-                            .set_draining(&service, &id, false)
-                            .await
-                            .map(|_| "drain cancelled"),
-                    ),
+                    (&Method::PUT, ["drain"]) => {
+                        let r = self.registrations.set_draining(&service, &id, true).await;
+                        self.settled().await;
+                        result(r.map(|_| "draining"))
+                    }
+                    (&Method::DELETE, ["drain"]) => {
+                        let r = self.registrations.set_draining(&service, &id, false).await;
+                        self.settled().await;
+                        result(r.map(|_| "drain cancelled"))
+                    }
                     (_, ["drain"]) => method_not_allowed("PUT, DELETE"),
                     _ => text(StatusCode::NOT_FOUND, "no such registry endpoint\n"),
                 }
             }
+            (_, ["v1", "services", service, "instances", addr, "drain"]) => {
+                self.operator_drain(&method, service, addr).await
+            }
+            (_, ["v1", "services", ..]) => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
             _ => text(StatusCode::NOT_FOUND, "no such endpoint\n"),
+        }
+    }
+
+    /// `PUT` / `DELETE /v1/services/{service}/instances/{addr}/drain`.
+    async fn operator_drain(
+        &self,
+        method: &Method,
+        service: &str,
+        addr: &str,
+    ) -> Response<ProxyBody> {
+        let drain = match *method {
+            Method::PUT => true,
+            Method::DELETE => false,
+            _ => return method_not_allowed("PUT, DELETE"),
+        };
+        if let Err(e) = check_service_name(service) {
+            return text(StatusCode::BAD_REQUEST, &format!("service: {e}\n"));
+        }
+        let decoded = percent_decode(addr);
+        let Some(address) = decoded
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("address: {addr:?} is not IP:PORT (e.g. \"127.0.0.1:9001\")\n"),
+            );
+        };
+        match self.registry.set_operator_drain(service, address, drain) {
+            Ok(changed) => {
+                if changed {
+                    self.registrations.save();
+                }
+                // Answer once the snapshot routes accordingly, so nothing
+                // new reaches a drained instance after the 200.
+                self.settled().await;
+                let what = if drain { "draining" } else { "drain cancelled" };
+                text(StatusCode::OK, &format!("{what}\n"))
+            }
+            Err(e @ DrainError::UnknownInstance { .. }) => {
+                text(StatusCode::NOT_FOUND, &format!("{e}\n"))
+            }
+        }
+    }
+
+    /// Waits (at most a second: the refresher publishes within
+    /// milliseconds) until the change just made is in the published
+    /// snapshot, so the answer means the proxy routes accordingly.
+    async fn settled(&self) {
+        if !self.registry.settled(Duration::from_secs(1)).await {
+            tracing::warn!("registry change not published within 1s; answering anyway");
         }
     }
 
@@ -162,6 +241,10 @@ impl Admin {
         service: &str,
         id: &str,
     ) -> Response<ProxyBody> {
+        let check_wait = match parse_wait(&req, "wait") {
+            Ok(w) => w,
+            Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
+        };
         let body = match read_body(req.into_body()).await {
             Ok(b) => b,
             Err(resp) => return resp,
@@ -224,6 +307,16 @@ impl Admin {
                 )
             }
         };
+        let vouch = match raw.initial_health.as_deref() {
+            None | Some("unknown") => false,
+            Some("healthy") => true,
+            Some(other) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("initial_health: {other:?} is not \"healthy\" or \"unknown\"\n"),
+                )
+            }
+        };
         let tags = raw.tags.unwrap_or_default();
         if tags.len() > 64
             || tags
@@ -244,15 +337,28 @@ impl Admin {
         };
         match self.registrations.register(service, id, request).await {
             Ok(new) => {
-                // Answer once the change is routable, so a client can send
-                // traffic right after (bounded; the refresher publishes fast).
+                if vouch {
+                    self.registry.vouch_healthy(service, address);
+                }
+                // Answer once the proxy lists the instance (bounded; the
+                // refresher publishes fast) and, under an active check,
+                // once its first check has run (bounded, `?wait=0s` skips
+                // it), so the answer's `proxy_health` is the real state.
                 self.wait_routable(service, address, started).await;
+                self.wait_first_check(service, address, check_wait).await;
                 let status = if new {
                     StatusCode::CREATED
                 } else {
                     StatusCode::OK
                 };
-                json(status, &self.registrations.get(service, id))
+                match self.registrations.get(service, id) {
+                    Some(r) => json(status, &self.registration_info(r)),
+                    // Deregistered meanwhile by another call.
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        &format!("instance {id:?} of service {service:?} is not registered\n"),
+                    ),
+                }
             }
             Err(e @ RegistrationError::AddressTaken { .. }) => {
                 text(StatusCode::CONFLICT, &format!("address: {e}\n"))
@@ -280,6 +386,70 @@ impl Admin {
             {
                 return;
             }
+        }
+    }
+
+    /// Waits until the first active check of `address` in `service` has
+    /// run, when the service has a check and the instance's health is not
+    /// decided: at most `wait`, by default as long as the first check can
+    /// take (its start jitter plus its timeout, plus a second).
+    async fn wait_first_check(&self, service: &str, address: SocketAddr, wait: Option<Duration>) {
+        let (instance, bound) = {
+            let snap = self.registry.load();
+            let Some(s) = snap.service(service) else {
+                return;
+            };
+            let Some(check) = &s.policy().health else {
+                return;
+            };
+            let Some(m) = s.members().iter().find(|m| m.instance.addr() == address) else {
+                return;
+            };
+            let bound =
+                check.jitter.min(check.interval / 4) + check.timeout + Duration::from_secs(1);
+            (m.instance.clone(), wait.unwrap_or(bound))
+        };
+        if instance.health() != Health::Unknown || bound.is_zero() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        if !instance.wait_checked(deadline).await {
+            tracing::debug!(service, %address, ?bound, "first health check not run within the wait");
+        }
+    }
+
+    /// A registration with its live state from the published snapshot.
+    fn registration_info(&self, registration: Registration) -> RegistrationInfo {
+        let now = clock::now_ms();
+        let snap = self.registry.load();
+        let listed = snap.service(&registration.service).and_then(|s| {
+            s.members()
+                .iter()
+                .find(|m| m.instance.addr() == registration.address)
+                .map(|m| (s, m))
+        });
+        let (in_flight, proxy_health) = match listed {
+            Some((s, m)) => (m.instance.in_flight(), ProxyHealth::of(s, m, now)),
+            None => (0, ProxyHealth::unlisted()),
+        };
+        let held_back = registration
+            .expired
+            .then(|| {
+                self.registry.held_back(
+                    self.registrations.source_name(),
+                    &registration.service,
+                    registration.address,
+                )
+            })
+            .flatten()
+            .map(|h| HeldView::of(&h, now));
+        RegistrationInfo {
+            expired: registration.expired,
+            held_back,
+            in_flight,
+            drained: in_flight == 0,
+            proxy_health,
+            registration,
         }
     }
 
@@ -326,15 +496,10 @@ impl Admin {
                 )
             }
         }
-        let n = in_flight();
-        json(
-            StatusCode::OK,
-            &RegistrationInfo {
-                registration,
-                in_flight: n,
-                drained: n == 0,
-            },
-        )
+        // Read again for the current state; one that went away during the
+        // wait is answered as it was (in flight counts still apply).
+        let registration = self.registrations.get(service, id).unwrap_or(registration);
+        json(StatusCode::OK, &self.registration_info(registration))
     }
 
     async fn all_services(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
@@ -347,10 +512,8 @@ impl Admin {
             self.wait_until(wait, |snap| snap.version() > n).await;
         }
         let snap = self.registry.load_full();
-        let mut services: Vec<ServiceInfo> = snap
-            .services()
-            .map(|s| service_info(s.name(), s.index(), s.members(), healthy))
-            .collect();
+        let mut services: Vec<ServiceInfo> =
+            snap.services().map(|s| service_info(s, healthy)).collect();
         services.sort_by(|a, b| a.service.cmp(&b.service));
         with_index(
             json(
@@ -385,13 +548,7 @@ impl Admin {
         }
         let snap = self.registry.load_full();
         match snap.service(service) {
-            Some(s) => with_index(
-                json(
-                    StatusCode::OK,
-                    &service_info(s.name(), s.index(), s.members(), healthy),
-                ),
-                s.index(),
-            ),
+            Some(s) => with_index(json(StatusCode::OK, &service_info(s, healthy)), s.index()),
             None if index.is_some() => {
                 let idx = index_of(&snap, index.unwrap_or(0));
                 with_index(
@@ -428,6 +585,7 @@ impl Admin {
     fn sources(&self) -> Response<ProxyBody> {
         let now = SystemTime::now();
         let ago = |t: SystemTime| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64());
+        let now_ms = clock::now_ms();
         let list: Vec<SourceInfo> = self
             .registry
             .sources()
@@ -442,7 +600,17 @@ impl Admin {
                 held_back: s
                     .held_back
                     .iter()
-                    .map(|(svc, a)| format!("{svc} {a}"))
+                    .map(|h| format!("{} {}", h.service, h.addr))
+                    .collect(),
+                held: s
+                    .held_back
+                    .iter()
+                    .map(|h| HeldEntry {
+                        service: h.service.to_string(),
+                        address: h.addr,
+                        id: h.id.as_deref().map(str::to_owned),
+                        held: HeldView::of(&h.held, now_ms),
+                    })
                     .collect(),
             })
             .collect();
@@ -450,17 +618,13 @@ impl Admin {
     }
 }
 
-fn service_info(
-    name: &Arc<str>,
-    index: u64,
-    members: &[Member],
-    healthy_only: bool,
-) -> ServiceInfo {
+fn service_info(service: &Arc<ServiceEntry>, healthy_only: bool) -> ServiceInfo {
     let now = clock::now_ms();
     ServiceInfo {
-        service: name.to_string(),
-        index,
-        instances: members
+        service: service.name().to_string(),
+        index: service.index(),
+        instances: service
+            .members()
             .iter()
             .filter(|m| !healthy_only || m.instance.is_available(now))
             .map(|m| InstanceInfo {
@@ -469,13 +633,30 @@ fn service_info(
                 weight: m.weight,
                 tags: m.tags.as_deref().cloned().unwrap_or_default(),
                 source: m.source.to_string(),
-                health: m.instance.health().as_str(),
-                available: m.instance.is_available(now),
-                draining: m.instance.is_drained() || m.instance.is_draining(),
+                status: InstanceStatus::of(service, m, now),
                 in_flight: m.instance.in_flight(),
             })
             .collect(),
     }
+}
+
+/// `s` with `%XX` escapes decoded; `None` when an escape is malformed or
+/// the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn with_index(mut resp: Response<ProxyBody>, index: u64) -> Response<ProxyBody> {

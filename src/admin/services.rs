@@ -1,13 +1,149 @@
 //! `GET /v1/services` and `GET /v1/status`: the registry as the proxy
-//! routes it right now, with every instance's combined state.
+//! routes it right now, with every instance's combined state. The
+//! per-instance state ([`InstanceStatus`], [`ProxyHealth`], [`HeldView`]) is
+//! built here for every view that shows an instance, so they all agree.
 
 use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::balance;
 use crate::clock;
 use crate::config::Balance;
-use crate::registry::Registry;
+use crate::registry::{Health, HeldBack, Member, Registry, ServiceEntry};
+
+/// The proxy's view of one instance's health, as registration calls and
+/// every instance view report it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProxyHealth {
+    /// `unknown` (no check has decided yet, or the proxy does not list the
+    /// instance), `healthy`, `unhealthy` (its active check fails) or
+    /// `ejected` (passive health took it out for a while).
+    pub state: &'static str,
+    /// Why: the last health transition's reason, or the failing check's
+    /// detail while undecided.
+    pub reason: Option<String>,
+    /// Whether a new request could be sent to it now.
+    pub routable: bool,
+}
+
+impl ProxyHealth {
+    /// For an instance the proxy does not list (yet).
+    pub fn unlisted() -> ProxyHealth {
+        ProxyHealth {
+            state: "unknown",
+            reason: Some("not in the proxy's routing table".to_owned()),
+            routable: false,
+        }
+    }
+
+    /// For `member` of `service` at `now_ms`.
+    pub fn of(service: &ServiceEntry, member: &Member, now_ms: u64) -> ProxyHealth {
+        let i = &member.instance;
+        let health_reason = |to: &[&str]| {
+            i.last_health_transition()
+                .filter(|t| to.contains(&t.to))
+                .map(|t| t.reason)
+        };
+        let (state, reason) = if i.is_ejected(now_ms) {
+            ("ejected", health_reason(&["ejected"]))
+        } else {
+            match i.health() {
+                Health::Unknown => (
+                    "unknown",
+                    Some(match i.last_check() {
+                        Some(Err(e)) => format!("last health check failed: {e}"),
+                        _ => "waiting for the first health check".to_owned(),
+                    }),
+                ),
+                Health::Unhealthy => ("unhealthy", health_reason(&["unhealthy"])),
+                Health::Healthy | Health::NotChecked => {
+                    ("healthy", health_reason(&["healthy", "available"]))
+                }
+            }
+        };
+        ProxyHealth {
+            state,
+            reason,
+            routable: balance::routable(service, member, now_ms),
+        }
+    }
+}
+
+/// A removal self-preservation holds back.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldView {
+    /// Why the instance was to leave and why it stays.
+    pub reason: String,
+    /// When the hold began, in seconds since the Unix epoch.
+    pub since: f64,
+    /// Seconds held so far.
+    pub held_for_s: f64,
+    /// Seconds until the removal applies anyway (`registry.max_hold`).
+    pub applies_in_s: f64,
+}
+
+impl HeldView {
+    /// The view of `held` at `now_ms`.
+    pub fn of(held: &HeldBack, now_ms: u64) -> HeldView {
+        HeldView {
+            reason: held.reason.clone(),
+            since: epoch_s(held.since),
+            held_for_s: now_ms.saturating_sub(held.since_ms) as f64 / 1000.0,
+            applies_in_s: held.until_ms.saturating_sub(now_ms) as f64 / 1000.0,
+        }
+    }
+}
+
+/// One instance's state, the same in `GET /v1/services`, `GET /v1/registry`
+/// and `GET /v1/registry/{service}`.
+#[derive(Debug, Serialize)]
+pub struct InstanceStatus {
+    /// Active health: `not_checked`, `unknown`, `healthy`, `unhealthy`.
+    pub health: &'static str,
+    /// Whether it takes traffic in normal mode (healthy or unchecked, not
+    /// ejected, not draining).
+    pub available: bool,
+    /// Whether a new request could be sent to it now (panic mode included).
+    pub routable: bool,
+    /// Whether it takes no new requests because it drains.
+    pub draining: bool,
+    /// Who drained it: `operator` and/or `source` (its registration).
+    pub drained_by: Vec<&'static str>,
+    /// Its removal is held back by self-preservation: why, since when.
+    pub held_back: Option<HeldView>,
+    /// The proxy's view of its health.
+    pub proxy_health: ProxyHealth,
+}
+
+impl InstanceStatus {
+    /// The state of `member` of `service` at `now_ms`.
+    pub fn of(service: &ServiceEntry, member: &Member, now_ms: u64) -> InstanceStatus {
+        let i = &member.instance;
+        let mut drained_by = Vec::new();
+        if member.operator_drain {
+            drained_by.push("operator");
+        }
+        if member.draining {
+            drained_by.push("source");
+        }
+        InstanceStatus {
+            health: i.health().as_str(),
+            available: i.is_available(now_ms),
+            routable: balance::routable(service, member, now_ms),
+            draining: !i.takes_new_requests(),
+            drained_by,
+            held_back: member.held.as_deref().map(|h| HeldView::of(h, now_ms)),
+            proxy_health: ProxyHealth::of(service, member, now_ms),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn epoch_s(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// `GET /v1/services`.
 #[derive(Debug, Serialize)]
@@ -60,10 +196,9 @@ pub struct InstanceView {
     pub source: String,
     /// Relative share of traffic.
     pub weight: u32,
-    /// Whether it takes traffic now (healthy or unchecked, not ejected).
-    pub available: bool,
-    /// Active health: `not_checked`, `unknown`, `healthy`, `unhealthy`.
-    pub health: &'static str,
+    /// Health, availability, drains, held-back removal, `proxy_health`.
+    #[serde(flatten)]
+    pub status: InstanceStatus,
     /// Milliseconds of ejection left, when ejected.
     pub ejected_for_ms: Option<u64>,
     /// Times ejected by passive health.
@@ -104,8 +239,7 @@ pub fn services(registry: &Registry) -> ServicesView {
                     id: m.id.as_deref().map(str::to_owned),
                     source: m.source.to_string(),
                     weight: m.weight,
-                    available: m.instance.is_available(now),
-                    health: m.instance.health().as_str(),
+                    status: InstanceStatus::of(s, m, now),
                     ejected_for_ms: m
                         .instance
                         .is_ejected(now)
@@ -115,10 +249,7 @@ pub fn services(registry: &Registry) -> ServicesView {
                     last_transition: m.instance.last_transition().map(|t| TransitionView {
                         to: t.to,
                         reason: t.reason,
-                        at: t
-                            .at
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map_or(0.0, |d| d.as_secs_f64()),
+                        at: epoch_s(t.at),
                         ago: SystemTime::now()
                             .duration_since(t.at)
                             .map_or(0.0, |d| d.as_secs_f64()),

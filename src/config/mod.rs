@@ -131,6 +131,8 @@ pub struct RegistrySettings {
     /// TTL of registrations that name none.
     #[serde(serialize_with = "serialize::duration")]
     pub default_ttl: Duration,
+    /// Longest self-preservation holds back a removal; then it applies.
+    pub max_hold: Duration,
     /// `[registry.etcd]`: the shared registry, when several proxies share one.
     pub etcd: Option<EtcdSettings>,
 }

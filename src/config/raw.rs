@@ -70,6 +70,7 @@ pub(crate) struct RawRegistry {
     pub max_staleness: Option<Spanned<Dur>>,
     pub state_file: Option<Spanned<String>>,
     pub default_ttl: Option<Spanned<Dur>>,
+    pub max_hold: Option<Spanned<Dur>>,
     /// The shared registry; absent means registrations stay in this proxy.
     pub etcd: Option<Spanned<RawEtcd>>,
 }

@@ -208,6 +208,15 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
             ),
             Duration::from_secs(30),
         ),
+        max_hold: cx.keep(
+            duration(
+                cx,
+                &r.max_hold,
+                "registry.max_hold",
+                Duration::from_secs(300),
+            ),
+            Duration::from_secs(300),
+        ),
         etcd: r.etcd.as_ref().and_then(|e| cx.ok(discovery::etcd(cx, e))),
     };
     if let (Some(f), Some(_)) = (&r.state_file, &r.etcd) {

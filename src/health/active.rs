@@ -130,7 +130,7 @@ async fn check_loop(
     loop {
         let outcome = run_check(&check, instance.addr()).await;
         let health = instance.health();
-        let changed = match outcome {
+        let changed = match outcome.clone() {
             Ok(()) => {
                 failures = 0;
                 passes = passes.saturating_add(1);
@@ -152,7 +152,7 @@ async fn check_loop(
                     } else {
                         format!("{passes} consecutive checks passed")
                     };
-                    instance.note_transition("healthy", reason);
+                    instance.note_health("healthy", reason);
                 }
                 admit
             }
@@ -164,7 +164,7 @@ async fn check_loop(
                 if remove {
                     instance.set_health(Health::Unhealthy);
                     instance.idle.clear();
-                    instance.note_transition(
+                    instance.note_health(
                         "unhealthy",
                         format!("{failures} consecutive checks failed, last: {reason}"),
                     );
@@ -181,6 +181,8 @@ async fn check_loop(
                 }
             }
         }
+        // Last, so whoever waits for a check sees its consequences.
+        instance.record_check(outcome);
         tokio::time::sleep(check.interval + rng.upto(check.jitter)).await;
     }
 }

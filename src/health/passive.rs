@@ -50,7 +50,7 @@ pub fn on_success(instance: &InstanceState) {
     }
     if instance.ejection_streak.load(Relaxed) != 0 && instance.ejection_streak.swap(0, Relaxed) != 0
     {
-        instance.note_transition("available", "answered again after an ejection".to_owned());
+        instance.note_health("available", "answered again after an ejection".to_owned());
     }
 }
 
@@ -98,7 +98,7 @@ pub fn on_failure(
         } else {
             any
         };
-    instance.note_transition(
+    instance.note_health(
         "ejected",
         format!("{count} consecutive failures (last: {failure}); ejected for {length:?}"),
     );

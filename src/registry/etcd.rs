@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use self::client::Client;
 use self::mirror::{Layout, Mirror};
 use self::wire::{prefix_end, WatchResponse};
-use super::{Registry, Removals};
+use super::{InstanceSpec, Registry, Removals};
 use crate::config::EtcdSettings;
 
 pub use self::client::EtcdError;
@@ -140,7 +140,7 @@ impl EtcdStore {
         let revision = r.header.revision;
         let mut m = self.mirror();
         m.reset(r.kvs, revision, r.header.cluster_id);
-        self.report(&m, Removals::Implicit);
+        self.report(&mut m, Removals::Implicit);
         drop(m);
         self.listed.send_replace(true);
         Ok(revision)
@@ -194,7 +194,7 @@ impl EtcdStore {
                 }
                 *backoff = BACKOFF_START;
                 // Reporting (even an unchanged set) marks the source healthy.
-                self.report(&self.mirror(), Removals::Implicit);
+                self.report(&mut self.mirror(), Removals::Implicit);
                 continue;
             }
             if let Some(last) = r.events.iter().map(|e| e.kv.mod_revision).max() {
@@ -237,13 +237,24 @@ impl EtcdStore {
             } else {
                 Removals::Only(applied.explicit)
             };
-            self.report(&m, removals);
+            self.report(&mut m, removals);
         }
     }
 
-    fn report(&self, mirror: &Mirror, removals: Removals) {
+    fn report(&self, mirror: &mut Mirror, removals: Removals) {
         if let Some(registry) = self.registry.upgrade() {
-            registry.report(ETCD_SOURCE, mirror.specs(), removals);
+            let cause = |spec: &InstanceSpec| match &spec.id {
+                Some(id) => format!(
+                    "etcd key of {id} deleted without a deregistration marker (its lease expired?)"
+                ),
+                None => "etcd key deleted without a deregistration marker".to_owned(),
+            };
+            registry.report_because(ETCD_SOURCE, mirror.specs(), removals, &cause);
+            mirror.prune_expired(|r| {
+                registry
+                    .held_back(ETCD_SOURCE, &r.service, r.address)
+                    .is_some()
+            });
         }
     }
 

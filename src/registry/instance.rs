@@ -92,6 +92,14 @@ pub struct InstanceState {
     pub(crate) ejection_streak: AtomicU32,
     ejections: AtomicU64,
     transition: Mutex<Option<Transition>>,
+    /// The last change of health (active check or passive ejection), kept
+    /// apart from drains so `proxy_health` can say why it is unhealthy.
+    health_transition: Mutex<Option<Transition>>,
+    /// Active checks run so far, and the last one's outcome.
+    checks: AtomicU64,
+    last_check: Mutex<Option<Result<(), String>>>,
+    /// Woken after every active check (registration calls wait on it).
+    checked: tokio::sync::Notify,
     /// Idle keep-alive connections to this instance; dropped (and so closed)
     /// with the state once the instance has left the registry and its last
     /// request has finished.
@@ -117,6 +125,10 @@ impl InstanceState {
             ejection_streak: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
             transition: Mutex::new(None),
+            health_transition: Mutex::new(None),
+            checks: AtomicU64::new(0),
+            last_check: Mutex::new(None),
+            checked: tokio::sync::Notify::new(),
             idle: IdlePool::new(max_idle),
         }
     }
@@ -182,28 +194,34 @@ impl InstanceState {
     }
 
     /// Whether the instance may take traffic at `now_ms` in normal mode:
-    /// not failing its active check and not ejected.
+    /// not failing its active check, not ejected, not draining.
     #[inline]
     pub fn is_available(&self, now_ms: u64) -> bool {
         matches!(self.health(), Health::NotChecked | Health::Healthy)
             && !self.is_ejected(now_ms)
-            && !self.is_drained()
+            && self.takes_new_requests()
     }
 
-    /// Whether it was asked to drain (registration API): it takes no new
-    /// requests, even in panic mode; requests in flight finish.
+    /// Whether it may get new requests at all: not drained (by its source
+    /// or an operator) and not removed from the registry. Panic mode never
+    /// widens the choice beyond these.
+    #[inline]
+    pub fn takes_new_requests(&self) -> bool {
+        !self.admin_drain.load(Relaxed) && !self.draining.load(Relaxed)
+    }
+
+    /// Whether it was asked to drain (by its registration or an operator):
+    /// it takes no new requests, even in panic mode; requests in flight
+    /// finish.
     #[inline]
     pub fn is_drained(&self) -> bool {
         self.admin_drain.load(Relaxed)
     }
 
-    pub(crate) fn set_admin_drain(&self, drain: bool) {
+    /// Drains it (or cancels the drain); `reason` names who asked.
+    pub(crate) fn set_admin_drain(&self, drain: bool, reason: &str) {
         if self.admin_drain.swap(drain, Relaxed) != drain {
-            let (to, reason) = if drain {
-                ("draining", "drain requested")
-            } else {
-                ("available", "drain cancelled")
-            };
+            let to = if drain { "draining" } else { "available" };
             self.idle.clear();
             self.note_transition(to, reason.to_owned());
         }
@@ -262,6 +280,64 @@ impl InstanceState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Records (and logs) a change of health: an active check's verdict or
+    /// a passive ejection and its end.
+    pub fn note_health(&self, to: &'static str, reason: String) {
+        self.note_transition(to, reason.clone());
+        *self
+            .health_transition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Transition {
+            to,
+            reason,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The last change of health, if any.
+    pub fn last_health_transition(&self) -> Option<Transition> {
+        self.health_transition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records one active check's outcome and wakes whoever waits for it.
+    pub fn record_check(&self, outcome: Result<(), String>) {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        self.checks.fetch_add(1, Relaxed);
+        self.checked.notify_waiters();
+    }
+
+    /// Active checks run so far.
+    pub fn checks_run(&self) -> u64 {
+        self.checks.load(Relaxed)
+    }
+
+    /// The last active check's outcome (`Err` says why it failed).
+    pub fn last_check(&self) -> Option<Result<(), String>> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until an active check has run (or has already), at most until
+    /// `deadline`; whether one has.
+    pub async fn wait_checked(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.checked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.checks_run() > 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.checks_run() > 0;
+            }
+        }
     }
 
     /// Consecutive failures of any kind since the last success.

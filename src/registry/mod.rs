@@ -41,6 +41,9 @@ pub struct Registry {
     changed: Arc<Notify>,
     /// The published version, for watchers (health supervisor, long polls).
     published: tokio::sync::watch::Sender<u64>,
+    /// The input generation the last rebuild took in (see
+    /// [`Registry::settled`]).
+    settled: tokio::sync::watch::Sender<u64>,
 }
 
 /// Inputs of the next rebuild and the live state carried across rebuilds.
@@ -58,6 +61,17 @@ struct BuildState {
     /// Longest a source may go without a successful report before it is
     /// reported stale (its last set keeps serving).
     max_staleness: Duration,
+    /// Longest a held-back removal is held; then it applies.
+    max_hold: Duration,
+    /// Instances drained by an operator, by identity, whatever their source;
+    /// kept across config reloads until cancelled.
+    operator_drains: BTreeMap<InstanceKey, SystemTime>,
+    /// Instances whose registration carried a passing check of its own:
+    /// they start healthy when they appear (`clock::now_ms()` of the call,
+    /// so unclaimed entries are dropped after a while).
+    vouched: HashMap<InstanceKey, u64>,
+    /// Counts input changes; a rebuild takes in all of them up to its start.
+    inputs: u64,
     /// Per service: the version at which its published content last changed.
     service_index: HashMap<Arc<str>, u64>,
     live: HashMap<InstanceKey, Weak<InstanceState>>,
@@ -181,13 +195,38 @@ struct Burst {
     removed: usize,
 }
 
+/// A removal the self-preservation guard holds back: the instance stays
+/// listed (and routable) until its source lists it again, an operator
+/// releases the hold, or `registry.max_hold` passes; then it is removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBack {
+    /// Why the instance was to leave and why its removal is held back.
+    pub reason: String,
+    /// When the removal was first held back.
+    pub since: SystemTime,
+    /// `clock::now_ms()` when it was first held back.
+    pub since_ms: u64,
+    /// `clock::now_ms()` at which the removal applies anyway.
+    pub until_ms: u64,
+}
+
+/// A held-back removal and the instance it keeps.
+#[derive(Debug, Clone)]
+struct Held {
+    spec: InstanceSpec,
+    back: Arc<HeldBack>,
+}
+
+/// Held-back removals of one source by (service, address).
+type HeldMap = BTreeMap<(Arc<str>, SocketAddr), Held>;
+
 /// One source's last good set and how its reports have gone.
 #[derive(Debug)]
 struct SourceEntry {
     name: Arc<str>,
     set: Vec<InstanceSpec>,
     /// Removals the self-preservation guard kept (still in `set`).
-    held: Vec<InstanceSpec>,
+    held: HeldMap,
     last_ok: Option<SystemTime>,
     last_error: Option<(SystemTime, String)>,
     stale_logged: bool,
@@ -200,7 +239,7 @@ impl SourceEntry {
         SourceEntry {
             name,
             set,
-            held: Vec::new(),
+            held: BTreeMap::new(),
             last_ok: Some(SystemTime::now()),
             last_error: None,
             stale_logged: false,
@@ -224,19 +263,98 @@ pub struct SourceStatus {
     /// Instances in its current set.
     pub instances: usize,
     /// Removals held back by self-preservation.
-    pub held_back: Vec<(Arc<str>, SocketAddr)>,
+    pub held_back: Vec<HeldInstance>,
 }
 
-/// An instance spec together with the source that reported it.
+/// An instance whose removal is held back, for `GET /v1/sources`.
+#[derive(Debug, Clone)]
+pub struct HeldInstance {
+    /// Its service.
+    pub service: Arc<str>,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The id its source gave, if any.
+    pub id: Option<Arc<str>>,
+    /// Why and since when.
+    pub held: Arc<HeldBack>,
+}
+
+/// Why an operator drain call could not apply.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DrainError {
+    /// No source lists the instance (and, to cancel, no drain is recorded).
+    #[error("service {service:?} has no instance {addr}")]
+    UnknownInstance {
+        /// Service.
+        service: String,
+        /// Address.
+        addr: SocketAddr,
+    },
+}
+
+/// An instance spec together with the source that reported it, whether an
+/// operator drained it and whether its removal is held back.
 #[derive(Debug)]
 struct Placed {
     spec: InstanceSpec,
     source: Arc<str>,
+    operator_drain: bool,
+    held: Option<Arc<HeldBack>>,
+}
+
+impl Placed {
+    fn new(spec: &InstanceSpec, source: &Arc<str>, held: &HeldMap) -> Placed {
+        Placed {
+            spec: spec.clone(),
+            source: source.clone(),
+            operator_drain: false,
+            held: if held.is_empty() {
+                None
+            } else {
+                held.get(&(spec.service.clone(), spec.addr))
+                    .map(|h| h.back.clone())
+            },
+        }
+    }
 }
 
 impl PartialEq for Placed {
     fn eq(&self, other: &Self) -> bool {
-        source::same_str(&self.source, &other.source) && self.spec == other.spec
+        source::same_str(&self.source, &other.source)
+            && self.spec == other.spec
+            && self.operator_drain == other.operator_drain
+            && match (&self.held, &other.held) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (a, b) => a.is_none() && b.is_none(),
+            }
+    }
+}
+
+/// Sorts one service's placed instances by address and keeps one per
+/// address: the earliest source's, held back only if every source that
+/// lists it holds it; then marks the operator's drains.
+fn settle(
+    service: &Arc<str>,
+    members: &mut Vec<Placed>,
+    drains: &BTreeMap<InstanceKey, SystemTime>,
+) {
+    // Stable sort keeps source order among equal addresses, so the dedup
+    // keeps the earliest source's entry.
+    members.sort_by_key(|m| m.spec.addr);
+    members.dedup_by(|later, kept| {
+        let same = later.spec.addr == kept.spec.addr;
+        if same && later.held.is_none() {
+            kept.held = None;
+        }
+        same
+    });
+    if !drains.is_empty() {
+        for m in members.iter_mut() {
+            m.operator_drain = drains.contains_key(&InstanceKey {
+                service: service.clone(),
+                addr: m.spec.addr,
+            });
+        }
     }
 }
 
@@ -256,6 +374,10 @@ impl Registry {
             )],
             preserve_percent: config.registry.self_preservation_percent,
             max_staleness: config.registry.max_staleness,
+            max_hold: config.registry.max_hold,
+            operator_drains: BTreeMap::new(),
+            vouched: HashMap::new(),
+            inputs: 0,
             service_index: HashMap::new(),
             live: HashMap::new(),
             service_live: HashMap::new(),
@@ -268,6 +390,7 @@ impl Registry {
             build: Mutex::new(state),
             changed: Arc::new(Notify::new()),
             published: tokio::sync::watch::Sender::new(0),
+            settled: tokio::sync::watch::Sender::new(0),
         });
         registry.rebuild();
         registry
@@ -302,12 +425,27 @@ impl Registry {
     /// (deregistrations), an update that would remove more than
     /// `registry.self_preservation_percent` of a service's instances, or the
     /// last of them, keeps those instances and records them as held back
-    /// (see [`Registry::sources`], [`Registry::release_held`]).
-    pub fn report(&self, source: &str, mut instances: Vec<InstanceSpec>, removals: Removals) {
+    /// (see [`Registry::sources`], [`Registry::release_held`]) for at most
+    /// `registry.max_hold`.
+    pub fn report(&self, source: &str, instances: Vec<InstanceSpec>, removals: Removals) {
+        let cause = |_: &InstanceSpec| format!("no longer listed by source {source}");
+        self.report_because(source, instances, removals, &cause);
+    }
+
+    /// [`Registry::report`], with `cause` saying why an instance left the
+    /// source's set (shown with a held-back removal).
+    pub fn report_because(
+        &self,
+        source: &str,
+        mut instances: Vec<InstanceSpec>,
+        removals: Removals,
+        cause: &dyn Fn(&InstanceSpec) -> String,
+    ) {
         let current = self.load_full();
         let now = clock::now_ms();
         let mut st = self.lock();
         let preserve = st.preserve_percent;
+        let max_hold_ms = st.max_hold.as_millis() as u64;
         let idx = match st.sources.iter().position(|e| &*e.name == source) {
             Some(i) => i,
             None => {
@@ -317,7 +455,7 @@ impl Registry {
             }
         };
         let entry = &mut st.sources[idx];
-        let mut held = Vec::new();
+        let mut held: HeldMap = BTreeMap::new();
         if preserve > 0 && removals != Removals::Explicit {
             let mut removed: BTreeMap<Arc<str>, Vec<InstanceSpec>> = BTreeMap::new();
             for old in &entry.set {
@@ -351,29 +489,66 @@ impl Registry {
                 let too_many = cumulative * 100 > usize::from(preserve) * burst.base.max(total)
                     || gone.len() >= total;
                 if total > 0 && too_many {
-                    let newly: Vec<_> = gone
-                        .iter()
-                        .filter(|g| {
-                            !entry
-                                .held
-                                .iter()
-                                .any(|h| h.service == g.service && h.addr == g.addr)
-                        })
-                        .collect();
-                    if !newly.is_empty() {
-                        tracing::warn!(
-                            source, service = %service, removing = gone.len(), of = total,
-                            "self-preservation: holding back removal of too many instances at once; release with POST /v1/sources/{source}/release"
+                    let why = if gone.len() >= total {
+                        format!("it would leave service {service} without instances")
+                    } else {
+                        format!(
+                            "{cumulative} of {} instances of service {service} would leave within {}s, over registry.self_preservation_percent = {preserve}",
+                            burst.base.max(total),
+                            BURST_MS / 1000
+                        )
+                    };
+                    let mut newly = 0;
+                    for g in gone.iter() {
+                        let key = (g.service.clone(), g.addr);
+                        let back = match entry.held.get(&key) {
+                            Some(h) => h.back.clone(),
+                            None => {
+                                newly += 1;
+                                Arc::new(HeldBack {
+                                    reason: format!(
+                                        "{}; removal held back by self-preservation: {why}",
+                                        cause(g)
+                                    ),
+                                    since: SystemTime::now(),
+                                    since_ms: now,
+                                    until_ms: now + max_hold_ms,
+                                })
+                            }
+                        };
+                        held.insert(
+                            key,
+                            Held {
+                                spec: g.clone(),
+                                back,
+                            },
                         );
                     }
-                    held.extend(gone);
+                    if newly > 0 {
+                        tracing::warn!(
+                            source, service = %service, removing = gone.len(), of = total, reason = %why,
+                            "self-preservation: holding back removal of too many instances at once, for at most registry.max_hold; release with POST /v1/sources/{source}/release"
+                        );
+                    }
                 } else {
                     burst.removed = cumulative;
                 }
             }
         }
-        instances.extend(held.iter().cloned());
-        let changed = changed_services(&entry.set, &instances);
+        instances.extend(held.values().map(|h| h.spec.clone()));
+        let mut changed = changed_services(&entry.set, &instances);
+        // A hold that starts or ends changes how the instance is shown.
+        changed.extend(
+            held.iter()
+                .filter(|(k, h)| {
+                    entry
+                        .held
+                        .get(*k)
+                        .is_none_or(|o| !Arc::ptr_eq(&o.back, &h.back))
+                })
+                .chain(entry.held.iter().filter(|(k, _)| !held.contains_key(*k)))
+                .map(|((service, _), _)| service.clone()),
+        );
         entry.set = instances;
         entry.held = held;
         entry.last_ok = Some(SystemTime::now());
@@ -382,8 +557,7 @@ impl Registry {
             tracing::info!(source, previous_error = %e, "source reporting again");
         }
         st.dirty.extend(changed);
-        drop(st);
-        self.changed.notify_one();
+        self.touched(st);
     }
 
     /// Records that `source` failed to refresh: its last good set keeps
@@ -410,20 +584,188 @@ impl Registry {
         let mut st = self.lock();
         let entry = st.sources.iter_mut().find(|e| &*e.name == source)?;
         let held = std::mem::take(&mut entry.held);
-        entry.set.retain(|s| {
-            !held
-                .iter()
-                .any(|h| h.service == s.service && h.addr == s.addr)
-        });
-        st.dirty.extend(held.iter().map(|h| h.service.clone()));
-        drop(st);
-        self.changed.notify_one();
+        entry
+            .set
+            .retain(|s| !held.contains_key(&(s.service.clone(), s.addr)));
+        st.dirty
+            .extend(held.keys().map(|(service, _)| service.clone()));
+        self.touched(st);
         tracing::info!(
             source,
             released = held.len(),
             "held-back removals released by operator"
         );
         Some(held.len())
+    }
+
+    /// Applies the held-back removals held for `registry.max_hold` by
+    /// `now_ms`; returns how many.
+    pub fn apply_overdue_holds(&self, now_ms: u64) -> usize {
+        let mut st = self.lock();
+        let mut services = Vec::new();
+        for entry in &mut st.sources {
+            let due: Vec<(Arc<str>, SocketAddr)> = entry
+                .held
+                .iter()
+                .filter(|(_, h)| h.back.until_ms <= now_ms)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in due {
+                if let Some(h) = entry.held.remove(&key) {
+                    tracing::warn!(
+                        source = %entry.name, service = %key.0, instance = %key.1,
+                        reason = %h.back.reason,
+                        "self-preservation: held-back removal applies now, held for registry.max_hold"
+                    );
+                    entry
+                        .set
+                        .retain(|s| !(s.addr == key.1 && source::same_str(&s.service, &key.0)));
+                    services.push(key.0);
+                }
+            }
+        }
+        let n = services.len();
+        if n > 0 {
+            st.dirty.extend(services);
+            self.touched(st);
+        }
+        n
+    }
+
+    /// When the next held-back removal applies (`clock::now_ms()` scale).
+    fn next_hold_deadline(&self) -> Option<u64> {
+        let st = self.lock();
+        st.sources
+            .iter()
+            .flat_map(|e| e.held.values().map(|h| h.back.until_ms))
+            .min()
+    }
+
+    /// The hold on the removal of `addr` from `service` reported by
+    /// `source`, if self-preservation holds it back.
+    pub fn held_back(
+        &self,
+        source: &str,
+        service: &str,
+        addr: SocketAddr,
+    ) -> Option<Arc<HeldBack>> {
+        let st = self.lock();
+        let entry = st.sources.iter().find(|e| &*e.name == source)?;
+        entry
+            .held
+            .get(&(Arc::from(service), addr))
+            .map(|h| h.back.clone())
+    }
+
+    /// Drains (or, with `drain` false, undrains) the instance `addr` of
+    /// `service`, whatever source lists it: it keeps its place but takes no
+    /// new requests, in panic mode too. The drain lasts, across config
+    /// reloads and the instance leaving and coming back, until cancelled.
+    /// Returns whether anything changed. Draining needs a listed instance;
+    /// cancelling needs a recorded drain or a listed instance.
+    pub fn set_operator_drain(
+        &self,
+        service: &str,
+        addr: SocketAddr,
+        drain: bool,
+    ) -> Result<bool, DrainError> {
+        let key = InstanceKey {
+            service: Arc::from(service),
+            addr,
+        };
+        let mut st = self.lock();
+        let listed = st.sources.iter().any(|e| {
+            e.set
+                .iter()
+                .any(|s| s.addr == addr && &*s.service == service)
+        });
+        let changed = if drain {
+            if !listed {
+                return Err(DrainError::UnknownInstance {
+                    service: service.to_owned(),
+                    addr,
+                });
+            }
+            st.operator_drains
+                .insert(key.clone(), SystemTime::now())
+                .is_none()
+        } else {
+            let had = st.operator_drains.remove(&key).is_some();
+            if !had && !listed {
+                return Err(DrainError::UnknownInstance {
+                    service: service.to_owned(),
+                    addr,
+                });
+            }
+            had
+        };
+        if changed {
+            tracing::info!(service, instance = %addr, drain, "operator drain changed");
+            st.dirty.extend([key.service]);
+            self.touched(st);
+        }
+        Ok(changed)
+    }
+
+    /// The operator's drains (service, address, since when), including
+    /// those of instances no source lists right now.
+    pub fn operator_drains(&self) -> Vec<(InstanceKey, SystemTime)> {
+        let st = self.lock();
+        st.operator_drains
+            .iter()
+            .map(|(k, t)| (k.clone(), *t))
+            .collect()
+    }
+
+    /// Restores operator drains saved earlier (at start, from the state
+    /// file).
+    pub fn restore_operator_drains(
+        &self,
+        drains: impl IntoIterator<Item = (InstanceKey, SystemTime)>,
+    ) {
+        let mut st = self.lock();
+        let mut services = Vec::new();
+        for (key, since) in drains {
+            services.push(key.service.clone());
+            st.operator_drains.insert(key, since);
+        }
+        if !services.is_empty() {
+            st.dirty.extend(services);
+            self.touched(st);
+        }
+    }
+
+    /// Takes a registration's word that `addr` of `service` passed its own
+    /// check: an instance whose first active check has not run yet starts
+    /// healthy (now, or when it appears). Health the proxy's checks already
+    /// decided is kept.
+    pub fn vouch_healthy(&self, service: &str, addr: SocketAddr) {
+        let key = InstanceKey {
+            service: Arc::from(service),
+            addr,
+        };
+        let mut st = self.lock();
+        match st.live.get(&key).and_then(Weak::upgrade) {
+            Some(state) => {
+                drop(st);
+                if state.health() == Health::Unknown {
+                    state.set_health(Health::Healthy);
+                    state.note_health("healthy", VOUCHED.to_owned());
+                    let now = clock::now_ms();
+                    if let Some(svc) = self.load().service(service) {
+                        // A late joiner ramps up as after a first pass.
+                        let late = state.late_joiner.load(std::sync::atomic::Ordering::Relaxed);
+                        if late && !svc.policy().slow_start.is_zero() {
+                            state.start_warming(now);
+                        }
+                        crate::balance::update_panic(svc, now);
+                    }
+                }
+            }
+            None => {
+                st.vouched.insert(key, clock::now_ms());
+            }
+        }
     }
 
     /// Every source's status.
@@ -454,7 +796,16 @@ impl Registry {
                     last_success: e.last_ok,
                     last_error: e.last_error.clone(),
                     instances: e.set.len(),
-                    held_back: e.held.iter().map(|h| (h.service.clone(), h.addr)).collect(),
+                    held_back: e
+                        .held
+                        .values()
+                        .map(|h| HeldInstance {
+                            service: h.spec.service.clone(),
+                            addr: h.spec.addr,
+                            id: h.spec.id.clone(),
+                            held: h.back.clone(),
+                        })
+                        .collect(),
                 }
             })
             .collect()
@@ -476,6 +827,18 @@ impl Registry {
         st.max_idle = config.limits.max_idle_per_instance;
         st.preserve_percent = config.registry.self_preservation_percent;
         st.max_staleness = config.registry.max_staleness;
+        if st.max_hold != config.registry.max_hold {
+            // Holds in force end `max_hold` after they began, as now set.
+            st.max_hold = config.registry.max_hold;
+            let max_hold_ms = st.max_hold.as_millis() as u64;
+            for e in &mut st.sources {
+                for h in e.held.values_mut() {
+                    let mut back = (*h.back).clone();
+                    back.until_ms = back.since_ms + max_hold_ms;
+                    h.back = Arc::new(back);
+                }
+            }
+        }
         let statics = static_instances(config);
         if let Some(e) = st.sources.iter_mut().find(|e| &*e.name == STATIC_SOURCE) {
             // Editing the file is an explicit act: no guard.
@@ -484,14 +847,45 @@ impl Registry {
             e.last_ok = Some(SystemTime::now());
         }
         st.dirty = Dirty::All;
-        drop(st);
-        self.changed.notify_one();
+        self.touched(st);
     }
 
     /// Rebuilds from the recorded inputs and publishes the result if it
     /// differs from the current snapshot. Returns whether it published.
     pub fn rebuild(&self) -> bool {
+        let (published, generation) = self.rebuild_inner();
+        self.settled.send_if_modified(|g| {
+            let newer = generation > *g;
+            if newer {
+                *g = generation;
+            }
+            newer
+        });
+        published
+    }
+
+    /// Records an input change (the caller has marked what is dirty) and
+    /// wakes the refresher.
+    fn touched(&self, mut st: std::sync::MutexGuard<'_, BuildState>) {
+        st.inputs += 1;
+        drop(st);
+        self.changed.notify_one();
+    }
+
+    /// Waits (at most `limit`) until every input change made so far is in
+    /// the published snapshot (or made no difference to it); whether it is.
+    pub async fn settled(&self, limit: Duration) -> bool {
+        let target = self.lock().inputs;
+        let mut rx = self.settled.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|g| *g >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// [`Registry::rebuild`]; also returns the input generation it took in.
+    fn rebuild_inner(&self) -> (bool, u64) {
         let mut st = self.lock();
+        let generation = st.inputs;
         let dirty = std::mem::replace(&mut st.dirty, Dirty::Services(BTreeSet::new()));
         let (shape, changed) = match (dirty, st.published.take()) {
             (Dirty::Services(names), Some(mut shape)) if names.len() <= INCREMENTAL_LIMIT => {
@@ -499,7 +893,7 @@ impl Registry {
                     Some(changed) => (shape, changed),
                     None => {
                         st.published = Some(shape);
-                        return false;
+                        return (false, generation);
                     }
                 }
             }
@@ -507,7 +901,7 @@ impl Registry {
                 st.published = published;
                 let shape = st.shape();
                 let Some(changed) = st.changes(&shape) else {
-                    return false;
+                    return (false, generation);
                 };
                 (shape, changed)
             }
@@ -525,21 +919,36 @@ impl Registry {
         );
         st.published = Some(shape);
         self.published.send_replace(st.version);
-        true
+        (true, generation)
     }
 
     /// The refresher: rebuilds whenever an input changed. Bursts of updates
     /// coalesce into one rebuild (the notification holds one permit). Runs
     /// until the registry is dropped by everyone else.
+    /// It also applies held-back removals when their `registry.max_hold`
+    /// passes.
     pub async fn run_refresher(self: Arc<Self>) {
         let changed = self.changed.clone();
         let weak = Arc::downgrade(&self);
         drop(self);
         loop {
-            changed.notified().await;
+            let Some(deadline) = weak.upgrade().map(|me| me.next_hold_deadline()) else {
+                return;
+            };
+            match deadline {
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(clock::now_ms()));
+                    tokio::select! {
+                        () = changed.notified() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => changed.notified().await,
+            }
             let Some(me) = weak.upgrade() else {
                 return;
             };
+            me.apply_overdue_holds(clock::now_ms());
             // Off the proxy's worker threads: a rebuild of a large
             // registry takes a millisecond or more, which must not stall
             // the requests of the worker it would otherwise run on.
@@ -560,6 +969,13 @@ fn policies(config: &Config) -> BTreeMap<Arc<str>, (Balance, Arc<ServicePolicy>)
         .map(|s| (s.name.clone(), (s.balance, s.policy.clone())))
         .collect()
 }
+
+/// Why an instance started healthy before the proxy's first check.
+const VOUCHED: &str = "its registration reported a passing check of its own";
+
+/// How long a registration's word on its health waits for the instance to
+/// appear.
+const VOUCH_KEEP_MS: u64 = 60_000;
 
 /// The health a new instance starts with under `policy`.
 fn initial_health(policy: &ServicePolicy) -> Health {
@@ -593,25 +1009,22 @@ impl BuildState {
             }
         };
         for SourceEntry {
-            name: source, set, ..
+            name: source,
+            set,
+            held,
+            ..
         } in &self.sources
         {
             for spec in set {
                 if run.first().is_some_and(|f| f.spec.service != spec.service) {
                     flush(&mut run);
                 }
-                run.push(Placed {
-                    spec: spec.clone(),
-                    source: source.clone(),
-                });
+                run.push(Placed::new(spec, source, held));
             }
             flush(&mut run);
         }
-        for (_, _, members) in services.values_mut() {
-            // Stable sort keeps source order among equal addresses, so the
-            // dedup keeps the earliest source's entry.
-            members.sort_by_key(|m| m.spec.addr);
-            members.dedup_by_key(|m| m.spec.addr);
+        for (name, (_, _, members)) in services.iter_mut() {
+            settle(name, members, &self.operator_drains);
         }
         Shape {
             router: self.router.clone(),
@@ -624,20 +1037,19 @@ impl BuildState {
     fn service_shape(&self, name: &Arc<str>) -> Option<(Balance, Arc<ServicePolicy>, Vec<Placed>)> {
         let mut members: Vec<Placed> = Vec::new();
         for SourceEntry {
-            name: source, set, ..
+            name: source,
+            set,
+            held,
+            ..
         } in &self.sources
         {
             members.extend(
                 set.iter()
                     .filter(|spec| source::same_str(&spec.service, name))
-                    .map(|spec| Placed {
-                        spec: spec.clone(),
-                        source: source.clone(),
-                    }),
+                    .map(|spec| Placed::new(spec, source, held)),
             );
         }
-        members.sort_by_key(|m| m.spec.addr);
-        members.dedup_by_key(|m| m.spec.addr);
+        settle(name, &mut members, &self.operator_drains);
         match self.policies.get(name) {
             Some((balance, policy)) => Some((*balance, policy.clone(), members)),
             None if members.is_empty() => None,
@@ -706,6 +1118,8 @@ impl BuildState {
     ) -> Snapshot {
         let now = clock::now_ms();
         let first_build = self.version == 1;
+        self.vouched
+            .retain(|_, at| now.saturating_sub(*at) < VOUCH_KEEP_MS);
         let mut services = HashMap::with_capacity(shape.services.len());
         // Instances of changed or removed services: they drain unless they
         // are placed again below.
@@ -728,7 +1142,8 @@ impl BuildState {
             }
             let members: Box<[Member]> = specs
                 .iter()
-                .map(|Placed { spec, source }| {
+                .map(|p| {
+                    let Placed { spec, source, .. } = p;
                     let key = InstanceKey {
                         service: name.clone(),
                         addr: spec.addr,
@@ -739,11 +1154,17 @@ impl BuildState {
                             state
                         }
                         None => {
-                            let state = Arc::new(InstanceState::new(
-                                key.clone(),
-                                self.max_idle,
-                                initial_health(policy),
-                            ));
+                            let mut health = initial_health(policy);
+                            let vouched =
+                                self.vouched.remove(&key).is_some() && health == Health::Unknown;
+                            if vouched {
+                                health = Health::Healthy;
+                            }
+                            let state =
+                                Arc::new(InstanceState::new(key.clone(), self.max_idle, health));
+                            if vouched {
+                                state.note_health("healthy", VOUCHED.to_owned());
+                            }
                             // Instances joining a running service ramp up;
                             // those checked first ramp once they pass.
                             if !first_build && !policy.slow_start.is_zero() {
@@ -760,13 +1181,21 @@ impl BuildState {
                     };
                     self.live.insert(key.clone(), Arc::downgrade(&state));
                     placed.insert(key);
-                    state.set_admin_drain(spec.draining);
+                    let reason = match (p.operator_drain, spec.draining) {
+                        (true, _) => "drained by an operator",
+                        (false, true) => "drain requested by its source",
+                        (false, false) => "drain cancelled",
+                    };
+                    state.set_admin_drain(p.operator_drain || spec.draining, reason);
                     Member {
                         instance: state,
                         weight: spec.weight,
                         id: spec.id.clone(),
                         tags: spec.tags.clone(),
                         source: source.clone(),
+                        draining: spec.draining,
+                        operator_drain: p.operator_drain,
+                        held: p.held.clone(),
                     }
                 })
                 .collect();

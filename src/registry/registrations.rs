@@ -5,9 +5,13 @@
 //! Every change is reported to the registry as this source's whole set under
 //! the name [`API_SOURCE`]. Deregistrations are explicit removals; TTL
 //! expiries are implicit, so a burst of them goes through the registry's
-//! self-preservation guard. With a state file configured, the set is saved
-//! on every change and loaded at start (each loaded instance gets a fresh
-//! TTL), so a restarted proxy routes before its instances heartbeat again.
+//! self-preservation guard. A registration whose removal the guard holds
+//! back stays visible as expired (and held) until the hold ends: it is
+//! registered again, deregistered, released, or `registry.max_hold` passes.
+//! With a state file configured, the set (and the operator's drains) is
+//! saved on every change and loaded at start (each loaded instance gets a
+//! fresh TTL), so a restarted proxy routes before its instances heartbeat
+//! again.
 //!
 //! With `[registry.etcd]` configured the same calls write through to etcd
 //! instead ([`super::etcd::EtcdStore`]): nothing is kept here, every proxy
@@ -23,8 +27,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::etcd::EtcdStore;
-use super::{InstanceSpec, Registry, Removals};
+use super::etcd::{EtcdStore, ETCD_SOURCE};
+use super::{InstanceKey, InstanceSpec, Registry, Removals};
 use crate::clock;
 
 /// Registrations by (service, id).
@@ -57,6 +61,10 @@ pub struct Registration {
     /// `clock::now_ms()` at which it expires (not saved).
     #[serde(skip)]
     pub expires_ms: u64,
+    /// Its TTL lapsed; it is still listed only because self-preservation
+    /// holds back its removal (not saved).
+    #[serde(skip)]
+    pub expired: bool,
 }
 
 impl Registration {
@@ -89,6 +97,25 @@ pub struct RegisterRequest {
     pub tags: BTreeMap<String, String>,
     /// Time to live without a heartbeat.
     pub ttl: Duration,
+}
+
+/// The state file: registrations and the operator's drains.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    registrations: Vec<Registration>,
+    #[serde(default)]
+    drains: Vec<SavedDrain>,
+}
+
+/// An operator's drain, as saved.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedDrain {
+    service: Arc<str>,
+    address: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    since: SystemTime,
 }
 
 /// Why a registration call failed.
@@ -127,6 +154,9 @@ pub enum RegistrationError {
 pub struct Registrations {
     registry: Weak<Registry>,
     entries: Mutex<Entries>,
+    /// Registrations that expired while self-preservation holds back their
+    /// removal (locked after `entries` when both are).
+    expired: Mutex<Entries>,
     state_file: Option<PathBuf>,
     changed: Notify,
     /// Where calls go instead of `entries` when etcd is configured.
@@ -140,6 +170,7 @@ impl Registrations {
         let me = Arc::new(Registrations {
             registry: Arc::downgrade(registry),
             entries: Mutex::new(HashMap::new()),
+            expired: Mutex::new(HashMap::new()),
             state_file,
             changed: Notify::new(),
             etcd: None,
@@ -154,6 +185,7 @@ impl Registrations {
         Arc::new(Registrations {
             registry: Arc::downgrade(registry),
             entries: Mutex::new(HashMap::new()),
+            expired: Mutex::new(HashMap::new()),
             state_file: None,
             changed: Notify::new(),
             etcd: Some(store),
@@ -162,6 +194,28 @@ impl Registrations {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_expired(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.expired.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The source name the registrations are reported under (`api`, or
+    /// `etcd` when the registry is shared).
+    pub fn source_name(&self) -> &'static str {
+        if self.etcd.is_some() {
+            ETCD_SOURCE
+        } else {
+            API_SOURCE
+        }
+    }
+
+    /// Whether the registry still holds back the removal of `r`.
+    fn held(&self, r: &Registration) -> bool {
+        self.registry
+            .upgrade()
+            .and_then(|reg| reg.held_back(self.source_name(), &r.service, r.address))
+            .is_some()
     }
 
     /// Registers (or updates) `id` of `service`. Idempotent: the same call
@@ -188,6 +242,10 @@ impl Registrations {
         }
         let key: (Arc<str>, Arc<str>) = (Arc::from(service), Arc::from(id));
         let expires_ms = clock::now_ms() + req.ttl.as_millis() as u64;
+        // Registering again ends an expiry (of this id, or of another id at
+        // this address): the instance is listed again, nothing is held.
+        self.lock_expired()
+            .retain(|k, r| *k != key && !(&*r.service == service && r.address == req.address));
         let new = !entries.contains_key(&key);
         let entry = entries.entry(key.clone()).or_insert_with(|| Registration {
             service: key.0.clone(),
@@ -199,6 +257,7 @@ impl Registrations {
             draining: false,
             registered_at: SystemTime::now(),
             expires_ms,
+            expired: false,
         });
         let moved = (entry.address != req.address).then_some(entry.address);
         entry.address = req.address;
@@ -213,11 +272,12 @@ impl Registrations {
             Some(old) => Removals::Only(vec![(key.0.clone(), old)]),
             None => Removals::Implicit,
         };
-        self.publish(&entries, removals);
+        self.publish(&entries, removals, &|_| String::new());
         Ok(new)
     }
 
-    /// Renews the TTL of `id`.
+    /// Renews the TTL of `id`. An expired registration is not renewed (it
+    /// must register again).
     pub async fn heartbeat(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
         if let Some(etcd) = &self.etcd {
             return etcd.heartbeat(service, id).await;
@@ -231,18 +291,25 @@ impl Registrations {
     }
 
     /// Removes `id`: no new requests reach it, requests in flight finish.
+    /// An expired registration whose removal is held back is removed now.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
         if let Some(etcd) = &self.etcd {
             return etcd.deregister(service, id).await;
         }
         let mut entries = self.lock();
-        let r = entries
-            .remove(&key(service, id))
-            .ok_or_else(|| not_found(service, id))?;
+        let r = match entries.remove(&key(service, id)) {
+            Some(r) => r,
+            None => self
+                .lock_expired()
+                .remove(&key(service, id))
+                .filter(|r| self.held(r))
+                .ok_or_else(|| not_found(service, id))?,
+        };
         tracing::info!(service, id, address = %r.address, "instance deregistered");
         self.publish(
             &entries,
             Removals::Only(vec![(r.service.clone(), r.address)]),
+            &|_| String::new(),
         );
         Ok(())
     }
@@ -265,16 +332,21 @@ impl Registrations {
         r.draining = draining;
         r.expires_ms = clock::now_ms() + r.ttl.as_millis() as u64;
         let out = r.clone();
-        self.publish(&entries, Removals::Implicit);
+        self.publish(&entries, Removals::Implicit, &|_| String::new());
         Ok(out)
     }
 
-    /// One registration.
+    /// One registration: a live one, or an expired one whose removal
+    /// self-preservation still holds back (`expired` set).
     pub fn get(&self, service: &str, id: &str) -> Option<Registration> {
-        if let Some(etcd) = &self.etcd {
-            return etcd.get(service, id);
-        }
-        self.lock().get(&key(service, id)).cloned()
+        let found = match &self.etcd {
+            Some(etcd) => etcd.get(service, id),
+            None => {
+                let live = self.lock().get(&key(service, id)).cloned();
+                live.or_else(|| self.lock_expired().get(&key(service, id)).cloned())
+            }
+        };
+        found.filter(|r| !r.expired || self.held(r))
     }
 
     /// Every registration.
@@ -287,22 +359,65 @@ impl Registrations {
         v
     }
 
-    /// Removes registrations whose TTL lapsed; returns how many.
+    /// Removes registrations whose TTL lapsed; returns how many. Those
+    /// whose removal self-preservation holds back stay visible as expired.
     pub fn expire(&self, now_ms: u64) -> usize {
         let mut entries = self.lock();
-        let before = entries.len();
-        entries.retain(|_, r| {
-            let keep = r.expires_ms > now_ms;
-            if !keep {
-                tracing::warn!(service = %r.service, id = %r.id, address = %r.address, ttl = ?r.ttl, "registration expired: no heartbeat within its TTL");
-            }
-            keep
-        });
-        let gone = before - entries.len();
-        if gone > 0 {
-            self.publish(&entries, Removals::Implicit);
+        let lapsed: Vec<(Arc<str>, Arc<str>)> = entries
+            .iter()
+            .filter(|(_, r)| r.expires_ms <= now_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if lapsed.is_empty() {
+            drop(entries);
+            self.prune_expired();
+            return 0;
         }
-        gone
+        let mut why: HashMap<(Arc<str>, SocketAddr), String> = HashMap::new();
+        let mut expired = Vec::with_capacity(lapsed.len());
+        for k in &lapsed {
+            if let Some(mut r) = entries.remove(k) {
+                tracing::warn!(service = %r.service, id = %r.id, address = %r.address, ttl = ?r.ttl, "registration expired: no heartbeat within its TTL");
+                why.insert(
+                    (r.service.clone(), r.address),
+                    format!(
+                        "registration {} expired: no heartbeat within its TTL of {}",
+                        r.id,
+                        humantime::format_duration(r.ttl)
+                    ),
+                );
+                r.expired = true;
+                expired.push(r);
+            }
+        }
+        let cause = |spec: &InstanceSpec| {
+            why.get(&(spec.service.clone(), spec.addr))
+                .cloned()
+                .unwrap_or_else(|| "registration expired".to_owned())
+        };
+        self.publish(&entries, Removals::Implicit, &cause);
+        {
+            let mut held = self.lock_expired();
+            for r in expired {
+                held.insert(r.key(), r);
+            }
+        }
+        drop(entries);
+        self.prune_expired();
+        lapsed.len()
+    }
+
+    /// Forgets expired registrations whose removal is no longer held back
+    /// (applied after `registry.max_hold`, or released).
+    fn prune_expired(&self) {
+        let Some(registry) = self.registry.upgrade() else {
+            return;
+        };
+        self.lock_expired().retain(|_, r| {
+            registry
+                .held_back(API_SOURCE, &r.service, r.address)
+                .is_some()
+        });
     }
 
     /// Expires lapsed registrations until the registry is dropped.
@@ -328,19 +443,48 @@ impl Registrations {
         }
     }
 
-    fn publish(&self, entries: &Entries, removals: Removals) {
+    fn publish(
+        &self,
+        entries: &Entries,
+        removals: Removals,
+        cause: &dyn Fn(&InstanceSpec) -> String,
+    ) {
         let specs: Vec<InstanceSpec> = entries.values().map(Registration::spec).collect();
         if let Some(registry) = self.registry.upgrade() {
-            registry.report(API_SOURCE, specs, removals);
+            registry.report_because(API_SOURCE, specs, removals, cause);
         }
         self.changed.notify_one();
         self.save_state(entries);
     }
 
+    /// Saves the state file now (after a change of the operator's drains).
+    pub fn save(&self) {
+        if self.state_file.is_some() {
+            self.save_state(&self.lock());
+        }
+    }
+
     fn save_state(&self, entries: &Entries) {
         let Some(path) = &self.state_file else { return };
-        let list: Vec<&Registration> = entries.values().collect();
-        let result = serde_json::to_vec_pretty(&list)
+        let mut registrations: Vec<Registration> = entries.values().cloned().collect();
+        registrations.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+        let drains = self
+            .registry
+            .upgrade()
+            .map(|r| r.operator_drains())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, since)| SavedDrain {
+                service: k.service,
+                address: k.addr,
+                since,
+            })
+            .collect();
+        let state = StateFile {
+            registrations,
+            drains,
+        };
+        let result = serde_json::to_vec_pretty(&state)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
                 let tmp = path.with_extension("tmp");
@@ -362,21 +506,45 @@ impl Registrations {
                 return;
             }
         };
-        let list: Vec<Registration> = match serde_json::from_slice(&text) {
-            Ok(l) => l,
+        // Files written before drains were saved hold a bare list.
+        let parsed = serde_json::from_slice::<StateFile>(&text).or_else(|e| {
+            serde_json::from_slice::<Vec<Registration>>(&text)
+                .map(|registrations| StateFile {
+                    registrations,
+                    drains: Vec::new(),
+                })
+                .map_err(|_| e)
+        });
+        let state = match parsed {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable registry state file");
                 return;
             }
         };
+        if let Some(registry) = self.registry.upgrade() {
+            registry.restore_operator_drains(state.drains.into_iter().map(|d| {
+                (
+                    InstanceKey {
+                        service: d.service,
+                        addr: d.address,
+                    },
+                    d.since,
+                )
+            }));
+        }
         let now = clock::now_ms();
         let mut entries = self.lock();
-        for mut r in list {
+        for mut r in state.registrations {
             r.expires_ms = now + r.ttl.as_millis() as u64;
             entries.insert((r.service.clone(), r.id.clone()), r);
         }
         tracing::info!(file = %path.display(), instances = entries.len(), "loaded registrations from the state file");
-        self.publish(&entries, Removals::Implicit);
+        self.publish(&entries, Removals::Implicit, &|_| String::new());
+        // Serve them, and the saved drains, from the first request.
+        if let Some(registry) = self.registry.upgrade() {
+            registry.rebuild();
+        }
     }
 }
 
@@ -502,6 +670,46 @@ mod tests {
                 .port(),
             7
         );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn state_file_keeps_operator_drains_and_reads_the_old_format() {
+        let path = std::env::temp_dir().join(format!(
+            "wayfinder-state-drains-{}-{}.json",
+            std::process::id(),
+            clock::now_ms()
+        ));
+        let cfg = Config::parse(
+            "[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let z: SocketAddr = "127.0.0.1:50".parse().unwrap();
+        {
+            let reg = Registry::new(&cfg);
+            let regs = Registrations::new(&reg, Some(path.clone()));
+            reg.set_operator_drain("z", z, true).unwrap();
+            regs.save();
+        }
+        let reg = Registry::new(&cfg);
+        let _regs = Registrations::new(&reg, Some(path.clone()));
+        let drains = reg.operator_drains();
+        assert_eq!(drains.len(), 1);
+        assert_eq!(drains[0].0.addr, z);
+        assert!(reg.load().service("z").unwrap().members()[0]
+            .instance
+            .is_drained());
+
+        // A file from before drains were saved: a bare list.
+        std::fs::write(
+            &path,
+            r#"[{"service":"a","id":"i1","address":"127.0.0.1:7","weight":1,"tags":{},"ttl":"10s","draining":false,"registered_at":"2026-01-01T00:00:00Z"}]"#,
+        )
+        .unwrap();
+        let reg = Registry::new(&cfg);
+        let regs = Registrations::new(&reg, Some(path.clone()));
+        assert_eq!(regs.all().len(), 1);
         let _ = std::fs::remove_file(path);
     }
 }

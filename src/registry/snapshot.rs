@@ -143,6 +143,12 @@ pub struct Member {
     pub tags: Option<Arc<BTreeMap<String, String>>>,
     /// The source the instance came from.
     pub source: Arc<str>,
+    /// Its source asked it to drain (a registration's drain).
+    pub draining: bool,
+    /// An operator drained it (`PUT /v1/services/{service}/instances/{addr}/drain`).
+    pub operator_drain: bool,
+    /// Self-preservation holds back its removal: why and since when.
+    pub held: Option<Arc<super::HeldBack>>,
 }
 
 /// Per-service state that must survive swaps: the rotation cursor (so a

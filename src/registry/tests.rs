@@ -303,3 +303,153 @@ fn changed_services_compare_sets_service_by_service() {
         ["a"]
     );
 }
+
+/// Issue 12.2: a held-back removal shows on the member (why, since when),
+/// keeps its start when reported again, and applies once `max_hold` passed.
+#[test]
+fn held_back_removal_is_shown_and_applies_after_max_hold() {
+    let reg = Registry::new(&config(
+        "[registry]\nmax_hold = \"2s\"\n[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
+    ));
+    reg.update_source("api", vec![spec("a", 1)]);
+    reg.rebuild();
+    let index = reg.load().service("a").unwrap().index();
+    let cause = |s: &InstanceSpec| format!("{} went quiet", s.addr);
+    reg.report_because("api", vec![], Removals::Implicit, &cause);
+    reg.rebuild();
+    let snap = reg.load_full();
+    let a = snap.service("a").unwrap();
+    assert!(a.index() > index, "a hold changes the service's content");
+    let held = a.members()[0].held.clone().expect("held back");
+    assert!(
+        held.reason.starts_with("127.0.0.1:1 went quiet; removal held back by self-preservation: it would leave service a without instances"),
+        "{}",
+        held.reason
+    );
+    assert_eq!(held.until_ms, held.since_ms + 2_000);
+    let addr = "127.0.0.1:1".parse().unwrap();
+    assert_eq!(reg.held_back("api", "a", addr), Some(held.clone()));
+    assert_eq!(reg.next_hold_deadline(), Some(held.until_ms));
+    // Reported again without it: the same hold, not a new one.
+    reg.update_source("api", vec![spec("b", 7)]);
+    reg.rebuild();
+    let again = reg.load().service("a").unwrap().members()[0].held.clone();
+    assert!(Arc::ptr_eq(&held, &again.unwrap()));
+
+    assert_eq!(reg.apply_overdue_holds(held.until_ms - 1), 0);
+    assert_eq!(reg.apply_overdue_holds(held.until_ms), 1);
+    reg.rebuild();
+    assert!(reg.load().service("a").is_none(), "removed after max_hold");
+    assert_eq!(reg.held_back("api", "a", addr), None);
+    assert_eq!(reg.next_hold_deadline(), None);
+    assert!(reg.sources().iter().all(|s| s.held_back.is_empty()));
+
+    // A held instance listed again is no longer held.
+    reg.update_source("api", vec![spec("b", 7), spec("c", 3)]);
+    reg.rebuild();
+    reg.update_source("api", vec![spec("b", 7)]);
+    reg.rebuild();
+    assert!(reg.load().service("c").unwrap().members()[0].held.is_some());
+    reg.update_source("api", vec![spec("b", 7), spec("c", 3)]);
+    reg.rebuild();
+    assert!(reg.load().service("c").unwrap().members()[0].held.is_none());
+}
+
+#[tokio::test]
+async fn refresher_applies_a_hold_when_max_hold_passes() {
+    let reg = Registry::new(&config(
+        "[registry]\nmax_hold = \"200ms\"\n[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
+    ));
+    tokio::spawn(reg.clone().run_refresher());
+    reg.update_source("api", vec![spec("a", 1)]);
+    reg.update_source("api", vec![]);
+    let mut versions = reg.watch();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while reg.load().service("a").is_some() {
+            versions.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the held removal applied within 10s");
+}
+
+/// Issue 12.4: an operator drains any instance, whatever its source; the
+/// drain survives a config reload and ends only when cancelled.
+#[test]
+fn operator_drain_applies_to_any_instance_and_survives_reload() {
+    let text = "[services.a]\ninstances = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n";
+    let reg = Registry::new(&config(text));
+    let one = "127.0.0.1:1".parse().unwrap();
+    assert_eq!(reg.set_operator_drain("a", one, true), Ok(true));
+    assert_eq!(reg.set_operator_drain("a", one, true), Ok(false));
+    assert!(matches!(
+        reg.set_operator_drain("a", "127.0.0.1:9".parse().unwrap(), true),
+        Err(DrainError::UnknownInstance { .. })
+    ));
+    assert!(matches!(
+        reg.set_operator_drain("nope", one, false),
+        Err(DrainError::UnknownInstance { .. })
+    ));
+    reg.rebuild();
+    let member = |reg: &Registry| {
+        let snap = reg.load_full();
+        let m = &snap.service("a").unwrap().members()[0];
+        (m.operator_drain, m.instance.is_drained())
+    };
+    assert_eq!(member(&reg), (true, true));
+    reg.apply_config(&config(&format!("{text}max_attempts = 3\n")));
+    reg.rebuild();
+    assert_eq!(member(&reg), (true, true), "kept across a reload");
+    // Gone from the config and back: still drained.
+    reg.apply_config(&config("[services.a]\ninstances = [\"127.0.0.1:2\"]\n"));
+    reg.rebuild();
+    assert_eq!(
+        reg.set_operator_drain("a", "127.0.0.1:2".parse().unwrap(), false),
+        Ok(false)
+    );
+    reg.apply_config(&config(text));
+    reg.rebuild();
+    assert_eq!(member(&reg), (true, true));
+    assert_eq!(reg.operator_drains().len(), 1);
+    assert_eq!(reg.set_operator_drain("a", one, false), Ok(true));
+    reg.rebuild();
+    assert_eq!(member(&reg), (false, false));
+}
+
+/// Issue 12.3: a registration's own passing check makes a new instance
+/// start healthy (now or when it appears); a decided health is kept.
+#[test]
+fn vouched_instance_starts_healthy() {
+    let reg = Registry::new(&config(
+        "[services.a]\n[services.a.health]\nkind = \"tcp\"\ninterval = \"10s\"\n",
+    ));
+    reg.vouch_healthy("a", "127.0.0.1:1".parse().unwrap());
+    reg.update_source("api", vec![spec("a", 1), spec("a", 2)]);
+    reg.rebuild();
+    let snap = reg.load_full();
+    let m = snap.service("a").unwrap().members();
+    assert_eq!(m[0].instance.health(), Health::Healthy);
+    assert_eq!(m[1].instance.health(), Health::Unknown);
+    reg.vouch_healthy("a", "127.0.0.1:2".parse().unwrap());
+    assert_eq!(m[1].instance.health(), Health::Healthy);
+    m[1].instance.set_health(Health::Unhealthy);
+    reg.vouch_healthy("a", "127.0.0.1:2".parse().unwrap());
+    assert_eq!(
+        m[1].instance.health(),
+        Health::Unhealthy,
+        "the proxy's verdict stands"
+    );
+}
+
+#[tokio::test]
+async fn settled_waits_until_changes_are_published() {
+    let reg = Registry::new(&config("[services.z]\ninstances = [\"127.0.0.1:50\"]\n"));
+    tokio::spawn(reg.clone().run_refresher());
+    assert!(reg.settled(std::time::Duration::from_secs(5)).await);
+    reg.update_source("api", vec![spec("a", 9)]);
+    assert!(reg.settled(std::time::Duration::from_secs(5)).await);
+    assert_eq!(reg.load().service("a").unwrap().members().len(), 1);
+    reg.report("api", vec![], Removals::Explicit);
+    assert!(reg.settled(std::time::Duration::from_secs(5)).await);
+    assert!(reg.load().service("a").is_none());
+}

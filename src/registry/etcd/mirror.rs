@@ -105,6 +105,7 @@ impl StoredValue {
                 .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
                 .unwrap_or_else(SystemTime::now),
             expires_ms: 0,
+            expired: false,
         })
     }
 }
@@ -190,6 +191,10 @@ pub(crate) struct Applied {
 pub(crate) struct Mirror {
     layout: Layout,
     entries: BTreeMap<Id, Stored>,
+    /// Instances whose key went away implicitly (a lease expired): kept
+    /// while the registry holds back their removal, so they can be shown
+    /// as expired.
+    expired: BTreeMap<Id, Stored>,
     /// The etcd revision the mirror reflects.
     pub revision: i64,
     /// The cluster it came from.
@@ -202,6 +207,7 @@ impl Mirror {
         Mirror {
             layout,
             entries: BTreeMap::new(),
+            expired: BTreeMap::new(),
             revision: 0,
             cluster_id: 0,
         }
@@ -209,7 +215,7 @@ impl Mirror {
 
     /// Replaces everything with a fresh listing.
     pub(crate) fn reset(&mut self, kvs: Vec<KeyValue>, revision: i64, cluster_id: u64) {
-        self.entries.clear();
+        let before = std::mem::take(&mut self.entries);
         for kv in kvs {
             if let KeyKind::Instance(id) = self.layout.parse(&kv.key) {
                 if let Some(stored) = decode(id, &kv) {
@@ -217,6 +223,14 @@ impl Mirror {
                 }
             }
         }
+        // Keys gone meanwhile went implicitly, as far as the mirror knows.
+        for (id, stored) in before {
+            if !self.entries.contains_key(&id) {
+                self.expired.insert(id, stored);
+            }
+        }
+        let entries = &self.entries;
+        self.expired.retain(|id, _| !entries.contains_key(id));
         self.revision = revision;
         self.cluster_id = cluster_id;
     }
@@ -239,6 +253,7 @@ impl Mirror {
             };
             let old = match (event.kind, decode_event(&id, event)) {
                 (EventKind::Put, Some(new)) => {
+                    self.expired.remove(&id);
                     let moved_to = new.registration.address;
                     let old = self.entries.insert(id.clone(), new);
                     if let Some(o) = old.as_ref().filter(|o| o.registration.address != moved_to) {
@@ -254,6 +269,9 @@ impl Mirror {
                 out.changed = true;
                 if event.kind == EventKind::Delete && markers.contains(&id) {
                     out.explicit.push((id.0.clone(), old.registration.address));
+                    self.expired.remove(&id);
+                } else {
+                    self.expired.insert(id, old);
                 }
             }
         }
@@ -263,6 +281,21 @@ impl Mirror {
     /// One instance.
     pub(crate) fn get(&self, service: &str, id: &str) -> Option<&Stored> {
         self.entries.get(&(Arc::from(service), Arc::from(id)))
+    }
+
+    /// One instance whose key went away implicitly, marked `expired`.
+    pub(crate) fn get_expired(&self, service: &str, id: &str) -> Option<Registration> {
+        self.expired
+            .get(&(Arc::from(service), Arc::from(id)))
+            .map(|s| Registration {
+                expired: true,
+                ..s.registration.clone()
+            })
+    }
+
+    /// Forgets expired instances for which `held` is false.
+    pub(crate) fn prune_expired(&mut self, held: impl Fn(&Registration) -> bool) {
+        self.expired.retain(|_, s| held(&s.registration));
     }
 
     /// Every instance, ordered by (service, id).
@@ -372,6 +405,7 @@ mod tests {
             draining: true,
             registered_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             expires_ms: 0,
+            expired: false,
         };
         let json = serde_json::to_vec(&StoredValue::of(&r)).unwrap();
         let back: StoredValue = serde_json::from_slice(&json).unwrap();
@@ -419,6 +453,19 @@ mod tests {
         assert_eq!(m.specs().len(), 1);
         let a = m.apply(&[delete("/w/services/a/9", 7)]);
         assert!(!a.changed);
+
+        // The expired one stays visible as expired (while the registry
+        // holds it); the deregistered one does not.
+        let gone = m.get_expired("a", "2").expect("expired kept");
+        assert!(gone.expired && gone.address.port() == 2);
+        assert!(m.get_expired("a", "1").is_none());
+        m.apply(&[put("/w/services/a/2", "127.0.0.1:2", 8)]);
+        assert!(m.get_expired("a", "2").is_none(), "registered again");
+        m.apply(&[delete("/w/services/a/2", 9)]);
+        m.prune_expired(|_| true);
+        assert!(m.get_expired("a", "2").is_some());
+        m.prune_expired(|_| false);
+        assert!(m.get_expired("a", "2").is_none(), "no longer held");
     }
 
     #[test]

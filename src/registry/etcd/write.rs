@@ -49,6 +49,7 @@ impl EtcdStore {
                 .as_ref()
                 .map_or_else(std::time::SystemTime::now, |s| s.registration.registered_at),
             expires_ms: 0,
+            expired: false,
         };
         let value = encode(&registration);
         let lease = self
@@ -161,9 +162,10 @@ impl EtcdStore {
 
     /// One registration as this proxy last saw it.
     pub fn get(&self, service: &str, id: &str) -> Option<Registration> {
-        self.mirror()
-            .get(service, id)
+        let m = self.mirror();
+        m.get(service, id)
             .map(|s| s.registration.clone())
+            .or_else(|| m.get_expired(service, id))
     }
 
     /// Every registration as this proxy last saw it.
