@@ -1,6 +1,7 @@
 //! Tests of the `wayfinder` binary: `check` and `run` as an operator uses
-//! them. Each test owns the one process it spawns (killed on drop if still
-//! running) and the temporary config files it writes.
+//! them, and what every command shares (argument errors). Each test owns
+//! the one process it spawns (killed on drop if still running) and the
+//! temporary config files it writes.
 
 mod support;
 
@@ -148,4 +149,25 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
         TcpStream::connect(addr).await.is_err(),
         "still accepting after exit"
     );
+}
+
+// === what every command shares ===
+
+#[tokio::test]
+async fn a_check_that_is_not_a_url_gets_the_accepted_forms() {
+    let cmd = wayfinder(&[
+        "register",
+        "--service",
+        "api",
+        "--address",
+        "127.0.0.1:9001",
+        "--check",
+        "127.0.0.1:9001/healthz",
+    ]);
+    let (status, _, stderr) = finish(cmd).await;
+    assert_eq!(status.code(), Some(2), "{status}\n{stderr}");
+    assert!(stderr.contains("127.0.0.1:9001/healthz"), "{stderr}");
+    assert!(stderr.contains("http://HOST:PORT/PATH"), "{stderr}");
+    assert!(stderr.contains("/PATH to check on --address"), "{stderr}");
+    assert!(stderr.contains("--check-tcp"), "{stderr}");
 }
