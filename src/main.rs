@@ -1,5 +1,7 @@
-//! The `wayfinder` command: parses arguments and calls the library.
+//! The `wayfinder` command: parses arguments, sets up logging and calls the
+//! library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,12 +12,29 @@ use tracing_subscriber::EnvFilter;
 use wayfinder::config::Config;
 use wayfinder::registrar::{Check, Options};
 
+/// `wayfinder --version`: the version, the commit it was built from
+/// ("unknown" outside a git checkout) and the build profile.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WAYFINDER_COMMIT"),
+    ", ",
+    env!("WAYFINDER_PROFILE"),
+    " build)"
+);
+
+/// Exit code for a command line that cannot run (clap's, for usage errors).
+const USAGE_ERROR: u8 = 2;
+
 /// A service-discovery load-balancing reverse proxy.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log level when RUST_LOG is not set: error, warn (or warning), info,
+    /// debug, trace or off; or filter directives such as
+    /// `info,wayfinder::health=debug`. RUST_LOG, when set, takes the same
+    /// syntax. An unknown level is refused (exit 2).
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL", value_parser = parse_log_filter)]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -174,18 +193,98 @@ fn parse_http_url(s: &str, forms: &str) -> Result<http::Uri, String> {
     }
 }
 
+/// The log levels accepted, for error messages.
+const LOG_LEVELS: &str = "error, warn (or warning), info, debug, trace or off";
+
+/// `--log-level`: validated and normalised by [`log_filter`].
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    log_filter(s)
+}
+
+/// Checks a log filter (`LEVEL`, `TARGET=LEVEL`, comma-separated, as
+/// tracing's `EnvFilter` reads them) and returns it with level aliases
+/// (`warning`) replaced. A bare word must be a level: `EnvFilter` would read
+/// a mistyped level (`inof`) as a target name and log nothing at all.
+fn log_filter(spec: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // A `=` inside `[span{field=value}]` is not the level's.
+        let level_at = directive
+            .rfind('=')
+            .filter(|&i| !directive[i + 1..].contains([']', '}']));
+        match level_at {
+            Some(i) => {
+                let target = &directive[..i];
+                if target.is_empty() {
+                    return Err(format!("{directive:?} names no target before '='"));
+                }
+                out.push(format!("{target}={}", log_level(&directive[i + 1..])?));
+            }
+            // A span filter without a level (`target[span]`) is EnvFilter's own.
+            None if directive.contains('[') => out.push(directive.to_owned()),
+            None => out.push(log_level(directive)?.to_owned()),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("no log level given: use {LOG_LEVELS}"));
+    }
+    let filter = out.join(",");
+    EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|e| format!("{spec:?}: {e}"))?;
+    Ok(filter)
+}
+
+fn log_level(word: &str) -> Result<&'static str, String> {
+    Ok(match word.trim().to_ascii_lowercase().as_str() {
+        "error" => "error",
+        "warn" | "warning" => "warn",
+        "info" => "info",
+        "debug" => "debug",
+        "trace" => "trace",
+        "off" => "off",
+        _ => {
+            return Err(format!(
+                "{word:?} is not a log level: use {LOG_LEVELS} (a target's level is TARGET=LEVEL)"
+            ))
+        }
+    })
+}
+
+/// Logs to stderr, filtered by RUST_LOG when it is set and not empty, else
+/// by `--log-level`. Colour only on a terminal, and not with NO_COLOR.
+fn init_logging(log_level: &str) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if v.trim().is_empty() => log_level.to_owned(),
+        Ok(v) => log_filter(&v).map_err(|e| format!("RUST_LOG: {e}"))?,
+        Err(std::env::VarError::NotPresent) => log_level.to_owned(),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("RUST_LOG is not valid UTF-8".to_owned())
+        }
+    };
+    let filter = EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|e| format!("log filter {filter:?}: {e}"))?;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .init();
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Replaced by the command right away: no logging, no runtime.
     if let Command::RegisterExec { parent, command } = &cli.command {
         return ExitCode::from(wayfinder::registrar::exec_child(*parent, command));
     }
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = init_logging(&cli.log_level) {
+        eprintln!("wayfinder: {e}");
+        return ExitCode::from(USAGE_ERROR);
+    }
 
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
@@ -307,6 +406,51 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_levels_and_their_aliases() {
+        assert_eq!(log_filter("info").unwrap(), "info");
+        assert_eq!(log_filter("warning").unwrap(), "warn");
+        assert_eq!(log_filter("WARN").unwrap(), "warn");
+        assert_eq!(log_filter(" Debug ").unwrap(), "debug");
+        assert_eq!(log_filter("off").unwrap(), "off");
+        assert_eq!(
+            log_filter("info,wayfinder::health=warning").unwrap(),
+            "info,wayfinder::health=warn"
+        );
+        assert_eq!(
+            log_filter("wayfinder[request{id=7}]=debug").unwrap(),
+            "wayfinder[request{id=7}]=debug"
+        );
+        assert_eq!(
+            log_filter("wayfinder[request]").unwrap(),
+            "wayfinder[request]"
+        );
+    }
+
+    #[test]
+    fn unknown_levels_are_refused_naming_the_word() {
+        for bad in [
+            "bogus",
+            "inof",
+            "wayfinder",
+            "info,wanr",
+            "hyper=loud",
+            "=info",
+            "",
+            " , ",
+        ] {
+            let e = log_filter(bad).expect_err(bad);
+            assert!(
+                e.contains("not a log level")
+                    || e.contains("no target")
+                    || e.contains("no log level"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = log_filter("inof").unwrap_err();
+        assert!(e.contains("\"inof\"") && e.contains("warning"), "{e}");
+    }
 
     #[test]
     fn check_accepts_urls_and_paths_and_explains_otherwise() {
