@@ -119,6 +119,17 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
     cmd.arg(&config.path);
     let mut proc = Proc::spawn(cmd);
     proc.wait_log(30, "wayfinder listening").await;
+    let listening = proc.log();
+    let listening = listening
+        .lines()
+        .find(|l| l.contains("wayfinder listening"))
+        .unwrap();
+    // Plain values, not Rust's `Some(..)`/`None`.
+    assert!(listening.contains("admin=off"), "{listening}");
+    assert!(
+        !listening.contains("Some(") && !listening.contains("None"),
+        "{listening}"
+    );
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
     let reply = within(
