@@ -297,7 +297,9 @@ async fn sighup_without_a_child_is_ignored() {
     proc.signal(Signal::SIGTERM);
     let status = proc.wait(20, "registrar exits after SIGTERM").await;
     assert_eq!(status.code(), Some(0), "{status}\n{}", proc.log());
-    assert!(wf.api.addresses("lone").await.is_empty());
+    wf.api
+        .wait_addresses(10, "lone", "the listing drops it", |a| a.is_empty())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,7 +435,9 @@ async fn a_second_stop_signal_ends_the_drain_wait() {
     assert_eq!(status.code(), Some(0), "{status}\n{log}");
     assert!(log.contains("stop signal again"), "{log}");
     assert!(log.contains("deregistered"), "{log}");
-    assert!(wf.api.addresses("slowdrain").await.is_empty());
+    wf.api
+        .wait_addresses(10, "slowdrain", "the listing drops it", |a| a.is_empty())
+        .await;
     in_flight.abort();
 }
 
@@ -561,7 +565,9 @@ async fn a_wrong_token_stops_it_naming_the_token() {
     proc.signal(Signal::SIGTERM);
     let status = proc.wait(20, "registrar exits").await;
     assert_eq!(status.code(), Some(0), "{}", proc.log());
-    assert!(wf.api.addresses("guarded").await.is_empty());
+    wf.api
+        .wait_addresses(10, "guarded", "the listing drops it", |a| a.is_empty())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,7 +671,9 @@ async fn each_change_of_the_check_is_logged_once() {
     wait_log_count(&proc, 15, "check failing", 2).await;
     proc.wait_log(15, "deregistered while the check fails")
         .await;
-    assert!(wf.api.addresses("checked").await.is_empty());
+    wf.api
+        .wait_addresses(10, "checked", "the listing drops it", |a| a.is_empty())
+        .await;
     let log = proc.log();
     assert_eq!(log.matches("check failing").count(), 2, "{log}");
     assert_eq!(log.matches("check passing").count(), 1, "{log}");
@@ -864,7 +872,9 @@ async fn register_child_appears_when_healthy_and_leaves_on_sigterm() {
         StatusCode::NOT_FOUND,
         "still registered after the registrar stopped\n{log}"
     );
-    assert!(wf.api.addresses("files").await.is_empty());
+    wf.api
+        .wait_addresses(10, "files", "the listing drops it", |a| a.is_empty())
+        .await;
     group.wait_gone(10, "the wrapped server").await;
     assert!(
         TcpStream::connect(("127.0.0.1", port)).await.is_err(),
@@ -914,7 +924,9 @@ async fn register_child_that_exits_is_deregistered_with_its_exit_code() {
         StatusCode::NOT_FOUND,
         "still registered after the child exited\n{log}"
     );
-    assert!(wf.api.addresses("leaving").await.is_empty());
+    wf.api
+        .wait_addresses(10, "leaving", "the listing drops it", |a| a.is_empty())
+        .await;
     group.wait_gone(10, "the child").await;
 }
 
@@ -966,5 +978,7 @@ async fn registrar_registers_again_after_the_proxy_restarts() {
     proc.signal(Signal::SIGTERM);
     let status = proc.wait(15, "registrar exits after SIGTERM").await;
     assert_eq!(status.code(), Some(0), "{}", proc.log());
-    assert!(wf2.api.addresses("phoenix").await.is_empty());
+    wf2.api
+        .wait_addresses(10, "phoenix", "the listing drops it", |a| a.is_empty())
+        .await;
 }
