@@ -240,7 +240,7 @@ pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running,
     let snap = registry.load();
     tracing::info!(
         listen = ?listen,
-        admin = ?admin_addr,
+        admin = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         services = snap.service_count(),
         instances = snap.instance_count(),
         "wayfinder listening"

@@ -1,5 +1,7 @@
-//! The `wayfinder` command: parses arguments and calls the library.
+//! The `wayfinder` command: parses arguments, sets up logging and calls the
+//! library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,12 +12,29 @@ use tracing_subscriber::EnvFilter;
 use wayfinder::config::Config;
 use wayfinder::registrar::{Check, Options};
 
+/// `wayfinder --version`: the version, the commit it was built from
+/// ("unknown" outside a git checkout) and the build profile.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WAYFINDER_COMMIT"),
+    ", ",
+    env!("WAYFINDER_PROFILE"),
+    " build)"
+);
+
+/// Exit code for a command line that cannot run (clap's, for usage errors).
+const USAGE_ERROR: u8 = 2;
+
 /// A service-discovery load-balancing reverse proxy.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log level when RUST_LOG is not set: error, warn (or warning), info,
+    /// debug, trace or off; or filter directives such as
+    /// `info,wayfinder::health=debug`. RUST_LOG, when set, takes the same
+    /// syntax. An unknown level is refused (exit 2).
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL", value_parser = parse_log_filter)]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -42,6 +61,7 @@ enum Command {
     },
     /// Keep a service registered with a proxy while it is healthy (third-party
     /// registration); optionally start it: `wayfinder register ... -- CMD ARGS`.
+    #[command(after_help = REGISTER_AFTER_HELP)]
     Register(Box<RegisterArgs>),
     /// Run the built-in example config with demo instances on loopback and
     /// show requests rotating between them.
@@ -50,12 +70,32 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Internal: how `wayfinder register` starts its command (see
+    /// `wayfinder::registrar::exec_child`).
+    #[command(name = "register-exec", hide = true)]
+    RegisterExec {
+        /// The registrar's PID: the command is not started when it is gone.
+        #[arg(long)]
+        parent: u32,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
+
+/// `wayfinder register --help`, after the options.
+const REGISTER_AFTER_HELP: &str = "\
+Signals: SIGTERM, SIGINT and SIGQUIT drain, deregister, then stop the command (SIGTERM to its
+process group, SIGKILL after --stop-timeout). SIGHUP is passed on to the command's process group.
+
+Exit code: 0 after a stop it was asked for when the command exited 0 or of that SIGTERM; the
+command's code (128 + signal) when it exits by itself or had to be killed; 1 when the registry
+refuses the registration for good (400, 401, 403, 404: not retried); 2 for a bad command line.";
 
 #[derive(Debug, clap::Args)]
 struct RegisterArgs {
-    /// The proxy's admin API.
-    #[arg(long, default_value = "http://127.0.0.1:9900")]
+    /// The proxy's admin API: http://HOST:PORT.
+    #[arg(long, default_value = "http://127.0.0.1:9900", value_parser = parse_registry)]
     registry: http::Uri,
     /// Service name.
     #[arg(long)]
@@ -66,9 +106,10 @@ struct RegisterArgs {
     /// Instance id (default: the address).
     #[arg(long)]
     id: Option<String>,
-    /// HTTP health check URL; 2xx/3xx passes.
-    #[arg(long, conflicts_with = "check_tcp")]
-    check: Option<http::Uri>,
+    /// HTTP health check, GET; 2xx/3xx passes. Either a URL,
+    /// http://HOST:PORT/PATH, or a /PATH on --address.
+    #[arg(long, conflicts_with = "check_tcp", value_parser = parse_check)]
+    check: Option<CheckTarget>,
     /// Check by connecting to --address.
     #[arg(long)]
     check_tcp: bool,
@@ -84,6 +125,10 @@ struct RegisterArgs {
     /// Longest wait for in-flight requests before deregistering on stop.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: std::time::Duration,
+    /// Longest wait for the command to exit after SIGTERM when stopping;
+    /// then its process group gets SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stop_timeout: std::time::Duration,
     /// The service to start and watch, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -96,14 +141,153 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+/// Where `--check` points: a full URL, or a path on `--address`.
+#[derive(Debug, Clone)]
+enum CheckTarget {
+    Url(http::Uri),
+    Path(String),
+}
+
+/// The accepted forms of `--check`, for its error messages.
+const CHECK_FORMS: &str =
+    "write a URL, http://HOST:PORT/PATH (e.g. http://127.0.0.1:9001/healthz), \
+     or a /PATH to check on --address (e.g. /healthz); --check-tcp checks by connecting";
+
+fn parse_check(s: &str) -> Result<CheckTarget, String> {
+    if s.starts_with('/') {
+        return match s.parse::<http::uri::PathAndQuery>() {
+            Ok(p) => Ok(CheckTarget::Path(p.as_str().to_owned())),
+            Err(e) => Err(format!("{s:?} is not a usable path ({e}): {CHECK_FORMS}")),
+        };
+    }
+    parse_http_url(s, CHECK_FORMS).map(CheckTarget::Url)
+}
+
+/// `--registry`: http://HOST:PORT, nothing after it but an optional `/`.
+fn parse_registry(s: &str) -> Result<http::Uri, String> {
+    const FORMS: &str = "write the admin API as http://HOST:PORT (e.g. http://127.0.0.1:9900)";
+    let uri = parse_http_url(s, FORMS)?;
+    match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("/") => Ok(uri),
+        Some(rest) => Err(format!(
+            "{s:?} has a path ({rest}); the admin API's paths are fixed: {FORMS}"
+        )),
+    }
+}
+
+/// An `http://HOST[:PORT][/PATH]` URL; anything else is refused with an
+/// error that names the accepted `forms`.
+fn parse_http_url(s: &str, forms: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a URL ({e}): {forms}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "{s:?}: only http:// is supported, not {other}://: {forms}"
+            ))
+        }
+        None => return Err(format!("{s:?} has no http:// in front: {forms}")),
+    }
+    match uri.host() {
+        Some(h) if !h.is_empty() => Ok(uri),
+        _ => Err(format!("{s:?} names no host: {forms}")),
+    }
+}
+
+/// The log levels accepted, for error messages.
+const LOG_LEVELS: &str = "error, warn (or warning), info, debug, trace or off";
+
+/// `--log-level`: validated and normalised by [`log_filter`].
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    log_filter(s)
+}
+
+/// Checks a log filter (`LEVEL`, `TARGET=LEVEL`, comma-separated, as
+/// tracing's `EnvFilter` reads them) and returns it with level aliases
+/// (`warning`) replaced. A bare word must be a level: `EnvFilter` would read
+/// a mistyped level (`inof`) as a target name and log nothing at all.
+fn log_filter(spec: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // A `=` inside `[span{field=value}]` is not the level's.
+        let level_at = directive
+            .rfind('=')
+            .filter(|&i| !directive[i + 1..].contains([']', '}']));
+        match level_at {
+            Some(i) => {
+                let target = &directive[..i];
+                if target.is_empty() {
+                    return Err(format!("{directive:?} names no target before '='"));
+                }
+                out.push(format!("{target}={}", log_level(&directive[i + 1..])?));
+            }
+            // A span filter without a level (`target[span]`) is EnvFilter's own.
+            None if directive.contains('[') => out.push(directive.to_owned()),
+            None => out.push(log_level(directive)?.to_owned()),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("no log level given: use {LOG_LEVELS}"));
+    }
+    let filter = out.join(",");
+    EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|e| format!("{spec:?}: {e}"))?;
+    Ok(filter)
+}
+
+fn log_level(word: &str) -> Result<&'static str, String> {
+    Ok(match word.trim().to_ascii_lowercase().as_str() {
+        "error" => "error",
+        "warn" | "warning" => "warn",
+        "info" => "info",
+        "debug" => "debug",
+        "trace" => "trace",
+        "off" => "off",
+        _ => {
+            return Err(format!(
+                "{word:?} is not a log level: use {LOG_LEVELS} (a target's level is TARGET=LEVEL)"
+            ))
+        }
+    })
+}
+
+/// Logs to stderr, filtered by RUST_LOG when it is set and not empty, else
+/// by `--log-level`. Colour only on a terminal, and not with NO_COLOR.
+fn init_logging(log_level: &str) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if v.trim().is_empty() => log_level.to_owned(),
+        Ok(v) => log_filter(&v).map_err(|e| format!("RUST_LOG: {e}"))?,
+        Err(std::env::VarError::NotPresent) => log_level.to_owned(),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("RUST_LOG is not valid UTF-8".to_owned())
+        }
+    };
+    let filter = EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|e| format!("log filter {filter:?}: {e}"))?;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Replaced by the command right away: no logging, no runtime.
+    if let Command::RegisterExec { parent, command } = &cli.command {
+        return ExitCode::from(wayfinder::registrar::exec_child(*parent, command));
+    }
+    if let Err(e) = init_logging(&cli.log_level) {
+        eprintln!("wayfinder: {e}");
+        return ExitCode::from(USAGE_ERROR);
+    }
 
     match cli.command {
         Command::Check { config } => match Config::check(&config) {
@@ -139,7 +323,13 @@ fn main() -> ExitCode {
         }
         Command::Register(args) => {
             let check = match (args.check, args.check_tcp) {
-                (Some(url), _) => Check::Http(url),
+                (Some(CheckTarget::Url(url)), _) => Check::Http(url),
+                (Some(CheckTarget::Path(path)), _) => {
+                    match format!("http://{}{path}", args.address).parse() {
+                        Ok(url) => Check::Http(url),
+                        Err(e) => return fail(format!("--check {path}: {e}")),
+                    }
+                }
                 (None, true) => Check::Tcp,
                 (None, false) => Check::None,
             };
@@ -155,10 +345,15 @@ fn main() -> ExitCode {
                 tags: args.tags.into_iter().collect(),
                 token: args.token,
                 drain_timeout: args.drain_timeout,
+                stop_timeout: args.stop_timeout,
                 command: args.command,
             };
+            // The registrar runs on this (the main) thread: the command it
+            // starts is tied to the thread that started it (see
+            // `registrar::exec_child`), and this one lives as long as the
+            // process.
             runtime().block_on(async {
-                match wayfinder::registrar::run(opts, shutdown_signal()).await {
+                match wayfinder::registrar::run(opts).await {
                     Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                     Err(e) => fail(e),
                 }
@@ -170,6 +365,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }),
+        Command::RegisterExec { .. } => unreachable!("handled before logging starts"),
     }
 }
 
@@ -213,5 +409,88 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_and_their_aliases() {
+        assert_eq!(log_filter("info").unwrap(), "info");
+        assert_eq!(log_filter("warning").unwrap(), "warn");
+        assert_eq!(log_filter("WARN").unwrap(), "warn");
+        assert_eq!(log_filter(" Debug ").unwrap(), "debug");
+        assert_eq!(log_filter("off").unwrap(), "off");
+        assert_eq!(
+            log_filter("info,wayfinder::health=warning").unwrap(),
+            "info,wayfinder::health=warn"
+        );
+        assert_eq!(
+            log_filter("wayfinder[request{id=7}]=debug").unwrap(),
+            "wayfinder[request{id=7}]=debug"
+        );
+        assert_eq!(
+            log_filter("wayfinder[request]").unwrap(),
+            "wayfinder[request]"
+        );
+    }
+
+    #[test]
+    fn unknown_levels_are_refused_naming_the_word() {
+        for bad in [
+            "bogus",
+            "inof",
+            "wayfinder",
+            "info,wanr",
+            "hyper=loud",
+            "=info",
+            "",
+            " , ",
+        ] {
+            let e = log_filter(bad).expect_err(bad);
+            assert!(
+                e.contains("not a log level")
+                    || e.contains("no target")
+                    || e.contains("no log level"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = log_filter("inof").unwrap_err();
+        assert!(e.contains("\"inof\"") && e.contains("warning"), "{e}");
+    }
+
+    #[test]
+    fn check_accepts_urls_and_paths_and_explains_otherwise() {
+        assert!(matches!(
+            parse_check("http://127.0.0.1:9001/healthz"),
+            Ok(CheckTarget::Url(u)) if u.path() == "/healthz"
+        ));
+        assert!(matches!(
+            parse_check("/healthz?deep=1"),
+            Ok(CheckTarget::Path(p)) if p == "/healthz?deep=1"
+        ));
+        for bad in [
+            "127.0.0.1:9001/healthz",
+            "localhost:9001",
+            "healthz",
+            "https://127.0.0.1:9001/healthz",
+            "http:///healthz",
+        ] {
+            let e = parse_check(bad).expect_err(bad);
+            assert!(e.contains("http://HOST:PORT/PATH"), "{bad}: {e}");
+            assert!(e.contains("/PATH"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn registry_is_an_http_url_without_a_path() {
+        assert!(parse_registry("http://127.0.0.1:9900").is_ok());
+        assert!(parse_registry("http://127.0.0.1:9900/").is_ok());
+        for bad in ["127.0.0.1:9900", "https://x:1", "http://x:1/v1", "x"] {
+            let e = parse_registry(bad).expect_err(bad);
+            assert!(e.contains("http://HOST:PORT"), "{bad}: {e}");
+        }
     }
 }

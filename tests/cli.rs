@@ -1,6 +1,8 @@
 //! Tests of the `wayfinder` binary: `check` and `run` as an operator uses
-//! them. Each test owns the one process it spawns (killed on drop if still
-//! running) and the temporary config files it writes.
+//! them, and what every command shares (`--version`, `--log-level`,
+//! RUST_LOG, argument errors). Each test owns the one process it spawns
+//! (killed on drop if still running) and the temporary config files it
+//! writes.
 
 mod support;
 
@@ -117,6 +119,17 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
     cmd.arg(&config.path);
     let mut proc = Proc::spawn(cmd);
     proc.wait_log(30, "wayfinder listening").await;
+    let listening = proc.log();
+    let listening = listening
+        .lines()
+        .find(|l| l.contains("wayfinder listening"))
+        .unwrap();
+    // Plain values, not Rust's `Some(..)`/`None`.
+    assert!(listening.contains("admin=off"), "{listening}");
+    assert!(
+        !listening.contains("Some(") && !listening.contains("None"),
+        "{listening}"
+    );
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
     let reply = within(
@@ -148,4 +161,118 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
         TcpStream::connect(addr).await.is_err(),
         "still accepting after exit"
     );
+}
+
+// === what every command shares ===
+
+#[tokio::test]
+async fn version_names_the_commit_and_the_build_profile() {
+    let (status, stdout, stderr) = finish(wayfinder(&["--version"])).await;
+    assert!(status.success(), "{status}\n{stderr}");
+    // What build.rs records: the short commit when built from a git
+    // checkout, else "unknown".
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "wayfinder {} (commit {commit}, {profile} build)",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_log_level_is_refused_with_exit_2() {
+    let config = shipped_config();
+    for level in ["bogus", "inof", "info,wayfinder=loud"] {
+        let mut cmd = wayfinder(&["--log-level", level, "check", "--config"]);
+        cmd.arg(&config);
+        let (status, stdout, stderr) = finish(cmd).await;
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "{level}: {status}\n{stdout}\n{stderr}"
+        );
+        assert!(stderr.contains("is not a log level"), "{level}: {stderr}");
+        assert!(
+            stderr.contains("warning"),
+            "the accepted levels are not listed: {stderr}"
+        );
+    }
+    // The same for RUST_LOG, which otherwise wins over --log-level.
+    let mut cmd = wayfinder(&["check", "--config"]);
+    cmd.arg(&config).env("RUST_LOG", "inof");
+    let (status, stdout, stderr) = finish(cmd).await;
+    assert_eq!(status.code(), Some(2), "{status}\n{stdout}\n{stderr}");
+    assert!(stderr.contains("RUST_LOG"), "{stderr}");
+    assert!(stderr.contains("\"inof\" is not a log level"), "{stderr}");
+}
+
+/// `--log-level warning` (and RUST_LOG=warning) mean warn: warnings are
+/// logged, info lines are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warning_is_accepted_as_the_warn_level() {
+    let (_hold, unreachable) = support::refused_addr();
+    for (flag, env) in [(Some("warning"), None), (None, Some("warning"))] {
+        let mut cmd = wayfinder(&[]);
+        if let Some(level) = flag {
+            cmd.args(["--log-level", level]);
+        }
+        if let Some(level) = env {
+            cmd.env("RUST_LOG", level);
+        }
+        cmd.args([
+            "register",
+            "--service",
+            "quiet",
+            "--address",
+            "127.0.0.1:9",
+            "--registry",
+        ])
+        .arg(format!("http://{unreachable}"));
+        let mut proc = Proc::spawn(cmd);
+        // A warning: the registry cannot be reached.
+        proc.wait_log(20, "WARN").await;
+        proc.signal(Signal::SIGTERM);
+        let status = proc.wait(20, "registrar exits after SIGTERM").await;
+        let log = proc.log();
+        assert!(status.success(), "{status}\n{log}");
+        assert!(log.contains("registry call failed"), "{log}");
+        // ...and no info line ("stopping" is one).
+        assert!(
+            !log.contains(" INFO "),
+            "info logged at warning level:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_check_that_is_not_a_url_gets_the_accepted_forms() {
+    let cmd = wayfinder(&[
+        "register",
+        "--service",
+        "api",
+        "--address",
+        "127.0.0.1:9001",
+        "--check",
+        "127.0.0.1:9001/healthz",
+    ]);
+    let (status, _, stderr) = finish(cmd).await;
+    assert_eq!(status.code(), Some(2), "{status}\n{stderr}");
+    assert!(stderr.contains("127.0.0.1:9001/healthz"), "{stderr}");
+    assert!(stderr.contains("http://HOST:PORT/PATH"), "{stderr}");
+    assert!(stderr.contains("/PATH to check on --address"), "{stderr}");
+    assert!(stderr.contains("--check-tcp"), "{stderr}");
 }

@@ -1,21 +1,19 @@
 //! End-to-end tests of the registry (issue 4): the registration API on the
 //! admin listener, TTL expiry and self-preservation, long polls, the bearer
-//! token, input validation, the drain handshake, client-side discovery,
-//! `wayfinder register` (the real binary, with a real child server) and hot
-//! reload of the config file (the real binary).
+//! token, input validation, the drain handshake, client-side discovery and hot
+//! reload of the config file (the real binary). `wayfinder register` is
+//! tested in tests/registrar.rs.
 //!
 //! Everything listens on loopback with ports picked at run time. Every
-//! process a test spawns is killed if the test ends early (`kill_on_drop`,
-//! and [`ChildGroup`] for the grandchildren `wayfinder register` starts);
+//! process a test spawns is killed if the test ends early (`kill_on_drop`);
 //! only PIDs the test itself spawned are ever signalled.
 
 mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,13 +23,12 @@ use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use support::{
-    empty, free_port, full, refused_addr, request, temp_path, wait_until, wayfinder, within,
-    AdminProxy, Api, Backend, ConfigFile, H1Client, Proc, Reply,
+    empty, free_port, full, refused_addr, request, wait_until, wayfinder, within, AdminProxy, Api,
+    Backend, ConfigFile, H1Client, Proc, Reply,
 };
 
 const TOKEN: &str = "secret-token-1";
@@ -49,92 +46,6 @@ fn index_of(reply: &Reply) -> u64 {
 }
 
 // === helpers: processes ===
-
-/// The real Python interpreter (not a pyenv shim), so that the PID a shell
-/// `exec`s into is the server's.
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 is needed by the `wayfinder register` tests");
-        assert!(out.status.success(), "python3 does not run");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
-
-/// The process group of a child that `wayfinder register` started (it puts
-/// each child in its own group, whose id is the child's PID, written to a
-/// PID file by the child's shell before it `exec`s). On drop, if that
-/// process is still the test's server (its command line names the port),
-/// the whole group is killed, so a failed test leaves no server behind.
-struct ChildGroup {
-    pidfile: PathBuf,
-    port: u16,
-}
-
-impl ChildGroup {
-    fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(&self.pidfile)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Whether the child is still running and still ours.
-    fn alive(&self) -> bool {
-        let Some(pid) = self.pid() else { return false };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            return false;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        cmdline.contains("http.server") && cmdline.contains(&self.port.to_string())
-    }
-}
-
-impl Drop for ChildGroup {
-    fn drop(&mut self) {
-        if self.alive() {
-            if let Some(pid) = self.pid() {
-                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        let _ = std::fs::remove_file(&self.pidfile);
-    }
-}
-
-/// `wayfinder register` for service `files` at `127.0.0.1:port`, wrapping
-/// `python3 -m http.server port` (optionally under `timeout secs`).
-fn register_python(api: SocketAddr, port: u16, timeout: Option<u32>) -> (Proc, ChildGroup) {
-    let pidfile = temp_path("registry-child", ".pid");
-    let server = format!("{} -m http.server {port} --bind 127.0.0.1", python());
-    let server = match timeout {
-        Some(s) => format!("timeout {s} {server}"),
-        None => server,
-    };
-    let script = format!("echo $$ > '{}'; exec {server}", pidfile.display());
-    let mut cmd = wayfinder(&["register", "--registry"]);
-    cmd.arg(format!("http://{api}"))
-        .args(["--service", "files", "--address"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args([
-            "--check-tcp",
-            "--ttl",
-            "1s",
-            "--drain-timeout",
-            "3s",
-            "--tag",
-            "runtime=python",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(script);
-    let proc = Proc::spawn(cmd);
-    (proc, ChildGroup { pidfile, port })
-}
 
 // === helpers: a backend that streams slowly ===
 
@@ -1189,145 +1100,6 @@ async fn discovery_lists_instances_with_tags_and_filters_healthy() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(wf.get_ok("disco").await, "live");
-}
-
-// === 8. `wayfinder register` with a child ===
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_child_appears_when_healthy_and_leaves_on_sigterm() {
-    let wf = AdminProxy::start("", "").await;
-    let port = free_port();
-    let id = format!("127.0.0.1:{port}");
-    let (mut registrar, child) = register_python(wf.api.addr, port, None);
-
-    let started = Instant::now();
-    within(20, "python instance routable through the proxy", async {
-        loop {
-            if let Ok(r) = wf.get("files").await {
-                if r.status == StatusCode::OK {
-                    assert!(r.text().contains("Directory listing"), "{}", r.text());
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    println!(
-        "registrar child routable {:?} after spawning",
-        started.elapsed()
-    );
-    let reg = wf.api.get(&format!("/v1/registry/files/{id}")).await;
-    assert_eq!(reg.status, StatusCode::OK, "{}", reg.text());
-    assert_eq!(reg.json()["tags"]["runtime"], "python");
-    assert!(child.alive(), "child PID file not written or child gone");
-
-    // SIGTERM: drain, deregister, stop the child, exit with its code.
-    registrar.signal(Signal::SIGTERM);
-    let status = registrar.wait(20, "registrar exits after SIGTERM").await;
-    let log = registrar.log();
-    assert_eq!(
-        wf.api.get(&format!("/v1/registry/files/{id}")).await.status,
-        StatusCode::NOT_FOUND,
-        "still registered after the registrar stopped\n{log}"
-    );
-    assert!(wf.api.addresses("files").await.is_empty());
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
-        "child still serving after the registrar stopped\n{log}"
-    );
-    assert!(!child.alive(), "child still running\n{log}");
-    assert!(log.contains("deregistered"), "{log}");
-    // The child (python) dies of the SIGTERM: 128 + 15.
-    assert_eq!(status.code(), Some(143), "{status}\n{log}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_child_that_exits_is_deregistered_with_its_exit_code() {
-    let wf = AdminProxy::start("", "").await;
-    let port = free_port();
-    let id = format!("127.0.0.1:{port}");
-    // The child stops itself after 4 s; `timeout` then exits with 124.
-    let (mut registrar, child) = register_python(wf.api.addr, port, Some(4));
-
-    within(20, "python instance registered", async {
-        while wf.api.get(&format!("/v1/registry/files/{id}")).await.status != StatusCode::OK {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(wf.get_ok("files").await.contains("Directory listing"));
-
-    let status = registrar.wait(20, "registrar exits with its child").await;
-    let log = registrar.log();
-    assert_eq!(status.code(), Some(124), "{status}\n{log}");
-    assert_eq!(
-        wf.api.get(&format!("/v1/registry/files/{id}")).await.status,
-        StatusCode::NOT_FOUND,
-        "still registered after the child exited\n{log}"
-    );
-    assert!(wf.api.addresses("files").await.is_empty());
-    assert!(!child.alive());
-    let after = wf.get("files").await.unwrap();
-    assert_ne!(after.status, StatusCode::OK);
-}
-
-// === 9. registrar re-registers after a proxy restart ===
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registrar_registers_again_after_the_proxy_restarts() {
-    let backend = Backend::start("phoenix").await;
-    let mut wf = AdminProxy::start("", "").await;
-    let admin = wf.api.addr;
-    let mut cmd = wayfinder(&["register", "--registry"]);
-    cmd.arg(format!("http://{admin}"))
-        .args(["--service", "phoenix", "--id", "p1", "--address"])
-        .arg(backend.addr.to_string())
-        .args(["--check-tcp", "--ttl", "600ms", "--drain-timeout", "2s"]);
-    let mut registrar = Proc::spawn(cmd);
-
-    within(10, "registered with the first proxy", async {
-        while wf.get("phoenix").await.ok().map(|r| r.status) != Some(StatusCode::OK) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert_eq!(wf.get_ok("phoenix").await, "phoenix");
-
-    // The proxy goes away (losing its soft state) and comes back on the
-    // same admin address.
-    wf.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let restarted = Instant::now();
-    let wf2 = within(10, "restart on the same admin port", async {
-        loop {
-            match AdminProxy::start_at(admin.port(), "", "").await {
-                Ok(wf) => return wf,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    })
-    .await;
-    assert!(
-        wf2.api.addresses("phoenix").await.is_empty(),
-        "state survived?"
-    );
-    within(15, "registered again with the restarted proxy", async {
-        while wf2.api.get("/v1/registry/phoenix/p1").await.status != StatusCode::OK {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    println!(
-        "registrar registered again {:?} after the proxy restarted",
-        restarted.elapsed()
-    );
-    assert_eq!(wf2.get_ok("phoenix").await, "phoenix");
-
-    registrar.signal(Signal::SIGTERM);
-    let status = registrar.wait(15, "registrar exits after SIGTERM").await;
-    assert_eq!(status.code(), Some(0), "{}", registrar.log());
-    assert!(wf2.api.addresses("phoenix").await.is_empty());
 }
 
 // === 10. hot reload ===
