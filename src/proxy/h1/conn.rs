@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -301,8 +301,9 @@ impl Conn<'_> {
         let mut chunked = ChunkedScanner::default();
         let mut scanned = start;
         // Each pause within the body timeout; after one head timeout of
-        // buffering, the general path streams the rest.
-        let deadline = Instant::now() + self.header_timeout;
+        // buffering, the general path streams the rest. (Set at the first
+        // wait: most requests never wait.)
+        let mut deadline = None;
         loop {
             match routed.body {
                 Framing::Empty | Framing::UntilClose => return Ok(Body::Ready { end: start }),
@@ -337,6 +338,7 @@ impl Conn<'_> {
                 },
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.header_timeout);
             if now >= deadline {
                 return Ok(Body::Fallback);
             }
@@ -565,7 +567,8 @@ fn header_line(out: &mut Vec<u8>, name: &str, value: &str) {
 }
 
 /// Writes `bytes` to the client; a write that makes no progress for
-/// `timeout` fails (the client stopped reading).
+/// `timeout` fails (the client stopped reading). Most writes complete at
+/// once: the timer is only touched when the socket is full.
 async fn send(
     stream: &mut TcpStream,
     bytes: &[u8],
@@ -574,26 +577,42 @@ async fn send(
 ) -> io::Result<()> {
     let mut written = 0;
     while written < bytes.len() {
-        // Most writes complete at once; the timer is only armed when
-        // polled, that is when the socket is full.
-        timer.as_mut().reset(Instant::now() + timeout);
-        let n = tokio::select! {
-            biased;
-            r = stream.write(&bytes[written..]) => r?,
-            () = timer.as_mut() => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))
+        match stream.try_write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                timer.as_mut().reset(Instant::now() + timeout);
+                tokio::select! {
+                    biased;
+                    r = stream.writable() => r?,
+                    () = timer.as_mut() => {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))
+                    }
+                }
             }
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            Err(e) => return Err(e),
         }
-        written += n;
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes` through a shared reference (readiness and
+/// `try_write`).
+async fn write_shared(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
 
 /// Reads what `stream` has into `buf`, making room first.
-async fn read_more<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < READ_SPACE {
         buf.reserve(READ_SPACE);
     }
@@ -602,12 +621,22 @@ async fn read_more<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut) -> 
 
 /// Completes when the client closes or resets its connection. Bytes it
 /// sends meanwhile (pipelined requests) are kept in `buf`, up to `limit`;
-/// past that the watch stops (the next request will be read later).
-async fn client_closed<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut BytesMut, limit: usize) {
+/// past that the watch stops (the next request will be read later). Uses
+/// readiness and `try_read`, so the socket is shared, not borrowed
+/// mutably, with the writes of interim answers.
+async fn client_closed(stream: &TcpStream, buf: &mut BytesMut, limit: usize) {
     while buf.len() < limit {
-        match read_more(stream, buf).await {
-            Ok(0) | Err(_) => return,
+        if stream.readable().await.is_err() {
+            return;
+        }
+        if buf.capacity() - buf.len() < READ_SPACE {
+            buf.reserve(READ_SPACE);
+        }
+        match stream.try_read_buf(buf) {
+            Ok(0) => return,
             Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
     std::future::pending::<()>().await;
@@ -674,7 +703,7 @@ impl Exchange for FastExchange<'_> {
         let connected = tokio::select! {
             biased;
             c = connect => c,
-            () = client_closed(self.client, self.client_buf, self.watch_limit) => {
+            () = client_closed(&*self.client, self.client_buf, self.watch_limit) => {
                 return self.lost(Lost::ClientGone);
             }
         };
@@ -737,8 +766,7 @@ impl FastExchange<'_> {
             head: self.head_request,
             upgrade: None,
         };
-        // Reading half watched, writing half for interim answers.
-        let (mut client_rd, mut client_wr) = self.client.split();
+        let client: &TcpStream = self.client;
         let send_timeout = self.send_timeout;
         let request = self.request;
         let resp = &mut *self.resp;
@@ -753,13 +781,13 @@ impl FastExchange<'_> {
                     .map_err(|e| Lost::Sent(e.to_string()))?,
                 Err(e) => return Err(Lost::Unsent(e.to_string())),
             }
-            response_head(conn, resp, asked, &mut client_wr, send_timeout).await
+            response_head(conn, resp, asked, client, send_timeout).await
         };
         tokio::select! {
             biased;
             r = relay => r,
             () = self.timer.as_mut() => Err(Lost::TimedOut),
-            () = client_closed(&mut client_rd, self.client_buf, self.watch_limit) => Err(Lost::ClientGone),
+            () = client_closed(client, self.client_buf, self.watch_limit) => Err(Lost::ClientGone),
         }
     }
 }
@@ -767,11 +795,11 @@ impl FastExchange<'_> {
 /// Reads the response head on `conn`, relaying interim (1xx) answers to
 /// `client` and skipping `100 Continue`, and writes the final head's client
 /// version to `resp`.
-async fn response_head<W: AsyncWrite + Unpin>(
+async fn response_head(
     conn: &mut RawConn,
     resp: &mut Vec<u8>,
     asked: Asked<'_>,
-    client: &mut W,
+    client: &TcpStream,
     send_timeout: Duration,
 ) -> Result<(u16, Answer), Lost> {
     let mut interim = 0;
@@ -792,7 +820,7 @@ async fn response_head<W: AsyncWrite + Unpin>(
                         let mut head = Vec::with_capacity(len + 16);
                         h.write_client(&mut head);
                         head.extend_from_slice(b"\r\n");
-                        let write = client.write_all(&head);
+                        let write = write_shared(client, &head);
                         match tokio::time::timeout(send_timeout, write).await {
                             Ok(Ok(())) => {}
                             _ => return Err(Lost::ClientGone),

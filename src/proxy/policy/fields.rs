@@ -159,6 +159,15 @@ pub(crate) struct ConnectionTokens {
 impl ConnectionTokens {
     /// Adds the tokens of one `Connection` field line.
     pub(crate) fn add(&mut self, value: &[u8]) {
+        // The usual single-token values, without splitting.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return;
+        }
         for t in list(value) {
             if t.eq_ignore_ascii_case(b"close") {
                 self.close = true;

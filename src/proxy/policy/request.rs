@@ -85,6 +85,9 @@ pub(crate) struct RequestPlan<'a> {
     /// The received `X-Forwarded-Proto` / `-Host` lines are kept.
     keep_xfp: bool,
     keep_xfh: bool,
+    /// The received framing line is kept as it is (a single canonical
+    /// `Content-Length` or `Transfer-Encoding: chunked`).
+    framing_line: bool,
 }
 
 /// Checks a request head and decides how it is forwarded.
@@ -109,6 +112,7 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
     let mut upgrades = 0;
     let mut expect_continue = false;
     let (mut skip, mut xff, mut fwd) = (0u128, 0u128, 0u128);
+    let (mut length_lines, mut coding_lines) = (0u128, 0u128);
     let (mut xfp, mut xfh) = (0u128, 0u128);
     for i in 0..n {
         let (name, value) = (fields.name(i), fields.value(i));
@@ -127,6 +131,7 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
             }
             Name::ContentLength => {
                 skip |= bit;
+                length_lines |= bit;
                 let n =
                     content_length(value).ok_or(ProxyError::BadRequest("bad Content-Length"))?;
                 match length {
@@ -138,6 +143,7 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
             }
             Name::TransferEncoding => {
                 skip |= bit;
+                coding_lines |= bit;
                 coding.add(value);
             }
             Name::Connection => conn.add(value),
@@ -210,6 +216,15 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
     if conn.lists_fields {
         skip |= listed(fields, n);
     }
+    let framing_line = match body {
+        Framing::Length(n) if !matches!(req.version, Version::H2 { .. }) => {
+            keep_canonical_length(fields, length_lines, n, &mut skip)
+        }
+        Framing::Chunked if !matches!(req.version, Version::H2 { .. }) => {
+            keep_canonical_chunked(fields, coding_lines, &mut skip)
+        }
+        _ => false,
+    };
     // Trust: a peer's own forwarding claims count only when it is trusted.
     let keep_xfp = hop.trusted && xfp != 0;
     let keep_xfh = hop.trusted && xfh != 0;
@@ -243,6 +258,7 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
         forwarded: if hop.trusted && hop.forwarded { fwd } else { 0 },
         keep_xfp,
         keep_xfh,
+        framing_line,
     })
 }
 
@@ -285,6 +301,46 @@ pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
             .iter()
             .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
     )
+}
+
+/// When `lines` (the `Content-Length` lines) is a single line whose value is
+/// the canonical decimal of `n`, keeps that line (clears it from `skip`)
+/// and says so: it is byte for byte what the proxy would write, and copying
+/// it keeps the received lines in one run. Otherwise the proxy writes the
+/// line itself.
+pub(crate) fn keep_canonical_length<F: Fields + ?Sized>(
+    fields: &F,
+    lines: u128,
+    n: u64,
+    skip: &mut u128,
+) -> bool {
+    if lines.count_ones() != 1 {
+        return false;
+    }
+    let i = lines.trailing_zeros() as usize;
+    let keep = fields.value(i) == itoa::Buffer::new().format(n).as_bytes();
+    if keep {
+        *skip &= !lines;
+    }
+    keep
+}
+
+/// The same for a single `Transfer-Encoding: chunked` line.
+pub(crate) fn keep_canonical_chunked<F: Fields + ?Sized>(
+    fields: &F,
+    lines: u128,
+    skip: &mut u128,
+) -> bool {
+    if lines.count_ones() != 1 {
+        return false;
+    }
+    let keep = fields
+        .value(lines.trailing_zeros() as usize)
+        .eq_ignore_ascii_case(b"chunked");
+    if keep {
+        *skip &= !lines;
+    }
+    keep
 }
 
 /// The transfer codings of a message, summed over its lines.
@@ -343,6 +399,7 @@ impl RequestPlan<'_> {
             w.field(b"host", authority);
         }
         match self.body {
+            _ if self.framing_line => {}
             Framing::Length(n) => w.field_with(b"content-length", |v| {
                 v.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
             }),

@@ -61,8 +61,11 @@ pub(crate) struct ResponsePlan {
     pub reusable: bool,
     /// Received lines not relayed, by index.
     pub skip: u128,
-    /// `Content-Length` to write (for a body, or for HEAD/304 answers).
+    /// `Content-Length` to write (for a body, or for HEAD/304 answers);
+    /// `None` also when the received line is kept as it is.
     length: Option<u64>,
+    /// The received `Transfer-Encoding: chunked` line is kept as it is.
+    chunked_line: bool,
 }
 
 /// Checks a response head and decides how it is relayed; `Err` names
@@ -82,6 +85,8 @@ pub(crate) fn plan<F: Fields + ?Sized>(
     }
     let mut skip = 0u128;
     let mut length: Option<(u64, &[u8])> = None;
+    // The framing lines, by index, for keeping a single canonical one.
+    let (mut length_lines, mut coding_lines) = (0u128, 0u128);
     let mut codings = Codings::default();
     let mut conn = ConnectionTokens::default();
     let mut upgrade: Option<&[u8]> = None;
@@ -95,6 +100,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
         match class {
             Name::ContentLength => {
                 skip |= bit;
+                length_lines |= bit;
                 let n = content_length(value).ok_or("bad Content-Length")?;
                 match length {
                     Some((_, first)) if first != value => {
@@ -105,6 +111,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
             }
             Name::TransferEncoding => {
                 skip |= bit;
+                coding_lines |= bit;
                 codings.add(value)?;
             }
             Name::Connection => conn.add(value),
@@ -149,6 +156,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
             reusable: false,
             skip,
             length: None,
+            chunked_line: false,
         });
     }
     let no_body = asked.head || status == 204 || status == 304;
@@ -185,18 +193,31 @@ pub(crate) fn plan<F: Fields + ?Sized>(
     } else {
         conn.keep_alive && !conn.close && !codings.any
     } && !announces_body;
-    let length = match (body, length) {
+    let mut length = match (body, length) {
         (Framing::Length(n), _) => Some(n),
         // The length of what a GET would have returned.
         (Framing::Empty, Some((n, _))) if (asked.head || status == 304) && !codings.any => Some(n),
         _ => None,
     };
+    let mut chunked_line = false;
+    match (body, length) {
+        (_, Some(n)) => {
+            if super::request::keep_canonical_length(fields, length_lines, n, &mut skip) {
+                length = None;
+            }
+        }
+        (Framing::Chunked, None) => {
+            chunked_line = super::request::keep_canonical_chunked(fields, coding_lines, &mut skip);
+        }
+        _ => {}
+    }
     Ok(ResponsePlan {
         kind,
         body,
         reusable: persistent && body != Framing::UntilClose,
         skip,
         length,
+        chunked_line,
     })
 }
 
@@ -248,7 +269,9 @@ impl ResponsePlan {
                     w.field(b"upgrade", p);
                 }
             }
-            (_, Framing::Chunked, _) => w.field(b"transfer-encoding", b"chunked"),
+            (_, Framing::Chunked, _) if !self.chunked_line => {
+                w.field(b"transfer-encoding", b"chunked")
+            }
             (_, _, Some(n)) => w.field_with(b"content-length", |v| {
                 v.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
             }),
@@ -400,8 +423,14 @@ mod tests {
         };
         let (_, out) = parse("HTTP/1.1 200 OK\r\nContent-Length: 05\r\n\r\n", head).unwrap();
         assert_eq!(out, "content-length: 5\r\n");
+        let err = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Asked::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err, "bad Transfer-Encoding");
         let (_, out) = parse(
-            "HTTP/1.1 200 OK\r\nConnection: close, x-a\r\nX-A: 1\r\nKeep-Alive: 1\r\nProxy-Authenticate: b\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: close, x-a\r\nX-A: 1\r\nKeep-Alive: 1\r\nProxy-Authenticate: b\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
             Asked::default(),
         )
         .unwrap();

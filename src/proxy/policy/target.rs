@@ -130,61 +130,87 @@ fn absolute_form(target: &str) -> Option<(&str, &str)> {
 /// literal in brackets, or a reg-name of unreserved characters,
 /// percent-encodings and sub-delims, optionally followed by a decimal port.
 /// Empty values, user info (`@`), paths, queries and white space are not.
+/// One pass over the bytes with a table: this runs for every request.
 pub(crate) fn valid_authority(s: &str) -> bool {
     let b = s.as_bytes();
-    let (host, port) = if b.first() == Some(&b'[') {
-        let Some(end) = s.find(']') else {
-            return false;
-        };
-        let inside = &b[1..end];
-        if inside.is_empty()
-            || !inside
-                .iter()
-                .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
-        {
-            return false;
-        }
-        match &s[end + 1..] {
-            "" => return true,
-            rest => match rest.strip_prefix(':') {
-                Some(port) => (None, port),
-                None => return false,
-            },
-        }
-    } else {
-        match s.rsplit_once(':') {
-            Some((h, p)) => (Some(h), p),
-            None => (Some(s), ""),
-        }
-    };
-    if let Some(host) = host {
-        if host.is_empty() || !reg_name(host.as_bytes()) {
-            return false;
-        }
+    if b.first() == Some(&b'[') {
+        return valid_ip_literal(b);
     }
-    port.len() <= 5 && port.bytes().all(|c| c.is_ascii_digit())
-}
-
-fn reg_name(b: &[u8]) -> bool {
+    // The host: reg-name bytes up to the last ':' (a reg-name has none).
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            b'%' => {
-                if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                    && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-                {
-                    return false;
-                }
-                i += 3;
-                continue;
+        let c = b[i];
+        if REG_NAME[usize::from(c)] {
+            i += 1;
+        } else if c == b'%' {
+            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
+                return false;
             }
-            c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c) => {}
-            _ => return false,
+            i += 3;
+        } else if c == b':' {
+            return i > 0 && valid_port(&b[i + 1..]);
+        } else {
+            return false;
         }
-        i += 1;
     }
-    true
+    i > 0
 }
+
+/// `[` IPv6 or dotted hex `]` [`:` port].
+fn valid_ip_literal(b: &[u8]) -> bool {
+    let Some(end) = b.iter().position(|&c| c == b']') else {
+        return false;
+    };
+    let inside = &b[1..end];
+    if inside.is_empty()
+        || !inside
+            .iter()
+            .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+    {
+        return false;
+    }
+    match &b[end + 1..] {
+        [] => true,
+        [b':', port @ ..] => valid_port(port),
+        _ => false,
+    }
+}
+
+/// Up to five digits (RFC 3986 allows an empty port).
+fn valid_port(p: &[u8]) -> bool {
+    p.len() <= 5 && p.iter().all(u8::is_ascii_digit)
+}
+
+/// The bytes a reg-name takes as they are: unreserved and sub-delims.
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        c += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

@@ -119,7 +119,10 @@ fn rewrites_response_heads() {
         "HTTP/1.1 200 OK\r\nServer: b\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n",
         false,
     );
-    assert_eq!(out, "HTTP/1.1 200 OK\r\nServer: b\r\ncontent-length: 5\r\n");
+    assert_eq!(
+        out, "HTTP/1.1 200 OK\r\nServer: b\r\nContent-Length: 5\r\n",
+        "a single canonical Content-Length line is kept as received"
+    );
     assert_eq!((body, reusable), (Framing::Length(5), true));
     let (out, body, _) = client_head(
         "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nConnection: close, X-A\r\nX-A: 1\r\n\r\n",
@@ -127,7 +130,7 @@ fn rewrites_response_heads() {
     );
     assert_eq!(
         out,
-        "HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n"
+        "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n"
     );
     assert_eq!(body, Framing::Chunked);
     let (out, body, reusable) = client_head("HTTP/1.0 200 OK\r\nX: y\r\n\r\n", false);
