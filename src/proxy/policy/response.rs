@@ -201,11 +201,12 @@ pub(crate) fn plan<F: Fields + ?Sized>(
     };
     let mut chunked_line = false;
     match (body, length) {
-        (_, Some(n)) => {
-            if super::request::keep_canonical_length(fields, length_lines, n, &mut skip) {
-                length = None;
-            }
+        (_, Some(n))
+            if super::request::keep_canonical_length(fields, length_lines, n, &mut skip) =>
+        {
+            length = None;
         }
+        (_, Some(_)) => {}
         (Framing::Chunked, None) => {
             chunked_line = super::request::keep_canonical_chunked(fields, coding_lines, &mut skip);
         }
