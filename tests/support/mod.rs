@@ -7,6 +7,8 @@
 //!   ([`Proxy`]) or on ([`AdminProxy`], [`Api`]), and config snippets;
 //! - [`raw`]: exact bytes on raw sockets (strict response reader,
 //!   scripted [`raw::RawBackend`]);
+//! - [`attack`]: attack scenarios (a recording, strictly parsing instance,
+//!   LF-tolerant response parsing, HTTP/2 frames by hand, in-flight counts);
 //! - [`procs`]: ports, temporary files and the processes a test spawns
 //!   (`wayfinder` itself, [`Proc`]; etcd or dnsmasq, [`Daemon`]);
 //! - here: bodies and bounded waits.
@@ -19,6 +21,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod attack;
 pub mod backend;
 pub mod client;
 pub mod procs;
