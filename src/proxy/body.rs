@@ -103,6 +103,7 @@ impl Drop for UpstreamBody {
 pub struct Progress {
     done: AtomicBool,
     timed_out: AtomicBool,
+    failed: AtomicBool,
     notify: Notify,
 }
 
@@ -110,6 +111,12 @@ impl Progress {
     /// Whether the client stopped sending the body (it was abandoned).
     pub fn client_timed_out(&self) -> bool {
         self.timed_out.load(Ordering::Acquire)
+    }
+
+    /// Whether the client's body was malformed or cut short (hyper's
+    /// decoder failed on it): the client's fault, not the instance's.
+    pub fn client_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     fn finish(&self) {
@@ -164,6 +171,9 @@ impl Body for UpstreamBody {
                     _ => {}
                 }
                 if let Some(p) = progress {
+                    if let Poll::Ready(Some(Err(_))) = &polled {
+                        p.failed.store(true, Ordering::Release);
+                    }
                     match &polled {
                         Poll::Ready(None) | Poll::Ready(Some(Err(_))) => p.finish(),
                         Poll::Ready(Some(Ok(_))) if body.is_end_stream() => p.finish(),

@@ -10,6 +10,10 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
 
+/// What a `400` for a request body that is malformed or ends early says
+/// (both codecs: hyper's decoder does not tell the two apart).
+pub(crate) const BAD_BODY: &str = "malformed or incomplete request body";
+
 /// Content type of the proxy's own error answers.
 pub(crate) const BODY_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 

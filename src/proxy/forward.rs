@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 
 use super::attempt::{self, Outcome};
 use super::body::{ProxyBody, TrackedBody, UpstreamBody};
-use super::error::ProxyError;
+use super::error::{ProxyError, BAD_BODY};
 use super::headers::{self, MapWriter};
 use super::policy::request::{self, RequestView};
 use super::policy::response::{self, Asked, Kind, ResponsePlan, ResponseView};
@@ -37,7 +37,6 @@ use super::upstream::{self, Sender};
 use super::{Client, Proxy};
 use crate::health::passive::Failure;
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
-use crate::router::strip_path;
 
 /// Response header listing the attempts behind a response, when
 /// `proxy.debug_header` is on.
@@ -100,6 +99,10 @@ enum Attempt {
     TimedOut,
     /// The client stopped sending its body.
     ClientTimedOut,
+    /// The client's body was malformed or cut short.
+    ClientBodyFailed,
+    /// The instance's response head could not be parsed.
+    BadHead(&'static str),
 }
 
 /// Attempts through hyper's HTTP/1.1 client: the request is rebuilt from
@@ -111,7 +114,9 @@ struct HyperExchange<'a> {
     pending: Option<Request<UpstreamBody>>,
     resend_ok: bool,
     asked: Asked<'a>,
-    client_timed_out: bool,
+    /// Why the client's side failed, when it did (its body timed out or
+    /// was malformed): answered as such, held against no instance.
+    client_failed: Option<ProxyError>,
 }
 
 impl attempt::Exchange for HyperExchange<'_> {
@@ -150,9 +155,15 @@ impl attempt::Exchange for HyperExchange<'_> {
             }
             Attempt::TimedOut => Outcome::TimedOut,
             Attempt::ClientTimedOut => {
-                self.client_timed_out = true;
+                self.client_failed =
+                    Some(ProxyError::ClientTimeout(self.proxy.settings.client_body));
                 Outcome::Abandoned
             }
+            Attempt::ClientBodyFailed => {
+                self.client_failed = Some(ProxyError::BadRequest(BAD_BODY));
+                Outcome::Abandoned
+            }
+            Attempt::BadHead(detail) => Outcome::BadResponse(detail),
             Attempt::Failed {
                 request,
                 error,
@@ -213,7 +224,8 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
-        let size = head_size(&parts);
+        let target = request_target(&parts.uri);
+        let size = head_size(&parts, &target);
         if size > self.settings.max_header_bytes {
             return Err(ProxyError::HeadersTooLarge {
                 size,
@@ -234,7 +246,6 @@ impl Proxy {
         let h2_client = parts.version == Version::HTTP_2;
         let hop = client.hop(&self.settings, via);
         let fields = headers::fields(&parts.headers);
-        let target = request_target(&parts.uri);
         let view = RequestView {
             method: method.as_str(),
             target: &target,
@@ -244,7 +255,7 @@ impl Proxy {
         let plan = request::plan(&view, &hop)?;
         let routed = self.route(&plan.target, plan.upgrade)?;
         let service = routed.service;
-        let path = strip_path(plan.target.path_and_query, routed.strip);
+        let path = plan.target.forward(routed.strip);
         let uri =
             Uri::try_from(&*path).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
         let mut upstream_headers = headers::keep(&fields, plan.skip);
@@ -280,11 +291,11 @@ impl Proxy {
                 head: template.method == Method::HEAD,
                 upgrade: routed.upgrade,
             },
-            client_timed_out: false,
+            client_failed: None,
         };
         let result = attempt::run_with_deadline(&service, &mut exchange, trail).await;
-        if exchange.client_timed_out {
-            return Err(ProxyError::ClientTimeout(self.settings.client_body));
+        if let Some(e) = exchange.client_failed.take() {
+            return Err(e);
         }
         let ((resp, sender, plan, fields), guard) = result?;
         let asked = exchange.asked;
@@ -415,11 +426,21 @@ async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Durat
         r = sent => Some(r),
         () = timer => None,
     };
-    if progress.as_ref().is_some_and(|p| p.client_timed_out()) {
-        return Attempt::ClientTimedOut;
+    if let Some(p) = &progress {
+        if p.client_timed_out() {
+            return Attempt::ClientTimedOut;
+        }
+        if p.client_failed() {
+            return Attempt::ClientBodyFailed;
+        }
     }
     match outcome {
         Some(Ok(resp)) => Attempt::Answered(resp, sender),
+        Some(Err(e)) if e.error().is_parse() || e.error().is_parse_status() => {
+            // The instance answered with a head hyper cannot read: a bad
+            // response (502, not retried), as on the fast path.
+            Attempt::BadHead(parse_detail(e.error()))
+        }
         Some(Err(mut e)) => {
             let request = e.take_message();
             // Not written: nothing reached the instance, so it counts as a
@@ -436,6 +457,17 @@ async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Durat
             }
         }
         None => Attempt::TimedOut,
+    }
+}
+
+/// A short description of a response parse error hyper reports.
+fn parse_detail(e: &hyper::Error) -> &'static str {
+    if e.is_parse_status() {
+        "invalid status code"
+    } else if e.is_parse_too_large() {
+        "response head too large"
+    } else {
+        "malformed response head"
     }
 }
 
@@ -459,13 +491,12 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guard: InFlightGuard, se
     drop(guard);
 }
 
-/// Size of the request head as received: request line plus header lines.
-fn head_size(parts: &Parts) -> usize {
-    let line = parts.method.as_str().len()
-        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + 12;
+/// Size of the request head as received: the request line, the header
+/// lines and the final empty line (as the fast path counts it).
+fn head_size(parts: &Parts, target: &str) -> usize {
+    let line = parts.method.as_str().len() + 1 + target.len() + 1 + 8 + 2;
     parts
         .headers
         .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+        .fold(line + 2, |n, (k, v)| n + k.as_str().len() + 2 + v.len() + 2)
 }

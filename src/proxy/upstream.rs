@@ -32,6 +32,9 @@ pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
 /// flowing when the response ended early).
 const READY_WAIT: Duration = Duration::from_millis(50);
 
+/// Largest response head accepted from an instance (both codecs).
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// Read buffer of a fast-path upstream connection.
 const RAW_BUF: usize = 8 * 1024;
 
@@ -259,7 +262,11 @@ async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectE
 /// driven by its own task, which ends when the connection closes.
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
     let stream = dial(addr, timeout).await?;
+    // Response heads over 64 KiB or 128 lines are refused, as on the fast
+    // path.
     let (sender, conn) = http1::Builder::new()
+        .max_header_size(MAX_RESPONSE_HEAD)
+        .max_headers(crate::proxy::policy::request::MAX_FIELDS)
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {

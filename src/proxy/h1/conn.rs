@@ -30,15 +30,14 @@ use tokio::time::{Instant, Sleep};
 use super::head::{self, HeadError};
 use crate::health::passive::Failure;
 use crate::proxy::attempt::{self, Exchange, Outcome};
-use crate::proxy::error::ProxyError;
+use crate::proxy::error::{ProxyError, BAD_BODY};
 use crate::proxy::forward::{DEBUG_HEADER, SNAPSHOT_HEADER};
-use crate::proxy::policy::chunked::ChunkedScanner;
+use crate::proxy::policy::chunked::{rechunk, ChunkedScanner};
 use crate::proxy::policy::response::Asked;
 use crate::proxy::policy::Framing;
-use crate::proxy::upstream::{self, RawConn};
+use crate::proxy::upstream::{self, RawConn, MAX_RESPONSE_HEAD};
 use crate::proxy::{Client, Proxy};
 use crate::registry::{InstanceState, ServiceEntry};
-use crate::router::strip_path;
 
 /// Largest request body the fast path takes; a longer or still-streaming
 /// body sends the connection to the general path, which streams it.
@@ -47,11 +46,8 @@ const BUFFERED_BODY: u64 = 64 * 1024;
 /// Least free space offered to a read.
 const READ_SPACE: usize = 4 * 1024;
 
-/// Largest response head accepted from an instance.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
 /// Most interim (1xx) responses relayed before the final one.
-const MAX_INTERIM: usize = 16;
+const MAX_INTERIM: usize = 64;
 
 /// How the fast path let go of a connection.
 #[derive(Debug)]
@@ -139,6 +135,10 @@ struct Routed {
     body: Framing,
     close: bool,
     resendable: bool,
+    /// Trailer fields the request declares (a chunked body may carry them).
+    trailers: Vec<Vec<u8>>,
+    /// The client takes trailers in the response (`TE: trailers`).
+    accepts_trailers: bool,
 }
 
 enum Prepared {
@@ -153,10 +153,13 @@ enum Prepared {
 
 /// A response head received from an instance; its client version is in
 /// `Conn::resp`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Answer {
     body: Framing,
     reusable: bool,
+    /// Trailer fields that may reach the client (declared by the response,
+    /// and the client sent `TE: trailers`).
+    trailers: Vec<Vec<u8>>,
 }
 
 /// Why relaying a response stopped.
@@ -188,7 +191,7 @@ impl Conn<'_> {
             .as_mut()
             .reset(Instant::now() + self.header_timeout);
         self.head_request = false;
-        let routed = loop {
+        let mut routed = loop {
             if !self.buf.is_empty() {
                 match self.prepare() {
                     Prepared::Partial => {}
@@ -218,7 +221,7 @@ impl Conn<'_> {
                 _ => return Step::Close,
             }
         };
-        let end = match self.buffer_body(&routed).await {
+        let end = match self.buffer_body(&mut routed).await {
             Ok(Body::Ready { end }) => end,
             Ok(Body::Fallback) => return Step::Fallback,
             Err(step) => return step,
@@ -283,7 +286,7 @@ impl Conn<'_> {
             return Prepared::Fallback;
         }
         self.out.clear();
-        let target = strip_path(plan.target.path_and_query, routed.strip);
+        let target = plan.target.forward(routed.strip);
         head.write_upstream(&target, &hop, &mut self.out);
         Prepared::Routed(Routed {
             service: routed.service,
@@ -291,14 +294,16 @@ impl Conn<'_> {
             body: plan.body,
             close: plan.close,
             resendable: head.resendable(),
+            trailers: head.declared_trailers(),
+            accepts_trailers: plan.accepts_trailers,
         })
     }
 
     /// Reads until the request body is whole in the buffer and appends it
     /// (chunked: checked, with its trailer section filtered) to `out`.
-    async fn buffer_body(&mut self, routed: &Routed) -> Result<Body, Step> {
+    async fn buffer_body(&mut self, routed: &mut Routed) -> Result<Body, Step> {
         let start = routed.head_len;
-        let mut chunked = ChunkedScanner::default();
+        let mut chunked = ChunkedScanner::with_trailers(std::mem::take(&mut routed.trailers));
         let mut scanned = start;
         // Each pause within the body timeout; after one head timeout of
         // buffering, the general path streams the rest. (Set at the first
@@ -317,13 +322,11 @@ impl Conn<'_> {
                 }
                 Framing::Chunked => match chunked.feed(&self.buf[scanned..]) {
                     Ok(scan) if scan.done => {
-                        self.out
-                            .extend_from_slice(&self.buf[start..scanned + scan.pass]);
-                        self.out.extend_from_slice(chunked.trailers());
-                        self.out.extend_from_slice(b"\r\n");
-                        return Ok(Body::Ready {
-                            end: scanned + scan.consumed,
-                        });
+                        // Written out again in canonical form, as hyper
+                        // would: plain sizes, no extensions.
+                        let end = scanned + scan.consumed;
+                        rechunk(&self.buf[start..end], chunked.trailers(), &mut self.out);
+                        return Ok(Body::Ready { end });
                     }
                     Ok(_) if (self.buf.len() - start) as u64 > BUFFERED_BODY => {
                         return Ok(Body::Fallback)
@@ -331,9 +334,7 @@ impl Conn<'_> {
                     Ok(_) => scanned = self.buf.len(),
                     Err(e) => {
                         tracing::debug!(error = %e, "bad request body");
-                        return Err(self
-                            .refuse(&ProxyError::BadRequest("malformed chunked body"), true)
-                            .await);
+                        return Err(self.refuse(&ProxyError::BadRequest(BAD_BODY), true).await);
                     }
                 },
             }
@@ -357,7 +358,12 @@ impl Conn<'_> {
             };
             match outcome {
                 Ok(n) if n > 0 => {}
-                _ => return Err(Step::Close),
+                // Closed (or half-closed) before its body was whole.
+                Ok(_) => {
+                    let e = ProxyError::BadRequest(BAD_BODY);
+                    return Err(self.refuse(&e, true).await);
+                }
+                Err(_) => return Err(Step::Close),
             }
         }
     }
@@ -376,6 +382,7 @@ impl Conn<'_> {
             timer: &mut self.response_timer,
             resendable: routed.resendable,
             head_request: self.head_request,
+            accepts_trailers: routed.accepts_trailers,
             client: &mut self.stream,
             client_buf: &mut self.buf,
             client_gone: false,
@@ -398,7 +405,8 @@ impl Conn<'_> {
         let close = routed.close || answer.body == Framing::UntilClose || *self.stopping.borrow();
         self.extra_headers(trail.as_deref(), close);
         self.resp.extend_from_slice(b"\r\n");
-        match self.relay_body(&mut upstream, answer.body).await {
+        let body = answer.body;
+        match self.relay_body(&mut upstream, body, answer.trailers).await {
             Ok(true) if answer.reusable && upstream.buf.is_empty() => {
                 let instance = guard.instance();
                 if !instance.is_draining() {
@@ -433,8 +441,13 @@ impl Conn<'_> {
 
     /// Sends the head in `resp` and the body behind it in `upstream`;
     /// `Ok(true)` when the body ended where its framing said.
-    async fn relay_body(&mut self, upstream: &mut RawConn, body: Framing) -> Result<bool, Relay> {
-        let mut chunked = ChunkedScanner::default();
+    async fn relay_body(
+        &mut self,
+        upstream: &mut RawConn,
+        body: Framing,
+        trailers: Vec<Vec<u8>>,
+    ) -> Result<bool, Relay> {
+        let mut chunked = ChunkedScanner::with_trailers(trailers);
         let mut remaining = match body {
             Framing::Length(n) => n,
             _ => 0,
@@ -652,6 +665,7 @@ struct FastExchange<'a> {
     timer: &'a mut Pin<Box<Sleep>>,
     resendable: bool,
     head_request: bool,
+    accepts_trailers: bool,
     /// The client's socket, watched while the instance works.
     client: &'a mut TcpStream,
     client_buf: &'a mut BytesMut,
@@ -768,6 +782,7 @@ impl FastExchange<'_> {
         };
         let client: &TcpStream = self.client;
         let send_timeout = self.send_timeout;
+        let accepts_trailers = self.accepts_trailers;
         let request = self.request;
         let resp = &mut *self.resp;
         let relay = async {
@@ -781,7 +796,7 @@ impl FastExchange<'_> {
                     .map_err(|e| Lost::Sent(e.to_string()))?,
                 Err(e) => return Err(Lost::Unsent(e.to_string())),
             }
-            response_head(conn, resp, asked, client, send_timeout).await
+            response_head(conn, resp, asked, accepts_trailers, client, send_timeout).await
         };
         tokio::select! {
             biased;
@@ -799,6 +814,7 @@ async fn response_head(
     conn: &mut RawConn,
     resp: &mut Vec<u8>,
     asked: Asked<'_>,
+    accepts_trailers: bool,
     client: &TcpStream,
     send_timeout: Duration,
 ) -> Result<(u16, Answer), Lost> {
@@ -832,9 +848,15 @@ async fn response_head(
                 Ok(Some(h)) => {
                     resp.clear();
                     h.write_client(resp);
+                    let trailers = if accepts_trailers && h.plan.body == Framing::Chunked {
+                        h.declared_trailers()
+                    } else {
+                        Vec::new()
+                    };
                     let answer = Answer {
                         body: h.plan.body,
                         reusable: h.plan.reusable,
+                        trailers,
                     };
                     let (status, len) = (h.status, h.len);
                     conn.buf.advance(len);

@@ -67,7 +67,7 @@ pub(crate) fn parse_request<'h, 'b>(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HeadError::Refuse(ProxyError::TooManyHeaders {
-                count: MAX_FIELDS + 1,
+                count: header_lines(buf),
                 limit: MAX_FIELDS,
             }))
         }
@@ -114,7 +114,33 @@ pub(crate) fn parse_request<'h, 'b>(
     }))
 }
 
+/// How many header lines the head at the start of `buf` has (as far as it
+/// has arrived): the lines between the request line and the empty line.
+fn header_lines(buf: &[u8]) -> usize {
+    let mut lines = 0usize;
+    let mut start = 0;
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b'\n' {
+            let line = &buf[start..i];
+            if line.is_empty() || line == b"\r" {
+                break;
+            }
+            lines += 1;
+            start = i + 1;
+        }
+    }
+    lines.saturating_sub(1)
+}
+
 impl RequestHead<'_, '_> {
+    /// The trailer fields the request declares (empty without `Trailer`).
+    pub(crate) fn declared_trailers(&self) -> Vec<Vec<u8>> {
+        if self.plan.trailer_lines == 0 {
+            return Vec::new();
+        }
+        fields::declared_trailers(self.headers, self.plan.trailer_lines)
+    }
+
     /// Whether the exchange may be repeated on another instance after it
     /// was sent: idempotent method (RFC 9110 section 9.2.2), no body.
     pub(crate) fn resendable(&self) -> bool {
@@ -237,6 +263,14 @@ pub(crate) fn parse_response<'h, 'b>(
 }
 
 impl ResponseHead<'_, '_> {
+    /// The trailer fields the response declares (empty without `Trailer`).
+    pub(crate) fn declared_trailers(&self) -> Vec<Vec<u8>> {
+        if self.plan.trailer_lines == 0 {
+            return Vec::new();
+        }
+        fields::declared_trailers(self.headers, self.plan.trailer_lines)
+    }
+
     /// Whether this is an interim answer to relay (`103 Early Hints`).
     pub(crate) fn is_interim(&self) -> bool {
         self.plan.kind == Kind::Interim

@@ -4,17 +4,22 @@
 //!
 //! Refused (the caller answers 400 for requests, 502 for responses, and
 //! closes): a bare CR or LF anywhere, control characters, chunk sizes that
-//! are not 1-16 hex digits, chunk extensions outside the grammar
+//! are not hex digits or do not fit 64 bits, chunk extensions outside the grammar
 //! (`*( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )`),
 //! size lines over 4 KiB, trailer lines that are not `token ":" value`
 //! (obs-fold, white space before the colon, NUL), and trailer sections
 //! over 16 KiB or 64 lines.
 //!
-//! Chunk sizes, extensions and data pass through as received. The trailer
-//! section is held back and re-emitted with only the fields
-//! [`super::fields::trailer_allowed`] admits, one `name: value` line each.
+//! In a response, chunk sizes, extensions and data pass through as
+//! received; a request body, which the fast path holds whole, is written
+//! out again by [`rechunk`] with plain sizes and no extensions (what
+//! hyper's encoder sends on the other path). The trailer
+//! section is held back and re-emitted with only the fields the message
+//! declared in its `Trailer` header and [`super::fields::trailer_allowed`]
+//! admits (the rule of hyper's encoder, so both codecs pass the same
+//! trailers), one `name: value` line each.
 
-use super::fields::{is_tchar, trailer_allowed};
+use super::fields::is_tchar;
 
 /// Why a chunked body is malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +91,8 @@ pub(crate) struct ChunkedScanner {
     /// The trailer lines kept, each ending in CRLF.
     kept: Vec<u8>,
     trailer_bytes: usize,
+    /// The (lower-case) trailer field names that may pass.
+    declared: Vec<Vec<u8>>,
 }
 
 impl Default for ChunkedScanner {
@@ -99,6 +106,7 @@ impl Default for ChunkedScanner {
             current: Vec::new(),
             kept: Vec::new(),
             trailer_bytes: 0,
+            declared: Vec::new(),
         }
     }
 }
@@ -109,6 +117,16 @@ fn ws(b: u8) -> bool {
 }
 
 impl ChunkedScanner {
+    /// A scanner whose trailer section passes the fields in `declared`
+    /// (lower-case names; see [`super::fields::declared_trailers`]). The
+    /// default scanner passes none.
+    pub(crate) fn with_trailers(declared: Vec<Vec<u8>>) -> Self {
+        ChunkedScanner {
+            declared,
+            ..ChunkedScanner::default()
+        }
+    }
+
     /// Whether the body has ended.
     #[cfg(test)]
     pub(crate) fn is_done(&self) -> bool {
@@ -155,9 +173,14 @@ impl ChunkedScanner {
             }
             self.state = match (self.state, b) {
                 (State::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                    // Leading zeros are fine (as for hyper); the value
+                    // must fit 64 bits and the line 4 KiB.
                     self.digits += 1;
-                    if self.digits > 16 {
+                    if self.remaining >> 60 != 0 {
                         return Err(ChunkError("chunk size too large"));
+                    }
+                    if self.digits > MAX_SIZE_LINE {
+                        return Err(ChunkError("chunk size line too long"));
                     }
                     self.remaining = self.remaining << 4 | u64::from(hex(b));
                     State::Size
@@ -291,7 +314,7 @@ impl ChunkedScanner {
         let line = std::mem::take(&mut self.current);
         let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if trailer_allowed(name) {
+        if self.declared.iter().any(|d| d.eq_ignore_ascii_case(name)) {
             self.kept.extend_from_slice(name);
             self.kept.extend_from_slice(b": ");
             self.kept.extend_from_slice(value);
@@ -300,6 +323,54 @@ impl ChunkedScanner {
         self.current = line;
         self.current.clear();
         Ok(())
+    }
+}
+
+/// Writes the chunked body `body` (whole, already checked by a
+/// [`ChunkedScanner`], which ended it after `trailers_at` bytes, the
+/// start of its trailer section) to `out` in canonical form: each chunk
+/// as `{size in hex}\r\n{data}\r\n`, extensions dropped, then the last
+/// chunk, `kept` (the filtered trailer lines) and the final CRLF.
+pub(crate) fn rechunk(body: &[u8], kept: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    loop {
+        let mut size = 0u64;
+        while let Some(&b) = body.get(i).filter(|b| b.is_ascii_hexdigit()) {
+            size = size << 4 | u64::from(hex(b));
+            i += 1;
+        }
+        // The rest of the size line (checked already).
+        while body.get(i).is_some_and(|&b| b != b'\n') {
+            i += 1;
+        }
+        i += 1;
+        if size == 0 {
+            out.extend_from_slice(b"0\r\n");
+            out.extend_from_slice(kept);
+            out.extend_from_slice(b"\r\n");
+            return;
+        }
+        let end = (i + size as usize).min(body.len());
+        let mut digits = [0u8; 16];
+        let hex_len = write_hex(size, &mut digits);
+        out.extend_from_slice(&digits[16 - hex_len..]);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body[i..end]);
+        out.extend_from_slice(b"\r\n");
+        i = end + 2;
+    }
+}
+
+/// Writes `n` in lower-case hex at the end of `buf`; returns the digits.
+fn write_hex(mut n: u64, buf: &mut [u8; 16]) -> usize {
+    let mut len = 0;
+    loop {
+        buf[15 - len] = b"0123456789abcdef"[(n & 0xf) as usize];
+        len += 1;
+        n >>= 4;
+        if n == 0 {
+            return len;
+        }
     }
 }
 

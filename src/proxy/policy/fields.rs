@@ -37,6 +37,11 @@ pub(crate) enum Name {
     Forwarded,
     /// `Via`: the proxy appends its own entry.
     Via,
+    /// A name with `_` that reads as one of the names above when `_` is
+    /// taken for `-` (`Transfer_Encoding`, `Content_Length`, `X_Forwarded_For`):
+    /// servers that map field names to variables (CGI, many frameworks)
+    /// cannot tell them apart, so they are dropped (as nginx does).
+    Confusable,
 }
 
 /// Classifies a field name (case-insensitive; any bytes).
@@ -61,7 +66,25 @@ pub(crate) fn classify(name: &[u8]) -> Name {
         17 if is(b"x-forwarded-proto") => Name::Xfp,
         18 if is(b"proxy-authenticate") => Name::ProxyAuth,
         19 if is(b"proxy-authorization") => Name::ProxyAuth,
+        _ if name.contains(&b'_') => confusable(name),
         _ => Name::Other,
+    }
+}
+
+/// [`Name::Confusable`] when `name`, with `_` read as `-`, is a name the
+/// proxy treats specially.
+#[cold]
+fn confusable(name: &[u8]) -> Name {
+    let mut dashed = [0u8; 24];
+    if name.len() > dashed.len() {
+        return Name::Other;
+    }
+    for (d, &c) in dashed.iter_mut().zip(name) {
+        *d = if c == b'_' { b'-' } else { c };
+    }
+    match classify(&dashed[..name.len()]) {
+        Name::Other => Name::Other,
+        _ => Name::Confusable,
     }
 }
 
@@ -83,7 +106,7 @@ impl Name {
     pub(crate) fn always_dropped(self) -> bool {
         matches!(
             self,
-            Name::Connection | Name::Hop | Name::Expect | Name::ProxyAuth
+            Name::Connection | Name::Hop | Name::Expect | Name::ProxyAuth | Name::Confusable
         )
     }
 }
@@ -108,6 +131,24 @@ pub(crate) fn trailer_allowed(name: &[u8]) -> bool {
         b"trailer",
     ];
     !NOT_IN_TRAILERS.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// The field names the `Trailer` lines in `mask` declare, lower-cased:
+/// only these may come in the trailer section (hyper's encoder passes no
+/// other). Allocates only for a message that declares trailers.
+pub(crate) fn declared_trailers<F: super::Fields + ?Sized>(fields: &F, mask: u128) -> Vec<Vec<u8>> {
+    let mut names = Vec::new();
+    let mut rest = mask;
+    while rest != 0 {
+        let i = rest.trailing_zeros() as usize;
+        rest &= rest - 1;
+        for t in list(fields.value(i)) {
+            if trailer_allowed(t) {
+                names.push(t.to_ascii_lowercase());
+            }
+        }
+    }
+    names
 }
 
 /// The comma-separated elements of a list field value, trimmed of optional
@@ -205,6 +246,9 @@ mod tests {
         assert_eq!(classify(b"Trailer"), Name::Other, "end-to-end in RFC 9110");
         assert_eq!(classify(b"X-Secret"), Name::Other);
         assert_eq!(classify(b"Forwarded"), Name::Forwarded);
+        assert_eq!(classify(b"Transfer_Encoding"), Name::Confusable);
+        assert_eq!(classify(b"x_forwarded_for"), Name::Confusable);
+        assert_eq!(classify(b"x_custom_header"), Name::Other);
     }
 
     #[test]

@@ -88,6 +88,12 @@ pub(crate) struct RequestPlan<'a> {
     /// The received framing line is kept as it is (a single canonical
     /// `Content-Length` or `Transfer-Encoding: chunked`).
     framing_line: bool,
+    /// The client sent `TE: trailers`: it takes trailer fields in the
+    /// response.
+    pub accepts_trailers: bool,
+    /// The `Trailer` lines: the trailer fields the request declares (only
+    /// those are forwarded, as hyper's encoder does).
+    pub trailer_lines: u128,
 }
 
 /// Checks a request head and decides how it is forwarded.
@@ -111,6 +117,7 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
     let mut upgrade: Option<&[u8]> = None;
     let mut upgrades = 0;
     let mut expect_continue = false;
+    let (mut accepts_trailers, mut trailer_lines) = (false, 0u128);
     let (mut skip, mut xff, mut fwd) = (0u128, 0u128, 0u128);
     let (mut length_lines, mut coding_lines) = (0u128, 0u128);
     let (mut xfp, mut xfh) = (0u128, 0u128);
@@ -122,7 +129,13 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
             skip |= bit;
         }
         match class {
-            Name::Other | Name::Hop | Name::ProxyAuth | Name::Via => {}
+            Name::Hop => {
+                accepts_trailers |= name.eq_ignore_ascii_case(b"te")
+                    && fields::list(value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+            }
+            Name::Other if name.eq_ignore_ascii_case(b"trailer") => trailer_lines |= bit,
+            Name::Other => {}
+            Name::ProxyAuth | Name::Via | Name::Confusable => {}
             Name::Host => {
                 if host_count < 2 {
                     hosts[host_count] = value;
@@ -135,7 +148,7 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
                 let n =
                     content_length(value).ok_or(ProxyError::BadRequest("bad Content-Length"))?;
                 match length {
-                    Some((_, first)) if first != value => {
+                    Some((first, _)) if first != n => {
                         return Err(ProxyError::BadRequest("conflicting Content-Length headers"))
                     }
                     _ => length = Some((n, value)),
@@ -203,14 +216,14 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
         Version::H10 | Version::H11 => match (coding, length) {
             (Coding::None, None | Some((0, _))) => Framing::Empty,
             (Coding::None, Some((n, _))) => Framing::Length(n),
-            (Coding::Chunked, None) => Framing::Chunked,
-            (Coding::Chunked, Some(_)) => {
-                return Err(ProxyError::BadRequest(
-                    "both Content-Length and Transfer-Encoding",
-                ))
+            // With both, Transfer-Encoding wins and the connection closes
+            // after the exchange (RFC 9112 section 6.3); the length is not
+            // forwarded.
+            (Coding::Chunked, _) => Framing::Chunked,
+            (Coding::OpenChunked, _) => return Err(ProxyError::UnsupportedCoding),
+            (Coding::Open | Coding::Invalid, _) => {
+                return Err(ProxyError::BadRequest("bad Transfer-Encoding"))
             }
-            (Coding::Unsupported, _) => return Err(ProxyError::UnsupportedCoding),
-            (Coding::Invalid, _) => return Err(ProxyError::BadRequest("bad Transfer-Encoding")),
         },
     };
     if conn.lists_fields {
@@ -237,10 +250,12 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
     if !hop.trusted || hop.forwarded {
         skip |= fwd;
     }
-    let close = match req.version {
-        Version::H10 => !conn.keep_alive || conn.close,
-        _ => conn.close,
-    };
+    let both_framings = coding != Coding::None && length.is_some();
+    let close = both_framings
+        || match req.version {
+            Version::H10 => !conn.keep_alive || conn.close,
+            _ => conn.close,
+        };
     let upgrade = match (req.version, conn.upgrade, upgrades, upgrade) {
         (Version::H11, true, 1, Some(value)) if fields::is_token(protocol_name(value)) => {
             Some(value)
@@ -259,6 +274,8 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
         keep_xfp,
         keep_xfh,
         framing_line,
+        accepts_trailers,
+        trailer_lines,
     })
 }
 
@@ -334,25 +351,28 @@ pub(crate) fn keep_canonical_chunked<F: Fields + ?Sized>(
     if lines.count_ones() != 1 {
         return false;
     }
-    let keep = fields
-        .value(lines.trailing_zeros() as usize)
-        .eq_ignore_ascii_case(b"chunked");
+    // Exactly `chunked`: any other spelling is written out canonically.
+    let keep = fields.value(lines.trailing_zeros() as usize) == b"chunked";
     if keep {
         *skip &= !lines;
     }
     keep
 }
 
-/// The transfer codings of a message, summed over its lines.
+/// The transfer codings of a request, summed over its lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Coding {
     None,
     /// Exactly `chunked`.
     Chunked,
-    /// Valid codings other than a single final `chunked`... that a
-    /// request cannot use.
-    Unsupported,
-    /// Not a list of tokens, or `chunked` more than once or not last.
+    /// Codings other than `chunked` so far (`gzip`): the length is unknown
+    /// unless `chunked` follows (400 otherwise, RFC 9112 section 6.3).
+    Open,
+    /// Other codings, then `chunked` last (`gzip, chunked`): well framed,
+    /// but not something a request may use here (501).
+    OpenChunked,
+    /// Not a list of tokens, or `chunked` more than once, with parameters
+    /// or not last.
     Invalid,
 }
 
@@ -363,18 +383,13 @@ impl Coding {
         for t in fields::list(value) {
             any = true;
             let name = t.split(|&b| b == b';').next().unwrap_or(t).trim_ascii();
-            *self = match (*self, fields::is_token(name)) {
-                (Coding::Invalid, _) | (_, false) => Coding::Invalid,
-                (Coding::Chunked, _) => Coding::Invalid,
-                (prev, true) if name.eq_ignore_ascii_case(b"chunked") && t == name => {
-                    if prev == Coding::Unsupported {
-                        Coding::Unsupported
-                    } else {
-                        Coding::Chunked
-                    }
-                }
-                (_, true) if name.eq_ignore_ascii_case(b"chunked") => Coding::Invalid,
-                (_, true) => Coding::Unsupported,
+            let chunked = name.eq_ignore_ascii_case(b"chunked");
+            *self = match *self {
+                _ if !fields::is_token(name) || (chunked && t != name) => Coding::Invalid,
+                Coding::Invalid | Coding::Chunked | Coding::OpenChunked => Coding::Invalid,
+                Coding::None if chunked => Coding::Chunked,
+                Coding::Open if chunked => Coding::OpenChunked,
+                Coding::None | Coding::Open => Coding::Open,
             };
         }
         if !any {

@@ -64,8 +64,11 @@ pub(crate) struct ResponsePlan {
     /// `Content-Length` to write (for a body, or for HEAD/304 answers);
     /// `None` also when the received line is kept as it is.
     length: Option<u64>,
-    /// The received `Transfer-Encoding: chunked` line is kept as it is.
+    /// The received `Transfer-Encoding` lines are kept as they are (one
+    /// canonical `chunked`, or codings the client needs before it).
     chunked_line: bool,
+    /// The `Trailer` lines: the trailer fields the response declares.
+    pub trailer_lines: u128,
 }
 
 /// Checks a response head and decides how it is relayed; `Err` names
@@ -90,6 +93,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
     let mut codings = Codings::default();
     let mut conn = ConnectionTokens::default();
     let mut upgrade: Option<&[u8]> = None;
+    let mut trailer_lines = 0u128;
     for i in 0..n {
         let (name, value) = (fields.name(i), fields.value(i));
         let class = classify(name);
@@ -103,7 +107,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
                 length_lines |= bit;
                 let n = content_length(value).ok_or("bad Content-Length")?;
                 match length {
-                    Some((_, first)) if first != value => {
+                    Some((first, _)) if first != n => {
                         return Err("conflicting Content-Length headers")
                     }
                     _ => length = Some((n, value)),
@@ -119,6 +123,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
                 skip |= bit;
                 upgrade = Some(value);
             }
+            Name::Other if name.eq_ignore_ascii_case(b"trailer") => trailer_lines |= bit,
             _ => {}
         }
     }
@@ -157,17 +162,27 @@ pub(crate) fn plan<F: Fields + ?Sized>(
             skip,
             length: None,
             chunked_line: false,
+            trailer_lines: 0,
         });
+    }
+    if codings.any && resp.minor == 0 {
+        // RFC 9112 section 6.1: faulty framing. hyper's client refuses it
+        // too, so both codecs answer 502.
+        return Err("Transfer-Encoding in an HTTP/1.0 response");
+    }
+    if codings.chunked && !codings.chunked_last {
+        // `chunked, gzip`: chunked applied, then another coding: read until
+        // close by the letter of RFC 9112 6.3, but no client can be given
+        // it in one valid message.
+        return Err("chunked is not the last transfer coding");
     }
     let no_body = asked.head || status == 204 || status == 304;
     let body = if no_body {
         Framing::Empty
+    } else if codings.chunked {
+        Framing::Chunked
     } else if codings.any {
-        if codings.chunked_last {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        }
+        Framing::UntilClose
     } else {
         match length {
             Some((0, _)) => Framing::Empty,
@@ -175,31 +190,31 @@ pub(crate) fn plan<F: Fields + ?Sized>(
             None => Framing::UntilClose,
         }
     };
-    if body == Framing::UntilClose && codings.any {
-        // The client reads it until close too, through the same codings.
-        for i in 0..n {
-            if classify(fields.name(i)) == Name::TransferEncoding {
-                skip &= !(1u128 << i);
-            }
-        }
+    // Codings other than `chunked` (`gzip`) stay on the body: the client
+    // needs them. The lines were checked token by token; they are kept.
+    let kept_codings = codings.others && !no_body;
+    if kept_codings {
+        skip &= !coding_lines;
     }
-    // A 204 or 304 that announces a body may well send one: those bytes
-    // would be read as the next response, so the connection is not reused.
+    // A 204 that announces a body may well send one: those bytes would be
+    // read as the next response, so the connection is not reused.
     let announces_body = no_body
         && !asked.head
-        && (codings.any || length.is_some_and(|(n, _)| n > 0) && status == 204);
+        && (codings.any || status == 204 && length.is_some_and(|(n, _)| n > 0));
     let persistent = if resp.minor >= 1 {
         !conn.close
     } else {
-        conn.keep_alive && !conn.close && !codings.any
+        conn.keep_alive && !conn.close
     } && !announces_body;
+    // The length the client is told: the body's, `0` for an empty body, the
+    // would-be length for HEAD; none for 204 and 304.
     let mut length = match (body, length) {
         (Framing::Length(n), _) => Some(n),
-        // The length of what a GET would have returned.
-        (Framing::Empty, Some((n, _))) if (asked.head || status == 304) && !codings.any => Some(n),
+        (Framing::Empty, _) if !no_body => Some(0),
+        (Framing::Empty, Some((n, _))) if asked.head && !codings.any => Some(n),
         _ => None,
     };
-    let mut chunked_line = false;
+    let mut chunked_line = kept_codings && body == Framing::Chunked;
     match (body, length) {
         (_, Some(n))
             if super::request::keep_canonical_length(fields, length_lines, n, &mut skip) =>
@@ -207,7 +222,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
             length = None;
         }
         (_, Some(_)) => {}
-        (Framing::Chunked, None) => {
+        (Framing::Chunked, None) if !chunked_line => {
             chunked_line = super::request::keep_canonical_chunked(fields, coding_lines, &mut skip);
         }
         _ => {}
@@ -219,6 +234,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
         skip,
         length,
         chunked_line,
+        trailer_lines,
     })
 }
 
@@ -226,8 +242,12 @@ pub(crate) fn plan<F: Fields + ?Sized>(
 #[derive(Debug, Default)]
 struct Codings {
     any: bool,
+    /// `chunked` was seen.
     chunked: bool,
+    /// The last coding is `chunked`.
     chunked_last: bool,
+    /// A coding other than `chunked` was seen.
+    others: bool,
 }
 
 impl Codings {
@@ -243,12 +263,9 @@ impl Codings {
             if chunked && (self.chunked || t != name) {
                 return Err("bad Transfer-Encoding");
             }
-            if self.chunked {
-                // A coding after chunked: read until close (RFC 9112 6.3).
-                self.chunked_last = false;
-            }
             self.any = true;
             self.chunked |= chunked;
+            self.others |= !chunked;
             self.chunked_last = chunked;
         }
         if seen {
@@ -350,7 +367,7 @@ mod tests {
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
-                Ok((Framing::UntilClose, false)),
+                Err("chunked is not the last transfer coding"),
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -362,7 +379,11 @@ mod tests {
             ),
             (
                 "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Ok((Framing::Chunked, false)),
+                Err("Transfer-Encoding in an HTTP/1.0 response"),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                Ok((Framing::Empty, true)),
             ),
             (
                 "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\n",
@@ -435,7 +456,25 @@ mod tests {
             Asked::default(),
         )
         .unwrap();
-        assert_eq!(out, "transfer-encoding: chunked\r\n");
+        assert_eq!(
+            out, ": gzip|: chunked|",
+            "codings the client needs stay as received"
+        );
+        let (_, out) = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 00\r\n\r\n",
+            Asked::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            out, "content-length: 0\r\n",
+            "an empty body is still framed"
+        );
+        let (_, out) = parse(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            Asked::default(),
+        )
+        .unwrap();
+        assert_eq!(out, "", "no length on a 304 (as hyper)");
     }
 
     #[test]

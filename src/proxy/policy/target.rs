@@ -11,9 +11,13 @@
 //! - asterisk-form (`*`) only with `OPTIONS`;
 //! - exactly one `Host` field, whose value is `uri-host [":" port]` (no
 //!   user info, path, query, white space or empty value): else 400;
-//! - a target over `limits.max_uri_bytes`: 414; a fragment: 400.
+//! - a target over `limits.max_uri_bytes`: 414; a fragment (which a client
+//!   must not send) is cut off, as hyper's URI parser does.
+
+use std::borrow::Cow;
 
 use super::super::error::ProxyError;
+use crate::router::strip_path;
 
 /// The authority and target of a request, after the checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +32,25 @@ pub(crate) struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    /// The path the router matches (no query; `/` for `*`).
+    /// The path the router matches (no query; `/` for `*` and for an
+    /// absolute-form target with an empty path).
     pub(crate) fn path(&self) -> &'a str {
-        if self.path_and_query == "*" {
+        if self.path_and_query == "*" || self.path_and_query.starts_with('?') {
             return "/";
         }
         self.path_and_query
             .split_once('?')
             .map_or(self.path_and_query, |(p, _)| p)
+    }
+
+    /// The target sent to the instance: the path and query with the
+    /// route's `strip` leading bytes removed (`/` when nothing is left).
+    pub(crate) fn forward(&self, strip: usize) -> Cow<'a, str> {
+        match self.path_and_query {
+            "*" => Cow::Borrowed("*"),
+            pq if pq.starts_with('?') => Cow::Owned(format!("/{pq}")),
+            pq => strip_path(pq, strip),
+        }
     }
 }
 
@@ -69,9 +84,10 @@ pub(crate) fn resolve<'a>(
         .ok()
         .filter(|h| valid_authority(h))
         .ok_or(ProxyError::BadRequest("invalid Host header"))?;
-    if target.contains('#') {
-        return Err(ProxyError::BadRequest("fragment in request target"));
-    }
+    let target = match target.find('#') {
+        Some(i) => &target[..i],
+        None => target,
+    };
     if target.starts_with('/') {
         return Ok(Target {
             authority: host,
@@ -110,8 +126,8 @@ pub(crate) fn resolve<'a>(
 }
 
 /// Splits an `http://` or `https://` absolute-form target into its
-/// authority and the path and query after it (`/` when empty: the query
-/// alone cannot be forwarded as a target, so it is refused).
+/// authority and the path and query after it (`/` when empty; `?q` alone
+/// when the path is empty but a query follows: see [`Target::forward`]).
 fn absolute_form(target: &str) -> Option<(&str, &str)> {
     let (scheme, rest) = target.split_once("://")?;
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
@@ -119,10 +135,7 @@ fn absolute_form(target: &str) -> Option<(&str, &str)> {
     }
     match rest.find(['/', '?']) {
         None => Some((rest, "/")),
-        Some(i) if rest.as_bytes()[i] == b'/' => Some((&rest[..i], &rest[i..])),
-        // `http://a?q`: the empty path means "/", but then the target to
-        // forward is not a slice of what was received; too odd to serve.
-        Some(_) => None,
+        Some(i) => Some((&rest[..i], &rest[i..])),
     }
 }
 
@@ -262,11 +275,16 @@ mod tests {
         );
         assert!(resolve("GET", "/x", &[], 64, true).is_err());
         assert_eq!(status("GET", "/", &["a", "b"]), 400);
-        assert_eq!(status("GET", "/a#f", &["b"]), 400);
+        assert_eq!(
+            ok("GET", "/a#f", "b").path_and_query,
+            "/a",
+            "fragment cut off"
+        );
+        let q = ok("GET", "http://a?q", "b");
+        assert_eq!((q.path(), q.forward(0).as_ref()), ("/", "/?q"));
         assert_eq!(status("GET", &format!("/{}", "a".repeat(64)), &["b"]), 414);
         assert_eq!(status("GET", "ftp://a/x", &["b"]), 400);
         assert_eq!(status("GET", "http://u:p@a/x", &["b"]), 400);
-        assert_eq!(status("GET", "http://a?q", &["b"]), 400);
         for host in [
             "",
             "b.example evil",

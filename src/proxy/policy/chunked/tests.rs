@@ -1,8 +1,21 @@
 use super::*;
 
+/// A scanner for a message that declared `x-sum`, `y`, `t`, `x-ok`,
+/// `content-length` and `host` as trailers (the last two are dropped
+/// anyway).
+fn declaring() -> ChunkedScanner {
+    ChunkedScanner::with_trailers(
+        ["x-sum", "y", "t", "x-ok", "content-length", "host"]
+            .iter()
+            .map(|n| n.as_bytes().to_vec())
+            .filter(|n| crate::proxy::policy::fields::trailer_allowed(n))
+            .collect(),
+    )
+}
+
 /// The whole body at once: (bytes passed, end, kept trailers).
 fn scan(body: &[u8]) -> Result<(usize, Option<usize>, String), ChunkError> {
-    let mut s = ChunkedScanner::default();
+    let mut s = declaring();
     let r = s.feed(body)?;
     let end = r.done.then_some(r.consumed);
     Ok((
@@ -38,7 +51,7 @@ fn any_split_gives_the_same_result() {
     let body = b"1a;a=\"q\\\"x\"\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nt: v\r\nHost: h\r\n\r\nNEXT";
     let end = body.len() - 4;
     for split in 0..body.len() {
-        let mut s = ChunkedScanner::default();
+        let mut s = declaring();
         let first = s.feed(&body[..split]).unwrap();
         let (passed, total) = if first.done {
             (first.pass, first.consumed)
@@ -108,6 +121,7 @@ fn rejects_what_parsers_could_read_differently() {
         b"5\r\nhelloX\r\n",
         b"5\r\nhello\n0\r\n\r\n",
         b"10000000000000005\r\n",
+        b"ffffffffffffffff0\r\n",
         b"5;a\nb\r\n",
         b"5;\x00\r\nhello\r\n",
         b"5;a\rb\r\n",
@@ -130,9 +144,34 @@ fn rejects_what_parsers_could_read_differently() {
 }
 
 #[test]
-fn drops_forbidden_trailer_fields() {
-    let body = b"5\r\nhello\r\n0\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\nHost: evil\r\nTrailer: x\r\nX-Sum: 1\r\n\r\n";
+fn drops_forbidden_and_undeclared_trailer_fields() {
+    let body = b"5\r\nhello\r\n0\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\nHost: evil\r\nTrailer: x\r\nX-Sum: 1\r\nX-Undeclared: 2\r\n\r\n";
     assert_eq!(scan(body).unwrap().2, "X-Sum: 1\r\n");
+    let mut none = ChunkedScanner::default();
+    assert!(none.feed(body).unwrap().done);
+    assert_eq!(none.trailers(), b"", "nothing declared: no trailers");
+}
+
+#[test]
+fn leading_zeros_in_sizes_are_fine() {
+    assert_eq!(
+        end_of(b"00000000000000005\r\nhello\r\n0\r\n\r\n"),
+        Ok(Some(31))
+    );
+}
+
+#[test]
+fn rechunk_writes_plain_sizes_without_extensions() {
+    let body = b"00000000000000005;a=\"x; y\"\r\nhello\r\nA ; q\r\n0123456789\r\n0;last\r\nx-sum: 1\r\nHost: h\r\n\r\nNEXT";
+    let mut s = declaring();
+    let scan = s.feed(body).unwrap();
+    assert!(scan.done);
+    let mut out = Vec::new();
+    rechunk(&body[..scan.consumed], s.trailers(), &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "5\r\nhello\r\na\r\n0123456789\r\n0\r\nx-sum: 1\r\n\r\n"
+    );
 }
 
 #[test]
