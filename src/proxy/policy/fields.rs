@@ -66,10 +66,26 @@ pub(crate) fn classify(name: &[u8]) -> Name {
         17 if is(b"x-forwarded-proto") => Name::Xfp,
         18 if is(b"proxy-authenticate") => Name::ProxyAuth,
         19 if is(b"proxy-authorization") => Name::ProxyAuth,
-        _ if name.contains(&b'_') => confusable(name),
+        // Only names as long as a special one can read as one.
+        n if n < 20 && SPECIAL_LENGTHS & (1 << n) != 0 && name.contains(&b'_') => confusable(name),
         _ => Name::Other,
     }
 }
+
+/// The lengths of the names [`classify`] knows, as a bit set.
+const SPECIAL_LENGTHS: u32 = 1 << 2
+    | 1 << 3
+    | 1 << 4
+    | 1 << 6
+    | 1 << 7
+    | 1 << 9
+    | 1 << 10
+    | 1 << 14
+    | 1 << 15
+    | 1 << 16
+    | 1 << 17
+    | 1 << 18
+    | 1 << 19;
 
 /// [`Name::Confusable`] when `name`, with `_` read as `-`, is a name the
 /// proxy treats specially.

@@ -230,8 +230,8 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
         skip |= listed(fields, n);
     }
     let framing_line = match body {
-        Framing::Length(n) if !matches!(req.version, Version::H2 { .. }) => {
-            keep_canonical_length(fields, length_lines, n, &mut skip)
+        Framing::Length(_) if !matches!(req.version, Version::H2 { .. }) => {
+            keep_canonical_length(fields, length_lines, &mut skip)
         }
         Framing::Chunked if !matches!(req.version, Version::H2 { .. }) => {
             keep_canonical_chunked(fields, coding_lines, &mut skip)
@@ -320,22 +320,23 @@ pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     )
 }
 
-/// When `lines` (the `Content-Length` lines) is a single line whose value is
-/// the canonical decimal of `n`, keeps that line (clears it from `skip`)
-/// and says so: it is byte for byte what the proxy would write, and copying
-/// it keeps the received lines in one run. Otherwise the proxy writes the
-/// line itself.
+/// When `lines` (the `Content-Length` lines, already checked to be
+/// digits) is a single line written canonically (no leading zero), keeps
+/// that line (clears it from `skip`) and says so: it is byte for byte what
+/// the proxy would write, and copying it keeps the received lines in one
+/// run. Otherwise the proxy writes the line itself.
 pub(crate) fn keep_canonical_length<F: Fields + ?Sized>(
     fields: &F,
     lines: u128,
-    n: u64,
     skip: &mut u128,
 ) -> bool {
     if lines.count_ones() != 1 {
         return false;
     }
-    let i = lines.trailing_zeros() as usize;
-    let keep = fields.value(i) == itoa::Buffer::new().format(n).as_bytes();
+    // The value is digits (checked) and its number is `n`: it is canonical
+    // unless it has a leading zero.
+    let value = fields.value(lines.trailing_zeros() as usize);
+    let keep = value.len() == 1 || value.first() != Some(&b'0');
     if keep {
         *skip &= !lines;
     }

@@ -216,9 +216,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
     };
     let mut chunked_line = kept_codings && body == Framing::Chunked;
     match (body, length) {
-        (_, Some(n))
-            if super::request::keep_canonical_length(fields, length_lines, n, &mut skip) =>
-        {
+        (_, Some(_)) if super::request::keep_canonical_length(fields, length_lines, &mut skip) => {
             length = None;
         }
         (_, Some(_)) => {}
