@@ -173,12 +173,12 @@ pub enum Removals {
 }
 
 impl Removals {
-    /// Whether the removal of `addr` from `service` was asked for.
-    fn names(&self, service: &Arc<str>, addr: SocketAddr) -> bool {
+    /// The removals named as asked for, as a set to look up; empty for
+    /// `Implicit` (and unused for `Explicit`, which asks for every one).
+    fn asked(&self) -> HashSet<(&str, SocketAddr)> {
         match self {
-            Removals::Explicit => true,
-            Removals::Implicit => false,
-            Removals::Only(keys) => keys.iter().any(|(s, a)| s == service && *a == addr),
+            Removals::Explicit | Removals::Implicit => HashSet::new(),
+            Removals::Only(keys) => keys.iter().map(|(s, a)| (&**s, *a)).collect(),
         }
     }
 }
@@ -457,12 +457,15 @@ impl Registry {
         let entry = &mut st.sources[idx];
         let mut held: HeldMap = BTreeMap::new();
         if preserve > 0 && removals != Removals::Explicit {
+            // One pass over each set: a watch event of a source mirroring
+            // 10,000 instances must not compare every pair.
+            let listed: HashSet<(&str, SocketAddr)> =
+                instances.iter().map(|n| (&*n.service, n.addr)).collect();
+            let asked = removals.asked();
             let mut removed: BTreeMap<Arc<str>, Vec<InstanceSpec>> = BTreeMap::new();
             for old in &entry.set {
-                let kept = instances
-                    .iter()
-                    .any(|n| n.service == old.service && n.addr == old.addr);
-                if !kept && !removals.names(&old.service, old.addr) {
+                let key = (&*old.service, old.addr);
+                if !listed.contains(&key) && !asked.contains(&key) {
                     removed
                         .entry(old.service.clone())
                         .or_default()
