@@ -1,92 +1,15 @@
 //! Balancing: picks one member of a service among the eligible ones, by the
 //! service's policy, and hands out the [`InFlightGuard`] that counts the
 //! request against it. No I/O, no locks, no allocation: the weighted order is
-//! precomputed into a [`Schedule`] when the snapshot is built, and a pick is
-//! one atomic increment of the service's cursor plus a scan.
+//! precomputed into a [`Schedule`](crate::registry::Schedule) when the
+//! snapshot is built, and a pick is one atomic increment of the service's
+//! cursor plus a scan. It reads the registry through its methods only.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Balance;
 use crate::registry::{Health, InFlightGuard, InstanceState, Member, ServiceEntry};
-
-/// Longest precomputed weighted order; larger weight sums are scaled down.
-const MAX_SCHEDULE: u64 = 1 << 16;
-
-/// The order in which round-robin visits members: for equal weights simply
-/// 0..n (stored as nothing), otherwise the sequence nginx's smooth weighted
-/// round-robin produces, so heavy members are spread out rather than bunched.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Schedule {
-    order: Box<[u32]>,
-}
-
-impl Schedule {
-    /// The schedule for members with these weights, in member order.
-    pub fn new(weights: impl Iterator<Item = u32>) -> Schedule {
-        let weights: Vec<u64> = weights.map(|w| u64::from(w.max(1))).collect();
-        if weights.windows(2).all(|w| w[0] == w[1]) {
-            return Schedule {
-                order: Box::new([]),
-            };
-        }
-        let g = weights.iter().copied().fold(0, gcd);
-        let mut weights: Vec<u64> = weights.iter().map(|w| w / g).collect();
-        let total: u64 = weights.iter().sum();
-        if total > MAX_SCHEDULE {
-            // Keep proportions roughly, but never drop a member to zero.
-            for w in &mut weights {
-                *w = (*w * MAX_SCHEDULE / total).max(1);
-            }
-        }
-        let total: i64 = weights.iter().sum::<u64>() as i64;
-        let mut current = vec![0i64; weights.len()];
-        let mut order = Vec::with_capacity(total as usize);
-        for _ in 0..total {
-            let mut best = 0;
-            for (i, w) in weights.iter().enumerate() {
-                current[i] += *w as i64;
-                if current[i] > current[best] {
-                    best = i;
-                }
-            }
-            current[best] -= total;
-            order.push(best as u32);
-        }
-        Schedule {
-            order: order.into_boxed_slice(),
-        }
-    }
-
-    /// Number of slots for `members` members.
-    #[inline]
-    fn len(&self, members: usize) -> usize {
-        if self.order.is_empty() {
-            members
-        } else {
-            self.order.len()
-        }
-    }
-
-    /// The member index in `slot`.
-    #[inline]
-    fn member(&self, slot: usize) -> usize {
-        if self.order.is_empty() {
-            slot
-        } else {
-            self.order[slot] as usize
-        }
-    }
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
 
 /// Instances already attempted for one request, so a retry goes elsewhere.
 /// Fixed capacity (attempts are capped at 10 by config); no allocation.
@@ -134,12 +57,12 @@ impl Tried {
 /// reduced weight.
 #[inline]
 pub fn pick(service: &ServiceEntry, now_ms: u64, tried: &Tried) -> Option<InFlightGuard> {
-    let panic = service.live.panic.load(Relaxed);
+    let panic = service.live().in_panic();
     let eligible =
         |m: &Member| eligible(panic, &m.instance, now_ms) && !tried.contains(&m.instance);
-    let slow_start = service.policy.slow_start;
+    let slow_start = service.policy().slow_start;
     let retry = !tried.is_empty();
-    let member = match service.balance {
+    let member = match service.balance() {
         Balance::RoundRobin => round_robin(service, retry, eligible, now_ms, slow_start),
         Balance::LeastConnections => {
             least_connections(service, retry, eligible, now_ms, slow_start)
@@ -162,7 +85,7 @@ fn eligible(panic: bool, instance: &InstanceState, now_ms: u64) -> bool {
 /// Whether a new request for `service` could be sent to `member` now (the
 /// rule [`pick`] follows, retries aside).
 pub fn routable(service: &ServiceEntry, member: &Member, now_ms: u64) -> bool {
-    eligible(service.live.panic.load(Relaxed), &member.instance, now_ms)
+    eligible(service.live().in_panic(), &member.instance, now_ms)
 }
 
 /// Recomputes `service`'s panic flag: on when fewer than
@@ -175,7 +98,7 @@ pub fn routable(service: &ServiceEntry, member: &Member, now_ms: u64) -> bool {
 pub fn update_panic(service: &ServiceEntry, now_ms: u64) -> bool {
     let threshold = usize::from(service.policy.panic_threshold);
     let (mut counted, mut available) = (0usize, 0usize);
-    for m in service.members.iter() {
+    for m in service.members() {
         if m.instance.health() == Health::Unknown || !m.instance.takes_new_requests() {
             continue;
         }
@@ -185,12 +108,12 @@ pub fn update_panic(service: &ServiceEntry, now_ms: u64) -> bool {
         }
     }
     let panic = threshold > 0 && counted > 0 && available * 100 < threshold * counted;
-    let was = service.live.panic.swap(panic, Relaxed);
+    let was = service.live().set_panic(panic);
     if panic != was {
         if panic {
-            tracing::warn!(service = %service.name, available, of = counted, threshold_percent = threshold, "panic mode: too few instances available, ignoring health");
+            tracing::warn!(service = %service.name(), available, of = counted, threshold_percent = threshold, "panic mode: too few instances available, ignoring health");
         } else {
-            tracing::info!(service = %service.name, available, of = counted, "panic mode over");
+            tracing::info!(service = %service.name(), available, of = counted, "panic mode over");
         }
     }
     panic
@@ -209,9 +132,9 @@ fn chance(seed: usize) -> u64 {
 #[inline]
 fn advance(service: &ServiceEntry, retry: bool) -> usize {
     if retry {
-        service.live.cursor.load(Relaxed)
+        service.live().turn()
     } else {
-        service.live.cursor.fetch_add(1, Relaxed)
+        service.live().next_turn()
     }
 }
 
@@ -222,8 +145,8 @@ fn round_robin(
     now_ms: u64,
     slow_start: Duration,
 ) -> Option<&Member> {
-    let members = &service.members;
-    let len = service.schedule.len(members.len());
+    let members = service.members();
+    let len = service.schedule().len(members.len());
     if len == 0 {
         return None;
     }
@@ -231,7 +154,7 @@ fn round_robin(
     let mut fallback = None;
     for i in 0..len {
         let slot = start.wrapping_add(i);
-        let m = &members[service.schedule.member(slot % len)];
+        let m = &members[service.schedule().member(slot % len)];
         if !eligible(m) {
             continue;
         }
@@ -255,7 +178,7 @@ fn least_connections(
     now_ms: u64,
     slow_start: Duration,
 ) -> Option<&Member> {
-    let members = &service.members;
+    let members = service.members();
     let n = members.len();
     if n == 0 {
         return None;
@@ -306,22 +229,6 @@ mod tests {
             *out.entry(g.instance().addr().port()).or_default() += 1;
         }
         out
-    }
-
-    #[test]
-    fn smooth_weighted_schedule_spreads_heavy_member() {
-        let s = Schedule::new([5, 1, 1].into_iter());
-        assert_eq!(&*s.order, &[0, 0, 1, 0, 2, 0, 0]);
-        assert!(Schedule::new([3, 3, 3].into_iter()).order.is_empty());
-        let s = Schedule::new([2, 4].into_iter());
-        assert_eq!(&*s.order, &[1, 0, 1], "reduced by the gcd");
-    }
-
-    #[test]
-    fn schedule_is_capped_but_keeps_every_member() {
-        let s = Schedule::new((0..300).map(|i| if i == 0 { 1 } else { 1000 }));
-        assert!(s.order.len() as u64 <= MAX_SCHEDULE + 300);
-        assert!(s.order.contains(&0));
     }
 
     #[test]

@@ -11,8 +11,6 @@
 //! gap longer than two windows without retries, the previous window is
 //! estimated from the average request rate over the gap.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use crate::registry::ServiceEntry;
 
 const WINDOW_MS: u64 = 5_000;
@@ -20,7 +18,7 @@ const WINDOW_MS: u64 = 5_000;
 /// Takes one retry from `service`'s budget at `now_ms`; false when spent.
 pub fn take(service: &ServiceEntry, now_ms: u64) -> bool {
     let budget = &service.policy().retry_budget;
-    let picks = service.live().cursor.load(Relaxed);
+    let picks = service.live().turn();
     let mut w = service.live().budget();
     if w.started_ms == 0 {
         w.started_ms = now_ms;
@@ -76,7 +74,9 @@ mod tests {
         let now = crate::clock::now_ms();
         assert!(!take(svc, now), "no requests yet, no minimum: no retry");
         // 100 requests happen in the window: 20 retries allowed.
-        svc.live().cursor.store(100, Relaxed);
+        (0..100).for_each(|_| {
+            svc.live().next_turn();
+        });
         let granted = (0..50).filter(|_| take(svc, now + 10)).count();
         assert_eq!(granted, 20);
         assert_eq!(refused(svc), 31);

@@ -11,6 +11,7 @@ pub mod dns;
 pub mod etcd;
 mod instance;
 pub mod registrations;
+mod schedule;
 mod snapshot;
 mod source;
 
@@ -23,10 +24,10 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::Notify;
 
 pub use instance::{Health, InFlightGuard, InstanceKey, InstanceState, Transition};
+pub use schedule::Schedule;
 pub use snapshot::{Member, RetryWindow, ServiceEntry, ServiceLive, Snapshot};
 pub use source::{static_instances, InstanceSpec, STATIC_SOURCE};
 
-use crate::balance::Schedule;
 use crate::clock;
 use crate::config::{Balance, Config, ServicePolicy};
 use crate::router::Router;

@@ -4,15 +4,15 @@
 //! publication (only the atomics inside the live state change).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::balance::Schedule;
 use crate::config::{Balance, ServicePolicy};
 use crate::router::Router;
 
 use super::instance::InstanceState;
+use super::schedule::Schedule;
 
 /// One published view of the registry.
 #[derive(Debug)]
@@ -125,8 +125,15 @@ impl ServiceEntry {
     }
 
     /// Its instances, sorted by address.
+    #[inline]
     pub fn members(&self) -> &[Member] {
         &self.members
+    }
+
+    /// The weighted round-robin order over [`ServiceEntry::members`].
+    #[inline]
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 }
 
@@ -153,12 +160,12 @@ pub struct Member {
 
 /// Per-service state that must survive swaps: the rotation cursor (so a
 /// swap does not restart round-robin at the first member; it also counts
-/// picks, which the retry budget uses as its request count), the panic-mode
-/// flag and the retry budget's window.
+/// first attempts, which the retry budget uses as its request count), the
+/// panic-mode flag and the retry budget's window.
 #[derive(Debug, Default)]
 pub struct ServiceLive {
-    pub(crate) cursor: AtomicUsize,
-    pub(crate) panic: AtomicBool,
+    cursor: AtomicUsize,
+    panic: AtomicBool,
     pub(crate) budget: Mutex<RetryWindow>,
 }
 
@@ -176,10 +183,31 @@ impl ServiceLive {
         self.budget.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes the next turn of the rotation: the cursor's position, which
+    /// then moves on by one. Called once per request (not per retry).
+    #[inline]
+    pub fn next_turn(&self) -> usize {
+        self.cursor.fetch_add(1, Relaxed)
+    }
+
+    /// The cursor's position, without moving it: the turns taken so far,
+    /// that is the requests balanced since the service appeared (wrapping).
+    #[inline]
+    pub fn turn(&self) -> usize {
+        self.cursor.load(Relaxed)
+    }
+
     /// Whether panic mode is on: too few instances usable, so health is
     /// ignored.
+    #[inline]
     pub fn in_panic(&self) -> bool {
-        self.panic.load(std::sync::atomic::Ordering::Relaxed)
+        self.panic.load(Relaxed)
+    }
+
+    /// Turns panic mode on or off (health decides when); returns whether
+    /// it was on.
+    pub fn set_panic(&self, on: bool) -> bool {
+        self.panic.swap(on, Relaxed)
     }
 }
 
