@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Balance;
-use crate::registry::{Health, InFlightGuard, InstanceState, Member, ServiceEntry};
+use crate::registry::{InFlightGuard, InstanceState, Member, ServiceEntry};
 
 /// Instances already attempted for one request, so a retry goes elsewhere.
 /// Fixed capacity (attempts are capped at 10 by config); no allocation.
@@ -50,7 +50,8 @@ impl Tried {
 /// in `tried`, and starts counting a request against it.
 ///
 /// Normally only available members qualify (not failing an active check, not
-/// ejected, not draining). In panic mode (see [`update_panic`]) unhealthy
+/// ejected, not draining). In panic mode (which health turns on and off, see
+/// `health::panic`) unhealthy
 /// and ejected members qualify too, so traffic spreads over them instead of
 /// failing; a draining member (drained by its source or an operator, or
 /// removed) never does. Members in their slow-start window count with a
@@ -86,37 +87,6 @@ fn eligible(panic: bool, instance: &InstanceState, now_ms: u64) -> bool {
 /// rule [`pick`] follows, retries aside).
 pub fn routable(service: &ServiceEntry, member: &Member, now_ms: u64) -> bool {
     eligible(service.live().in_panic(), &member.instance, now_ms)
-}
-
-/// Recomputes `service`'s panic flag: on when fewer than
-/// `panic_threshold` percent of its members are available. Draining
-/// members (which panic mode never uses) and members whose first check has
-/// not run yet are left out of the count, so a fresh service does not start
-/// in panic mode and draining half of a service does not start it either.
-/// Called when a snapshot is built, on every health transition and
-/// periodically (ejections end by time).
-pub fn update_panic(service: &ServiceEntry, now_ms: u64) -> bool {
-    let threshold = usize::from(service.policy.panic_threshold);
-    let (mut counted, mut available) = (0usize, 0usize);
-    for m in service.members() {
-        if m.instance.health() == Health::Unknown || !m.instance.takes_new_requests() {
-            continue;
-        }
-        counted += 1;
-        if m.instance.is_available(now_ms) {
-            available += 1;
-        }
-    }
-    let panic = threshold > 0 && counted > 0 && available * 100 < threshold * counted;
-    let was = service.live().set_panic(panic);
-    if panic != was {
-        if panic {
-            tracing::warn!(service = %service.name(), available, of = counted, threshold_percent = threshold, "panic mode: too few instances available, ignoring health");
-        } else {
-            tracing::info!(service = %service.name(), available, of = counted, "panic mode over");
-        }
-    }
-    panic
 }
 
 /// A number in 0..1000 derived from `seed`, for slow-start admission: a
@@ -322,7 +292,10 @@ mod tests {
         for m in &svc.members()[..3] {
             m.instance.eject_until(now + 60_000);
         }
-        assert!(update_panic(svc, now), "1 of 4 available is under 50%");
+        assert!(
+            crate::health::panic::update(svc, now),
+            "1 of 4 available is under 50%"
+        );
         let mut seen = std::collections::HashSet::new();
         for _ in 0..8 {
             seen.insert(
@@ -341,7 +314,7 @@ mod tests {
         for m in svc.members() {
             m.instance.eject_until(now + 60_000);
         }
-        assert!(!update_panic(svc, now));
+        assert!(!crate::health::panic::update(svc, now));
         assert!(
             pick(svc, now, &Tried::default()).is_none(),
             "no panic mode: nothing to pick"
@@ -361,7 +334,7 @@ mod tests {
         m[0].instance.set_admin_drain(true, "test");
         m[1].instance.set_admin_drain(true, "test");
         assert!(
-            !update_panic(svc, now),
+            !crate::health::panic::update(svc, now),
             "two of three draining: the one left is 100% of those counted"
         );
         let ports = |n: usize| -> std::collections::BTreeSet<u16> {
@@ -381,7 +354,10 @@ mod tests {
         // The one left fails: panic mode, which widens to unhealthy members
         // only, never to draining ones.
         m[2].instance.eject_until(now + 60_000);
-        assert!(update_panic(svc, now), "0 of 1 counted available");
+        assert!(
+            crate::health::panic::update(svc, now),
+            "0 of 1 counted available"
+        );
         assert_eq!(ports(9), [3].into());
         assert!(!routable(svc, &m[1], now) && routable(svc, &m[2], now));
 
@@ -401,7 +377,7 @@ mod tests {
         m[0].instance.set_admin_drain(true, "test");
         m[1].instance.set_admin_drain(true, "test");
         m[2].instance.eject_until(now + 60_000);
-        assert!(update_panic(svc, now));
+        assert!(crate::health::panic::update(svc, now));
         let held: Vec<_> = (0..6)
             .map(|_| pick(svc, now, &Tried::default()).unwrap())
             .collect();

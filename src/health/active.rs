@@ -22,7 +22,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::balance::update_panic;
 use crate::clock;
 use crate::config::{CheckKind, HealthCheck};
 use crate::registry::{Health, InstanceKey, InstanceState, Registry};
@@ -32,9 +31,17 @@ use crate::registry::{Health, InstanceKey, InstanceState, Registry};
 const PANIC_REFRESH: Duration = Duration::from_millis(250);
 
 /// Starts the supervisor: it keeps one checker per instance of every
-/// service that has `[services.NAME.health]`, and refreshes panic flags.
+/// service that has `[services.NAME.health]`, and refreshes panic flags
+/// (and has the registry apply the panic-mode rule on every rebuild).
 /// Ends when the registry is dropped.
 pub fn spawn_supervisor(registry: &Arc<Registry>) -> JoinHandle<()> {
+    // From now on every rebuild applies the panic-mode rule before it
+    // publishes; the services already published get it now.
+    registry.reassess_with(super::panic::update);
+    let now = clock::now_ms();
+    for service in registry.load().services() {
+        super::panic::update(service, now);
+    }
     let weak = Arc::downgrade(registry);
     let versions = registry.watch();
     tokio::spawn(supervise(weak, versions))
@@ -100,7 +107,7 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
         // checks passing), so a swap does not walk every instance.
         if sweep {
             for service in snap.services() {
-                update_panic(service, now);
+                super::panic::update(service, now);
             }
         }
         drop(snap);
@@ -177,7 +184,7 @@ async fn check_loop(
         if changed {
             if let Some(reg) = registry.upgrade() {
                 if let Some(service) = reg.load().service(&instance.key().service) {
-                    update_panic(service, clock::now_ms());
+                    super::panic::update(service, clock::now_ms());
                 }
             }
         }

@@ -9,10 +9,14 @@
 //!   instance changes state only after `healthy_threshold` passes or
 //!   `unhealthy_threshold` failures in a row.
 //!
-//! Both feed the per-instance live state the balancer reads, and both
-//! recompute the service's panic-mode flag on every transition.
+//! - [`panic`]: the panic-mode rule (too few instances available: ignore
+//!   health), applied by the registry on every rebuild and by both of the
+//!   above on every transition.
+//!
+//! Both feed the per-instance live state the balancer reads.
 
 pub mod active;
+pub mod panic;
 pub mod passive;
 
 pub use active::spawn_supervisor;

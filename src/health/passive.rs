@@ -13,7 +13,6 @@ use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::balance::update_panic;
 use crate::registry::{InstanceState, ServiceEntry};
 
 /// What went wrong with one attempt.
@@ -102,7 +101,7 @@ pub fn on_failure(
         "ejected",
         format!("{count} consecutive failures (last: {failure}); ejected for {length:?}"),
     );
-    update_panic(service, now_ms);
+    super::panic::update(service, now_ms);
     true
 }
 

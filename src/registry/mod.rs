@@ -47,9 +47,16 @@ pub struct Registry {
     settled: tokio::sync::watch::Sender<u64>,
 }
 
+/// What a higher layer derives from a service's members and keeps in its
+/// live state, recomputed at `now_ms` whenever the members may have
+/// changed (health: the panic-mode flag). See [`Registry::reassess_with`].
+pub type Reassess = fn(&ServiceEntry, u64) -> bool;
+
 /// Inputs of the next rebuild and the live state carried across rebuilds.
 #[derive(Debug)]
 struct BuildState {
+    /// Applied to every service entry built, before it is published.
+    reassess: Option<Reassess>,
     router: Arc<Router>,
     policies: BTreeMap<Arc<str>, (Balance, Arc<ServicePolicy>)>,
     default_policy: Arc<ServicePolicy>,
@@ -365,6 +372,7 @@ impl Registry {
     pub fn new(config: &Config) -> Arc<Registry> {
         let router = Arc::new(Router::new(config));
         let state = BuildState {
+            reassess: None,
             router: router.clone(),
             policies: policies(config),
             default_policy: config.default_policy.clone(),
@@ -395,6 +403,14 @@ impl Registry {
         });
         registry.rebuild();
         registry
+    }
+
+    /// Has `reassess` applied to every service entry a rebuild builds,
+    /// before it is published, and to a service whose instance was vouched
+    /// healthy. Health installs its panic-mode rule here, so the registry
+    /// need not know it.
+    pub fn reassess_with(&self, reassess: Reassess) {
+        self.lock().reassess = Some(reassess);
     }
 
     /// The current snapshot. Hold the guard briefly: take what is needed
@@ -749,6 +765,7 @@ impl Registry {
             addr,
         };
         let mut st = self.lock();
+        let reassess = st.reassess;
         match st.live.get(&key).and_then(Weak::upgrade) {
             Some(state) => {
                 drop(st);
@@ -762,7 +779,9 @@ impl Registry {
                         if late && !svc.policy().slow_start.is_zero() {
                             state.start_warming(now);
                         }
-                        crate::balance::update_panic(svc, now);
+                        if let Some(reassess) = reassess {
+                            reassess(svc, now);
+                        }
                     }
                 }
             }
@@ -1223,7 +1242,9 @@ impl BuildState {
                 live: service_live,
                 index,
             };
-            crate::balance::update_panic(&entry, now);
+            if let Some(reassess) = self.reassess {
+                reassess(&entry, now);
+            }
             services.insert(name.clone(), Arc::new(entry));
         }
         // Instances gone from every source drain: no snapshot lists them,
