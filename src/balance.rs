@@ -331,8 +331,8 @@ mod tests {
         let svc = snap.service("s").unwrap();
         let now = crate::clock::now_ms();
         let m = svc.members();
-        m[0].instance.set_admin_drain(true, "test");
-        m[1].instance.set_admin_drain(true, "test");
+        m[0].instance.set_draining(true, "test");
+        m[1].instance.set_draining(true, "test");
         assert!(
             !crate::health::panic::update(svc, now),
             "two of three draining: the one left is 100% of those counted"
@@ -362,7 +362,7 @@ mod tests {
         assert!(!routable(svc, &m[1], now) && routable(svc, &m[2], now));
 
         // A member removed from the registry is never picked either.
-        m[2].instance.start_draining();
+        m[2].instance.mark_removed();
         assert!(pick(svc, now, &Tried::default()).is_none());
 
         // Least-connections follows the same rule.
@@ -374,8 +374,8 @@ mod tests {
         let snap = reg.load();
         let svc = snap.service("s").unwrap();
         let m = svc.members();
-        m[0].instance.set_admin_drain(true, "test");
-        m[1].instance.set_admin_drain(true, "test");
+        m[0].instance.set_draining(true, "test");
+        m[1].instance.set_draining(true, "test");
         m[2].instance.eject_until(now + 60_000);
         assert!(crate::health::panic::update(svc, now));
         let held: Vec<_> = (0..6)

@@ -257,7 +257,7 @@ pub fn services(registry: &Registry) -> ServicesView {
                     in_flight: m.instance.in_flight(),
                     requests: m.instance.requests(),
                     consecutive_failures: m.instance.consecutive_failures(),
-                    idle_connections: m.instance.idle.len(),
+                    idle_connections: crate::proxy::upstream::idle_connections(&m.instance),
                 })
                 .collect(),
         })

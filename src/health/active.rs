@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -147,10 +146,9 @@ async fn check_loop(
                     Health::Healthy | Health::NotChecked => false,
                 };
                 if admit {
-                    instance.set_health(Health::Healthy);
                     // Ramp up instances coming back, and those that joined a
                     // running service; not the ones present at start.
-                    let ramp = health == Health::Unhealthy || instance.late_joiner.load(Relaxed);
+                    let ramp = health == Health::Unhealthy || instance.is_late_joiner();
                     if ramp && !slow_start.is_zero() {
                         instance.start_warming(clock::now_ms());
                     }
@@ -159,7 +157,7 @@ async fn check_loop(
                     } else {
                         format!("{passes} consecutive checks passed")
                     };
-                    instance.note_health("healthy", reason);
+                    instance.mark_healthy(reason);
                 }
                 admit
             }
@@ -169,12 +167,9 @@ async fn check_loop(
                 let remove = matches!(health, Health::Healthy | Health::Unknown)
                     && failures >= check.unhealthy_threshold;
                 if remove {
-                    instance.set_health(Health::Unhealthy);
-                    instance.idle.clear();
-                    instance.note_health(
-                        "unhealthy",
-                        format!("{failures} consecutive checks failed, last: {reason}"),
-                    );
+                    instance.mark_unhealthy(format!(
+                        "{failures} consecutive checks failed, last: {reason}"
+                    ));
                 } else if health == Health::Healthy {
                     tracing::debug!(instance = %instance.addr(), %reason, failures, "health check failed");
                 }

@@ -74,7 +74,7 @@ mod tests {
         m[1].instance.set_health(Health::Unhealthy);
         assert!(update(svc, now), "1 of 3 available is under 50%");
         assert!(svc.live().in_panic());
-        m[1].instance.set_admin_drain(true, "test");
+        m[1].instance.set_draining(true, "test");
         assert!(
             !update(svc, now),
             "draining members are left out: 1 of 2 available"

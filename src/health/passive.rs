@@ -10,7 +10,6 @@
 //! (and always at least one) are ejected at once.
 
 use std::fmt;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::registry::{InstanceState, ServiceEntry};
@@ -43,12 +42,7 @@ impl fmt::Display for Failure {
 /// when there is something to reset, so the common path stays read-only.
 #[inline]
 pub fn on_success(instance: &InstanceState) {
-    if instance.failures.load(Relaxed) != 0 || instance.connect_failures.load(Relaxed) != 0 {
-        instance.failures.store(0, Relaxed);
-        instance.connect_failures.store(0, Relaxed);
-    }
-    if instance.ejection_streak.load(Relaxed) != 0 && instance.ejection_streak.swap(0, Relaxed) != 0
-    {
+    if instance.record_success() {
         instance.note_health("available", "answered again after an ejection".to_owned());
     }
 }
@@ -65,14 +59,9 @@ pub fn on_failure(
     if failure == Failure::Status5xx && !o.count_5xx {
         return false;
     }
-    let any = instance.failures.fetch_add(1, Relaxed) + 1;
-    let connect = if failure == Failure::Connect {
-        instance.connect_failures.fetch_add(1, Relaxed) + 1
-    } else {
-        0
-    };
-    let tripped = (o.connect_failures > 0 && connect >= o.connect_failures)
-        || (o.consecutive_failures > 0 && any >= o.consecutive_failures);
+    let (any, connect) = instance.record_failure(failure == Failure::Connect);
+    let by_connects = o.connect_failures > 0 && connect >= o.connect_failures;
+    let tripped = by_connects || (o.consecutive_failures > 0 && any >= o.consecutive_failures);
     if !tripped || instance.is_ejected(now_ms) {
         return false;
     }
@@ -86,17 +75,10 @@ pub fn on_failure(
         tracing::debug!(service = %service.name(), instance = %instance.addr(), ejected, cap, "not ejecting: ejection cap reached");
         return false;
     }
-    let streak = instance.ejection_streak.fetch_add(1, Relaxed) + 1;
-    let length = ejection_length(o.base_ejection, o.max_ejection, streak);
-    instance.eject_until(now_ms + length.as_millis() as u64);
-    instance.failures.store(0, Relaxed);
-    instance.connect_failures.store(0, Relaxed);
-    let count =
-        if failure == Failure::Connect && o.connect_failures > 0 && connect >= o.connect_failures {
-            connect
-        } else {
-            any
-        };
+    let length = instance.eject(now_ms, |streak| {
+        ejection_length(o.base_ejection, o.max_ejection, streak)
+    });
+    let count = if by_connects { connect } else { any };
     instance.note_health(
         "ejected",
         format!("{count} consecutive failures (last: {failure}); ejected for {length:?}"),

@@ -170,7 +170,7 @@ fn why_unavailable(service: &ServiceEntry, now_ms: u64) -> String {
     let (mut unhealthy, mut ejected, mut draining) = (0, 0, 0);
     for m in members {
         let i = &m.instance;
-        if i.is_drained() || i.is_draining() {
+        if !i.takes_new_requests() {
             draining += 1;
         } else if i.is_ejected(now_ms) {
             ejected += 1;

@@ -287,9 +287,7 @@ impl TrackedBody {
     fn finish(&mut self, clean: bool) {
         if let Some(guard) = self.guard.take() {
             if let (true, Some(sender)) = (clean, self.sender.take()) {
-                if !guard.instance().is_draining() {
-                    guard.instance().idle.put(sender);
-                }
+                super::upstream::keep(guard.instance(), sender);
             }
         }
         self.sender = None;

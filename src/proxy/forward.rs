@@ -321,7 +321,12 @@ impl Proxy {
         resend_ok: bool,
     ) -> Attempt {
         let timeouts = &service.policy().timeouts;
-        if let Some(sender) = instance.idle.take(self.settings.upstream_idle).await {
+        let pool = upstream::pool(instance, self.settings.max_idle);
+        let pooled = match pool {
+            Some(pool) => pool.take(self.settings.upstream_idle).await,
+            None => None,
+        };
+        if let Some(sender) = pooled {
             match send(sender, request, timeouts.response_header).await {
                 Attempt::Failed {
                     request: Some(r), ..

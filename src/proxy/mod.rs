@@ -41,6 +41,9 @@ pub struct Proxy {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub upstream_idle: Duration,
+    /// `limits.max_idle_per_instance`: idle connections kept per instance
+    /// (of each kind).
+    pub max_idle: usize,
     pub max_header_bytes: usize,
     pub debug_header: bool,
     pub snapshot_header: bool,
@@ -113,6 +116,7 @@ impl Proxy {
             registry,
             settings: Settings {
                 upstream_idle: config.timeouts.upstream_idle,
+                max_idle: config.limits.max_idle_per_instance,
                 max_header_bytes: config.limits.max_header_bytes,
                 debug_header: config.proxy.debug_header,
                 snapshot_header: config.proxy.snapshot_header,
@@ -139,7 +143,9 @@ impl Proxy {
         let snapshot = self.registry.load_full();
         for service in snapshot.services() {
             for member in service.members() {
-                member.instance.idle.reap(self.settings.upstream_idle);
+                if let Some(pool) = upstream::pool_of(&member.instance) {
+                    pool.reap(self.settings.upstream_idle);
+                }
             }
         }
     }

@@ -3,13 +3,16 @@
 //! connections ([`Sender`], for the general path) and plain sockets with
 //! their read buffer ([`RawConn`], for the HTTP/1.1 fast path in [`super::h1`]).
 //!
-//! Each instance owns its own small lock-free pool ([`IdlePool`], part of the
-//! instance's live state), so a pool never needs a lookup by address and dies
-//! with the instance: once an instance leaves the registry and its last
-//! request finishes, its idle connections close. A connection goes back to
+//! Each instance has its own small lock-free pool ([`IdlePool`]), kept in the
+//! attachment slot of the instance's live state ([`pool`]), so a pool never
+//! needs a lookup by address and dies with the instance: once an instance
+//! leaves the registry and its last request finishes, its idle connections
+//! close. The registry does not know the pool; it only tells it when the
+//! instance stops taking requests ([`Attachment::release`]). A connection goes back to
 //! the pool only when its response body has been read to the end; anything
 //! else (error, client gone mid-body, upgrade) drops it, which closes it.
 
+use std::any::Any;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +26,7 @@ use tokio::net::TcpStream;
 
 use super::body::UpstreamBody;
 use crate::clock;
+use crate::registry::{Attachment, InstanceState, Lifecycle};
 
 /// The sending half of one upstream HTTP/1.1 connection.
 pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
@@ -222,6 +226,56 @@ impl IdlePool {
         reap(&self.queue, oldest_ok);
         reap(&self.raw, oldest_ok);
     }
+}
+
+impl Attachment for IdlePool {
+    /// The instance takes no new requests: its idle connections close.
+    fn release(&self) {
+        self.clear();
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `instance`'s idle connections, made on first use with room for
+/// `max_idle` of each kind; `None` only if another type took the slot.
+#[inline]
+pub(crate) fn pool(instance: &InstanceState, max_idle: usize) -> Option<&IdlePool> {
+    instance
+        .attachment()
+        .get_or_init(|| IdlePool::new(max_idle))
+}
+
+/// `instance`'s idle connections, if a request to it has made the pool.
+#[inline]
+pub(crate) fn pool_of(instance: &InstanceState) -> Option<&IdlePool> {
+    instance.attachment().get()
+}
+
+/// Keeps `sender` for the next request to `instance`, unless the instance
+/// has left the registry (then it closes).
+pub(crate) fn keep(instance: &InstanceState, sender: Sender) {
+    if instance.lifecycle() != Lifecycle::Removed {
+        if let Some(pool) = pool_of(instance) {
+            pool.put(sender);
+        }
+    }
+}
+
+/// [`keep`] for a fast-path connection.
+pub(crate) fn keep_raw(instance: &InstanceState, conn: RawConn) {
+    if instance.lifecycle() != Lifecycle::Removed {
+        if let Some(pool) = pool_of(instance) {
+            pool.put_raw(conn);
+        }
+    }
+}
+
+/// Idle connections kept for `instance` (shown by the admin API).
+pub(crate) fn idle_connections(instance: &InstanceState) -> usize {
+    pool_of(instance).map_or(0, IdlePool::len)
 }
 
 /// Why a new connection could not be made.

@@ -1,7 +1,10 @@
 //! Live per-instance state: the part of an instance that changes per request
-//! (in-flight count, connect-failure backoff, idle upstream connections) and
-//! therefore lives outside the immutable snapshot, keyed by identity, so a
-//! snapshot swap never resets it.
+//! or per health event (in-flight count, health, ejection, slow start, its
+//! [`Lifecycle`]) and therefore lives outside the immutable snapshot, keyed
+//! by identity, so a snapshot swap never resets it. Other modules change it
+//! only through methods that say what happens (`record_failure`, `eject`,
+//! `mark_unhealthy`, ...); a higher layer keeps its own per-instance things
+//! (the proxy's idle connections) in its [`Slot`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{
@@ -10,7 +13,7 @@ use std::sync::atomic::{
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::proxy::upstream::IdlePool;
+use super::attach::Slot;
 
 /// What makes two instances the same instance: the service and the address.
 /// Sources may also give an instance id; it is metadata, not identity.
@@ -68,28 +71,66 @@ pub struct Transition {
     pub at: SystemTime,
 }
 
+/// Where an instance is in its life, as the registry sees it. Health
+/// (active checks, ejections) is separate: it decides whether a *serving*
+/// instance is picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Lifecycle {
+    /// Listed and taking new requests (when its health allows).
+    Serving = 0,
+    /// Listed, but its source or an operator asked it to drain: it takes
+    /// no new requests, not even in panic mode; requests in flight finish.
+    /// The drain can be cancelled.
+    Draining = 1,
+    /// No source lists it any more: no new snapshot lists it, requests in
+    /// flight finish, then its state is dropped. Final.
+    Removed = 2,
+}
+
+impl Lifecycle {
+    fn from_u8(v: u8) -> Lifecycle {
+        match v {
+            1 => Lifecycle::Draining,
+            2 => Lifecycle::Removed,
+            _ => Lifecycle::Serving,
+        }
+    }
+
+    /// Lower-case name, as logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Serving => "serving",
+            Lifecycle::Draining => "draining",
+            Lifecycle::Removed => "removed",
+        }
+    }
+}
+
 /// Live state of one instance, shared by every snapshot that lists it and by
 /// every request in flight to it. The request path only reads and bumps
-/// atomics here; the transition record is written on state changes only.
+/// atomics here (through the methods below); the transition record is
+/// written on state changes only.
 #[derive(Debug)]
 pub struct InstanceState {
     key: InstanceKey,
     in_flight: AtomicUsize,
     requests: AtomicU64,
     health: AtomicU8,
+    /// A [`Lifecycle`].
+    lifecycle: AtomicU8,
     /// `clock::now_ms()` until which passive health keeps it out; 0 if none.
     ejected_until_ms: AtomicU64,
     /// Start of the slow-start ramp; 0 when fully warm.
     warm_from_ms: AtomicU64,
-    draining: AtomicBool,
-    /// Asked to drain through the registration API: listed, not picked.
-    admin_drain: AtomicBool,
     /// Joined a running service: ramp up once its first check passes.
-    pub(crate) late_joiner: AtomicBool,
-    pub(crate) connect_failures: AtomicU32,
-    pub(crate) failures: AtomicU32,
+    late_joiner: AtomicBool,
+    /// Consecutive connect failures since the last success.
+    connect_failures: AtomicU32,
+    /// Consecutive failures of any kind since the last success.
+    failures: AtomicU32,
     /// Consecutive ejections, for the growing ejection time.
-    pub(crate) ejection_streak: AtomicU32,
+    ejection_streak: AtomicU32,
     ejections: AtomicU64,
     transition: Mutex<Option<Transition>>,
     /// The last change of health (active check or passive ejection), kept
@@ -100,26 +141,25 @@ pub struct InstanceState {
     last_check: Mutex<Option<Result<(), String>>>,
     /// Woken after every active check (registration calls wait on it).
     checked: tokio::sync::Notify,
-    /// Idle keep-alive connections to this instance; dropped (and so closed)
-    /// with the state once the instance has left the registry and its last
-    /// request has finished.
-    pub(crate) idle: IdlePool,
+    /// What a higher layer keeps for this instance (the proxy: its idle
+    /// upstream connections), dropped with the state once the instance has
+    /// left the registry and its last request has finished.
+    attachment: Slot,
 }
 
 impl InstanceState {
     /// Fresh state for an instance that just appeared, with the given
     /// starting health.
-    pub fn new(key: InstanceKey, max_idle: usize, health: Health) -> Self {
+    pub fn new(key: InstanceKey, health: Health) -> Self {
         InstanceState {
             key,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             health: AtomicU8::new(health as u8),
+            lifecycle: AtomicU8::new(Lifecycle::Serving as u8),
             ejected_until_ms: AtomicU64::new(0),
             warm_from_ms: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
             late_joiner: AtomicBool::new(false),
-            admin_drain: AtomicBool::new(false),
             connect_failures: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             ejection_streak: AtomicU32::new(0),
@@ -129,7 +169,7 @@ impl InstanceState {
             checks: AtomicU64::new(0),
             last_check: Mutex::new(None),
             checked: tokio::sync::Notify::new(),
-            idle: IdlePool::new(max_idle),
+            attachment: Slot::default(),
         }
     }
 
@@ -144,6 +184,12 @@ impl InstanceState {
         self.key.addr
     }
 
+    /// What a higher layer attached to this instance (see [`Slot`]).
+    #[inline]
+    pub fn attachment(&self) -> &Slot {
+        &self.attachment
+    }
+
     /// Requests dispatched and not yet finished (response body done or failed).
     #[inline]
     pub fn in_flight(&self) -> usize {
@@ -155,6 +201,8 @@ impl InstanceState {
         self.requests.load(Relaxed)
     }
 
+    // === health ===
+
     /// Active health.
     #[inline]
     pub fn health(&self) -> Health {
@@ -164,6 +212,79 @@ impl InstanceState {
     /// Sets the active health; returns the previous value.
     pub fn set_health(&self, health: Health) -> Health {
         Health::from_u8(self.health.swap(health as u8, Relaxed))
+    }
+
+    /// Marks it healthy because of `reason` (logged, and shown as its last
+    /// health transition).
+    pub fn mark_healthy(&self, reason: String) {
+        self.set_health(Health::Healthy);
+        self.note_health("healthy", reason);
+    }
+
+    /// Marks it unhealthy because of `reason` (logged, and shown as its
+    /// last health transition); what was kept for its requests (idle
+    /// connections) is let go.
+    pub fn mark_unhealthy(&self, reason: String) {
+        self.set_health(Health::Unhealthy);
+        self.attachment.release();
+        self.note_health("unhealthy", reason);
+    }
+
+    /// Whether it joined a service that was already running (rather than
+    /// being there at start): it ramps up once its first check passes.
+    pub fn is_late_joiner(&self) -> bool {
+        self.late_joiner.load(Relaxed)
+    }
+
+    /// Records that it joined a running service.
+    pub(crate) fn mark_late_joiner(&self) {
+        self.late_joiner.store(true, Relaxed);
+    }
+
+    // === passive health: outcomes and ejections ===
+
+    /// Records a successful exchange: the consecutive failure counts start
+    /// again from zero, and a run of ejections ends. Returns whether it
+    /// ended one (the instance answers again after an ejection). Writes
+    /// shared state only when there is something to reset, so the common
+    /// path stays read-only.
+    #[inline]
+    pub fn record_success(&self) -> bool {
+        if self.failures.load(Relaxed) != 0 || self.connect_failures.load(Relaxed) != 0 {
+            self.failures.store(0, Relaxed);
+            self.connect_failures.store(0, Relaxed);
+        }
+        self.ejection_streak.load(Relaxed) != 0 && self.ejection_streak.swap(0, Relaxed) != 0
+    }
+
+    /// Records a failed attempt (`connect`: the connection could not be
+    /// made). Returns the consecutive failures so far: of any kind, and of
+    /// connects (0 unless this one was a connect failure).
+    pub fn record_failure(&self, connect: bool) -> (u32, u32) {
+        let any = self.failures.fetch_add(1, Relaxed) + 1;
+        let connects = if connect {
+            self.connect_failures.fetch_add(1, Relaxed) + 1
+        } else {
+            0
+        };
+        (any, connects)
+    }
+
+    /// Consecutive failures of any kind since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.load(Relaxed)
+    }
+
+    /// Ejects it from `now_ms` for as long as `length` says for the run of
+    /// consecutive ejections this one makes (1 for the first since the
+    /// last success); the failure counts start again. Returns the length.
+    pub fn eject(&self, now_ms: u64, length: impl FnOnce(u32) -> Duration) -> Duration {
+        let streak = self.ejection_streak.fetch_add(1, Relaxed) + 1;
+        let length = length(streak);
+        self.eject_until(now_ms.saturating_add(length.as_millis() as u64));
+        self.failures.store(0, Relaxed);
+        self.connect_failures.store(0, Relaxed);
+        length
     }
 
     /// Whether passive health has it ejected at `now_ms`.
@@ -193,8 +314,10 @@ impl InstanceState {
         self.ejections.load(Relaxed)
     }
 
+    // === availability and lifecycle ===
+
     /// Whether the instance may take traffic at `now_ms` in normal mode:
-    /// not failing its active check, not ejected, not draining.
+    /// not failing its active check, not ejected, serving.
     #[inline]
     pub fn is_available(&self, now_ms: u64) -> bool {
         matches!(self.health(), Health::NotChecked | Health::Healthy)
@@ -202,30 +325,50 @@ impl InstanceState {
             && self.takes_new_requests()
     }
 
-    /// Whether it may get new requests at all: not drained (by its source
-    /// or an operator) and not removed from the registry. Panic mode never
-    /// widens the choice beyond these.
+    /// Where it is in its life.
+    #[inline]
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle::from_u8(self.lifecycle.load(Relaxed))
+    }
+
+    /// Whether it may get new requests at all: [`Lifecycle::Serving`].
+    /// Panic mode never widens the choice beyond these.
     #[inline]
     pub fn takes_new_requests(&self) -> bool {
-        !self.admin_drain.load(Relaxed) && !self.draining.load(Relaxed)
+        self.lifecycle() == Lifecycle::Serving
     }
 
-    /// Whether it was asked to drain (by its registration or an operator):
-    /// it takes no new requests, even in panic mode; requests in flight
-    /// finish.
-    #[inline]
-    pub fn is_drained(&self) -> bool {
-        self.admin_drain.load(Relaxed)
-    }
-
-    /// Drains it (or cancels the drain); `reason` names who asked.
-    pub(crate) fn set_admin_drain(&self, drain: bool, reason: &str) {
-        if self.admin_drain.swap(drain, Relaxed) != drain {
+    /// Starts draining it (or, with `drain` false, cancels the drain);
+    /// `reason` names who asked. A removed instance stays removed.
+    pub(crate) fn set_draining(&self, drain: bool, reason: &str) {
+        let (from, to) = if drain {
+            (Lifecycle::Serving, Lifecycle::Draining)
+        } else {
+            (Lifecycle::Draining, Lifecycle::Serving)
+        };
+        let changed = self
+            .lifecycle
+            .compare_exchange(from as u8, to as u8, Relaxed, Relaxed)
+            .is_ok();
+        if changed {
+            self.attachment.release();
             let to = if drain { "draining" } else { "available" };
-            self.idle.clear();
             self.note_transition(to, reason.to_owned());
         }
     }
+
+    /// Marks it as gone from the registry: no new requests reach it (no
+    /// snapshot lists it any more), what was kept for it (idle
+    /// connections) is let go now.
+    pub(crate) fn mark_removed(&self) {
+        let was = self.lifecycle.swap(Lifecycle::Removed as u8, Relaxed);
+        if was != Lifecycle::Removed as u8 {
+            self.attachment.release();
+            self.note_transition("removed", "no source lists it any more".to_owned());
+        }
+    }
+
+    // === slow start ===
 
     /// Starts a slow-start ramp at `now_ms`.
     pub fn start_warming(&self, now_ms: u64) {
@@ -249,19 +392,7 @@ impl InstanceState {
         (elapsed * 1000 / window_ms).max(100)
     }
 
-    /// Whether it has left the registry and only finishes what it has.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Relaxed)
-    }
-
-    /// Marks it as gone from the registry: no new requests reach it (no
-    /// snapshot lists it any more), its idle connections close now.
-    pub(crate) fn start_draining(&self) {
-        if !self.draining.swap(true, Relaxed) {
-            self.idle.clear();
-            self.note_transition("draining", "removed from the registry".to_owned());
-        }
-    }
+    // === what operators see ===
 
     /// Records a state change (and logs it, once per transition).
     pub fn note_transition(&self, to: &'static str, reason: String) {
@@ -339,11 +470,6 @@ impl InstanceState {
             }
         }
     }
-
-    /// Consecutive failures of any kind since the last success.
-    pub fn consecutive_failures(&self) -> u32 {
-        self.failures.load(Relaxed)
-    }
 }
 
 /// Counts one in-flight request against an instance for as long as it lives.
@@ -388,7 +514,6 @@ mod tests {
                 service: "a".into(),
                 addr: "127.0.0.1:1".parse().unwrap(),
             },
-            4,
             Health::NotChecked,
         ))
     }

@@ -7,6 +7,7 @@
 //! which rebuilds and swaps the snapshot only when the result differs from
 //! what is published. Bursts of updates coalesce into one rebuild.
 
+mod attach;
 pub mod dns;
 pub mod etcd;
 mod instance;
@@ -23,7 +24,8 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::Notify;
 
-pub use instance::{Health, InFlightGuard, InstanceKey, InstanceState, Transition};
+pub use attach::{Attachment, Slot};
+pub use instance::{Health, InFlightGuard, InstanceKey, InstanceState, Lifecycle, Transition};
 pub use schedule::Schedule;
 pub use snapshot::{Member, RetryWindow, ServiceEntry, ServiceLive, Snapshot};
 pub use source::{static_instances, InstanceSpec, STATIC_SOURCE};
@@ -60,7 +62,6 @@ struct BuildState {
     router: Arc<Router>,
     policies: BTreeMap<Arc<str>, (Balance, Arc<ServicePolicy>)>,
     default_policy: Arc<ServicePolicy>,
-    max_idle: usize,
     /// Sources in the order they first reported; earlier wins on conflicts.
     sources: Vec<SourceEntry>,
     /// Self-preservation: largest share (percent) of a service's instances
@@ -376,7 +377,6 @@ impl Registry {
             router: router.clone(),
             policies: policies(config),
             default_policy: config.default_policy.clone(),
-            max_idle: config.limits.max_idle_per_instance,
             sources: vec![SourceEntry::new(
                 Arc::from(STATIC_SOURCE),
                 static_instances(config),
@@ -770,13 +770,11 @@ impl Registry {
             Some(state) => {
                 drop(st);
                 if state.health() == Health::Unknown {
-                    state.set_health(Health::Healthy);
-                    state.note_health("healthy", VOUCHED.to_owned());
+                    state.mark_healthy(VOUCHED.to_owned());
                     let now = clock::now_ms();
                     if let Some(svc) = self.load().service(service) {
                         // A late joiner ramps up as after a first pass.
-                        let late = state.late_joiner.load(std::sync::atomic::Ordering::Relaxed);
-                        if late && !svc.policy().slow_start.is_zero() {
+                        if state.is_late_joiner() && !svc.policy().slow_start.is_zero() {
                             state.start_warming(now);
                         }
                         if let Some(reassess) = reassess {
@@ -847,7 +845,6 @@ impl Registry {
         st.router = Arc::new(Router::new(config));
         st.policies = policies(config);
         st.default_policy = config.default_policy.clone();
-        st.max_idle = config.limits.max_idle_per_instance;
         st.preserve_percent = config.registry.self_preservation_percent;
         st.max_staleness = config.registry.max_staleness;
         if st.max_hold != config.registry.max_hold {
@@ -1183,8 +1180,7 @@ impl BuildState {
                             if vouched {
                                 health = Health::Healthy;
                             }
-                            let state =
-                                Arc::new(InstanceState::new(key.clone(), self.max_idle, health));
+                            let state = Arc::new(InstanceState::new(key.clone(), health));
                             if vouched {
                                 state.note_health("healthy", VOUCHED.to_owned());
                             }
@@ -1194,9 +1190,7 @@ impl BuildState {
                                 if state.is_available(now) {
                                     state.start_warming(now);
                                 } else {
-                                    state
-                                        .late_joiner
-                                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                                    state.mark_late_joiner();
                                 }
                             }
                             state
@@ -1209,7 +1203,7 @@ impl BuildState {
                         (false, true) => "drain requested by its source",
                         (false, false) => "drain cancelled",
                     };
-                    state.set_admin_drain(p.operator_drain || spec.draining, reason);
+                    state.set_draining(p.operator_drain || spec.draining, reason);
                     Member {
                         instance: state,
                         weight: spec.weight,
@@ -1254,7 +1248,7 @@ impl BuildState {
                 continue;
             }
             if let Some(state) = self.live.remove(&key).and_then(|w| w.upgrade()) {
-                state.start_draining();
+                state.mark_removed();
             }
         }
         self.service_live

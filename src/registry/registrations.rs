@@ -697,9 +697,12 @@ mod tests {
         let drains = reg.operator_drains();
         assert_eq!(drains.len(), 1);
         assert_eq!(drains[0].0.addr, z);
-        assert!(reg.load().service("z").unwrap().members()[0]
-            .instance
-            .is_drained());
+        assert_eq!(
+            reg.load().service("z").unwrap().members()[0]
+                .instance
+                .lifecycle(),
+            crate::registry::Lifecycle::Draining
+        );
 
         // A file from before drains were saved: a bare list.
         std::fs::write(

@@ -257,10 +257,13 @@ fn incremental_rebuilds_touch_only_changed_services() {
     let after = reg.load_full();
     assert_eq!(ports(&after, "a"), [1]);
     assert!(after.service("c").is_none());
-    assert!(a3.is_draining());
-    assert!(!after.service("a").unwrap().members()[0]
-        .instance
-        .is_draining());
+    assert_eq!(a3.lifecycle(), Lifecycle::Removed);
+    assert_eq!(
+        after.service("a").unwrap().members()[0]
+            .instance
+            .lifecycle(),
+        Lifecycle::Serving
+    );
     assert!(Arc::ptr_eq(
         before.service("b").unwrap(),
         after.service("b").unwrap()
@@ -394,7 +397,10 @@ fn operator_drain_applies_to_any_instance_and_survives_reload() {
     let member = |reg: &Registry| {
         let snap = reg.load_full();
         let m = &snap.service("a").unwrap().members()[0];
-        (m.operator_drain, m.instance.is_drained())
+        (
+            m.operator_drain,
+            m.instance.lifecycle() == Lifecycle::Draining,
+        )
     };
     assert_eq!(member(&reg), (true, true));
     reg.apply_config(&config(&format!("{text}max_attempts = 3\n")));

@@ -408,10 +408,7 @@ impl Conn<'_> {
         let body = answer.body;
         match self.relay_body(&mut upstream, body, answer.trailers).await {
             Ok(true) if answer.reusable && upstream.buf.is_empty() => {
-                let instance = guard.instance();
-                if !instance.is_draining() {
-                    instance.idle.put_raw(upstream);
-                }
+                upstream::keep_raw(guard.instance(), upstream);
             }
             Ok(_) => {}
             Err(Relay::BeforeHead(detail)) => {
@@ -694,7 +691,10 @@ impl Exchange for FastExchange<'_> {
     async fn attempt(&mut self, instance: &InstanceState) -> Outcome<Self::Answer> {
         let service = self.service;
         let timeout = &service.policy().timeouts;
-        if let Some(mut conn) = instance.idle.take_raw(self.proxy.settings.upstream_idle) {
+        let settings = &self.proxy.settings;
+        let pooled = upstream::pool(instance, settings.max_idle)
+            .and_then(|pool| pool.take_raw(settings.upstream_idle));
+        if let Some(mut conn) = pooled {
             match self.exchange(&mut conn, timeout.response_header).await {
                 Ok((status, answer)) => return Outcome::Answered((conn, answer), status),
                 Err(Lost::TimedOut) => return Outcome::TimedOut,
