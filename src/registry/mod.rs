@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 pub use attach::{Attachment, Slot};
 pub use instance::{Health, InFlightGuard, InstanceKey, InstanceState, Lifecycle, Transition};
 pub use schedule::Schedule;
-pub use snapshot::{Member, RetryWindow, ServiceEntry, ServiceLive, Snapshot};
+pub use snapshot::{Member, ServiceEntry, ServiceLive, Snapshot};
 pub use source::{static_instances, InstanceSpec, STATIC_SOURCE};
 
 use crate::clock;

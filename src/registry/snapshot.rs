@@ -5,12 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::{Balance, ServicePolicy};
 use crate::router::Router;
 
+use super::attach::Slot;
 use super::instance::InstanceState;
 use super::schedule::Schedule;
 
@@ -119,7 +120,8 @@ impl ServiceEntry {
         self.index
     }
 
-    /// State that outlives snapshots (rotation, panic mode, retry budget).
+    /// State that outlives snapshots (rotation, panic mode, what a higher
+    /// layer attaches).
     pub fn live(&self) -> &ServiceLive {
         &self.live
     }
@@ -161,26 +163,36 @@ pub struct Member {
 /// Per-service state that must survive swaps: the rotation cursor (so a
 /// swap does not restart round-robin at the first member; it also counts
 /// first attempts, which the retry budget uses as its request count), the
-/// panic-mode flag and the retry budget's window.
-#[derive(Debug, Default)]
+/// panic-mode flag, and what a higher layer attaches (the proxy: the retry
+/// budget's window).
+#[derive(Debug)]
 pub struct ServiceLive {
     cursor: AtomicUsize,
     panic: AtomicBool,
-    pub(crate) budget: Mutex<RetryWindow>,
+    /// `clock::now_ms()` when the service appeared.
+    since_ms: u64,
+    attachment: Slot,
 }
 
 impl ServiceLive {
-    /// Live state for a service that appears at `now_ms`: the retry
-    /// budget's first window starts then.
+    /// Live state for a service that appears at `now_ms`.
     pub(crate) fn new(now_ms: u64) -> Self {
-        let live = ServiceLive::default();
-        live.budget().started_ms = now_ms;
-        live
+        ServiceLive {
+            cursor: AtomicUsize::new(0),
+            panic: AtomicBool::new(false),
+            since_ms: now_ms,
+            attachment: Slot::default(),
+        }
     }
 
-    /// The retry budget's window (locked only on the retry path).
-    pub(crate) fn budget(&self) -> std::sync::MutexGuard<'_, RetryWindow> {
-        self.budget.lock().unwrap_or_else(|e| e.into_inner())
+    /// When the service appeared (`clock::now_ms()` scale).
+    pub fn since_ms(&self) -> u64 {
+        self.since_ms
+    }
+
+    /// What a higher layer attached to this service (see [`Slot`]).
+    pub fn attachment(&self) -> &Slot {
+        &self.attachment
     }
 
     /// Takes the next turn of the rotation: the cursor's position, which
@@ -209,16 +221,4 @@ impl ServiceLive {
     pub fn set_panic(&self, on: bool) -> bool {
         self.panic.swap(on, Relaxed)
     }
-}
-
-/// Retries and picks counted over two consecutive windows.
-#[derive(Debug, Default)]
-pub struct RetryWindow {
-    pub(crate) started_ms: u64,
-    pub(crate) picks_at_start: usize,
-    pub(crate) retries: u64,
-    pub(crate) prev_picks: usize,
-    pub(crate) prev_retries: u64,
-    /// Retries refused since the process started.
-    pub(crate) refused: u64,
 }
