@@ -321,11 +321,8 @@ impl Proxy {
         resend_ok: bool,
     ) -> Attempt {
         let timeouts = &service.policy().timeouts;
-        let pool = upstream::pool(instance, self.settings.max_idle);
-        let pooled = match pool {
-            Some(pool) => pool.take(self.settings.upstream_idle).await,
-            None => None,
-        };
+        let pooled = upstream::pool(instance, self.settings.max_idle)
+            .and_then(|pool| pool.take(self.settings.upstream_idle));
         if let Some(sender) = pooled {
             match send(sender, request, timeouts.response_header).await {
                 Attempt::Failed {

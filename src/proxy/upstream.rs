@@ -31,11 +31,6 @@ use crate::registry::{Attachment, InstanceState, Lifecycle};
 /// The sending half of one upstream HTTP/1.1 connection.
 pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
 
-/// How long a pooled connection may take to become ready again before it
-/// is given up on (the previous exchange's request body may still be
-/// flowing when the response ended early).
-const READY_WAIT: Duration = Duration::from_millis(50);
-
 /// Largest response head accepted from an instance (both codecs).
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -192,24 +187,22 @@ impl IdlePool {
     }
 
     /// An idle connection that is still open, younger than `max_idle_time`
-    /// and ready for a request, if there is one.
-    pub(crate) async fn take(&self, max_idle_time: Duration) -> Option<Sender> {
+    /// and ready for a request, if there is one. Never waits: a connection
+    /// still finishing its previous exchange (its request body may still be
+    /// flowing after an early response) stays pooled for a later request,
+    /// and this one gets a fresh connection instead.
+    pub(crate) fn take(&self, max_idle_time: Duration) -> Option<Sender> {
         let q = self.queue.get()?;
         let oldest_ok = clock::now_ms().saturating_sub(max_idle_time.as_millis() as u64);
-        while let Some(Idle {
-            conn: mut sender,
-            since_ms,
-        }) = q.pop()
-        {
-            if sender.is_closed() || since_ms < oldest_ok {
+        for _ in 0..q.len() {
+            let idle = q.pop()?;
+            if idle.conn.is_closed() || idle.since_ms < oldest_ok {
                 continue;
             }
-            if sender.is_ready() {
-                return Some(sender);
+            if idle.conn.is_ready() {
+                return Some(idle.conn);
             }
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                return Some(sender);
-            }
+            let _ = q.push(idle);
         }
         None
     }
@@ -352,5 +345,39 @@ mod tests {
         assert_eq!(q.get().map(ArrayQueue::len), Some(1));
         let off: LazyQueue<u8> = LazyQueue::new(0);
         assert!(off.get_or_init().is_none(), "pooling off: no queue");
+    }
+
+    /// A pooled connection that is not ready yet (here: its connection
+    /// task has not run) is skipped without waiting and stays pooled;
+    /// once it is ready, it is taken.
+    #[tokio::test(start_paused = true)]
+    async fn take_never_waits_for_a_busy_connection() {
+        let (client, _server) = tokio::io::duplex(1024);
+        let (sender, conn) = http1::handshake::<_, UpstreamBody>(TokioIo::new(client))
+            .await
+            .unwrap();
+        assert!(!sender.is_ready() && !sender.is_closed());
+        let pool = IdlePool::new(4);
+        pool.put(sender);
+        let before = tokio::time::Instant::now();
+        assert!(pool.take(Duration::from_secs(60)).is_none());
+        assert_eq!(tokio::time::Instant::now(), before, "no time spent waiting");
+        assert_eq!(pool.len(), 1, "kept for a later request");
+
+        let driver = tokio::spawn(conn);
+        let mut taken = None;
+        for _ in 0..100 {
+            taken = pool.take(Duration::from_secs(60));
+            if taken.is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            taken.is_some_and(|s| s.is_ready()),
+            "ready once its task ran"
+        );
+        assert_eq!(pool.len(), 0);
+        driver.abort();
     }
 }
