@@ -2,6 +2,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::diff::changed_services;
 use super::*;
 
 fn config(text: &str) -> Config {
@@ -458,4 +459,33 @@ async fn settled_waits_until_changes_are_published() {
     reg.report("api", vec![], Removals::Explicit);
     assert!(reg.settled(std::time::Duration::from_secs(5)).await);
     assert!(reg.load().service("a").is_none());
+}
+
+/// A failing source turns stale once `registry.max_staleness` has passed
+/// since its last good report (on the paused clock); its set keeps
+/// serving, and reporting again ends it.
+#[tokio::test(start_paused = true)]
+async fn failing_source_turns_stale_after_max_staleness() {
+    let reg = Registry::new(&config(
+        "[registry]\nmax_staleness = \"30s\"\n[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
+    ));
+    let state = |reg: &Registry| {
+        reg.sources()
+            .into_iter()
+            .find(|s| &*s.name == "dns")
+            .unwrap()
+            .state
+    };
+    reg.update_source("dns", vec![spec("a", 1)]);
+    assert_eq!(state(&reg), "ok");
+    reg.source_failed("dns", "timeout".into());
+    assert_eq!(state(&reg), "failing");
+    tokio::time::advance(std::time::Duration::from_secs(30)).await;
+    assert_eq!(state(&reg), "failing", "30 s is not over max_staleness");
+    tokio::time::advance(std::time::Duration::from_millis(1)).await;
+    assert_eq!(state(&reg), "stale");
+    reg.rebuild();
+    assert_eq!(reg.load().service("a").unwrap().members().len(), 1);
+    reg.update_source("dns", vec![spec("a", 1)]);
+    assert_eq!(state(&reg), "ok");
 }
