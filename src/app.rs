@@ -193,7 +193,7 @@ pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running,
         )
     });
     let registrations = match &etcd {
-        Some((store, _, _)) => Registrations::with_etcd(&registry, store.clone()),
+        Some((store, _, _)) => Registrations::with_store(&registry, store.clone()),
         None => Registrations::new(&registry, config.registry.state_file.clone()),
     };
     tokio::spawn(registrations.clone().run_expiry());

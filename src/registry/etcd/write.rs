@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::mirror::{decode, Stored, StoredValue};
-use super::{EtcdError, EtcdStore, MARKER_TTL_SECS};
-use crate::registry::registrations::{RegisterRequest, Registration, RegistrationError};
+use super::{EtcdError, EtcdStore, ETCD_SOURCE, MARKER_TTL_SECS};
+use crate::registry::registrations::{
+    Pending, RegisterRequest, Registration, RegistrationError, RegistrationStore,
+};
 
 impl EtcdStore {
     /// Registers (or updates) `id` of `service` on a fresh lease of its TTL.
@@ -198,6 +200,48 @@ impl EtcdStore {
         if let Err(e) = self.client.lease_revoke(lease).await {
             tracing::debug!(lease, error = %e, "could not revoke an unused etcd lease; it will expire");
         }
+    }
+}
+
+/// The registration API's store when the registry is shared: every call
+/// goes to etcd; registrations lapse with their leases, in etcd.
+impl RegistrationStore for EtcdStore {
+    fn source_name(&self) -> &'static str {
+        ETCD_SOURCE
+    }
+
+    fn register<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        req: RegisterRequest,
+    ) -> Pending<'a, bool> {
+        Box::pin(EtcdStore::register(self, service, id, req))
+    }
+
+    fn heartbeat<'a>(&'a self, service: &'a str, id: &'a str) -> Pending<'a, ()> {
+        Box::pin(EtcdStore::heartbeat(self, service, id))
+    }
+
+    fn deregister<'a>(&'a self, service: &'a str, id: &'a str) -> Pending<'a, ()> {
+        Box::pin(EtcdStore::deregister(self, service, id))
+    }
+
+    fn set_draining<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        draining: bool,
+    ) -> Pending<'a, Registration> {
+        Box::pin(EtcdStore::set_draining(self, service, id, draining))
+    }
+
+    fn get(&self, service: &str, id: &str) -> Option<Registration> {
+        EtcdStore::get(self, service, id)
+    }
+
+    fn all(&self) -> Vec<Registration> {
+        EtcdStore::all(self)
     }
 }
 

@@ -1,103 +1,28 @@
-//! The registration source: instances that registered themselves (or were
-//! registered by `wayfinder register`) through the admin API, each kept
-//! alive by heartbeats within its TTL.
-//!
-//! Every change is reported to the registry as this source's whole set under
-//! the name [`API_SOURCE`]. Deregistrations are explicit removals; TTL
-//! expiries are implicit, so a burst of them goes through the registry's
-//! self-preservation guard. A registration whose removal the guard holds
-//! back stays visible as expired (and held) until the hold ends: it is
-//! registered again, deregistered, released, or `registry.max_hold` passes.
-//! With a state file configured, the set (and the operator's drains) is
-//! saved on every change and loaded at start (each loaded instance gets a
-//! fresh TTL), so a restarted proxy routes before its instances heartbeat
-//! again.
-//!
-//! With `[registry.etcd]` configured the same calls write through to etcd
-//! instead ([`super::etcd::EtcdStore`]): nothing is kept here, every proxy
-//! sharing the etcd sees the change through its watch, and a call that
-//! cannot reach etcd fails with [`RegistrationError::Unavailable`].
+//! The local registration store: registrations kept in this proxy, each
+//! alive while heartbeats renew its TTL, expired here when one lapses
+//! (through the registry's self-preservation guard), and saved to the
+//! state file (with the operator's drains) on every change.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::etcd::{EtcdStore, ETCD_SOURCE};
-use super::{InstanceKey, InstanceSpec, Registry, Removals};
+use super::{
+    held, key, not_found, Pending, RegisterRequest, Registration, RegistrationError,
+    RegistrationStore, API_SOURCE,
+};
 use crate::clock;
+use crate::registry::{InstanceKey, InstanceSpec, Registry, Removals};
 
 /// Registrations by (service, id).
 type Entries = HashMap<(Arc<str>, Arc<str>), Registration>;
-
-/// The source name registrations are reported under.
-pub const API_SOURCE: &str = "api";
-
-/// One registered instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Registration {
-    /// Service name.
-    pub service: Arc<str>,
-    /// Instance id, unique within the service.
-    pub id: Arc<str>,
-    /// Where it listens.
-    pub address: SocketAddr,
-    /// Relative share of traffic.
-    pub weight: u32,
-    /// Metadata.
-    pub tags: BTreeMap<String, String>,
-    /// How long it stays without a heartbeat.
-    #[serde(with = "humantime_serde")]
-    pub ttl: Duration,
-    /// Asked to drain: listed, takes no new requests.
-    pub draining: bool,
-    /// When it first registered.
-    #[serde(with = "humantime_serde")]
-    pub registered_at: SystemTime,
-    /// `clock::now_ms()` at which it expires (not saved).
-    #[serde(skip)]
-    pub expires_ms: u64,
-    /// Its TTL lapsed; it is still listed only because self-preservation
-    /// holds back its removal (not saved).
-    #[serde(skip)]
-    pub expired: bool,
-}
-
-impl Registration {
-    /// Its (service, id) key.
-    pub(crate) fn key(&self) -> (Arc<str>, Arc<str>) {
-        (self.service.clone(), self.id.clone())
-    }
-
-    /// The instance as reported to the registry.
-    pub(crate) fn spec(&self) -> InstanceSpec {
-        InstanceSpec {
-            service: self.service.clone(),
-            addr: self.address,
-            weight: self.weight,
-            id: Some(self.id.clone()),
-            tags: (!self.tags.is_empty()).then(|| Arc::new(self.tags.clone())),
-            draining: self.draining,
-        }
-    }
-}
-
-/// What a registration call asks for (already validated).
-#[derive(Debug, Clone)]
-pub struct RegisterRequest {
-    /// Where it listens.
-    pub address: SocketAddr,
-    /// Relative share of traffic, 1 to 1000.
-    pub weight: u32,
-    /// Metadata.
-    pub tags: BTreeMap<String, String>,
-    /// Time to live without a heartbeat.
-    pub ttl: Duration,
-}
 
 /// The state file: registrations and the operator's drains.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -118,40 +43,10 @@ struct SavedDrain {
     since: SystemTime,
 }
 
-/// Why a registration call failed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RegistrationError {
-    /// No such registration.
-    #[error("instance {id:?} of service {service:?} is not registered")]
-    NotFound {
-        /// Service.
-        service: String,
-        /// Id.
-        id: String,
-    },
-    /// Another id of the same service already has the address.
-    #[error("address {address} is already registered as {other:?} in service {service:?}")]
-    AddressTaken {
-        /// Service.
-        service: String,
-        /// The address.
-        address: SocketAddr,
-        /// The id holding it.
-        other: String,
-    },
-    /// The shared registry (etcd) could not confirm the change.
-    #[error(
-        "registration not confirmed: the shared registry is unavailable ({message}); retry later"
-    )]
-    Unavailable {
-        /// What failed.
-        message: String,
-    },
-}
-
-/// The registrations, shared by the admin API and the expiry task.
+/// Registrations kept in this proxy: TTLs counted here, the set saved to
+/// the state file on every change.
 #[derive(Debug)]
-pub struct Registrations {
+pub struct LocalStore {
     registry: Weak<Registry>,
     entries: Mutex<Entries>,
     /// Registrations that expired while self-preservation holds back their
@@ -159,37 +54,21 @@ pub struct Registrations {
     expired: Mutex<Entries>,
     state_file: Option<PathBuf>,
     changed: Notify,
-    /// Where calls go instead of `entries` when etcd is configured.
-    etcd: Option<Arc<EtcdStore>>,
 }
 
-impl Registrations {
+impl LocalStore {
     /// An empty set reporting to `registry`, loading `state_file` if given
     /// and present.
-    pub fn new(registry: &Arc<Registry>, state_file: Option<PathBuf>) -> Arc<Registrations> {
-        let me = Arc::new(Registrations {
+    pub fn new(registry: &Arc<Registry>, state_file: Option<PathBuf>) -> Arc<LocalStore> {
+        let me = Arc::new(LocalStore {
             registry: Arc::downgrade(registry),
             entries: Mutex::new(HashMap::new()),
             expired: Mutex::new(HashMap::new()),
             state_file,
             changed: Notify::new(),
-            etcd: None,
         });
         me.load_state();
         me
-    }
-
-    /// Registrations written through to `store` (etcd): this proxy keeps
-    /// none of its own.
-    pub fn with_etcd(registry: &Arc<Registry>, store: Arc<EtcdStore>) -> Arc<Registrations> {
-        Arc::new(Registrations {
-            registry: Arc::downgrade(registry),
-            entries: Mutex::new(HashMap::new()),
-            expired: Mutex::new(HashMap::new()),
-            state_file: None,
-            changed: Notify::new(),
-            etcd: Some(store),
-        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -200,35 +79,19 @@ impl Registrations {
         self.expired.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The source name the registrations are reported under (`api`, or
-    /// `etcd` when the registry is shared).
-    pub fn source_name(&self) -> &'static str {
-        if self.etcd.is_some() {
-            ETCD_SOURCE
-        } else {
-            API_SOURCE
-        }
-    }
-
     /// Whether the registry still holds back the removal of `r`.
     fn held(&self, r: &Registration) -> bool {
-        self.registry
-            .upgrade()
-            .and_then(|reg| reg.held_back(self.source_name(), &r.service, r.address))
-            .is_some()
+        held(&self.registry, API_SOURCE, r)
     }
 
     /// Registers (or updates) `id` of `service`. Idempotent: the same call
     /// again renews the TTL and updates the fields. Returns whether it was new.
-    pub async fn register(
+    fn register_now(
         &self,
         service: &str,
         id: &str,
         req: RegisterRequest,
     ) -> Result<bool, RegistrationError> {
-        if let Some(etcd) = &self.etcd {
-            return etcd.register(service, id, req).await;
-        }
         let mut entries = self.lock();
         if let Some(other) = entries
             .values()
@@ -278,10 +141,7 @@ impl Registrations {
 
     /// Renews the TTL of `id`. An expired registration is not renewed (it
     /// must register again).
-    pub async fn heartbeat(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
-        if let Some(etcd) = &self.etcd {
-            return etcd.heartbeat(service, id).await;
-        }
+    fn heartbeat_now(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
         let mut entries = self.lock();
         let r = entries
             .get_mut(&key(service, id))
@@ -292,10 +152,7 @@ impl Registrations {
 
     /// Removes `id`: no new requests reach it, requests in flight finish.
     /// An expired registration whose removal is held back is removed now.
-    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
-        if let Some(etcd) = &self.etcd {
-            return etcd.deregister(service, id).await;
-        }
+    fn deregister_now(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
         let mut entries = self.lock();
         let r = match entries.remove(&key(service, id)) {
             Some(r) => r,
@@ -316,15 +173,12 @@ impl Registrations {
 
     /// Marks `id` draining (or not): it stays listed but takes no new
     /// requests.
-    pub async fn set_draining(
+    fn set_draining_now(
         &self,
         service: &str,
         id: &str,
         draining: bool,
     ) -> Result<Registration, RegistrationError> {
-        if let Some(etcd) = &self.etcd {
-            return etcd.set_draining(service, id, draining).await;
-        }
         let mut entries = self.lock();
         let r = entries
             .get_mut(&key(service, id))
@@ -336,24 +190,14 @@ impl Registrations {
         Ok(out)
     }
 
-    /// One registration: a live one, or an expired one whose removal
-    /// self-preservation still holds back (`expired` set).
-    pub fn get(&self, service: &str, id: &str) -> Option<Registration> {
-        let found = match &self.etcd {
-            Some(etcd) => etcd.get(service, id),
-            None => {
-                let live = self.lock().get(&key(service, id)).cloned();
-                live.or_else(|| self.lock_expired().get(&key(service, id)).cloned())
-            }
-        };
-        found.filter(|r| !r.expired || self.held(r))
+    /// One registration: a live one, or an expired one still kept.
+    fn get_now(&self, service: &str, id: &str) -> Option<Registration> {
+        let live = self.lock().get(&key(service, id)).cloned();
+        live.or_else(|| self.lock_expired().get(&key(service, id)).cloned())
     }
 
     /// Every registration.
-    pub fn all(&self) -> Vec<Registration> {
-        if let Some(etcd) = &self.etcd {
-            return etcd.all();
-        }
+    fn all_now(&self) -> Vec<Registration> {
         let mut v: Vec<_> = self.lock().values().cloned().collect();
         v.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
         v
@@ -361,7 +205,7 @@ impl Registrations {
 
     /// Removes registrations whose TTL lapsed; returns how many. Those
     /// whose removal self-preservation holds back stay visible as expired.
-    pub fn expire(&self, now_ms: u64) -> usize {
+    fn expire_now(&self, now_ms: u64) -> usize {
         let mut entries = self.lock();
         let lapsed: Vec<(Arc<str>, Arc<str>)> = entries
             .iter()
@@ -421,13 +265,13 @@ impl Registrations {
     }
 
     /// Expires lapsed registrations until the registry is dropped.
-    pub async fn run_expiry(self: Arc<Self>) {
+    async fn expire_until_dropped(self: Arc<Self>) {
         let weak = Arc::downgrade(&self);
         drop(self);
         loop {
             let Some(me) = weak.upgrade() else { return };
             let now = clock::now_ms();
-            me.expire(now);
+            me.expire_now(now);
             let next = me.lock().values().map(|r| r.expires_ms).min();
             let wait = next.map_or(Duration::from_secs(1), |t| {
                 Duration::from_millis(t.saturating_sub(now) + 1)
@@ -458,7 +302,7 @@ impl Registrations {
     }
 
     /// Saves the state file now (after a change of the operator's drains).
-    pub fn save(&self) {
+    fn save_now(&self) {
         if self.state_file.is_some() {
             self.save_state(&self.lock());
         }
@@ -548,171 +392,56 @@ impl Registrations {
     }
 }
 
-fn key(service: &str, id: &str) -> (Arc<str>, Arc<str>) {
-    (Arc::from(service), Arc::from(id))
-}
-
-fn not_found(service: &str, id: &str) -> RegistrationError {
-    RegistrationError::NotFound {
-        service: service.to_owned(),
-        id: id.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use std::path::Path;
-
-    fn setup() -> (Arc<Registry>, Arc<Registrations>) {
-        let reg = Registry::new(
-            &Config::parse(
-                "[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
-                Path::new("t.toml"),
-            )
-            .unwrap(),
-        );
-        let regs = Registrations::new(&reg, None);
-        (reg, regs)
+impl RegistrationStore for LocalStore {
+    fn source_name(&self) -> &'static str {
+        API_SOURCE
     }
 
-    fn req(port: u16, ttl_ms: u64) -> RegisterRequest {
-        RegisterRequest {
-            address: format!("127.0.0.1:{port}").parse().unwrap(),
-            weight: 1,
-            tags: BTreeMap::new(),
-            ttl: Duration::from_millis(ttl_ms),
-        }
+    fn register<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        req: RegisterRequest,
+    ) -> Pending<'a, bool> {
+        Box::pin(std::future::ready(self.register_now(service, id, req)))
     }
 
-    #[tokio::test]
-    async fn register_is_idempotent_and_visible() {
-        let (reg, regs) = setup();
-        assert_eq!(regs.register("a", "i1", req(1, 10_000)).await, Ok(true));
-        assert_eq!(regs.register("a", "i1", req(1, 10_000)).await, Ok(false));
-        reg.rebuild();
-        let snap = reg.load();
-        let m = &snap.service("a").unwrap().members()[0];
-        assert_eq!(m.id.as_deref(), Some("i1"));
-        assert_eq!(&*m.source, API_SOURCE);
-        assert!(matches!(
-            regs.register("a", "i2", req(1, 10_000)).await,
-            Err(RegistrationError::AddressTaken { .. })
-        ));
+    fn heartbeat<'a>(&'a self, service: &'a str, id: &'a str) -> Pending<'a, ()> {
+        Box::pin(std::future::ready(self.heartbeat_now(service, id)))
     }
 
-    #[tokio::test]
-    async fn ttl_lapse_removes_and_heartbeat_keeps() {
-        let (reg, regs) = setup();
-        for (i, port) in [(1, 1), (2, 2), (3, 3)] {
-            regs.register("a", &format!("i{i}"), req(port, 1_000))
-                .await
-                .unwrap();
-        }
-        let now = clock::now_ms();
-        regs.heartbeat("a", "i1").await.unwrap();
-        regs.heartbeat("a", "i2").await.unwrap();
-        // Only i3 lapses: one of three is within the self-preservation guard.
-        {
-            let mut e = regs.lock();
-            e.get_mut(&key("a", "i3")).unwrap().expires_ms = now;
-        }
-        assert_eq!(regs.expire(now + 1), 1);
-        reg.rebuild();
-        assert_eq!(reg.load().service("a").unwrap().members().len(), 2);
-        assert!(regs.heartbeat("a", "i3").await.is_err());
+    fn deregister<'a>(&'a self, service: &'a str, id: &'a str) -> Pending<'a, ()> {
+        Box::pin(std::future::ready(self.deregister_now(service, id)))
     }
 
-    #[tokio::test]
-    async fn deregister_is_explicit_even_for_the_last_instance() {
-        let (reg, regs) = setup();
-        regs.register("a", "i1", req(1, 10_000)).await.unwrap();
-        reg.rebuild();
-        regs.deregister("a", "i1").await.unwrap();
-        reg.rebuild();
-        assert!(reg.load().service("a").is_none());
-        assert!(regs.deregister("a", "i1").await.is_err());
+    fn set_draining<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        draining: bool,
+    ) -> Pending<'a, Registration> {
+        Box::pin(std::future::ready(
+            self.set_draining_now(service, id, draining),
+        ))
     }
 
-    #[tokio::test]
-    async fn state_file_round_trip() {
-        let path = std::env::temp_dir().join(format!(
-            "wayfinder-state-{}-{}.json",
-            std::process::id(),
-            clock::now_ms()
-        ));
-        {
-            let reg = Registry::new(
-                &Config::parse(
-                    "[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
-                    Path::new("t.toml"),
-                )
-                .unwrap(),
-            );
-            let regs = Registrations::new(&reg, Some(path.clone()));
-            regs.register("a", "i1", req(7, 10_000)).await.unwrap();
-        }
-        let reg = Registry::new(
-            &Config::parse(
-                "[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
-                Path::new("t.toml"),
-            )
-            .unwrap(),
-        );
-        let regs = Registrations::new(&reg, Some(path.clone()));
-        assert_eq!(regs.all().len(), 1);
-        reg.rebuild();
-        assert_eq!(
-            reg.load().service("a").unwrap().members()[0]
-                .instance
-                .addr()
-                .port(),
-            7
-        );
-        let _ = std::fs::remove_file(path);
+    fn get(&self, service: &str, id: &str) -> Option<Registration> {
+        self.get_now(service, id)
     }
 
-    #[tokio::test]
-    async fn state_file_keeps_operator_drains_and_reads_the_old_format() {
-        let path = std::env::temp_dir().join(format!(
-            "wayfinder-state-drains-{}-{}.json",
-            std::process::id(),
-            clock::now_ms()
-        ));
-        let cfg = Config::parse(
-            "[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
-            Path::new("t.toml"),
-        )
-        .unwrap();
-        let z: SocketAddr = "127.0.0.1:50".parse().unwrap();
-        {
-            let reg = Registry::new(&cfg);
-            let regs = Registrations::new(&reg, Some(path.clone()));
-            reg.set_operator_drain("z", z, true).unwrap();
-            regs.save();
-        }
-        let reg = Registry::new(&cfg);
-        let _regs = Registrations::new(&reg, Some(path.clone()));
-        let drains = reg.operator_drains();
-        assert_eq!(drains.len(), 1);
-        assert_eq!(drains[0].0.addr, z);
-        assert_eq!(
-            reg.load().service("z").unwrap().members()[0]
-                .instance
-                .lifecycle(),
-            crate::registry::Lifecycle::Draining
-        );
+    fn all(&self) -> Vec<Registration> {
+        self.all_now()
+    }
 
-        // A file from before drains were saved: a bare list.
-        std::fs::write(
-            &path,
-            r#"[{"service":"a","id":"i1","address":"127.0.0.1:7","weight":1,"tags":{},"ttl":"10s","draining":false,"registered_at":"2026-01-01T00:00:00Z"}]"#,
-        )
-        .unwrap();
-        let reg = Registry::new(&cfg);
-        let regs = Registrations::new(&reg, Some(path.clone()));
-        assert_eq!(regs.all().len(), 1);
-        let _ = std::fs::remove_file(path);
+    fn expire(&self, now_ms: u64) -> usize {
+        self.expire_now(now_ms)
+    }
+
+    fn run_expiry(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.expire_until_dropped())
+    }
+
+    fn save(&self) {
+        self.save_now();
     }
 }
