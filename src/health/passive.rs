@@ -159,4 +159,31 @@ mod tests {
             1000
         ));
     }
+
+    /// The backoff on the (paused) clock: each ejection in a run lasts
+    /// twice the one before, up to `max_ejection`; a success ends the run.
+    #[tokio::test(start_paused = true)]
+    async fn ejection_backoff_follows_the_clock() {
+        let reg = registry(
+            "connect_failures = 1\nbase_ejection = \"1s\"\nmax_ejection = \"3s\"\nmax_ejected_percent = 100",
+            2,
+        );
+        let snap = reg.load();
+        let svc = snap.service("s").unwrap();
+        let i = &svc.members()[0].instance;
+        let ms = |n: u64| tokio::time::advance(Duration::from_millis(n));
+        let ejected = || i.is_ejected(crate::clock::now_ms());
+        for length in [1_000, 2_000, 3_000, 3_000] {
+            assert!(on_failure(svc, i, Failure::Connect, crate::clock::now_ms()));
+            ms(length - 1).await;
+            assert!(ejected(), "{length} ms ejection still on");
+            ms(1).await;
+            assert!(!ejected(), "{length} ms ejection over");
+        }
+        on_success(i);
+        assert!(on_failure(svc, i, Failure::Connect, crate::clock::now_ms()));
+        ms(1_000).await;
+        assert!(!ejected(), "back to 1 s after a success");
+        assert_eq!(i.ejections(), 5);
+    }
 }

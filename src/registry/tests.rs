@@ -140,18 +140,14 @@ fn concurrent_readers_never_see_a_torn_or_empty_view() {
 async fn refresher_publishes_after_an_update() {
     let reg = Registry::new(&config("[services.z]\ninstances = [\"127.0.0.1:50\"]\n"));
     tokio::spawn(reg.clone().run_refresher());
+    let mut versions = reg.watch();
     reg.update_source("api", vec![spec("a", 9)]);
-    for _ in 0..200 {
-        if reg
-            .load()
-            .service("a")
-            .is_some_and(|s| s.members().len() == 1)
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("refresher did not publish");
+    tokio::time::timeout(std::time::Duration::from_secs(10), versions.changed())
+        .await
+        .expect("published within 10 s")
+        .unwrap();
+    assert_eq!(*versions.borrow(), 2);
+    assert_eq!(reg.load().service("a").unwrap().members().len(), 1);
 }
 
 #[test]
@@ -359,22 +355,82 @@ fn held_back_removal_is_shown_and_applies_after_max_hold() {
     assert!(reg.load().service("c").unwrap().members()[0].held.is_none());
 }
 
-#[tokio::test]
+/// The refresher sleeps until the first hold ends (on the paused clock)
+/// and then applies it, without any other input.
+#[tokio::test(start_paused = true)]
 async fn refresher_applies_a_hold_when_max_hold_passes() {
     let reg = Registry::new(&config(
-        "[registry]\nmax_hold = \"200ms\"\n[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
+        "[registry]\nmax_hold = \"30s\"\n[services.z]\ninstances = [\"127.0.0.1:50\"]\n",
     ));
     tokio::spawn(reg.clone().run_refresher());
+    let limit = std::time::Duration::from_secs(5);
     reg.update_source("api", vec![spec("a", 1)]);
+    assert!(reg.settled(limit).await);
     reg.update_source("api", vec![]);
+    assert!(reg.settled(limit).await);
+    let held = reg.load().service("a").unwrap().members()[0].held.clone();
+    assert!(held.is_some(), "the last instance is held back");
+    tokio::time::sleep(std::time::Duration::from_millis(29_900)).await;
+    assert!(reg.load().service("a").is_some(), "still held at 29.9 s");
     let mut versions = reg.watch();
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while reg.load().service("a").is_some() {
-            versions.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("the held removal applied within 10s");
+    tokio::time::timeout(std::time::Duration::from_secs(1), versions.changed())
+        .await
+        .expect("applied when max_hold passed")
+        .unwrap();
+    assert!(reg.load().service("a").is_none());
+}
+
+/// Observed removals from one service add up within a burst window of
+/// ten seconds (on the paused clock) against the size it had when the
+/// burst began; after the window a new burst starts.
+#[tokio::test(start_paused = true)]
+async fn removals_add_up_within_a_burst_window() {
+    let reg = Registry::new(&config("[services.z]\ninstances = [\"127.0.0.1:50\"]\n"));
+    let count = |reg: &Registry| {
+        reg.rebuild();
+        reg.load().service("a").unwrap().members().len()
+    };
+    let step = |s: u64| tokio::time::advance(std::time::Duration::from_secs(s));
+    reg.update_source("api", (1..=4).map(|p| spec("a", p)).collect());
+    assert_eq!(count(&reg), 4);
+    reg.update_source("api", (1..=3).map(|p| spec("a", p)).collect());
+    assert_eq!(count(&reg), 3, "1 of 4 leaves");
+    step(5).await;
+    reg.update_source("api", (1..=2).map(|p| spec("a", p)).collect());
+    assert_eq!(count(&reg), 2, "2 of 4 within 5 s: 50% is not over 50%");
+    step(4).await;
+    reg.update_source("api", vec![spec("a", 1)]);
+    assert_eq!(count(&reg), 2, "3 of 4 within 9 s: held back");
+    step(2).await;
+    reg.update_source("api", vec![spec("a", 1)]);
+    assert_eq!(count(&reg), 1, "a new burst: 1 of 2");
+    assert!(reg.sources().iter().all(|s| s.held_back.is_empty()));
+}
+
+/// An instance joining a running service ramps up over `slow_start` on the
+/// paused clock: 10% of its share at first, linearly to all of it.
+#[tokio::test(start_paused = true)]
+async fn joining_instance_ramps_up_over_slow_start() {
+    let reg = Registry::new(&config(
+        "[services.a]\ninstances = [\"127.0.0.1:1\"]\nslow_start = \"10s\"\n",
+    ));
+    reg.update_source("api", vec![spec("a", 2)]);
+    reg.rebuild();
+    let snap = reg.load_full();
+    let (present, joined) = (
+        &snap.service("a").unwrap().members()[0].instance,
+        &snap.service("a").unwrap().members()[1].instance,
+    );
+    let window = std::time::Duration::from_secs(10);
+    let warmth = |i: &InstanceState| i.warmth(clock::now_ms(), window);
+    assert_eq!(warmth(present), 1000, "there at start: no ramp");
+    assert_eq!(warmth(joined), 100);
+    tokio::time::advance(std::time::Duration::from_secs(5)).await;
+    assert_eq!(warmth(joined), 500);
+    tokio::time::advance(std::time::Duration::from_millis(4_999)).await;
+    assert_eq!(warmth(joined), 999);
+    tokio::time::advance(std::time::Duration::from_millis(1)).await;
+    assert_eq!(warmth(joined), 1000);
 }
 
 /// Issue 12.4: an operator drains any instance, whatever its source; the
