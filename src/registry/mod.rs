@@ -21,8 +21,8 @@
 //!   comparing it with the published one;
 //! - `build.rs`: making the changed services' entries, live state attached
 //!   by identity;
-//! - `snapshot.rs`, `instance.rs`, `schedule.rs`, `attach.rs`: what is
-//!   published, and the live state it points to;
+//! - `snapshot.rs`, `instance.rs`, `state.rs`, `schedule.rs`, `attach.rs`:
+//!   what is published, and the live state it points to;
 //! - this file: the handle, the build state and the refresher;
 //! - [`registrations`], [`etcd`], [`dns`]: the sources besides the config.
 
@@ -38,6 +38,7 @@ pub mod registrations;
 mod schedule;
 mod snapshot;
 mod source;
+mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -48,11 +49,12 @@ use tokio::sync::Notify;
 
 pub use attach::{Attachment, Slot};
 pub use drain::DrainError;
-pub use instance::{Health, InFlightGuard, InstanceKey, InstanceState, Lifecycle, Transition};
+pub use instance::{InFlightGuard, InstanceState};
 pub use preserve::{HeldBack, HeldInstance, Removals};
 pub use schedule::Schedule;
 pub use snapshot::{Member, ServiceEntry, ServiceLive, Snapshot};
 pub use source::{static_instances, InstanceSpec, SourceStatus, STATIC_SOURCE};
+pub use state::{Health, InstanceKey, Lifecycle, Transition};
 
 use diff::{Dirty, Shape, INCREMENTAL_LIMIT};
 use preserve::Preservation;
