@@ -32,6 +32,7 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use tokio::task::JoinHandle;
+use tokio::time::Instant as Clock;
 
 use super::{InstanceSpec, Registry, Removals};
 use crate::config::{Config, DnsDiscovery, DnsKind};
@@ -127,8 +128,7 @@ fn source_name(service: &str) -> String {
 async fn follow(registry: Weak<Registry>, service: Arc<str>, dns: DnsDiscovery) {
     let source = source_name(&service);
     let mut failures: u32 = 0;
-    let mut missing_since: Option<Instant> = None;
-    let mut emptied = false;
+    let mut missing = Missing::default();
     let mut resolver: Option<TokioResolver> = None;
     loop {
         let result = match &resolver {
@@ -148,21 +148,18 @@ async fn follow(registry: Weak<Registry>, service: Arc<str>, dns: DnsDiscovery) 
         let wait = match result {
             Ok((specs, valid_until)) => {
                 failures = 0;
-                missing_since = None;
-                emptied = false;
+                missing.found();
                 registry.report(&source, specs, Removals::Implicit);
                 let ttl = valid_until.saturating_duration_since(Instant::now());
                 ttl.clamp(dns.min_refresh, dns.max_refresh)
             }
             Err(e @ DnsError::NotFound { .. }) => {
                 failures = 0;
-                let since = *missing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= dns.nxdomain_grace && !emptied {
+                if missing.still_missing(dns.nxdomain_grace) {
                     tracing::warn!(source, grace = ?dns.nxdomain_grace, "DNS name still missing after its grace period; removing its instances");
                     registry.report(&source, Vec::new(), Removals::Explicit);
-                    emptied = true;
                 }
-                let state = if emptied {
+                let state = if missing.emptied {
                     "instances removed"
                 } else {
                     "last set kept until the grace period ends"
@@ -178,6 +175,31 @@ async fn follow(registry: Weak<Registry>, service: Arc<str>, dns: DnsDiscovery) 
         };
         drop(registry);
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// How long a name has been missing (NXDOMAIN, or no record of the asked
+/// type), on tokio's clock.
+#[derive(Debug, Default)]
+struct Missing {
+    since: Option<Clock>,
+    /// Its instances were removed when the grace period ended.
+    emptied: bool,
+}
+
+impl Missing {
+    /// The name is missing now: whether its grace period has just ended,
+    /// so its instances go now (once per stretch of being missing).
+    fn still_missing(&mut self, grace: Duration) -> bool {
+        let since = *self.since.get_or_insert_with(Clock::now);
+        let ends = !self.emptied && since.elapsed() >= grace;
+        self.emptied |= ends;
+        ends
+    }
+
+    /// The name resolves again.
+    fn found(&mut self) {
+        *self = Missing::default();
     }
 }
 
@@ -351,5 +373,29 @@ mod tests {
         assert_eq!(backoff(min, max, 4), Duration::from_millis(800));
         assert_eq!(backoff(min, max, 5), max);
         assert_eq!(backoff(min, max, 1000), max);
+    }
+
+    /// The grace period runs on tokio's clock (paused here): the instances
+    /// of a missing name go once it has been missing for `nxdomain_grace`,
+    /// once; resolving again starts a new grace period.
+    #[tokio::test(start_paused = true)]
+    async fn missing_name_is_emptied_once_after_its_grace() {
+        let grace = Duration::from_secs(30);
+        let mut missing = Missing::default();
+        assert!(!missing.still_missing(grace));
+        tokio::time::advance(Duration::from_millis(29_999)).await;
+        assert!(!missing.still_missing(grace));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(missing.still_missing(grace), "grace over: empty it");
+        assert!(missing.emptied);
+        tokio::time::advance(grace).await;
+        assert!(!missing.still_missing(grace), "emptied already");
+        missing.found();
+        assert!(
+            !missing.still_missing(grace),
+            "a new stretch of being missing"
+        );
+        tokio::time::advance(grace).await;
+        assert!(missing.still_missing(grace));
     }
 }
