@@ -380,4 +380,29 @@ mod tests {
         assert_eq!(pool.len(), 0);
         driver.abort();
     }
+
+    /// A connection idle for longer than the idle timeout (on the paused
+    /// clock) is not reused; reaping closes it too.
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_age_on_the_clock() {
+        let (client, _server) = tokio::io::duplex(1024);
+        let (mut sender, conn) = http1::handshake::<_, UpstreamBody>(TokioIo::new(client))
+            .await
+            .unwrap();
+        let driver = tokio::spawn(conn);
+        sender.ready().await.unwrap();
+        let idle = Duration::from_secs(60);
+        let pool = IdlePool::new(4);
+        pool.put(sender);
+        tokio::time::advance(idle).await;
+        let sender = pool.take(idle).expect("idle for exactly 60 s: reused");
+        pool.put(sender);
+        tokio::time::advance(idle / 2).await;
+        pool.reap(idle);
+        assert_eq!(pool.len(), 1, "30 s idle: kept");
+        tokio::time::advance(idle / 2 + Duration::from_millis(1)).await;
+        pool.reap(idle);
+        assert_eq!(pool.len(), 0, "over 60 s idle: closed");
+        driver.abort();
+    }
 }
