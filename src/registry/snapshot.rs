@@ -26,7 +26,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn new(
+    pub(super) fn new(
         version: u64,
         router: Arc<Router>,
         services: HashMap<Arc<str>, Arc<ServiceEntry>>,
@@ -69,7 +69,7 @@ impl Snapshot {
     }
 
     /// Every service with its name, in no particular order.
-    pub(crate) fn services_by_name(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<ServiceEntry>)> {
+    pub(super) fn services_by_name(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<ServiceEntry>)> {
         self.services.iter()
     }
 
@@ -88,14 +88,14 @@ impl Snapshot {
 /// round-robin schedule over them.
 #[derive(Debug)]
 pub struct ServiceEntry {
-    pub(crate) name: Arc<str>,
-    pub(crate) balance: Balance,
-    pub(crate) policy: Arc<ServicePolicy>,
-    pub(crate) members: Box<[Member]>,
-    pub(crate) schedule: Schedule,
-    pub(crate) live: Arc<ServiceLive>,
+    pub(super) name: Arc<str>,
+    pub(super) balance: Balance,
+    pub(super) policy: Arc<ServicePolicy>,
+    pub(super) members: Box<[Member]>,
+    pub(super) schedule: Schedule,
+    pub(super) live: Arc<ServiceLive>,
     /// Snapshot version at which this service's content last changed.
-    pub(crate) index: u64,
+    pub(super) index: u64,
 }
 
 impl ServiceEntry {
@@ -176,7 +176,7 @@ pub struct ServiceLive {
 
 impl ServiceLive {
     /// Live state for a service that appears at `now_ms`.
-    pub(crate) fn new(now_ms: u64) -> Self {
+    pub(super) fn new(now_ms: u64) -> Self {
         ServiceLive {
             cursor: AtomicUsize::new(0),
             panic: AtomicBool::new(false),

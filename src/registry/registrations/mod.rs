@@ -301,11 +301,11 @@ fn held(registry: &Weak<Registry>, source: &str, r: &Registration) -> bool {
         .is_some()
 }
 
-pub(crate) fn key(service: &str, id: &str) -> (Arc<str>, Arc<str>) {
+fn key(service: &str, id: &str) -> (Arc<str>, Arc<str>) {
     (Arc::from(service), Arc::from(id))
 }
 
-pub(crate) fn not_found(service: &str, id: &str) -> RegistrationError {
+fn not_found(service: &str, id: &str) -> RegistrationError {
     RegistrationError::NotFound {
         service: service.to_owned(),
         id: id.to_owned(),
