@@ -15,6 +15,7 @@ pub(crate) mod policy;
 pub mod retry;
 mod route;
 pub mod server;
+pub mod tls;
 pub(crate) mod upstream;
 
 use std::sync::Arc;
