@@ -69,6 +69,8 @@ pub struct Client {
     ip: Box<str>,
     /// The client is one of `proxy.trusted_proxies`.
     trusted: bool,
+    /// The connection is TLS (`https`).
+    tls: bool,
 }
 
 impl Client {
@@ -82,7 +84,14 @@ impl Client {
                 .trusted_proxies
                 .iter()
                 .any(|net| net.contains(ip)),
+            tls: false,
         }
+    }
+
+    /// The same client, on a TLS connection.
+    pub fn over_tls(mut self) -> Client {
+        self.tls = true;
+        self
     }
 
     /// The hop a request on this connection came over, for the forwarding
@@ -95,7 +104,7 @@ impl Client {
         policy::request::Hop {
             client_ip: &self.ip,
             trusted: self.trusted,
-            proto: "http",
+            proto: if self.tls { "https" } else { "http" },
             via: via.as_bytes(),
             forwarded: settings.forwarded,
             max_uri_bytes: settings.max_uri_bytes,
