@@ -714,3 +714,161 @@ async fn several_ports_register_several_services() {
         "{metrics:?}"
     );
 }
+
+// === the image and the compose example ===
+
+/// `docker-compose` (Compose v1, Debian's) or, without it, `docker compose`.
+fn compose_command() -> Vec<String> {
+    let v1 = std::process::Command::new("docker-compose")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if v1 {
+        vec!["docker-compose".into()]
+    } else {
+        vec!["docker".into(), "compose".into()]
+    }
+}
+
+/// A compose project of this test: `down` and removal by id of whatever
+/// it left (containers, its network) when dropped.
+struct Compose {
+    project: String,
+    network: String,
+    env: Vec<(String, String)>,
+}
+
+impl Compose {
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let cmd = compose_command();
+        let mut c = std::process::Command::new(&cmd[0]);
+        c.args(&cmd[1..])
+            .args(["-p", &self.project, "-f"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/compose.yml"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("DOCKER_HOST", format!("unix://{DOCKER_SOCK}"))
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self
+            .command(&["down", "-t", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let filter = format!("label=com.docker.compose.project={}", self.project);
+        let ids = docker_blocking(&["ps", "-aq", "--no-trunc", "--filter", &filter]);
+        for id in ids.lines() {
+            docker_blocking(&["rm", "-f", "-v", id]);
+        }
+        let nets = docker_blocking(&[
+            "network",
+            "ls",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("name=^{}$", self.network),
+        ]);
+        for id in nets.lines() {
+            docker_blocking(&["network", "rm", id]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_and_the_compose_example_serve_three_instances_through_the_proxy() {
+    let scope = Scope::new("compose");
+    let unique = scope.tag.rsplit(':').next().unwrap().to_owned();
+    let (image, demo) = (
+        format!("wayfinder-test:{unique}"),
+        format!("wayfinder-test-demo:{unique}"),
+    );
+    // The documented build, from this test's binary (a debug build:
+    // quicker than the release one it builds by default).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/build-image.sh");
+    let out = within(
+        300,
+        "docker/build-image.sh",
+        tokio::process::Command::new("bash")
+            .arg(&script)
+            .args([
+                "--binary",
+                env!("CARGO_BIN_EXE_wayfinder"),
+                "--tag",
+                &image,
+                "--demo-tag",
+                &demo,
+            ])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run docker/build-image.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    for id in stdout.lines().filter(|l| l.starts_with("sha256:")) {
+        scope.images.lock().unwrap().push(id.to_owned());
+    }
+    assert!(
+        out.status.success(),
+        "build-image.sh: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(scope.images.lock().unwrap().len(), 2, "{stdout}");
+
+    let port = support::free_port();
+    let project = format!("wft{}", unique.replace(['-', '.'], ""));
+    let compose = Compose {
+        network: format!("{project}-net"),
+        env: vec![
+            ("WAYFINDER_IMAGE".into(), image.clone()),
+            ("WAYFINDER_DEMO_IMAGE".into(), demo.clone()),
+            ("WAYFINDER_PORT".into(), port.to_string()),
+            ("WAYFINDER_NETWORK".into(), format!("{project}-net")),
+        ],
+        project,
+    };
+    let mut up = compose.command(&["up", "-d"]);
+    let out = tokio::task::spawn_blocking(move || up.output())
+        .await
+        .expect("join")
+        .expect("run compose up");
+    assert!(
+        out.status.success(),
+        "compose up: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One command, then the proxy answers from all three instances in turn.
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut seen = BTreeSet::new();
+    let start = Instant::now();
+    within(
+        90,
+        "answers from three instances through the proxy",
+        async {
+            while seen.len() < 3 {
+                if let Ok(r) = get(proxy, "localhost", "/").await {
+                    if r.status == StatusCode::OK && r.text().starts_with("hello from ") {
+                        seen.insert(r.text());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    println!(
+        "compose up -> three instances answering: {:?}",
+        start.elapsed()
+    );
+    drop(compose);
+}
