@@ -90,7 +90,10 @@ process group, SIGKILL after --stop-timeout). SIGHUP is passed on to the command
 
 Exit code: 0 after a stop it was asked for when the command exited 0 or of that SIGTERM; the
 command's code (128 + signal) when it exits by itself or had to be killed; 1 when the registry
-refuses the registration for good (400, 401, 403, 404: not retried); 2 for a bad command line.";
+refuses the registration for good (400, 401, 403, 404: not retried); 2 for a bad command line.
+
+With --docker: SIGTERM, SIGINT and SIGQUIT stop it and leave the registrations to their TTL (a
+registrar started within it takes them over); SIGHUP lists the containers again and reconciles.";
 
 #[derive(Debug, clap::Args)]
 struct RegisterArgs {
@@ -98,11 +101,11 @@ struct RegisterArgs {
     #[arg(long, default_value = "http://127.0.0.1:9900", value_parser = parse_registry)]
     registry: http::Uri,
     /// Service name.
-    #[arg(long)]
-    service: String,
+    #[arg(long, required_unless_present = "docker")]
+    service: Option<String>,
     /// The instance's address (IP:PORT).
-    #[arg(long)]
-    address: std::net::SocketAddr,
+    #[arg(long, required_unless_present = "docker")]
+    address: Option<std::net::SocketAddr>,
     /// Instance id (default: the address).
     #[arg(long)]
     id: Option<String>,
@@ -132,6 +135,8 @@ struct RegisterArgs {
     /// The service to start and watch, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
+    #[command(flatten)]
+    docker: wayfinder::registrar::docker::DockerArgs,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -321,11 +326,36 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Register(args) if args.docker.docker => {
+            let opts = match wayfinder::registrar::docker::DockerOptions::new(
+                args.docker,
+                args.registry,
+                args.token,
+                args.ttl,
+                args.drain_timeout,
+            ) {
+                Ok(opts) => opts,
+                Err(e) => {
+                    eprintln!("wayfinder: {e}");
+                    return ExitCode::from(USAGE_ERROR);
+                }
+            };
+            runtime().block_on(async {
+                match wayfinder::registrar::docker::run(opts).await {
+                    Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                    Err(e) => fail(e),
+                }
+            })
+        }
         Command::Register(args) => {
+            // clap requires both without --docker.
+            let (Some(service), Some(address)) = (args.service, args.address) else {
+                return fail("--service and --address are required without --docker");
+            };
             let check = match (args.check, args.check_tcp) {
                 (Some(CheckTarget::Url(url)), _) => Check::Http(url),
                 (Some(CheckTarget::Path(path)), _) => {
-                    match format!("http://{}{path}", args.address).parse() {
+                    match format!("http://{address}{path}").parse() {
                         Ok(url) => Check::Http(url),
                         Err(e) => return fail(format!("--check {path}: {e}")),
                     }
@@ -337,9 +367,9 @@ fn main() -> ExitCode {
                 registry: args.registry,
                 id: args
                     .id
-                    .unwrap_or_else(|| args.address.to_string().replace(['[', ']'], "")),
-                service: args.service,
-                address: args.address,
+                    .unwrap_or_else(|| address.to_string().replace(['[', ']'], "")),
+                service,
+                address,
                 check,
                 ttl: args.ttl,
                 tags: args.tags.into_iter().collect(),
