@@ -9,6 +9,7 @@ mod attempt;
 pub mod body;
 pub mod error;
 mod forward;
+mod grpc;
 mod h1;
 pub mod headers;
 pub(crate) mod policy;
