@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
-use support::{members, wait_for, AdminProxy, Backend, Daemon, Proxy};
+use support::{
+    address_in_use, members, wait_for, AdminProxy, Backend, Daemon, Proxy, ReservedPort,
+};
 use wayfinder::app::Running;
 
 // === impl Dnsmasq ===
@@ -34,20 +36,32 @@ impl Dnsmasq {
     async fn start(records: &[String]) -> Dnsmasq {
         // Where the Debian package puts it; `WAYFINDER_DNSMASQ` overrides it.
         let bin = Daemon::binary("WAYFINDER_DNSMASQ", "/usr/sbin/dnsmasq", "dnsmasq-base");
-        let mut d = Dnsmasq {
-            bin,
-            port: free_udp_port().await,
-            daemon: Daemon::new("dnsmasq"),
-        };
-        d.spawn(records).await;
-        d
+        // dnsmasq cannot bind port 0 (`--port=0` turns DNS off): the port is
+        // reserved (UDP and TCP) until it starts, and taken again if
+        // another process got it in that moment.
+        for _ in 0..10 {
+            let reserved = ReservedPort::tcp_and_udp();
+            let mut d = Dnsmasq {
+                bin: bin.clone(),
+                port: reserved.port(),
+                daemon: Daemon::new("dnsmasq"),
+            };
+            let cmd = d.command(records);
+            reserved.release();
+            match d.try_spawn(cmd).await {
+                Ok(()) => return d,
+                Err(log) if address_in_use(&log) => continue,
+                Err(log) => panic!("dnsmasq exited during start:\n{log}"),
+            }
+        }
+        panic!("dnsmasq could not bind a port in 10 tries");
     }
 
     fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    async fn spawn(&mut self, records: &[String]) {
+    fn command(&self, records: &[String]) -> Command {
         // Foreground, on our own port and address only, reading no system
         // file: it cannot clash with a system dnsmasq.
         let mut cmd = Command::new(&self.bin);
@@ -66,38 +80,40 @@ impl Dnsmasq {
             .arg("--local-ttl=1")
             .arg("--log-facility=-")
             .args(records);
+        cmd
+    }
+
+    /// Starts `cmd` and waits until it answers; `Err` with its log if it
+    /// exits first.
+    async fn try_spawn(&mut self, cmd: Command) -> Result<(), String> {
         let addr = self.addr();
+        // dnsmasq says "started" once its sockets are bound (and exits,
+        // saying why, when it cannot bind them).
         self.daemon
-            .spawn(
+            .try_spawn(
                 cmd,
+                |log: &str| log.contains("started, version"),
                 Duration::from_secs(10),
                 Duration::from_millis(10),
                 move || answers(addr),
             )
-            .await;
+            .await
     }
 
     fn kill(&mut self) {
         self.daemon.kill();
     }
 
-    /// The same server (port) with other records.
+    /// The same server (port) with other records. (The kill frees the
+    /// port; another process taking it before dnsmasq binds it again fails
+    /// the restart, saying so.)
     async fn restart(&mut self, records: &[String]) {
         self.kill();
-        self.spawn(records).await;
-    }
-}
-
-async fn free_udp_port() -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
-        let port = udp.local_addr().expect("udp address").port();
-        // dnsmasq also listens on TCP on the same port.
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let cmd = self.command(records);
+        if let Err(log) = self.try_spawn(cmd).await {
+            panic!("dnsmasq exited during its restart:\n{log}");
         }
     }
-    panic!("no free port for dnsmasq");
 }
 
 /// Whether a DNS server answers at `addr` (any answer to a query for

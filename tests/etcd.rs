@@ -25,7 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use support::{
-    free_port, full, members, request, send, wait_for, wayfinder, AdminProxy, Backend, Daemon, Proc,
+    address_in_use, full, members, request, send, wait_for, wayfinder, AdminProxy, Backend, Daemon,
+    Proc, ReservedPort,
 };
 use wayfinder::app::Running;
 
@@ -47,14 +48,27 @@ impl Etcd {
     async fn start() -> Etcd {
         // Where the Debian package puts it; `WAYFINDER_ETCD` overrides it.
         let bin = Daemon::binary("WAYFINDER_ETCD", "/usr/bin/etcd", "etcd-server");
-        let mut etcd = Etcd {
-            bin,
-            client_port: free_port(),
-            peer_port: free_port(),
-            daemon: Daemon::new("etcd"),
-        };
-        etcd.spawn().await;
-        etcd
+        // etcd's JSON gateway dials the client listen address as given, so
+        // it cannot be port 0: both ports are reserved until etcd starts,
+        // and taken again if another process got one in that moment.
+        for _ in 0..10 {
+            let (client, peer) = (ReservedPort::tcp(), ReservedPort::tcp());
+            let mut etcd = Etcd {
+                bin: bin.clone(),
+                client_port: client.port(),
+                peer_port: peer.port(),
+                daemon: Daemon::new("etcd"),
+            };
+            let cmd = etcd.command();
+            client.release();
+            peer.release();
+            match etcd.try_spawn(cmd).await {
+                Ok(()) => return etcd,
+                Err(log) if address_in_use(&log) => continue,
+                Err(log) => panic!("etcd exited during start:\n{log}"),
+            }
+        }
+        panic!("etcd could not bind its ports in 10 tries");
     }
 
     fn url(&self) -> String {
@@ -65,7 +79,7 @@ impl Etcd {
         SocketAddr::from(([127, 0, 0, 1], self.client_port))
     }
 
-    async fn spawn(&mut self) {
+    fn command(&self) -> Command {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--name=default")
@@ -81,20 +95,36 @@ impl Etcd {
             // A one-member cluster: elect itself quickly.
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=500");
+        cmd
+    }
+
+    /// Starts `cmd` and waits until this etcd serves clients on its port
+    /// (its log says so: not another process that took the port) and its
+    /// gateway answers; `Err` with its log if it exits first.
+    async fn try_spawn(&mut self, cmd: Command) -> Result<(), String> {
         let addr = self.addr();
         let ready = move || async move {
             post(addr, "/v3/kv/range", r#"{"key":"AA=="}"#.into())
                 .await
                 .is_ok_and(|(status, _)| status == 200)
         };
+        // etcd 3.4: "serving insecure client requests on 127.0.0.1:P";
+        // 3.5 names the address on a JSON line about serving clients. (A
+        // failed bind names it too, on a line about the failure.)
+        let addr_text = format!("127.0.0.1:{}", self.client_port);
+        let bound = move |log: &str| {
+            log.lines()
+                .any(|l| l.contains("serving") && l.contains(&addr_text) && !address_in_use(l))
+        };
         self.daemon
-            .spawn(
+            .try_spawn(
                 cmd,
+                bound,
                 Duration::from_secs(30),
                 Duration::from_millis(20),
                 ready,
             )
-            .await;
+            .await
     }
 
     /// SIGKILL, then wait for it to exit.
@@ -102,10 +132,15 @@ impl Etcd {
         self.daemon.kill();
     }
 
-    /// Starts it again on the same ports and data.
+    /// Starts it again on the same ports and data (freed by the kill; in
+    /// the moment before etcd binds them again, another process could take
+    /// one, and the restart fails saying so).
     async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        let cmd = self.command();
+        if let Err(log) = self.try_spawn(cmd).await {
+            panic!("etcd exited during its restart:\n{log}");
+        }
     }
 
     /// A call straight to etcd's gateway, which must succeed.

@@ -23,8 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use support::{
-    free_port, refused_addr, temp_path, wayfinder, within, AdminProxy, Api, Backend, ConfigFile,
-    Proc,
+    refused_addr, temp_path, wayfinder, within, AdminProxy, Api, Backend, ConfigFile, Proc,
+    ReservedPort,
 };
 
 const TOKEN: &str = "registrar-token-1";
@@ -818,11 +818,17 @@ fn child_proxy_config(port: u16, backend: SocketAddr) -> ConfigFile {
 async fn register_child_appears_when_healthy_and_leaves_on_sigterm() {
     let wf = AdminProxy::start("", "").await;
     let files = Backend::start("files-backend").await;
-    let port = free_port();
+    // The registrar must be told the child's address before either starts:
+    // the port is held until the registrar is spawned. (Another process
+    // binding it in the moment before the child does would fail the test:
+    // the child would exit saying the address is in use.)
+    let reserved = ReservedPort::tcp();
+    let port = reserved.port();
     let id = format!("127.0.0.1:{port}");
     let config = child_proxy_config(port, files.addr);
     let exe = env!("CARGO_BIN_EXE_wayfinder");
     let config_path = config.path.display().to_string();
+    reserved.release();
     let mut proc = registrar(
         wf.api.addr,
         &[

@@ -27,8 +27,8 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use support::{
-    empty, free_port, full, refused_addr, request, wait_until, wayfinder, within, AdminProxy, Api,
-    Backend, ConfigFile, H1Client, Proc, Reply,
+    empty, full, refused_addr, request, wait_until, wayfinder, within, AdminProxy, Api, Backend,
+    ConfigFile, H1Client, Proc, Reply,
 };
 
 const TOKEN: &str = "secret-token-1";
@@ -1123,11 +1123,9 @@ async fn hot_reload_applies_valid_files_keeps_streams_and_rejects_invalid_ones()
     let fresh = Backend::start("fresh").await;
     let chunks = 20;
     let streamer = slow_stream_backend(chunks, Duration::from_millis(125)).await;
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
 
     let v1 = format!(
-        "listen = [\"127.0.0.1:{port}\"]\n\
+        "listen = [\"127.0.0.1:0\"]\n\
          [admin]\nlisten = \"off\"\n\
          [services.old]\ninstances = [\"{}\"]\n\
          [services.stream]\ninstances = [\"{}\"]\n",
@@ -1135,7 +1133,7 @@ async fn hot_reload_applies_valid_files_keeps_streams_and_rejects_invalid_ones()
     );
     // A new route and service; the streaming service's policy changes too.
     let v2_body = format!(
-        "listen = [\"127.0.0.1:{port}\"]\n\
+        "listen = [\"127.0.0.1:0\"]\n\
          [admin]\nlisten = \"off\"\n\
          [[routes]]\nhost = \"new.example\"\nservice = \"fresh\"\n\
          [services.old]\ninstances = [\"{}\"]\n\
@@ -1145,7 +1143,7 @@ async fn hot_reload_applies_valid_files_keeps_streams_and_rejects_invalid_ones()
     );
     // Another route, for the SIGHUP step.
     let v3 = format!(
-        "listen = [\"127.0.0.1:{port}\"]\n\
+        "listen = [\"127.0.0.1:0\"]\n\
          [admin]\nlisten = \"off\"\n\
          [[routes]]\nhost = \"new.example\"\nservice = \"fresh\"\n\
          [[routes]]\nhost = \"hup.example\"\nservice = \"old\"\n\
@@ -1162,7 +1160,7 @@ async fn hot_reload_applies_valid_files_keeps_streams_and_rejects_invalid_ones()
     let mut cmd = wayfinder(&["run", "--config"]);
     cmd.arg(&file.path);
     let mut proc = Proc::spawn(cmd);
-    proc.wait_log(30, "wayfinder listening").await;
+    let addr = proc.listening(30).await.proxy();
 
     assert_eq!(get_at(addr, "old.svc").await.text(), "old");
     assert_ne!(get_at(addr, "new.example").await.status, StatusCode::OK);
