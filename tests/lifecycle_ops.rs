@@ -294,6 +294,20 @@ async fn dual_stack_pair_binds_and_serves_both_families() {
     within(30, "shutdown", running.shutdown()).await;
 }
 
+/// Both listeners on port 0 (what every in-process test does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_proxy_may_both_listen_on_port_zero() {
+    // Port 0 asks the OS for a free port, so these never clash; tests (and
+    // operators running several instances) rely on it.
+    let config = parse_config("listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let running = start_proxy(&config).await.expect("start");
+    let admin = running.admin.expect("admin listener");
+    assert_ne!(admin, running.listen[0]);
+    let reply = support::get(admin, "admin", "/healthz").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    within(30, "shutdown", running.shutdown()).await;
+}
+
 /// A port bound (not listening) on `0.0.0.0` and, IPv6-only, on `[::]`.
 fn dual_stack_port() -> (socket2::Socket, socket2::Socket, u16) {
     use socket2::{Domain, Socket, Type};
