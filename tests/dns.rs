@@ -232,7 +232,7 @@ async fn a_records_with_a_configured_port_route_to_every_address() {
     ))
     .await;
     wait_for(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "both addresses resolved",
         || async { wf.members("web").len() == 2 },
     )
@@ -277,7 +277,7 @@ async fn srv_records_give_ports_and_weights() {
         &dns,
     ))
     .await;
-    wait_for(Duration::from_secs(5), "SRV resolved", || async {
+    wait_for(Duration::from_secs(15), "SRV resolved", || async {
         !wf.members("api").is_empty()
     })
     .await;
@@ -312,7 +312,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
         &dns,
     ))
     .await;
-    wait_for(Duration::from_secs(5), "first answer", || async {
+    wait_for(Duration::from_secs(15), "first answer", || async {
         wf.members("svc").len() == 1
     })
     .await;
@@ -325,7 +325,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
         hosts[1].clone(),
     ])
     .await;
-    let took = wait_for(Duration::from_secs(3), "second instance added", || async {
+    let took = wait_for(Duration::from_secs(15), "second instance added", || async {
         wf.members("svc").len() == 2
     })
     .await;
@@ -334,7 +334,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
 
     // The server goes away: the last good set keeps serving.
     dns.kill();
-    wait_for(Duration::from_secs(10), "source failing", || async {
+    wait_for(Duration::from_secs(15), "source failing", || async {
         wf.source_state("dns:svc") == Some("failing")
     })
     .await;
@@ -397,7 +397,7 @@ async fn operator_drain_of_a_dns_instance_survives_refreshes_and_a_reload() {
     let mut wf = AdminProxy::start("", &table("100ms")).await;
     let running = wf.running();
     wait_for(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "both addresses resolved",
         || async { members(running, "web").len() == 2 },
     )
@@ -422,7 +422,7 @@ async fn operator_drain_of_a_dns_instance_survives_refreshes_and_a_reload() {
             .and_then(|s| s.last_success)
     };
     let before = source(&wf);
-    wait_for(Duration::from_secs(5), "DNS reported again", || async {
+    wait_for(Duration::from_secs(15), "DNS reported again", || async {
         source(&wf) != before
     })
     .await;
@@ -441,7 +441,7 @@ async fn operator_drain_of_a_dns_instance_survives_refreshes_and_a_reload() {
         Some(true)
     );
     wait_for(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "resolved again after the reload",
         || async { members(wf.running(), "web").len() == 2 },
     )

@@ -207,7 +207,9 @@ async fn panic_mode_sends_nothing_to_draining_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_instance_expiry_is_held_with_reason_then_removed_after_max_hold() {
-    let wf = AdminProxy::start("", "[registry]\nmax_hold = \"1s\"\n").await;
+    // A max_hold long enough for the checks of the held state below to run
+    // inside it on a loaded machine.
+    let wf = AdminProxy::start("", "[registry]\nmax_hold = \"3s\"\n").await;
     let lonely = Backend::start("lonely").await;
     wf.api
         .register_ok("lonely", "l1", lonely.addr, "300ms")
@@ -236,7 +238,7 @@ async fn last_instance_expiry_is_held_with_reason_then_removed_after_max_hold() 
         "{reason}"
     );
     assert!(held["since"].as_f64().unwrap() > 1.0e9, "{held}");
-    assert!(held["applies_in_s"].as_f64().unwrap() <= 1.0, "{held}");
+    assert!(held["applies_in_s"].as_f64().unwrap() <= 3.0, "{held}");
     let listed = wf.api.instances("lonely").await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["held_back"]["reason"], held["reason"]);
@@ -250,7 +252,7 @@ async fn last_instance_expiry_is_held_with_reason_then_removed_after_max_hold() 
     let index: u64 = wf.api.json("/v1/registry/lonely").await["index"]
         .as_u64()
         .unwrap();
-    within(10, "the held removal applies after max_hold", async {
+    within(20, "the held removal applies after max_hold", async {
         let mut index = index;
         loop {
             let reply = wf
