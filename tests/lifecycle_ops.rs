@@ -573,7 +573,7 @@ async fn reload_outcomes_and_restart_needed_settings_are_visible() {
     let pending = serde_json::json!(["limits.max_connections", "proxy.via"]);
     assert_eq!(status["last_reload"]["restart_needed"], pending, "{status}");
     assert_eq!(status["restart_needed"], pending, "{status}");
-    proc.wait_log(5, "config reloaded").await;
+    proc.wait_log(10, "config reloaded").await;
     let log = proc.log();
     let line = log
         .lines()
