@@ -397,30 +397,11 @@ impl Daemon {
     /// waits until `bound` holds for the log written since this start (it
     /// shows a line the process logs once it has bound its ports: proof
     /// that what answers is this process, not another one on a port it
-    /// failed to get), then polls
-    /// `ready` every `every` until it holds. Fails the test, showing the end
-    /// of the log, when the process exits first or is not ready within
-    /// `limit`; see [`Daemon::try_spawn`] to retry instead.
-    pub async fn spawn<F, Fut>(
-        &mut self,
-        cmd: std::process::Command,
-        bound: impl Fn(&str) -> bool,
-        limit: Duration,
-        every: Duration,
-        ready: F,
-    ) where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = bool>,
-    {
-        if let Err(log) = self.try_spawn(cmd, bound, limit, every, ready).await {
-            panic!("{} exited during start:\n{log}", self.name);
-        }
-    }
-
-    /// [`Daemon::spawn`], but a process that exits during start is an
-    /// `Err` with what it logged since it was started (for example, a
-    /// port taken in the moment after its reservation was released: see
-    /// [`address_in_use`]).
+    /// failed to get), then polls `ready` every `every` until it holds.
+    /// A process that exits first is an `Err` with what it logged since it
+    /// was started (for example, a port taken in the moment after its
+    /// reservation was released: see [`address_in_use`]); one not ready
+    /// within `limit` fails the test, showing the end of its log.
     pub async fn try_spawn<F, Fut>(
         &mut self,
         mut cmd: std::process::Command,
