@@ -823,7 +823,9 @@ async fn the_image_and_the_compose_example_serve_three_instances_through_the_pro
     );
     assert_eq!(scope.images.lock().unwrap().len(), 2, "{stdout}");
 
-    let port = support::free_port();
+    // Docker publishes the proxy on this host port; released just before
+    // `compose up` binds it (a small window, as for the other daemons).
+    let port = support::ReservedPort::tcp().release();
     let project = format!("wft{}", unique.replace(['-', '.'], ""));
     let compose = Compose {
         network: format!("{project}-net"),
