@@ -153,12 +153,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 /// [`start`], with the file `config` was read from (shown by the admin
 /// API).
 pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running, StartError> {
-    if let Some(path) = &config.registry.state_file {
+    if let Some(path) = &config.startup.registry.state_file {
         check_state_file(path)?;
     }
-    let mut listeners = Vec::with_capacity(config.listen.len());
-    let mut listen = Vec::with_capacity(config.listen.len());
-    for &addr in &config.listen {
+    let mut listeners = Vec::with_capacity(config.startup.listen.len());
+    let mut listen = Vec::with_capacity(config.startup.listen.len());
+    for &addr in &config.startup.listen {
         let l = server::bind(addr).map_err(|source| StartError::Bind {
             addr,
             role: "proxy",
@@ -167,7 +167,7 @@ pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running,
         listen.push(l.local_addr().unwrap_or(addr));
         listeners.push(l);
     }
-    let admin_listener = match config.admin {
+    let admin_listener = match config.startup.admin.listen {
         Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
             addr,
             role: "admin",
@@ -183,7 +183,7 @@ pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running,
 
     let registry = Registry::new(config);
     tokio::spawn(registry.clone().run_refresher());
-    let etcd = config.registry.etcd.as_ref().map(|settings| {
+    let etcd = config.startup.registry.etcd.as_ref().map(|settings| {
         let store = EtcdStore::new(settings, &registry);
         let task = store.spawn();
         (
@@ -194,7 +194,7 @@ pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running,
     });
     let registrations = match &etcd {
         Some((store, _, _)) => Registrations::with_etcd(&registry, store.clone()),
-        None => Registrations::new(&registry, config.registry.state_file.clone()),
+        None => Registrations::new(&registry, config.startup.registry.state_file.clone()),
     };
     tokio::spawn(registrations.clone().run_expiry());
 
@@ -204,9 +204,9 @@ pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running,
     let admin = admin::Admin {
         registry: registry.clone(),
         registrations: registrations.clone(),
-        token: config.admin_token.as_deref().map(Arc::from),
-        auth_reads: config.admin_auth_reads,
-        default_ttl: config.registry.default_ttl,
+        token: config.startup.admin.token.as_deref().map(Arc::from),
+        auth_reads: config.startup.admin.auth_reads,
+        default_ttl: config.startup.registry.default_ttl,
         state: state.clone(),
     };
     let admin_task = admin_listener.map(|l| {
@@ -248,7 +248,10 @@ pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running,
     drop(snap);
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let reaper = tokio::spawn(reap_idle(proxy.clone(), config.timeouts.upstream_idle));
+    let reaper = tokio::spawn(reap_idle(
+        proxy.clone(),
+        config.startup.timeouts.upstream_idle,
+    ));
     let settings = ServerSettings::from_config(config);
     let done = tokio::spawn(async move {
         server::serve(listeners, proxy, settings, async move {
@@ -280,38 +283,15 @@ pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running,
     })
 }
 
-/// The settings read only at start: which of them differ between `old`
-/// and `new`, and `new` with those kept at their `old` values (what is in
-/// effect until a restart).
-fn restart_only(old: &Config, new: &Config) -> (Vec<&'static str>, Config) {
-    let mut effective = new.clone();
-    let mut changed = Vec::new();
-    macro_rules! at_start {
-        ($key:literal, $($field:ident).+) => {
-            if new.$($field).+ != old.$($field).+ {
-                changed.push($key);
-                effective.$($field).+ = old.$($field).+.clone();
-            }
-        };
-    }
-    at_start!("listen", listen);
-    at_start!("admin.listen", admin);
-    at_start!("admin.token", admin_token);
-    at_start!("admin.token_env", admin_token_env);
-    at_start!("admin.auth_reads", admin_auth_reads);
-    at_start!("registry.state_file", registry.state_file);
-    at_start!("registry.default_ttl", registry.default_ttl);
-    at_start!("registry.etcd", registry.etcd);
-    at_start!("runtime.worker_threads", runtime.worker_threads);
-    at_start!("timeouts.client_header", timeouts.client_header);
-    at_start!("timeouts.upstream_idle", timeouts.upstream_idle);
-    at_start!("timeouts.shutdown_drain", timeouts.shutdown_drain);
-    at_start!("limits.max_header_bytes", limits.max_header_bytes);
-    at_start!("limits.max_connections", limits.max_connections);
-    at_start!("limits.max_idle_per_instance", limits.max_idle_per_instance);
-    at_start!("proxy.via", proxy.via);
-    at_start!("proxy.debug_header", proxy.debug_header);
-    at_start!("proxy.snapshot_header", proxy.snapshot_header);
+/// The settings read only at start ([`Config::startup`]): the keys that
+/// differ between `old` and `new`, and `new` with them kept at their `old`
+/// values (what is in effect until a restart).
+fn restart_only(old: &Config, new: &Config) -> (Vec<String>, Config) {
+    let changed = old.startup.changed_keys(&new.startup);
+    let effective = Config {
+        startup: old.startup.clone(),
+        ..new.clone()
+    };
     (changed, effective)
 }
 
@@ -341,12 +321,12 @@ impl Running {
         }
         let (changed, _) = restart_only(current, &new);
         let (pending, effective) = restart_only(&self.started, &new);
-        self.registry.apply_config(&new);
+        self.registry.apply_config(&effective);
         self.dns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .apply(&self.registry, &new);
-        self.clear_reload_error(&new);
+            .apply(&self.registry, &effective);
+        self.clear_reload_error(&effective);
         if changed.is_empty() {
             tracing::info!(file = %path.display(), routes = new.routes.len(), services = new.services.len(), "config reloaded");
         } else {
@@ -468,5 +448,62 @@ async fn reap_idle(proxy: Arc<Proxy>, idle: Duration) {
     loop {
         tick.tick().await;
         proxy.reap_idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config file in the temp directory, removed on drop.
+    struct TempConfig(PathBuf);
+
+    impl TempConfig {
+        fn new(name: &str, text: &str) -> TempConfig {
+            let path =
+                std::env::temp_dir().join(format!("wayfinder-{name}-{}.toml", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            TempConfig(path)
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Every setting read only at start is named when a reload changes it
+    /// and keeps its value until a restart, while the rest applies: the
+    /// whole startup part is compared (before, a hand-kept list missed
+    /// `proxy.trusted_proxies`, `[http2]` and others, and a reload showed
+    /// their new values as in effect).
+    #[tokio::test]
+    async fn reload_names_changed_startup_settings_and_keeps_them() {
+        let base = "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"off\"\n";
+        let file = TempConfig::new("app-reload-startup", base);
+        let mut current = Config::load(&file.0).unwrap();
+        let running = start_from(&current, Some(&file.0)).await.unwrap();
+        std::fs::write(
+            &file.0,
+            format!(
+                "{base}[timeouts]\nconnect = \"1s\"\n\
+                 [proxy]\ntrusted_proxies = [\"10.0.0.0/8\"]\n[http2]\nidle_timeout = \"5s\"\n"
+            ),
+        )
+        .unwrap();
+        assert!(running.reload(&file.0, &mut current).unwrap());
+        assert_eq!(
+            running.state.restart_needed(),
+            ["proxy.trusted_proxies", "http2.idle_timeout"]
+        );
+        let effective = serde_json::to_value(&*running.state.config()).unwrap();
+        assert_eq!(effective["proxy"]["trusted_proxies"], serde_json::json!([]));
+        assert_eq!(effective["http2"]["idle_timeout"], "1m");
+        assert_eq!(
+            effective["timeouts"]["connect"], "1s",
+            "reloadable: applied"
+        );
+        running.shutdown().await;
     }
 }

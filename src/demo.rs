@@ -54,7 +54,7 @@ pub async fn run(
         Path::new("config/wayfinder.toml (built in)"),
     )?;
     if let Some(addr) = listen {
-        config.listen = vec![addr];
+        config.startup.listen = vec![addr];
     }
     let mut instances = Vec::new();
     for svc in config.services.values() {

@@ -314,7 +314,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            runtime_with(config.runtime.worker_threads).block_on(async {
+            runtime_with(config.startup.runtime.worker_threads).block_on(async {
                 match wayfinder::app::run(&config, Some(&path), shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e),

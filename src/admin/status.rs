@@ -48,7 +48,7 @@ pub enum ReloadOutcome {
     /// The new file was applied.
     Applied {
         /// Settings it changed that apply at the next restart only.
-        restart_needed: Vec<&'static str>,
+        restart_needed: Vec<String>,
     },
     /// The file was valid and the same as the running config.
     Unchanged,
@@ -86,7 +86,7 @@ struct Inner {
     /// The file it was loaded from, if any.
     file: Option<PathBuf>,
     /// Settings whose new value waits for a restart.
-    restart_needed: Vec<&'static str>,
+    restart_needed: Vec<String>,
     last_reload: Option<Reload>,
 }
 
@@ -143,7 +143,7 @@ impl RunState {
     }
 
     /// Settings whose new value waits for a restart.
-    pub fn restart_needed(&self) -> Vec<&'static str> {
+    pub fn restart_needed(&self) -> Vec<String> {
         self.lock().restart_needed.clone()
     }
 
@@ -153,8 +153,8 @@ impl RunState {
         &self,
         file: PathBuf,
         config: Config,
-        changed: Vec<&'static str>,
-        pending: Vec<&'static str>,
+        changed: Vec<String>,
+        pending: Vec<String>,
     ) {
         let mut inner = self.lock();
         inner.config = Arc::new(config);
@@ -210,7 +210,7 @@ pub struct StatusView {
     /// The last reload of the config file, if any.
     pub last_reload: Option<ReloadView>,
     /// Settings changed by reloads that apply at the next restart only.
-    pub restart_needed: Vec<&'static str>,
+    pub restart_needed: Vec<String>,
 }
 
 /// The snapshot part of [`StatusView`].
@@ -279,7 +279,7 @@ pub struct ConfigView {
     pub file: Option<String>,
     /// Settings whose new value (in the file) waits for a restart; the
     /// config below shows the value in effect.
-    pub restart_needed: Vec<&'static str>,
+    pub restart_needed: Vec<String>,
     /// The config in effect, secrets redacted.
     pub config: Arc<Config>,
 }
