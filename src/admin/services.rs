@@ -1,4 +1,4 @@
-//! `GET /v1/services` and `GET /v1/status`: the registry as the proxy
+//! `GET /v1/services`: the registry as the proxy
 //! routes it right now, with every instance's combined state. The
 //! per-instance state ([`InstanceStatus`], [`ProxyHealth`], [`HeldView`]) is
 //! built here for every view that shows an instance, so they all agree.
@@ -269,31 +269,5 @@ pub fn services(registry: &Registry) -> ServicesView {
             .duration_since(snap.built_at())
             .map_or(0, |d| d.as_millis()),
         services,
-    }
-}
-
-/// `GET /v1/status`.
-#[derive(Debug, Serialize)]
-pub struct StatusView {
-    /// Snapshot version.
-    pub version: u64,
-    /// Milliseconds since the snapshot was built.
-    pub age_ms: u128,
-    /// Services in the snapshot.
-    pub services: usize,
-    /// Instances in the snapshot.
-    pub instances: usize,
-}
-
-/// Builds the `GET /v1/status` answer.
-pub fn status(registry: &Registry) -> StatusView {
-    let snap = registry.load();
-    StatusView {
-        version: snap.version(),
-        age_ms: SystemTime::now()
-            .duration_since(snap.built_at())
-            .map_or(0, |d| d.as_millis()),
-        services: snap.service_count(),
-        instances: snap.instance_count(),
     }
 }

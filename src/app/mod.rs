@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::admin::status::{Phase, RunState};
+use crate::admin::state::{Phase, RunState};
 use crate::config::Config;
 use crate::registry::dns::DnsSources;
 use crate::registry::registrations::Registrations;

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::Running;
 use crate::admin;
-use crate::admin::status::{Phase, RunState};
+use crate::admin::state::{Phase, RunState};
 use crate::config::Config;
 use crate::proxy::server::{self, ServerSettings};
 use crate::proxy::Proxy;
