@@ -50,11 +50,11 @@ struct RegistryInfo {
 
 impl Admin {
     pub(super) async fn all_services(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
-        let (index, wait) = match long_poll_params(req) {
+        let (index, wait) = match long_poll_params(req.uri().query()) {
             Ok(p) => p,
             Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
         };
-        let healthy = query_param(req, "healthy") == Some("true");
+        let healthy = query_param(req.uri().query(), "healthy").as_deref() == Some("true");
         if let Some(n) = index {
             self.wait_until(wait, |snap| snap.version() > n).await;
         }
@@ -82,11 +82,11 @@ impl Admin {
         if let Err(e) = check_service_name(service) {
             return text(StatusCode::BAD_REQUEST, &format!("service: {e}\n"));
         }
-        let (index, wait) = match long_poll_params(req) {
+        let (index, wait) = match long_poll_params(req.uri().query()) {
             Ok(p) => p,
             Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
         };
-        let healthy = query_param(req, "healthy") == Some("true");
+        let healthy = query_param(req.uri().query(), "healthy").as_deref() == Some("true");
         // A service that disappears counts as changed: its index becomes the
         // snapshot version.
         let index_of = |snap: &Snapshot, n: u64| match snap.service(service) {

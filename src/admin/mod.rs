@@ -200,7 +200,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -219,5 +218,62 @@ mod tests {
         assert!(constant_time_eq(b"secret-token", b"secret-token"));
         assert!(!constant_time_eq(b"secret-token", b"secret-tokem"));
         assert!(!constant_time_eq(b"short", b"longer"));
+    }
+
+    /// Serves an admin API for an empty config on a loopback port.
+    async fn serve_admin() -> std::net::SocketAddr {
+        let config = crate::config::Config::parse("", std::path::Path::new("t.toml")).unwrap();
+        let registry = Registry::new(&config);
+        let admin = Admin {
+            registrations: Registrations::new(&registry, None),
+            registry,
+            token: None,
+            auth_reads: false,
+            default_ttl: Duration::from_secs(30),
+            state: state::RunState::new(&config, None),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, admin, std::future::pending()));
+        addr
+    }
+
+    /// The status line of `GET target` (the connection closed after it).
+    async fn get_status(addr: std::net::SocketAddr, target: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let out = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("the admin API answers within 10s");
+        out.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Query values are form-decoded: a client that encodes `wait=1m 30s`
+    /// as `1m%2030s` or `1m+30s` is understood (it got 400 before: the
+    /// escapes reached the duration parser).
+    #[tokio::test]
+    async fn query_parameters_are_percent_decoded() {
+        let addr = serve_admin().await;
+        for target in ["/v1/registry?wait=1m%2030s", "/v1/registry?wait=1m+30s"] {
+            assert_eq!(
+                get_status(addr, target).await,
+                "HTTP/1.1 200 OK",
+                "{target}"
+            );
+        }
+        assert_eq!(
+            get_status(addr, "/v1/registry?wait=soon").await,
+            "HTTP/1.1 400 Bad Request"
+        );
     }
 }

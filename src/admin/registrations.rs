@@ -58,7 +58,7 @@ impl Admin {
         service: &str,
         id: &str,
     ) -> Response<ProxyBody> {
-        let check_wait = match parse_wait(&req, "wait") {
+        let check_wait = match parse_wait(req.uri().query(), "wait") {
             Ok(w) => w,
             Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
         };
@@ -294,10 +294,10 @@ impl Admin {
                 })
                 .unwrap_or(0)
         };
-        match query_param(req, "wait") {
+        match query_param(req.uri().query(), "wait").as_deref() {
             None => {}
             Some("drained") => {
-                let timeout = match parse_wait(req, "timeout") {
+                let timeout = match parse_wait(req.uri().query(), "timeout") {
                     Ok(t) => t.unwrap_or(Duration::from_secs(30)),
                     Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
                 };
