@@ -41,10 +41,10 @@ mod params;
 mod registrations;
 mod registry_api;
 mod respond;
-pub mod services;
+pub(crate) mod services;
 mod sources;
-pub mod state;
-pub mod status;
+pub(crate) mod state;
+pub(crate) mod status;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -65,7 +65,7 @@ use crate::registry::Registry;
 
 /// What the admin API works on.
 #[derive(Debug, Clone)]
-pub struct Admin {
+pub(crate) struct Admin {
     /// The registry.
     pub registry: Arc<Registry>,
     /// The registration source.
@@ -81,7 +81,7 @@ pub struct Admin {
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
     let admin = Arc::new(admin);
     tokio::pin!(shutdown);
     loop {
@@ -113,7 +113,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
 
 impl Admin {
     /// Answers one admin request.
-    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    pub(crate) async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let head = req.method() == Method::HEAD;
         if head {
             *req.method_mut() = Method::GET;

@@ -15,7 +15,7 @@ use crate::config::Config;
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Binding, loading the registry (the state file, etcd's first
     /// listing): not ready.
     Starting,
@@ -27,7 +27,7 @@ pub enum Phase {
 
 impl Phase {
     /// `starting`, `ready` or `draining`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
             Phase::Ready => "ready",
@@ -39,7 +39,7 @@ impl Phase {
 /// How a reload of the config file ended.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum ReloadOutcome {
+pub(crate) enum ReloadOutcome {
     /// The new file was applied.
     Applied {
         /// Settings it changed that apply at the next restart only.
@@ -56,7 +56,7 @@ pub enum ReloadOutcome {
 
 /// One reload.
 #[derive(Debug, Clone)]
-pub struct Reload {
+pub(crate) struct Reload {
     /// When it happened.
     pub at: SystemTime,
     /// The file read.
@@ -67,7 +67,7 @@ pub struct Reload {
 
 /// The state of the running process that the admin API shows.
 #[derive(Debug)]
-pub struct RunState {
+pub(crate) struct RunState {
     started: Instant,
     phase: AtomicU8,
     inner: Mutex<Inner>,
@@ -87,7 +87,7 @@ struct Inner {
 
 impl RunState {
     /// A process starting with `config` (read from `file`).
-    pub fn new(config: &Config, file: Option<PathBuf>) -> Arc<RunState> {
+    pub(crate) fn new(config: &Config, file: Option<PathBuf>) -> Arc<RunState> {
         Arc::new(RunState {
             started: Instant::now(),
             phase: AtomicU8::new(Phase::Starting as u8),
@@ -105,7 +105,7 @@ impl RunState {
     }
 
     /// Where the process is.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Starting,
             1 => Phase::Ready,
@@ -114,7 +114,7 @@ impl RunState {
     }
 
     /// Moves to `phase`. Draining is final.
-    pub fn set_phase(&self, phase: Phase) {
+    pub(crate) fn set_phase(&self, phase: Phase) {
         let _ = self
             .phase
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
@@ -123,28 +123,28 @@ impl RunState {
     }
 
     /// The config in effect.
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.lock().config.clone()
     }
 
     /// The file the config came from, if any.
-    pub fn file(&self) -> Option<PathBuf> {
+    pub(crate) fn file(&self) -> Option<PathBuf> {
         self.lock().file.clone()
     }
 
     /// The last reload, if any.
-    pub fn last_reload(&self) -> Option<Reload> {
+    pub(crate) fn last_reload(&self) -> Option<Reload> {
         self.lock().last_reload.clone()
     }
 
     /// Settings whose new value waits for a restart.
-    pub fn restart_needed(&self) -> Vec<String> {
+    pub(crate) fn restart_needed(&self) -> Vec<String> {
         self.lock().restart_needed.clone()
     }
 
     /// Records a reload that applied `config` (the config now in effect)
     /// with `pending` settings waiting for a restart.
-    pub fn record_applied(
+    pub(crate) fn record_applied(
         &self,
         file: PathBuf,
         config: Config,
@@ -164,7 +164,7 @@ impl RunState {
     }
 
     /// Records a reload that found nothing to change.
-    pub fn record_unchanged(&self, file: PathBuf) {
+    pub(crate) fn record_unchanged(&self, file: PathBuf) {
         self.lock().last_reload = Some(Reload {
             at: SystemTime::now(),
             file,
@@ -173,7 +173,7 @@ impl RunState {
     }
 
     /// Records a rejected reload.
-    pub fn record_rejected(&self, file: PathBuf, error: String) {
+    pub(crate) fn record_rejected(&self, file: PathBuf, error: String) {
         self.lock().last_reload = Some(Reload {
             at: SystemTime::now(),
             file,
@@ -182,7 +182,7 @@ impl RunState {
     }
 
     /// Time since start.
-    pub fn uptime(&self) -> Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 }

@@ -16,7 +16,7 @@ use crate::registry::Registry;
 
 /// `GET /v1/status`.
 #[derive(Debug, Serialize)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     /// wayfinder's version.
     pub version: &'static str,
     /// Seconds since start.
@@ -37,7 +37,7 @@ pub struct StatusView {
 
 /// The snapshot part of [`StatusView`].
 #[derive(Debug, Serialize)]
-pub struct SnapshotView {
+pub(crate) struct SnapshotView {
     /// Its version.
     pub version: u64,
     /// Milliseconds since it was built.
@@ -50,7 +50,7 @@ pub struct SnapshotView {
 
 /// A reload in [`StatusView`].
 #[derive(Debug, Serialize)]
-pub struct ReloadView {
+pub(crate) struct ReloadView {
     /// `applied`, `unchanged` or `rejected`, with its details.
     #[serde(flatten)]
     pub outcome: ReloadOutcome,
@@ -63,7 +63,7 @@ pub struct ReloadView {
 }
 
 /// Builds the `GET /v1/status` answer.
-pub fn status(state: &RunState, registry: &Registry) -> StatusView {
+pub(crate) fn status(state: &RunState, registry: &Registry) -> StatusView {
     let snap = registry.load();
     let now = SystemTime::now();
     let phase = state.phase();
@@ -96,7 +96,7 @@ pub fn status(state: &RunState, registry: &Registry) -> StatusView {
 
 /// `GET /v1/config`.
 #[derive(Debug, Serialize)]
-pub struct ConfigView {
+pub(crate) struct ConfigView {
     /// The file it was loaded from, if any.
     pub file: Option<String>,
     /// Settings whose new value (in the file) waits for a restart; the
@@ -107,7 +107,7 @@ pub struct ConfigView {
 }
 
 /// Builds the `GET /v1/config` answer.
-pub fn config(state: &RunState) -> ConfigView {
+pub(crate) fn config(state: &RunState) -> ConfigView {
     ConfigView {
         file: state.file().map(|f| f.display().to_string()),
         restart_needed: state.restart_needed(),
@@ -117,7 +117,7 @@ pub fn config(state: &RunState) -> ConfigView {
 
 /// `GET /v1/routes`.
 #[derive(Debug, Serialize)]
-pub struct RoutesView {
+pub(crate) struct RoutesView {
     /// Explicit routes, in the order they are tried.
     pub routes: Vec<RouteView>,
     /// What a request no route matches is tried against.
@@ -126,7 +126,7 @@ pub struct RoutesView {
 
 /// One explicit route.
 #[derive(Debug, Serialize)]
-pub struct RouteView {
+pub(crate) struct RouteView {
     /// `api.example.com`, `*.example.com`, or null for any host.
     pub host: Option<String>,
     /// Path prefix, matched on whole segments.
@@ -143,7 +143,7 @@ pub struct RouteView {
 
 /// The conventions part of [`RoutesView`].
 #[derive(Debug, Serialize)]
-pub struct ConventionsView {
+pub(crate) struct ConventionsView {
     /// Host `NAME` + one of these suffixes names service `NAME`.
     pub host_suffixes: Vec<String>,
     /// Whether `/NAME/rest` names service `NAME` (forwarded as `/rest`).
@@ -154,7 +154,7 @@ pub struct ConventionsView {
 /// in the router's precedence (exact hosts, wildcard hosts by longest
 /// suffix, then routes without a host; the longest path first within a
 /// host).
-pub fn routes(state: &RunState, registry: &Registry) -> RoutesView {
+pub(crate) fn routes(state: &RunState, registry: &Registry) -> RoutesView {
     let config = state.config();
     let snap = registry.load();
     let now = clock::now_ms();

@@ -2,7 +2,7 @@
 //! config describes in order ([`start`]: listeners, registry and its
 //! sources, the admin API answering `/readyz` with 503 until the registry
 //! is loaded, health checks, the proxy server, the idle-connection
-//! reaper), reloads the config file ([`reload`]), and on shutdown reports
+//! reaper), reloads the config file ([`Running::reload`]), and on shutdown reports
 //! not ready, waits the pre-stop delay while still serving, then stops
 //! everything in order. A second SIGTERM/SIGINT during shutdown exits at
 //! once ([`signals`]). [`logging`] sets up the log output `wayfinder`
@@ -25,10 +25,10 @@ use tokio::task::JoinHandle;
 use crate::admin::state::{Phase, RunState};
 use crate::config::Config;
 use crate::registry::dns::DnsSources;
-use crate::registry::registrations::Registrations;
 use crate::registry::Registry;
 
-pub use start::{start, start_from, StartError};
+pub(crate) use start::start_from;
+pub use start::{start, StartError};
 
 /// Why `wayfinder run` ended with an error.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +52,9 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// The registry it routes through.
     pub registry: Arc<Registry>,
-    /// The registration source behind the admin API.
-    pub registrations: Arc<Registrations>,
     /// Readiness, reloads and the config in effect, as the admin API shows
     /// them.
-    pub state: Arc<RunState>,
+    pub(crate) state: Arc<RunState>,
     /// The config the process started with (what restart-only settings
     /// keep until the next start).
     started: Config,

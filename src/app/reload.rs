@@ -87,7 +87,12 @@ impl Running {
 
     /// Watches `path` (checked every second) and, with `sighup`, SIGHUP;
     /// reloads on change. Runs until the process ends.
-    pub fn spawn_reloader(self: &Arc<Self>, path: PathBuf, mut current: Config, sighup: bool) {
+    pub(crate) fn spawn_reloader(
+        self: &Arc<Self>,
+        path: PathBuf,
+        mut current: Config,
+        sighup: bool,
+    ) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let stamp = |p: &Path| {

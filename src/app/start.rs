@@ -89,7 +89,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
 /// [`start`], with the file `config` was read from (shown by the admin
 /// API).
-pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running, StartError> {
+pub(crate) async fn start_from(
+    config: &Config,
+    file: Option<&Path>,
+) -> Result<Running, StartError> {
     if let Some(path) = &config.startup.registry.state_file {
         check_state_file(path)?;
     }
@@ -210,7 +213,6 @@ pub async fn start_from(config: &Config, file: Option<&Path>) -> Result<Running,
         listen,
         admin: admin_addr,
         registry,
-        registrations,
         state,
         started: config.clone(),
         reload_failed: AtomicBool::new(false),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// Most errors one file reports; further ones are counted, not listed.
-pub const MAX_ERRORS: usize = 20;
+pub(crate) const MAX_ERRORS: usize = 20;
 
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -32,12 +32,12 @@ pub enum ConfigError {
         message: String,
     },
     /// More than one thing is wrong: each error on its own line, in file
-    /// order, at most [`MAX_ERRORS`] of them.
+    /// order, at most 20 (`MAX_ERRORS`) of them.
     #[error("{}", several(errors, *truncated))]
     Several {
         /// The errors, each an [`ConfigError::Invalid`], in line order.
         errors: Vec<ConfigError>,
-        /// Whether checking stopped at [`MAX_ERRORS`] with more to find.
+        /// Whether checking stopped at `MAX_ERRORS` with more to find.
         truncated: bool,
     },
 }

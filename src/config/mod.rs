@@ -26,7 +26,7 @@
 //!   redacted.
 //!
 //! Every error names the file, the line and column, and the key path of
-//! what is wrong; one run reports every error (up to [`MAX_ERRORS`]).
+//! what is wrong; one run reports every error (up to 20).
 //!
 //! Imports between these modules go one way (`a → b`: a uses b); `error`
 //! and `defaults` are leaves, and no two siblings use each other:
@@ -98,8 +98,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use error::{ConfigError, MAX_ERRORS};
-pub use serialize::REDACTED;
+pub use error::ConfigError;
 pub use service::{
     Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, RetryBudget, ServiceConfig,
     ServicePolicy, ServiceTimeouts, StaticInstance,
@@ -113,7 +112,7 @@ pub use startup::{
 /// process reads only when it starts; everything else is what a reload
 /// applies. It serializes (for `GET /v1/config`) as the file is written,
 /// with secrets (the admin token, the etcd password) replaced by
-/// [`REDACTED`].
+/// `<redacted>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Settings read only at start: a reload that changes them applies
@@ -258,7 +257,7 @@ impl Config {
     /// What in this config deserves a warning without being an error: an
     /// admin API reachable beyond loopback with no token, or with reads left
     /// open.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let a = &self.startup.admin;
         let Some(admin) = a.listen else {
@@ -294,7 +293,7 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 /// Checks a service name: 1 to 63 characters from `a-z`, `0-9`, `-` and `_`,
 /// starting with a letter or digit, so it can stand as a DNS label in a Host.
-pub fn check_service_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_service_name(name: &str) -> Result<(), String> {
     let ok_len = (1..=63).contains(&name.len());
     let mut bytes = name.bytes();
     let first_ok = bytes

@@ -15,7 +15,7 @@ use super::{
 };
 
 /// What a secret serializes as.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// A duration as written in the file: `"250ms"`, `"5s"`, `"1m 30s"`, `"0s"`.
 pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -42,7 +42,7 @@ impl Startup {
     /// tables in file order, keys within a table alphabetically. Every key
     /// of every table is compared, so a setting added to these tables is
     /// covered without being listed anywhere.
-    pub fn changed_keys(&self, other: &Startup) -> Vec<String> {
+    pub(crate) fn changed_keys(&self, other: &Startup) -> Vec<String> {
         let mut out = Vec::new();
         for ((section, a), (_, b)) in self.tables().into_iter().zip(other.tables()) {
             match (&a, &b) {
@@ -278,7 +278,7 @@ impl std::str::FromStr for Cidr {
 impl Cidr {
     /// Whether `ip` is inside the block (IPv4-mapped IPv6 addresses count
     /// as their IPv4 address).
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
