@@ -117,24 +117,24 @@ impl Proxy {
     /// A proxy forwarding through `registry` with `config`'s settings.
     pub fn new(registry: Arc<Registry>, config: &Config) -> Proxy {
         let via = |v: &str| {
-            HeaderValue::from_str(&format!("{v} {}", config.proxy.via))
+            HeaderValue::from_str(&format!("{v} {}", config.startup.proxy.via))
                 .unwrap_or_else(|_| HeaderValue::from_static("1.1 wayfinder"))
         };
         Proxy {
             registry,
             settings: Settings {
-                upstream_idle: config.timeouts.upstream_idle,
-                max_header_bytes: config.limits.max_header_bytes,
-                debug_header: config.proxy.debug_header,
-                snapshot_header: config.proxy.snapshot_header,
+                upstream_idle: config.startup.timeouts.upstream_idle,
+                max_header_bytes: config.startup.limits.max_header_bytes,
+                debug_header: config.startup.proxy.debug_header,
+                snapshot_header: config.startup.proxy.snapshot_header,
                 via_h10: via("1.0"),
                 via_h1: via("1.1"),
                 via_h2: via("2"),
-                trusted_proxies: config.proxy.trusted_proxies.clone(),
-                forwarded: config.proxy.forwarded,
-                max_uri_bytes: config.limits.max_uri_bytes,
-                client_body: config.timeouts.client_body,
-                client_send: config.timeouts.client_send,
+                trusted_proxies: config.startup.proxy.trusted_proxies.clone(),
+                forwarded: config.startup.proxy.forwarded,
+                max_uri_bytes: config.startup.limits.max_uri_bytes,
+                client_body: config.startup.timeouts.client_body,
+                client_send: config.startup.timeouts.client_send,
             },
         }
     }

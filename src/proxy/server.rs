@@ -62,13 +62,13 @@ impl ServerSettings {
     /// The settings in `config`.
     pub fn from_config(config: &Config) -> Self {
         ServerSettings {
-            max_connections: config.limits.max_connections,
-            client_header_timeout: config.timeouts.client_header,
-            max_header_bytes: config.limits.max_header_bytes,
-            drain: config.timeouts.shutdown_drain,
-            client_send: config.timeouts.client_send,
-            http2: config.http2.clone(),
-            fast_path: config.proxy.fast_path,
+            max_connections: config.startup.limits.max_connections,
+            client_header_timeout: config.startup.timeouts.client_header,
+            max_header_bytes: config.startup.limits.max_header_bytes,
+            drain: config.startup.timeouts.shutdown_drain,
+            client_send: config.startup.timeouts.client_send,
+            http2: config.startup.http2.clone(),
+            fast_path: config.startup.proxy.fast_path,
         }
     }
 }

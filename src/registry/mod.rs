@@ -367,7 +367,7 @@ impl Registry {
             router: router.clone(),
             policies: policies(config),
             default_policy: config.default_policy.clone(),
-            max_idle: config.limits.max_idle_per_instance,
+            max_idle: config.startup.limits.max_idle_per_instance,
             sources: vec![SourceEntry::new(
                 Arc::from(STATIC_SOURCE),
                 static_instances(config),
@@ -824,7 +824,7 @@ impl Registry {
         st.router = Arc::new(Router::new(config));
         st.policies = policies(config);
         st.default_policy = config.default_policy.clone();
-        st.max_idle = config.limits.max_idle_per_instance;
+        st.max_idle = config.startup.limits.max_idle_per_instance;
         st.preserve_percent = config.registry.self_preservation_percent;
         st.max_staleness = config.registry.max_staleness;
         if st.max_hold != config.registry.max_hold {
