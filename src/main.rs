@@ -264,7 +264,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(USAGE_ERROR);
                 }
             };
-            runtime().block_on(async {
+            runtime(None).block_on(async {
                 match wayfinder::registrar::docker::run(opts).await {
                     Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                     Err(e) => fail(e),
