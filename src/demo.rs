@@ -22,7 +22,7 @@ use crate::app::{self, StartError};
 use crate::config::{Config, ConfigError};
 
 /// The example config shipped in `config/wayfinder.toml`, built in.
-pub const EXAMPLE_CONFIG: &str = include_str!("../config/wayfinder.toml");
+const EXAMPLE_CONFIG: &str = include_str!("../config/wayfinder.toml");
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,7 @@ pub async fn run(
         Path::new("config/wayfinder.toml (built in)"),
     )?;
     if let Some(addr) = listen {
-        config.listen = vec![addr];
+        config.startup.listen = vec![addr];
     }
     let mut instances = Vec::new();
     for svc in config.services.values() {

@@ -1,14 +1,15 @@
-//! The `wayfinder` command: parses arguments, sets up logging and calls the
+//! The `wayfinder` command: parses arguments, calls the library (`app`,
+//! `registrar`, `demo`) and turns the outcome into messages and an exit
+//! code. Everything else (logging, the runtime, signals) lives in the
 //! library.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
+use wayfinder::app::{logging, signals};
 use wayfinder::config::Config;
 use wayfinder::registrar::{Check, Options};
 
@@ -90,7 +91,10 @@ process group, SIGKILL after --stop-timeout). SIGHUP is passed on to the command
 
 Exit code: 0 after a stop it was asked for when the command exited 0 or of that SIGTERM; the
 command's code (128 + signal) when it exits by itself or had to be killed; 1 when the registry
-refuses the registration for good (400, 401, 403, 404: not retried); 2 for a bad command line.";
+refuses the registration for good (400, 401, 403, 404: not retried); 2 for a bad command line.
+
+With --docker: SIGTERM, SIGINT and SIGQUIT stop it and leave the registrations to their TTL (a
+registrar started within it takes them over); SIGHUP lists the containers again and reconciles.";
 
 #[derive(Debug, clap::Args)]
 struct RegisterArgs {
@@ -98,11 +102,11 @@ struct RegisterArgs {
     #[arg(long, default_value = "http://127.0.0.1:9900", value_parser = parse_registry)]
     registry: http::Uri,
     /// Service name.
-    #[arg(long)]
-    service: String,
+    #[arg(long, required_unless_present = "docker")]
+    service: Option<String>,
     /// The instance's address (IP:PORT).
-    #[arg(long)]
-    address: std::net::SocketAddr,
+    #[arg(long, required_unless_present = "docker")]
+    address: Option<std::net::SocketAddr>,
     /// Instance id (default: the address).
     #[arg(long)]
     id: Option<String>,
@@ -132,6 +136,8 @@ struct RegisterArgs {
     /// The service to start and watch, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
+    #[command(flatten)]
+    docker: wayfinder::registrar::docker::DockerArgs,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -196,86 +202,9 @@ fn parse_http_url(s: &str, forms: &str) -> Result<http::Uri, String> {
     }
 }
 
-/// The log levels accepted, for error messages.
-const LOG_LEVELS: &str = "error, warn (or warning), info, debug, trace or off";
-
-/// `--log-level`: validated and normalised by [`log_filter`].
+/// `--log-level`: validated and normalised by [`logging::filter`].
 fn parse_log_filter(s: &str) -> Result<String, String> {
-    log_filter(s)
-}
-
-/// Checks a log filter (`LEVEL`, `TARGET=LEVEL`, comma-separated, as
-/// tracing's `EnvFilter` reads them) and returns it with level aliases
-/// (`warning`) replaced. A bare word must be a level: `EnvFilter` would read
-/// a mistyped level (`inof`) as a target name and log nothing at all.
-fn log_filter(spec: &str) -> Result<String, String> {
-    let mut out = Vec::new();
-    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        // A `=` inside `[span{field=value}]` is not the level's.
-        let level_at = directive
-            .rfind('=')
-            .filter(|&i| !directive[i + 1..].contains([']', '}']));
-        match level_at {
-            Some(i) => {
-                let target = &directive[..i];
-                if target.is_empty() {
-                    return Err(format!("{directive:?} names no target before '='"));
-                }
-                out.push(format!("{target}={}", log_level(&directive[i + 1..])?));
-            }
-            // A span filter without a level (`target[span]`) is EnvFilter's own.
-            None if directive.contains('[') => out.push(directive.to_owned()),
-            None => out.push(log_level(directive)?.to_owned()),
-        }
-    }
-    if out.is_empty() {
-        return Err(format!("no log level given: use {LOG_LEVELS}"));
-    }
-    let filter = out.join(",");
-    EnvFilter::builder()
-        .parse(&filter)
-        .map_err(|e| format!("{spec:?}: {e}"))?;
-    Ok(filter)
-}
-
-fn log_level(word: &str) -> Result<&'static str, String> {
-    Ok(match word.trim().to_ascii_lowercase().as_str() {
-        "error" => "error",
-        "warn" | "warning" => "warn",
-        "info" => "info",
-        "debug" => "debug",
-        "trace" => "trace",
-        "off" => "off",
-        _ => {
-            return Err(format!(
-                "{word:?} is not a log level: use {LOG_LEVELS} (a target's level is TARGET=LEVEL)"
-            ))
-        }
-    })
-}
-
-/// Logs to stderr, filtered by RUST_LOG when it is set and not empty, else
-/// by `--log-level`. Colour only on a terminal, and not with NO_COLOR.
-fn init_logging(log_level: &str) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if v.trim().is_empty() => log_level.to_owned(),
-        Ok(v) => log_filter(&v).map_err(|e| format!("RUST_LOG: {e}"))?,
-        Err(std::env::VarError::NotPresent) => log_level.to_owned(),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            return Err("RUST_LOG is not valid UTF-8".to_owned())
-        }
-    };
-    let filter = EnvFilter::builder()
-        .parse(&filter)
-        .map_err(|e| format!("log filter {filter:?}: {e}"))?;
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
-    Ok(())
+    logging::filter(s)
 }
 
 fn main() -> ExitCode {
@@ -284,7 +213,7 @@ fn main() -> ExitCode {
     if let Command::RegisterExec { parent, command } = &cli.command {
         return ExitCode::from(wayfinder::registrar::exec_child(*parent, command));
     }
-    if let Err(e) = init_logging(&cli.log_level) {
+    if let Err(e) = logging::init(&cli.log_level) {
         eprintln!("wayfinder: {e}");
         return ExitCode::from(USAGE_ERROR);
     }
@@ -314,18 +243,43 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            runtime_with(config.runtime.worker_threads).block_on(async {
-                match wayfinder::app::run(&config, Some(&path), shutdown_signal()).await {
+            runtime(config.startup.runtime.worker_threads).block_on(async {
+                match wayfinder::app::run(&config, Some(&path), signals::shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e),
                 }
             })
         }
+        Command::Register(args) if args.docker.docker => {
+            let opts = match wayfinder::registrar::docker::DockerOptions::new(
+                args.docker,
+                args.registry,
+                args.token,
+                args.ttl,
+                args.drain_timeout,
+            ) {
+                Ok(opts) => opts,
+                Err(e) => {
+                    eprintln!("wayfinder: {e}");
+                    return ExitCode::from(USAGE_ERROR);
+                }
+            };
+            runtime(None).block_on(async {
+                match wayfinder::registrar::docker::run(opts).await {
+                    Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                    Err(e) => fail(e),
+                }
+            })
+        }
         Command::Register(args) => {
+            // clap requires both without --docker.
+            let (Some(service), Some(address)) = (args.service, args.address) else {
+                return fail("--service and --address are required without --docker");
+            };
             let check = match (args.check, args.check_tcp) {
                 (Some(CheckTarget::Url(url)), _) => Check::Http(url),
                 (Some(CheckTarget::Path(path)), _) => {
-                    match format!("http://{}{path}", args.address).parse() {
+                    match format!("http://{address}{path}").parse() {
                         Ok(url) => Check::Http(url),
                         Err(e) => return fail(format!("--check {path}: {e}")),
                     }
@@ -337,9 +291,9 @@ fn main() -> ExitCode {
                 registry: args.registry,
                 id: args
                     .id
-                    .unwrap_or_else(|| args.address.to_string().replace(['[', ']'], "")),
-                service: args.service,
-                address: args.address,
+                    .unwrap_or_else(|| address.to_string().replace(['[', ']'], "")),
+                service,
+                address,
                 check,
                 ttl: args.ttl,
                 tags: args.tags.into_iter().collect(),
@@ -352,15 +306,15 @@ fn main() -> ExitCode {
             // starts is tied to the thread that started it (see
             // `registrar::exec_child`), and this one lives as long as the
             // process.
-            runtime().block_on(async {
+            runtime(None).block_on(async {
                 match wayfinder::registrar::run(opts).await {
                     Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                     Err(e) => fail(e),
                 }
             })
         }
-        Command::Demo { listen } => runtime().block_on(async {
-            match wayfinder::demo::run(listen, shutdown_signal()).await {
+        Command::Demo { listen } => runtime(None).block_on(async {
+            match wayfinder::demo::run(listen, signals::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -374,92 +328,14 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    runtime_with(None)
-}
-
-/// A multi-thread runtime with `workers` threads (default: Tokio's, one per
-/// core, or TOKIO_WORKER_THREADS).
-fn runtime_with(workers: Option<usize>) -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n);
-    }
-    b.enable_all()
-        .build()
-        .expect("cannot start the Tokio runtime")
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+/// A Tokio runtime with `workers` threads (default: one per core).
+fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
+    wayfinder::app::runtime(workers).expect("cannot start the Tokio runtime")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_levels_and_their_aliases() {
-        assert_eq!(log_filter("info").unwrap(), "info");
-        assert_eq!(log_filter("warning").unwrap(), "warn");
-        assert_eq!(log_filter("WARN").unwrap(), "warn");
-        assert_eq!(log_filter(" Debug ").unwrap(), "debug");
-        assert_eq!(log_filter("off").unwrap(), "off");
-        assert_eq!(
-            log_filter("info,wayfinder::health=warning").unwrap(),
-            "info,wayfinder::health=warn"
-        );
-        assert_eq!(
-            log_filter("wayfinder[request{id=7}]=debug").unwrap(),
-            "wayfinder[request{id=7}]=debug"
-        );
-        assert_eq!(
-            log_filter("wayfinder[request]").unwrap(),
-            "wayfinder[request]"
-        );
-    }
-
-    #[test]
-    fn unknown_levels_are_refused_naming_the_word() {
-        for bad in [
-            "bogus",
-            "inof",
-            "wayfinder",
-            "info,wanr",
-            "hyper=loud",
-            "=info",
-            "",
-            " , ",
-        ] {
-            let e = log_filter(bad).expect_err(bad);
-            assert!(
-                e.contains("not a log level")
-                    || e.contains("no target")
-                    || e.contains("no log level"),
-                "{bad:?}: {e}"
-            );
-        }
-        let e = log_filter("inof").unwrap_err();
-        assert!(e.contains("\"inof\"") && e.contains("warning"), "{e}");
-    }
 
     #[test]
     fn check_accepts_urls_and_paths_and_explains_otherwise() {

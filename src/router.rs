@@ -46,16 +46,16 @@ struct PathRule {
 #[derive(Debug, PartialEq, Eq)]
 pub struct RouteTarget<'a> {
     /// The service name.
-    pub service: Cow<'a, str>,
+    pub(crate) service: Cow<'a, str>,
     /// How many leading bytes of the path to remove before forwarding.
     pub strip: usize,
     /// The upgrade protocols forwarded on this route (lower case).
-    pub upgrades: &'a [String],
+    pub(crate) upgrades: &'a [String],
 }
 
 impl RouteTarget<'_> {
     /// Whether an upgrade to `protocol` (a name, any case) is forwarded.
-    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+    pub(crate) fn allows_upgrade(&self, protocol: &[u8]) -> bool {
         self.upgrades
             .iter()
             .any(|p| p.as_bytes().eq_ignore_ascii_case(protocol))
@@ -64,7 +64,7 @@ impl RouteTarget<'_> {
 
 impl Router {
     /// Builds the table for `config`'s routes and conventions.
-    pub fn new(config: &Config) -> Router {
+    pub(crate) fn new(config: &Config) -> Router {
         let mut exact: HashMap<String, Vec<PathRule>> = HashMap::new();
         let mut wildcard: Vec<(String, Vec<PathRule>)> = Vec::new();
         let mut any = Vec::new();
@@ -210,7 +210,7 @@ fn normalize_host(host: &str) -> Cow<'_, str> {
 
 /// Applies a route's prefix stripping to a path-and-query; an empty result
 /// becomes "/".
-pub fn strip_path(path_and_query: &str, strip: usize) -> Cow<'_, str> {
+pub(crate) fn strip_path(path_and_query: &str, strip: usize) -> Cow<'_, str> {
     if strip == 0 {
         return Cow::Borrowed(path_and_query);
     }

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
-use support::{free_port, wayfinder, within, Backend, ConfigFile, H1Client, Proc};
+use support::{wayfinder, within, Backend, ConfigFile, H1Client, Proc};
 
 /// Runs a short-lived command to completion: exit status, stdout, stderr.
 async fn finish(mut cmd: Command) -> (ExitStatus, String, String) {
@@ -103,11 +103,10 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
         .delay(Duration::from_millis(500))
         .start()
         .await;
-    let port = free_port();
     let config = ConfigFile::new(
         "cli-run",
         &format!(
-            "listen = [\"127.0.0.1:{port}\"]\n\
+            "listen = [\"127.0.0.1:0\"]\n\
              [admin]\nlisten = \"off\"\n\
              [timeouts]\nshutdown_drain = \"5s\"\n\
              [services.hello]\ninstances = [\"{}\"]\n\
@@ -118,7 +117,7 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
     let mut cmd = wayfinder(&["run", "--config"]);
     cmd.arg(&config.path);
     let mut proc = Proc::spawn(cmd);
-    proc.wait_log(30, "wayfinder listening").await;
+    let addr = proc.listening(30).await.proxy();
     let listening = proc.log();
     let listening = listening
         .lines()
@@ -130,7 +129,6 @@ async fn run_serves_then_drains_and_exits_zero_on_sigterm() {
         !listening.contains("Some(") && !listening.contains("None"),
         "{listening}"
     );
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
     let reply = within(
         10,

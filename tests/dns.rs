@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
-use support::{members, wait_for, AdminProxy, Backend, Daemon, Proxy};
+use support::{
+    address_in_use, members, wait_for, AdminProxy, Backend, Daemon, Proxy, ReservedPort,
+};
 use wayfinder::app::Running;
 
 // === impl Dnsmasq ===
@@ -34,20 +36,32 @@ impl Dnsmasq {
     async fn start(records: &[String]) -> Dnsmasq {
         // Where the Debian package puts it; `WAYFINDER_DNSMASQ` overrides it.
         let bin = Daemon::binary("WAYFINDER_DNSMASQ", "/usr/sbin/dnsmasq", "dnsmasq-base");
-        let mut d = Dnsmasq {
-            bin,
-            port: free_udp_port().await,
-            daemon: Daemon::new("dnsmasq"),
-        };
-        d.spawn(records).await;
-        d
+        // dnsmasq cannot bind port 0 (`--port=0` turns DNS off): the port is
+        // reserved (UDP and TCP) until it starts, and taken again if
+        // another process got it in that moment.
+        for _ in 0..10 {
+            let reserved = ReservedPort::tcp_and_udp();
+            let mut d = Dnsmasq {
+                bin: bin.clone(),
+                port: reserved.port(),
+                daemon: Daemon::new("dnsmasq"),
+            };
+            let cmd = d.command(records);
+            reserved.release();
+            match d.try_spawn(cmd).await {
+                Ok(()) => return d,
+                Err(log) if address_in_use(&log) => continue,
+                Err(log) => panic!("dnsmasq exited during start:\n{log}"),
+            }
+        }
+        panic!("dnsmasq could not bind a port in 10 tries");
     }
 
     fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    async fn spawn(&mut self, records: &[String]) {
+    fn command(&self, records: &[String]) -> Command {
         // Foreground, on our own port and address only, reading no system
         // file: it cannot clash with a system dnsmasq.
         let mut cmd = Command::new(&self.bin);
@@ -66,38 +80,40 @@ impl Dnsmasq {
             .arg("--local-ttl=1")
             .arg("--log-facility=-")
             .args(records);
+        cmd
+    }
+
+    /// Starts `cmd` and waits until it answers; `Err` with its log if it
+    /// exits first.
+    async fn try_spawn(&mut self, cmd: Command) -> Result<(), String> {
         let addr = self.addr();
+        // dnsmasq says "started" once its sockets are bound (and exits,
+        // saying why, when it cannot bind them).
         self.daemon
-            .spawn(
+            .try_spawn(
                 cmd,
+                |log: &str| log.contains("started, version"),
                 Duration::from_secs(10),
                 Duration::from_millis(10),
                 move || answers(addr),
             )
-            .await;
+            .await
     }
 
     fn kill(&mut self) {
         self.daemon.kill();
     }
 
-    /// The same server (port) with other records.
+    /// The same server (port) with other records. (The kill frees the
+    /// port; another process taking it before dnsmasq binds it again fails
+    /// the restart, saying so.)
     async fn restart(&mut self, records: &[String]) {
         self.kill();
-        self.spawn(records).await;
-    }
-}
-
-async fn free_udp_port() -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
-        let port = udp.local_addr().expect("udp address").port();
-        // dnsmasq also listens on TCP on the same port.
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let cmd = self.command(records);
+        if let Err(log) = self.try_spawn(cmd).await {
+            panic!("dnsmasq exited during its restart:\n{log}");
         }
     }
-    panic!("no free port for dnsmasq");
 }
 
 /// Whether a DNS server answers at `addr` (any answer to a query for
@@ -216,7 +232,7 @@ async fn a_records_with_a_configured_port_route_to_every_address() {
     ))
     .await;
     wait_for(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "both addresses resolved",
         || async { wf.members("web").len() == 2 },
     )
@@ -261,7 +277,7 @@ async fn srv_records_give_ports_and_weights() {
         &dns,
     ))
     .await;
-    wait_for(Duration::from_secs(5), "SRV resolved", || async {
+    wait_for(Duration::from_secs(15), "SRV resolved", || async {
         !wf.members("api").is_empty()
     })
     .await;
@@ -296,7 +312,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
         &dns,
     ))
     .await;
-    wait_for(Duration::from_secs(5), "first answer", || async {
+    wait_for(Duration::from_secs(15), "first answer", || async {
         wf.members("svc").len() == 1
     })
     .await;
@@ -309,7 +325,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
         hosts[1].clone(),
     ])
     .await;
-    let took = wait_for(Duration::from_secs(3), "second instance added", || async {
+    let took = wait_for(Duration::from_secs(15), "second instance added", || async {
         wf.members("svc").len() == 2
     })
     .await;
@@ -318,7 +334,7 @@ async fn record_changes_follow_the_ttl_and_a_lost_server_keeps_the_last_set() {
 
     // The server goes away: the last good set keeps serving.
     dns.kill();
-    wait_for(Duration::from_secs(10), "source failing", || async {
+    wait_for(Duration::from_secs(15), "source failing", || async {
         wf.source_state("dns:svc") == Some("failing")
     })
     .await;
@@ -381,7 +397,7 @@ async fn operator_drain_of_a_dns_instance_survives_refreshes_and_a_reload() {
     let mut wf = AdminProxy::start("", &table("100ms")).await;
     let running = wf.running();
     wait_for(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "both addresses resolved",
         || async { members(running, "web").len() == 2 },
     )
@@ -406,7 +422,7 @@ async fn operator_drain_of_a_dns_instance_survives_refreshes_and_a_reload() {
             .and_then(|s| s.last_success)
     };
     let before = source(&wf);
-    wait_for(Duration::from_secs(5), "DNS reported again", || async {
+    wait_for(Duration::from_secs(15), "DNS reported again", || async {
         source(&wf) != before
     })
     .await;
@@ -425,7 +441,7 @@ async fn operator_drain_of_a_dns_instance_survives_refreshes_and_a_reload() {
         Some(true)
     );
     wait_for(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "resolved again after the reload",
         || async { members(wf.running(), "web").len() == 2 },
     )

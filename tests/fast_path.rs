@@ -20,8 +20,8 @@ use support::raw::{
     undated, After, RawBackend,
 };
 use support::{
-    empty, pattern_sha256, raw_exchange, request, service, service_at, within, Backend, H1Client,
-    Mode, Proxy,
+    empty, pattern_sha256, raw_exchange, request, service, service_at, wait_until, within, Backend,
+    H1Client, Mode, Proxy,
 };
 
 /// The answer of a [`Mode::Sha256`] backend for `data`.
@@ -464,8 +464,12 @@ async fn stale_pooled_connection_is_not_fatal() {
         let mut client = H1Client::connect(proxy.addr).await.unwrap();
         let first = client.get("raw.svc", "/1").await.unwrap();
         assert_eq!((first.status, first.text().as_str()), (StatusCode::OK, "ok"));
-        // The instance closes its side of the pooled connection meanwhile.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The instance closes its side of the pooled connection meanwhile
+        // (idle for 50 ms).
+        wait_until(10, "the instance closes the idle connection", || {
+            raw.closed() == 1
+        })
+        .await;
         let second = client.get("raw.svc", "/2").await.unwrap();
         assert_eq!(
             (second.status, second.text().as_str()),
@@ -476,7 +480,10 @@ async fn stale_pooled_connection_is_not_fatal() {
 
         // Not idempotent, so never resent: it must not be written to the
         // stale connection in the first place.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_until(10, "the instance closes the second idle connection", || {
+            raw.closed() == 2
+        })
+        .await;
         let post = client
             .request(
                 request("POST", "raw.svc", "/3")

@@ -15,10 +15,11 @@ use http::{header, StatusCode};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::process::Command;
+use wayfinder::app::StartError;
 
 use support::{
-    free_port, parse_config, request, start_proxy, wayfinder, within, AdminProxy, Api, Backend,
-    ConfigFile, H1Client, Proc, Reply,
+    parse_config, request, start_proxy, wayfinder, within, AdminProxy, Api, Backend, ConfigFile,
+    H1Client, Proc, Reply,
 };
 
 const TOKEN: &str = "secret-token-1";
@@ -107,16 +108,31 @@ async fn readyz_is_503_until_the_first_snapshot_then_200() {
     // never answers: the first listing waits its full timeout.
     let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let etcd = mute.local_addr().unwrap();
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Both listeners on port 0; the admin API on 127.0.0.2 to tell them
+    // apart. It is found in /proc before start finishes (and so before the
+    // "wayfinder listening" line names it).
     let config = ConfigFile::new(
         "ops-readyz-start",
         &format!(
-            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{admin}\"\n\
+            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.2:0\"\n\
              [registry.etcd]\nendpoints = [\"http://{etcd}\"]\n\
              dial_timeout = \"1s\"\nrequest_timeout = \"4s\"\n"
         ),
     );
     let mut proc = run(&config);
+    let admin = within(15, "the admin API listens", async {
+        loop {
+            let found = proc
+                .tcp_listeners()
+                .into_iter()
+                .find(|a| a.ip() == std::net::IpAddr::from([127, 0, 0, 2]));
+            if let Some(a) = found {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let first = wait_reply(15, admin, "/readyz", "a first /readyz answer", |_| true).await;
     assert_eq!(
         (first.status, first.text().as_str()),
@@ -148,20 +164,18 @@ async fn readyz_is_503_until_the_first_snapshot_then_200() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_stop_serves_while_not_ready_and_a_second_sigterm_forces_the_exit() {
     let hello = Backend::start("hello").await;
-    let port = free_port();
-    let proxy = SocketAddr::from(([127, 0, 0, 1], port));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = ConfigFile::new(
         "ops-pre-stop",
         &format!(
-            "listen = [\"{proxy}\"]\n[admin]\nlisten = \"{admin}\"\n\
+            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [timeouts]\npre_stop = \"120s\"\nshutdown_drain = \"5s\"\n\
              [services.hello]\ninstances = [\"{}\"]\n",
             hello.addr
         ),
     );
     let mut proc = run(&config);
-    proc.wait_log(30, "wayfinder listening").await;
+    let listening = proc.listening(30).await;
+    let (proxy, admin) = (listening.proxy(), listening.admin());
     wait_reply(10, admin, "/readyz", "ready", |r| {
         r.status == StatusCode::OK
     })
@@ -209,18 +223,17 @@ async fn pre_stop_serves_while_not_ready_and_a_second_sigterm_forces_the_exit() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_stop_delay_ends_then_the_proxy_drains_and_exits_zero() {
     let hello = Backend::start("hello").await;
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = ConfigFile::new(
         "ops-pre-stop-end",
         &format!(
-            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{admin}\"\n\
+            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
              [timeouts]\npre_stop = \"1s\"\n\
              [services.hello]\ninstances = [\"{}\"]\n",
             hello.addr
         ),
     );
     let mut proc = run(&config);
-    proc.wait_log(30, "wayfinder listening").await;
+    let admin = proc.listening(30).await.admin();
     wait_reply(10, admin, "/readyz", "ready", |r| {
         r.status == StatusCode::OK
     })
@@ -252,19 +265,25 @@ async fn dual_stack_pair_binds_and_serves_both_families() {
         return;
     }
     let hello = Backend::start("hello").await;
-    // A port free on both families a moment ago.
-    let port = (0..20)
-        .map(|_| free_port())
-        .find(|&p| std::net::TcpListener::bind(("::1", p)).is_ok())
-        .expect("a port free on [::1] too");
-    let config = parse_config(&format!(
-        "listen = [\"0.0.0.0:{port}\", \"[::]:{port}\"]\n[admin]\nlisten = \"off\"\n\
-         [services.hello]\ninstances = [\"{}\"]\n",
-        hello.addr
-    ));
-    let running = start_proxy(&config)
-        .await
-        .unwrap_or_else(|e| panic!("the dual-stack pair must bind: {e}"));
+    // The same port on both families: held by bound sockets (not
+    // listening) until the proxy starts, in this process; if it is taken
+    // in that moment anyway, the start fails to bind and is retried.
+    let mut tries = 0;
+    let (port, running) = loop {
+        tries += 1;
+        let (v4, v6, port) = dual_stack_port();
+        let config = parse_config(&format!(
+            "listen = [\"0.0.0.0:{port}\", \"[::]:{port}\"]\n[admin]\nlisten = \"off\"\n\
+             [services.hello]\ninstances = [\"{}\"]\n",
+            hello.addr
+        ));
+        drop((v4, v6));
+        match start_proxy(&config).await {
+            Ok(running) => break (port, running),
+            Err(StartError::Bind { .. }) if tries < 20 => continue,
+            Err(e) => panic!("the dual-stack pair must bind: {e}"),
+        }
+    };
     for addr in [
         SocketAddr::from(([127, 0, 0, 1], port)),
         SocketAddr::new("::1".parse().unwrap(), port),
@@ -273,6 +292,41 @@ async fn dual_stack_pair_binds_and_serves_both_families() {
         assert_eq!(reply.text(), "hello", "through {addr}");
     }
     within(30, "shutdown", running.shutdown()).await;
+}
+
+/// Both listeners on port 0 (what every in-process test does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_proxy_may_both_listen_on_port_zero() {
+    // Port 0 asks the OS for a free port, so these never clash; tests (and
+    // operators running several instances) rely on it.
+    let config = parse_config("listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let running = start_proxy(&config).await.expect("start");
+    let admin = running.admin.expect("admin listener");
+    assert_ne!(admin, running.listen[0]);
+    let reply = support::get(admin, "admin", "/healthz").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    within(30, "shutdown", running.shutdown()).await;
+}
+
+/// A port bound (not listening) on `0.0.0.0` and, IPv6-only, on `[::]`.
+fn dual_stack_port() -> (socket2::Socket, socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let v4 = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    v4.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())
+        .expect("bind 0.0.0.0:0");
+    let port = v4
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address")
+        .port();
+    let v6 = Socket::new(Domain::IPV6, Type::STREAM, None).expect("socket");
+    v6.set_only_v6(true).expect("IPV6_V6ONLY");
+    match v6.bind(&SocketAddr::new("::".parse().unwrap(), port).into()) {
+        Ok(()) => (v4, v6, port),
+        // Taken on IPv6: another.
+        Err(_) => dual_stack_port(),
+    }
 }
 
 // === the admin API ===
@@ -455,16 +509,14 @@ async fn v1_routes_lists_the_routes_in_precedence_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_outcomes_and_restart_needed_settings_are_visible() {
     let hello = Backend::start("hello").await;
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let base = format!(
-        "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{admin}\"\n\
+        "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [services.hello]\ninstances = [\"{}\"]\n",
         hello.addr
     );
     let file = ConfigFile::new("ops-reload", &base);
     let mut proc = run(&file);
-    proc.wait_log(30, "wayfinder listening").await;
-    let api = Api::new(admin);
+    let api = Api::new(proc.listening(30).await.admin());
     let status = api.json("/v1/status").await;
     assert_eq!(status["last_reload"], Value::Null);
     assert_eq!(status["config_file"], file.path.display().to_string());
@@ -521,7 +573,7 @@ async fn reload_outcomes_and_restart_needed_settings_are_visible() {
     let pending = serde_json::json!(["limits.max_connections", "proxy.via"]);
     assert_eq!(status["last_reload"]["restart_needed"], pending, "{status}");
     assert_eq!(status["restart_needed"], pending, "{status}");
-    proc.wait_log(5, "config reloaded").await;
+    proc.wait_log(10, "config reloaded").await;
     let log = proc.log();
     let line = log
         .lines()
@@ -688,11 +740,10 @@ async fn check_warns_about_an_open_admin_api() {
 /// reads left open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_warns_about_reads_left_open_beyond_loopback() {
-    let port = free_port();
     let file = ConfigFile::new(
         "ops-open-reads",
         &format!(
-            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"0.0.0.0:{port}\"\ntoken = \"{TOKEN}\"\n"
+            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"0.0.0.0:0\"\ntoken = \"{TOKEN}\"\n"
         ),
     );
     let mut proc = run(&file);

@@ -23,8 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use support::{
-    free_port, refused_addr, temp_path, wayfinder, within, AdminProxy, Api, Backend, ConfigFile,
-    Proc,
+    refused_addr, temp_path, wayfinder, within, AdminProxy, Api, Backend, ConfigFile, Proc,
+    ReservedPort,
 };
 
 const TOKEN: &str = "registrar-token-1";
@@ -198,15 +198,21 @@ fn sh(script: &str, marker: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), format!("{script} # {marker}")]
 }
 
-/// A shell that says "child-got-hup" on stderr for each SIGHUP and otherwise
+/// A shell that says [`GOT_HUP`] on stderr for each SIGHUP and otherwise
 /// waits (a `sleep` in its process group, restarted each second). It says
 /// [`READY`] once its trap is set.
-const HUP_REPORTER: &str =
-    "trap 'echo child-got-hup >&2' HUP; echo child-ready >&2; while :; do sleep 1 & wait $!; done";
+const HUP_REPORTER: &str = "trap 'echo child-got-\"hup\" >&2' HUP; echo child-\"ready\" >&2; \
+                            while :; do sleep 1 & wait $!; done";
 
 /// What the test shells say on stderr once their traps are set: a signal
-/// before that would meet the shell's default action.
+/// before that would meet the shell's default action. The scripts spell it
+/// `child-"ready"`, so that the registrar's log line naming the command
+/// does not contain it.
 const READY: &str = "child-ready";
+
+/// What [`HUP_REPORTER`] says for each SIGHUP (spelled apart in the script,
+/// like [`READY`]).
+const GOT_HUP: &str = "child-got-hup";
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
@@ -242,9 +248,9 @@ async fn sighup_is_passed_to_the_child_and_the_registrar_keeps_serving() {
     // Each SIGHUP reaches the child; the registrar is still there to pass
     // on the second one.
     proc.signal(Signal::SIGHUP);
-    wait_log_count(&proc, 10, "child-got-hup", 1).await;
+    wait_log_count(&proc, 10, GOT_HUP, 1).await;
     proc.signal(Signal::SIGHUP);
-    wait_log_count(&proc, 10, "child-got-hup", 2).await;
+    wait_log_count(&proc, 10, GOT_HUP, 2).await;
     assert!(proc.log().contains("SIGHUP"), "{}", proc.log());
     assert!(live(group.pid), "the child died of SIGHUP\n{}", proc.log());
     assert_eq!(
@@ -450,7 +456,7 @@ async fn a_child_that_fails_its_stop_passes_its_code_on() {
     // Exits 3 when asked to stop: the stop did not go well.
     let mark = marker();
     let command = sh(
-        "trap 'exit 3' TERM; echo child-ready >&2; while :; do sleep 1 & wait $!; done",
+        "trap 'exit 3' TERM; echo child-\"ready\" >&2; while :; do sleep 1 & wait $!; done",
         &mark,
     );
     let mut proc = registrar(
@@ -470,7 +476,7 @@ async fn a_child_that_fails_its_stop_passes_its_code_on() {
     // stop either (128 + SIGKILL).
     let mark = marker();
     let command = sh(
-        "trap '' TERM; echo child-ready >&2; while :; do sleep 1; done",
+        "trap '' TERM; echo child-\"ready\" >&2; while :; do sleep 1; done",
         &mark,
     );
     let mut proc = registrar(
@@ -818,11 +824,17 @@ fn child_proxy_config(port: u16, backend: SocketAddr) -> ConfigFile {
 async fn register_child_appears_when_healthy_and_leaves_on_sigterm() {
     let wf = AdminProxy::start("", "").await;
     let files = Backend::start("files-backend").await;
-    let port = free_port();
+    // The registrar must be told the child's address before either starts:
+    // the port is held until the registrar is spawned. (Another process
+    // binding it in the moment before the child does would fail the test:
+    // the child would exit saying the address is in use.)
+    let reserved = ReservedPort::tcp();
+    let port = reserved.port();
     let id = format!("127.0.0.1:{port}");
     let config = child_proxy_config(port, files.addr);
     let exe = env!("CARGO_BIN_EXE_wayfinder");
     let config_path = config.path.display().to_string();
+    reserved.release();
     let mut proc = registrar(
         wf.api.addr,
         &[

@@ -29,6 +29,11 @@
 #   PROXY_CPU=0    core the proxies are pinned to
 #   WRK_CPU=1      core wrk and the backends are pinned to
 #   WAYFINDER_BIN  use this binary instead of building with cargo
+#   BASELINE_BIN   also run this wayfinder binary (round-robin, 1 worker) as
+#                  row wf-base, to compare two builds in the same run; the
+#                  summary then gives wf-rr's CPU/request against it
+#   ONLY="direct nginx haproxy wf-rr wf-base"
+#                  run only these rows (default: all)
 #   KEEP_TMP=1     keep the temp dir (configs, logs, raw wrk output)
 #
 # Only loopback is used. Every wait and every run is bounded by `timeout`.
@@ -480,11 +485,11 @@ TMP=$(mktemp -d /tmp/wayfinder-e2e.XXXXXX)
 chmod 755 "$TMP" # nginx workers drop to an unprivileged user
 printf '%s\n' "$WRK_LUA" >"$TMP/result.lua"
 
-pick_ports 12
+pick_ports 13
 B=("${PORTS[@]:0:3}")
 P_NGINX=${PORTS[3]} P_HAPROXY=${PORTS[4]} P_WF_RR=${PORTS[5]} P_WF_LC=${PORTS[6]}
 P_WF_2W=${PORTS[7]} P_WF_10K=${PORTS[8]} P_WF_SWAP=${PORTS[9]} P_WF_ADMIN=${PORTS[10]}
-P_WF_ADMIN_10K=${PORTS[11]}
+P_WF_ADMIN_10K=${PORTS[11]} P_WF_BASE=${PORTS[12]}
 log "backends on ${B[*]}; nginx $P_NGINX, haproxy $P_HAPROXY, wayfinder rr $P_WF_RR, lc $P_WF_LC"
 
 declare -A PID PORT
@@ -521,6 +526,21 @@ PORT[wf-rr]=$P_WF_RR PORT[wf-lc]=$P_WF_LC PORT[wf-2w]=$P_WF_2W
 PORT[wf-10k]=$P_WF_10K PORT[wf-swap]=$P_WF_SWAP
 
 CONFIGS=(direct nginx haproxy wf-rr wf-lc wf-2w wf-10k wf-swap)
+if [[ -n ${BASELINE_BIN:-} ]]; then
+    [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
+    write_wayfinder wf-base round_robin "$P_WF_BASE" off "${B[@]}"
+    start wf-base "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 \
+        "$BASELINE_BIN" --log-level warn run --config "$TMP/wf-base.toml"
+    PID[wf-base]=$STARTED PORT[wf-base]=$P_WF_BASE
+    CONFIGS+=(wf-base)
+fi
+if [[ -n ${ONLY:-} ]]; then
+    wanted=()
+    for cfg in "${CONFIGS[@]}"; do
+        [[ " $ONLY " == *" $cfg "* ]] && wanted+=("$cfg")
+    done
+    CONFIGS=("${wanted[@]}")
+fi
 for cfg in "${CONFIGS[@]}"; do
     wait_ready "$cfg" "${PORT[$cfg]}" "${PID[$cfg]}"
 done
@@ -599,6 +619,10 @@ session (nginx: master + worker). errs s/h are totals over all recorded runs: so
 errors / responses that were not 2xx or 3xx. Ratios divide req/s and cpuus/rq by nginx's,
 HAProxy's and direct's medians.
 EOF
+# Rows left out by ONLY count as missing ("-") in the summary.
+for cfg in direct nginx haproxy wf-rr wf-lc wf-2w wf-10k wf-swap wf-base; do
+    RPS[$cfg]=${RPS[$cfg]:-0} CPU[$cfg]=${CPU[$cfg]:-0}
+done
 swaps=$(wc -l <"$TMP/swaps")
 swap_s=$((N * 2 * DUR_S))
 echo
@@ -611,4 +635,5 @@ echo "  least-conn vs round-robin:     $(ratio "${RPS[wf-lc]}" "${RPS[wf-rr]}") 
 echo "  2 workers vs 1 (req/s):        $(ratio "${RPS[wf-2w]}" "${RPS[wf-rr]}") (2 workers share the wrk core)"
 echo "  10k registry vs 3 (req/s):     $(ratio "${RPS[wf-10k]}" "${RPS[wf-rr]}")"
 echo "  p99@$LAT_CONNS during swaps vs none:  $(ratio "$(median wf-swap "$LAT_CONNS" 5)" "$(median wf-10k "$LAT_CONNS" 5)") (target < 1.10); p99@$CONNS: $(ratio "$(median wf-swap "$CONNS" 5)" "$(median wf-10k "$CONNS" 5)")"
+[[ -z ${BASELINE_BIN:-} ]] || echo "  CPU/request vs the baseline build: $(ratio "${CPU[wf-rr]}" "${CPU[wf-base]}") (wf-rr / wf-base, same run)"
 echo "  swaps during wf-swap runs:    $swaps in ${swap_s}s ($(awk -v n="$swaps" -v t="$swap_s" 'BEGIN { printf "%.0f", (n > 0 ? t * 1000 / n : 0) }') ms apart)"

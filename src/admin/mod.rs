@@ -27,36 +27,45 @@
 //! needs `Authorization: Bearer TOKEN` (the scheme in any case) or gets
 //! 401; with `admin.auth_reads` every call does, except `/healthz` and
 //! `/readyz`. This is decided here, before any endpoint runs.
+//!
+//! Where each call is answered: `registry_api` routes the `/v1/registry`,
+//! `/v1/sources` and drain calls to `registrations`, `discovery`,
+//! `sources` and `drain`; [`services`] and [`status`] build the read-only
+//! views, from the registry and from [`state`] (the running process's
+//! state, written by `app`); `params` decodes request parameters and
+//! `respond` writes the answers.
 
+mod discovery;
+mod drain;
+mod params;
+mod registrations;
 mod registry_api;
-pub mod services;
-pub mod status;
+mod respond;
+pub(crate) mod services;
+mod sources;
+pub(crate) mod state;
+pub(crate) mod status;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::Body as _;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Serialize;
 use tokio::net::TcpListener;
+
+use respond::{json, method_not_allowed, text, without_body};
 
 use crate::proxy::ProxyBody;
 use crate::registry::registrations::Registrations;
 use crate::registry::Registry;
 
-/// Largest request body the admin API reads.
-pub const MAX_BODY: usize = 64 * 1024;
-
 /// What the admin API works on.
 #[derive(Debug, Clone)]
-pub struct Admin {
+pub(crate) struct Admin {
     /// The registry.
     pub registry: Arc<Registry>,
     /// The registration source.
@@ -68,11 +77,11 @@ pub struct Admin {
     /// TTL of registrations that name none.
     pub default_ttl: Duration,
     /// The running process: readiness, reloads, the config in effect.
-    pub state: Arc<status::RunState>,
+    pub state: Arc<state::RunState>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
     let admin = Arc::new(admin);
     tokio::pin!(shutdown);
     loop {
@@ -104,7 +113,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Ou
 
 impl Admin {
     /// Answers one admin request.
-    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    pub(crate) async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let head = req.method() == Method::HEAD;
         if head {
             *req.method_mut() = Method::GET;
@@ -135,7 +144,7 @@ impl Admin {
         match (req.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (Method::GET, ["readyz"]) => match self.state.phase() {
-                status::Phase::Ready => text(StatusCode::OK, "ready\n"),
+                state::Phase::Ready => text(StatusCode::OK, "ready\n"),
                 phase => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("{}\n", phase.as_str()),
@@ -185,87 +194,9 @@ fn bearer(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// A `HEAD` answer: the `GET` answer's status and headers (its length
-/// included), no body.
-fn without_body(resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
-    if let Some(len) = body.size_hint().exact() {
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
-    Response::from_parts(parts, ProxyBody::empty())
-}
-
 /// Compares without an early exit, so timing does not leak the token.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Reads a request body of at most [`MAX_BODY`] bytes.
-async fn read_body(body: Incoming) -> Result<Bytes, Response<ProxyBody>> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(text(
-                StatusCode::BAD_REQUEST,
-                &format!("body: longer than {MAX_BODY} bytes\n"),
-            ))
-        }
-        Err(e) => Err(text(StatusCode::BAD_REQUEST, &format!("body: {e}\n"))),
-    }
-}
-
-/// A query parameter's value.
-fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri()
-        .query()?
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-fn method_not_allowed(allowed: &'static str) -> Response<ProxyBody> {
-    let mut resp = text(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &format!("method not allowed; use {allowed}\n"),
-    );
-    resp.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allowed));
-    resp
-}
-
-fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(body.to_owned()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
-    match serde_json::to_vec_pretty(value) {
-        Ok(mut body) => {
-            body.push(b'\n');
-            let mut resp = Response::new(ProxyBody::full(body));
-            *resp.status_mut() = status;
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("could not encode: {e}\n"),
-        ),
-    }
 }
 
 #[cfg(test)]
@@ -287,5 +218,62 @@ mod tests {
         assert!(constant_time_eq(b"secret-token", b"secret-token"));
         assert!(!constant_time_eq(b"secret-token", b"secret-tokem"));
         assert!(!constant_time_eq(b"short", b"longer"));
+    }
+
+    /// Serves an admin API for an empty config on a loopback port.
+    async fn serve_admin() -> std::net::SocketAddr {
+        let config = crate::config::Config::parse("", std::path::Path::new("t.toml")).unwrap();
+        let registry = Registry::new(&config);
+        let admin = Admin {
+            registrations: Registrations::new(&registry, None),
+            registry,
+            token: None,
+            auth_reads: false,
+            default_ttl: Duration::from_secs(30),
+            state: state::RunState::new(&config, None),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, admin, std::future::pending()));
+        addr
+    }
+
+    /// The status line of `GET target` (the connection closed after it).
+    async fn get_status(addr: std::net::SocketAddr, target: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let out = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("the admin API answers within 10s");
+        out.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Query values are form-decoded: a client that encodes `wait=1m 30s`
+    /// as `1m%2030s` or `1m+30s` is understood (it got 400 before: the
+    /// escapes reached the duration parser).
+    #[tokio::test]
+    async fn query_parameters_are_percent_decoded() {
+        let addr = serve_admin().await;
+        for target in ["/v1/registry?wait=1m%2030s", "/v1/registry?wait=1m+30s"] {
+            assert_eq!(
+                get_status(addr, target).await,
+                "HTTP/1.1 200 OK",
+                "{target}"
+            );
+        }
+        assert_eq!(
+            get_status(addr, "/v1/registry?wait=soon").await,
+            "HTTP/1.1 400 Bad Request"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! `GET /v1/services` and `GET /v1/status`: the registry as the proxy
+//! `GET /v1/services`: the registry as the proxy
 //! routes it right now, with every instance's combined state. The
 //! per-instance state ([`InstanceStatus`], [`ProxyHealth`], [`HeldView`]) is
 //! built here for every view that shows an instance, so they all agree.
@@ -15,7 +15,7 @@ use crate::registry::{Health, HeldBack, Member, Registry, ServiceEntry};
 /// The proxy's view of one instance's health, as registration calls and
 /// every instance view report it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ProxyHealth {
+pub(crate) struct ProxyHealth {
     /// `unknown` (no check has decided yet, or the proxy does not list the
     /// instance), `healthy`, `unhealthy` (its active check fails) or
     /// `ejected` (passive health took it out for a while).
@@ -29,7 +29,7 @@ pub struct ProxyHealth {
 
 impl ProxyHealth {
     /// For an instance the proxy does not list (yet).
-    pub fn unlisted() -> ProxyHealth {
+    pub(crate) fn unlisted() -> ProxyHealth {
         ProxyHealth {
             state: "unknown",
             reason: Some("not in the proxy's routing table".to_owned()),
@@ -38,7 +38,7 @@ impl ProxyHealth {
     }
 
     /// For `member` of `service` at `now_ms`.
-    pub fn of(service: &ServiceEntry, member: &Member, now_ms: u64) -> ProxyHealth {
+    pub(crate) fn of(service: &ServiceEntry, member: &Member, now_ms: u64) -> ProxyHealth {
         let i = &member.instance;
         let health_reason = |to: &[&str]| {
             i.last_health_transition()
@@ -72,7 +72,7 @@ impl ProxyHealth {
 
 /// A removal self-preservation holds back.
 #[derive(Debug, Clone, Serialize)]
-pub struct HeldView {
+pub(crate) struct HeldView {
     /// Why the instance was to leave and why it stays.
     pub reason: String,
     /// When the hold began, in seconds since the Unix epoch.
@@ -85,7 +85,7 @@ pub struct HeldView {
 
 impl HeldView {
     /// The view of `held` at `now_ms`.
-    pub fn of(held: &HeldBack, now_ms: u64) -> HeldView {
+    pub(crate) fn of(held: &HeldBack, now_ms: u64) -> HeldView {
         HeldView {
             reason: held.reason.clone(),
             since: epoch_s(held.since),
@@ -98,7 +98,7 @@ impl HeldView {
 /// One instance's state, the same in `GET /v1/services`, `GET /v1/registry`
 /// and `GET /v1/registry/{service}`.
 #[derive(Debug, Serialize)]
-pub struct InstanceStatus {
+pub(crate) struct InstanceStatus {
     /// Active health: `not_checked`, `unknown`, `healthy`, `unhealthy`.
     pub health: &'static str,
     /// Whether it takes traffic in normal mode (healthy or unchecked, not
@@ -118,7 +118,7 @@ pub struct InstanceStatus {
 
 impl InstanceStatus {
     /// The state of `member` of `service` at `now_ms`.
-    pub fn of(service: &ServiceEntry, member: &Member, now_ms: u64) -> InstanceStatus {
+    pub(crate) fn of(service: &ServiceEntry, member: &Member, now_ms: u64) -> InstanceStatus {
         let i = &member.instance;
         let mut drained_by = Vec::new();
         if member.operator_drain {
@@ -147,7 +147,7 @@ fn epoch_s(t: SystemTime) -> f64 {
 
 /// `GET /v1/services`.
 #[derive(Debug, Serialize)]
-pub struct ServicesView {
+pub(crate) struct ServicesView {
     /// Snapshot version.
     pub version: u64,
     /// Milliseconds since the snapshot was built.
@@ -158,7 +158,7 @@ pub struct ServicesView {
 
 /// One service.
 #[derive(Debug, Serialize)]
-pub struct ServiceView {
+pub(crate) struct ServiceView {
     /// Name.
     pub name: String,
     /// `round_robin` or `least_connections`.
@@ -174,7 +174,7 @@ pub struct ServiceView {
 
 /// A state change.
 #[derive(Debug, Serialize)]
-pub struct TransitionView {
+pub(crate) struct TransitionView {
     /// The new state.
     pub to: &'static str,
     /// Why.
@@ -187,7 +187,7 @@ pub struct TransitionView {
 
 /// One instance.
 #[derive(Debug, Serialize)]
-pub struct InstanceView {
+pub(crate) struct InstanceView {
     /// `host:port`.
     pub address: String,
     /// Id given by its source, if any.
@@ -218,7 +218,7 @@ pub struct InstanceView {
 }
 
 /// Builds the `GET /v1/services` answer.
-pub fn services(registry: &Registry) -> ServicesView {
+pub(crate) fn services(registry: &Registry) -> ServicesView {
     let snap = registry.load_full();
     let now = clock::now_ms();
     let mut services: Vec<ServiceView> = snap
@@ -269,31 +269,5 @@ pub fn services(registry: &Registry) -> ServicesView {
             .duration_since(snap.built_at())
             .map_or(0, |d| d.as_millis()),
         services,
-    }
-}
-
-/// `GET /v1/status`.
-#[derive(Debug, Serialize)]
-pub struct StatusView {
-    /// Snapshot version.
-    pub version: u64,
-    /// Milliseconds since the snapshot was built.
-    pub age_ms: u128,
-    /// Services in the snapshot.
-    pub services: usize,
-    /// Instances in the snapshot.
-    pub instances: usize,
-}
-
-/// Builds the `GET /v1/status` answer.
-pub fn status(registry: &Registry) -> StatusView {
-    let snap = registry.load();
-    StatusView {
-        version: snap.version(),
-        age_ms: SystemTime::now()
-            .duration_since(snap.built_at())
-            .map_or(0, |d| d.as_millis()),
-        services: snap.service_count(),
-        instances: snap.instance_count(),
     }
 }

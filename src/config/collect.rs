@@ -1,179 +1,19 @@
 //! Reading a file into the raw mirror while collecting every error it can
 //! find, up to [`MAX_ERRORS`]: all TOML syntax errors (a key or table
 //! defined twice named by its key path), then every type or unknown-key
-//! error (each offending key is set aside and the file read again), then
-//! the meaning checks of `validate`, which record an error and go on with a
-//! fallback value. Errors come out in line order.
+//! error (each offending key is set aside and the file read again). The
+//! meaning checks of `validate` then add theirs to the same context
+//! ([`Cx`]). Errors come out in line order.
 
-use std::cell::RefCell;
 use std::ops::Range;
-use std::path::Path;
 
 use serde_path_to_error::Segment;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use super::check::{line_col, Cx};
+use super::error::{ConfigError, MAX_ERRORS};
 use super::raw::RawConfig;
-use super::{ConfigError, MAX_ERRORS};
-
-/// Whether the environment variables a file names must be set
-/// (`wayfinder run`, reloads) or are only checked by name (`wayfinder
-/// check`, which may run elsewhere than the proxy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Env {
-    /// An unset variable is an error.
-    Require,
-    /// An unset variable is a warning.
-    ShapeOnly,
-}
-
-/// What every check needs: the text (to turn spans into lines), the file
-/// name, and where errors and warnings are collected.
-pub(super) struct Cx<'a> {
-    text: &'a str,
-    file: &'a Path,
-    env: Env,
-    errors: RefCell<Vec<ConfigError>>,
-    warnings: RefCell<Vec<String>>,
-}
-
-impl<'a> Cx<'a> {
-    pub(super) fn new(text: &'a str, file: &'a Path, env: Env) -> Self {
-        Cx {
-            text,
-            file,
-            env,
-            errors: RefCell::new(Vec::new()),
-            warnings: RefCell::new(Vec::new()),
-        }
-    }
-
-    pub(super) fn file(&self) -> &Path {
-        self.file
-    }
-
-    pub(super) fn err(
-        &self,
-        span: Option<Range<usize>>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        let (line, column) = match span {
-            Some(span) => line_col(self.text, span.start),
-            None => (0, 0),
-        };
-        ConfigError::Invalid {
-            file: self.file.to_owned(),
-            line,
-            column,
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-
-    pub(super) fn err_at<T>(
-        &self,
-        at: &Spanned<T>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        self.err(Some(at.span()), key, message)
-    }
-
-    /// Records `e`; checking goes on.
-    pub(super) fn push(&self, e: ConfigError) {
-        self.errors.borrow_mut().push(e);
-    }
-
-    /// The value, or `None` with the error recorded.
-    pub(super) fn ok<T>(&self, r: Result<T, ConfigError>) -> Option<T> {
-        r.map_err(|e| self.push(e)).ok()
-    }
-
-    /// The value, or `fallback` with the error recorded.
-    pub(super) fn keep<T>(&self, r: Result<T, ConfigError>, fallback: T) -> T {
-        self.ok(r).unwrap_or(fallback)
-    }
-
-    /// Records a warning (the file stays valid).
-    pub(super) fn warn(&self, message: String) {
-        self.warnings.borrow_mut().push(message);
-    }
-
-    /// The value of the environment variable `var` names (`key` is the
-    /// key naming it). An unset or empty one is an error when running, a
-    /// warning (and `None`) when only checking.
-    pub(super) fn env_var(
-        &self,
-        var: &Spanned<String>,
-        key: &str,
-    ) -> Result<Option<String>, ConfigError> {
-        let name = var.get_ref();
-        if name.is_empty() || name.contains(['=', '\0']) {
-            return Err(self.err_at(
-                var,
-                key,
-                format!("{name:?} is not an environment variable name"),
-            ));
-        }
-        match std::env::var(name) {
-            Ok(v) if !v.is_empty() => Ok(Some(v)),
-            _ if self.env == Env::ShapeOnly => {
-                self.warn(format!(
-                    "{key}: environment variable {name} is not set here; \
-                     `wayfinder run` refuses to start without it"
-                ));
-                Ok(None)
-            }
-            _ => Err(self.err_at(
-                var,
-                key,
-                format!("environment variable {name} is not set or empty"),
-            )),
-        }
-    }
-
-    /// `value` when nothing was recorded, else the errors in line order.
-    pub(super) fn finish<T>(&self, value: T) -> Result<T, ConfigError> {
-        if self.errors.borrow().is_empty() {
-            Ok(value)
-        } else {
-            Err(self.collected())
-        }
-    }
-
-    /// The errors recorded so far (at least one), in line order.
-    fn collected(&self) -> ConfigError {
-        let mut errors = std::mem::take(&mut *self.errors.borrow_mut());
-        // Errors without a line last; otherwise by line and column.
-        errors.sort_by_key(|e| match e {
-            ConfigError::Invalid { line, column, .. } => (*line == 0, *line, *column),
-            _ => (true, 0, 0),
-        });
-        if errors.len() == 1 {
-            return errors.pop().expect("one error");
-        }
-        let truncated = errors.len() > MAX_ERRORS;
-        errors.truncate(MAX_ERRORS);
-        ConfigError::Several { errors, truncated }
-    }
-
-    /// The warnings recorded.
-    pub(super) fn warnings(self) -> Vec<String> {
-        self.warnings.into_inner()
-    }
-}
-
-/// 1-based line and column of a byte offset.
-pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
-}
 
 /// Parses the TOML and deserializes the raw mirror. Syntax errors end the
 /// reading (all of them reported). A type or unknown-key error is recorded
@@ -183,7 +23,7 @@ pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// aside (an array element of the wrong type, a missing required key in
 /// an array of tables), reading stops there.
 pub(super) fn parse_raw(cx: &Cx<'_>) -> Result<RawConfig, ConfigError> {
-    let (root, syntax) = DeTable::parse_recoverable(cx.text);
+    let (root, syntax) = DeTable::parse_recoverable(cx.text());
     if !syntax.is_empty() {
         let mut reported: Vec<String> = Vec::new();
         for e in &syntax {
@@ -195,7 +35,7 @@ pub(super) fn parse_raw(cx: &Cx<'_>) -> Result<RawConfig, ConfigError> {
                 cx.push(err);
             }
         }
-        if cx.errors.borrow().is_empty() {
+        if !cx.has_errors() {
             // Every syntax error was a follow-on of another: keep the first.
             cx.push(cx.err(syntax[0].span(), "(syntax)", syntax[0].message().trim()));
         }
@@ -346,8 +186,8 @@ fn syntax_error(cx: &Cx<'_>, e: &toml::de::Error, reported: &[String]) -> Option
     if message != "duplicate key" {
         return Some(cx.err(Some(span), "(syntax)", message));
     }
-    let lines: Vec<&str> = cx.text.split('\n').collect();
-    let (line_no, col) = line_col(cx.text, span.end);
+    let lines: Vec<&str> = cx.text().split('\n').collect();
+    let (line_no, col) = line_col(cx.text(), span.end);
     let (line_no, end) = (line_no - 1, col - 1);
     let Some(path) = key_path(&lines, line_no, end) else {
         return Some(cx.err(Some(span), "(syntax)", "a key or table is defined twice"));
@@ -442,12 +282,6 @@ fn dotted(s: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::config::test_util::errs;
-
-    #[test]
-    fn line_col_counts_from_one() {
-        assert_eq!(line_col("ab\ncd", 0), (1, 1));
-        assert_eq!(line_col("ab\ncd", 4), (2, 2));
-    }
 
     #[test]
     fn duplicate_table_names_its_key_path_and_first_line() {

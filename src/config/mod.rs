@@ -1,16 +1,52 @@
 //! Configuration: parses `wayfinder.toml` into typed, validated values.
+//! Every other module reads its settings from the [`Config`] built here;
+//! this module imports none of them.
 //!
-//! Two layers, as the file is read: [`raw`] mirrors the TOML with serde
-//! (unknown keys rejected, durations with units), then `validate` checks
-//! meaning (addresses, names, references between routes and services) and
-//! builds the [`Config`] the rest of the proxy uses. Every error names the
-//! file, the line and column, and the key path of what is wrong.
+//! ```text
+//! text ──collect──▶ raw::RawConfig ──validate──▶ Config { startup: Startup, reloadable parts }
+//!       TOML syntax, types,            meaning: addresses, names, ranges,
+//!       unknown keys                   references between routes and services
+//! ```
+//!
+//! - `raw`: the serde mirror of the file (unknown keys rejected, durations
+//!   with units, values kept with their position).
+//! - `defaults`: every default, written once.
+//! - `collect`: reads the text into the mirror, collecting every syntax,
+//!   type and unknown-key error.
+//! - `check`: what all validation shares: the error context (file, line,
+//!   key; errors collected, not returned at the first) and the checks of
+//!   durations, ranges, addresses and host names.
+//! - `validate`: one module per part of the file (global tables, services
+//!   and their health checks, routes, discovery, forwarding), each building
+//!   its typed values.
+//! - The typed config: [`Config`] (what a reload applies) holding
+//!   [`Startup`] (what is read only at start, compared as a whole on
+//!   reload); `service` (one service's settings); [`ConfigError`].
+//! - `serialize`: how the config reads in `GET /v1/config`, secrets
+//!   redacted.
+//!
+//! Every error names the file, the line and column, and the key path of
+//! what is wrong; one run reports every error (up to 20).
+//!
+//! Imports between these modules go one way (`a → b`: a uses b); `error`
+//! and `defaults` are leaves, and no two siblings use each other:
+//!
+//! ```text
+//! check → error                     raw → check (Dur)
+//! collect → check, error, raw       startup → serialize (helpers)
+//! validate → collect, check, raw, defaults, the typed config
+//!   validate::{global, services} → discovery, forwarding, health (siblings below them)
+//! serialize → the typed config (mod, service)
+//! ```
 
+mod check;
 mod collect;
-mod discovery;
-mod forwarding;
+pub(crate) mod defaults;
+mod error;
 mod raw;
 mod serialize;
+mod service;
+mod startup;
 mod validate;
 
 /// Helpers shared by the config unit tests.
@@ -56,50 +92,41 @@ mod test_util {
 }
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-pub use serialize::REDACTED;
+pub use error::ConfigError;
+pub use service::{
+    Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, RetryBudget, ServiceConfig,
+    ServicePolicy, ServiceTimeouts, StaticInstance,
+};
+pub use startup::{
+    AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth, EtcdSettings, ForwardingSettings,
+    Http2Settings, Limits, RegistrationSettings, Runtime, Startup,
+};
 
-/// Most errors one file reports; further ones are counted, not listed.
-pub const MAX_ERRORS: usize = 20;
-
-/// A fully validated configuration. It serializes (for `GET /v1/config`)
-/// with the file's key names and with secrets (the admin token, the etcd
-/// password) replaced by [`REDACTED`].
+/// A fully validated configuration. [`Config::startup`] holds what the
+/// process reads only when it starts; everything else is what a reload
+/// applies. It serializes (for `GET /v1/config`) as the file is written,
+/// with secrets (the admin token, the etcd password) replaced by
+/// `<redacted>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Where clients connect.
-    pub listen: Vec<SocketAddr>,
-    /// The admin API listener; `None` when disabled.
-    pub admin: Option<SocketAddr>,
-    /// Bearer token that admin calls must carry (the mutating ones, or all
-    /// but `/healthz` and `/readyz` with [`Config::admin_auth_reads`]), if
-    /// set. With `token_env`, the variable's value (`None` when only
-    /// checked with [`Config::check`] and the variable is not set).
-    pub admin_token: Option<String>,
-    /// `admin.token_env`: the environment variable the token is read from.
-    pub admin_token_env: Option<String>,
-    /// `admin.auth_reads`: reads need the token too.
-    pub admin_auth_reads: bool,
-    /// `[registry]`.
+    /// Settings read only at start: a reload that changes them applies
+    /// them at the next restart.
+    pub startup: Startup,
+    /// The `[registry]` settings a reload applies: how sources merge and
+    /// are guarded.
     pub registry: RegistrySettings,
-    /// `[runtime]`.
-    pub runtime: Runtime,
-    /// Timeouts on both sides of the proxy.
+    /// The `[timeouts]` a reload applies.
     pub timeouts: Timeouts,
-    /// Size and count limits.
-    pub limits: Limits,
+    /// The `[proxy]` settings a reload applies.
+    pub proxy: ProxySettings,
     /// How a request reaches a service that has no explicit route.
     pub conventions: Conventions,
-    /// Forwarding settings.
-    pub proxy: ProxySettings,
-    /// `[http2]`.
-    pub http2: Http2Settings,
     /// Explicit routes, in file order.
     pub routes: Vec<Route>,
     /// Services declared in the file, by name.
@@ -110,14 +137,7 @@ pub struct Config {
     pub default_policy: Arc<ServicePolicy>,
 }
 
-/// `[runtime]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Runtime {
-    /// Tokio worker threads; `None` means one per available core.
-    pub worker_threads: Option<usize>,
-}
-
-/// `[registry]`.
+/// The `[registry]` settings a reload applies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegistrySettings {
     /// Largest share of a service's instances one implicit update may
@@ -126,55 +146,13 @@ pub struct RegistrySettings {
     /// A failing source is reported stale after this long.
     #[serde(serialize_with = "serialize::duration")]
     pub max_staleness: Duration,
-    /// Where the registration API's instances are saved, if anywhere.
-    pub state_file: Option<PathBuf>,
-    /// TTL of registrations that name none.
-    #[serde(serialize_with = "serialize::duration")]
-    pub default_ttl: Duration,
     /// Longest self-preservation holds back a removal; then it applies.
+    #[serde(serialize_with = "serialize::duration")]
     pub max_hold: Duration,
-    /// `[registry.etcd]`: the shared registry, when several proxies share one.
-    pub etcd: Option<EtcdSettings>,
 }
 
-/// `[registry.etcd]`: etcd (v3, through its JSON gateway) as the registry
-/// shared by several proxies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EtcdSettings {
-    /// Client URLs (`http://host:port`), tried in order.
-    #[serde(serialize_with = "serialize::uris")]
-    pub endpoints: Vec<http::Uri>,
-    /// Key prefix, starting and ending with `/`.
-    pub prefix: String,
-    /// User and password for etcd authentication, when enabled there.
-    pub auth: Option<EtcdAuth>,
-    /// TCP connect to an endpoint.
-    #[serde(serialize_with = "serialize::duration")]
-    pub dial_timeout: Duration,
-    /// One etcd call (not the long-lived watch).
-    #[serde(serialize_with = "serialize::duration")]
-    pub request_timeout: Duration,
-}
-
-/// etcd credentials. Neither `Debug` nor `Serialize` shows the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EtcdAuth {
-    /// The etcd user.
-    pub username: String,
-    /// Its password.
-    pub password: String,
-}
-
-impl std::fmt::Debug for EtcdAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdAuth")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
-
-/// `[timeouts]`.
+/// The `[timeouts]` a reload applies: the defaults of every service's
+/// request timeouts, and the pre-stop delay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
     /// Upstream TCP connect.
@@ -183,41 +161,19 @@ pub struct Timeouts {
     /// From writing the request upstream to receiving the response head.
     #[serde(serialize_with = "serialize::duration")]
     pub response_header: Duration,
-    /// Waiting for a complete request head from a client. The clock starts
-    /// when the connection starts waiting for a request, so this also closes
-    /// HTTP/1 keep-alive connections that stay idle for longer.
-    #[serde(serialize_with = "serialize::duration")]
-    pub client_header: Duration,
-    /// How long an idle pooled upstream connection is kept before closing.
-    #[serde(serialize_with = "serialize::duration")]
-    pub upstream_idle: Duration,
-    /// How long shutdown waits for in-flight requests before exiting.
-    #[serde(serialize_with = "serialize::duration")]
-    pub shutdown_drain: Duration,
     /// On SIGTERM/SIGINT: how long the proxy keeps serving, with `/readyz`
     /// reporting not ready, before it stops accepting (zero: at once).
     #[serde(serialize_with = "serialize::duration")]
     pub pre_stop: Duration,
-    /// Longest pause while a client sends a request body.
-    #[serde(serialize_with = "serialize::duration")]
-    pub client_body: Duration,
-    /// Longest a write to a client may make no progress.
-    #[serde(serialize_with = "serialize::duration")]
-    pub client_send: Duration,
 }
 
-/// `[limits]`.
+/// The `[proxy]` settings a reload applies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Limits {
-    /// Largest request head (request line and headers) accepted, in bytes.
-    pub max_header_bytes: usize,
-    /// Most client connections served at once; further clients wait in the
-    /// kernel's accept backlog.
-    pub max_connections: usize,
-    /// Most idle pooled upstream connections kept per instance.
-    pub max_idle_per_instance: usize,
-    /// Longest request target accepted, in bytes.
-    pub max_uri_bytes: usize,
+pub struct ProxySettings {
+    /// Attempts per request when the picked instance cannot be reached.
+    pub max_attempts: u32,
+    /// Upgrade protocols forwarded when a route does not list its own.
+    pub upgrades: Vec<String>,
 }
 
 /// `[conventions]`: routing without a route per service.
@@ -228,63 +184,6 @@ pub struct Conventions {
     pub host_suffixes: Vec<String>,
     /// Whether `/NAME/rest` names service `NAME` (forwarded as `/rest`).
     pub path: bool,
-}
-
-/// `[proxy]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProxySettings {
-    /// The pseudonym written into `Via`.
-    pub via: String,
-    /// Attempts per request when the picked instance cannot be reached.
-    pub max_attempts: u32,
-    /// Whether responses carry `x-wayfinder-debug` (which instance served,
-    /// which attempts failed).
-    pub debug_header: bool,
-    /// Whether responses carry `x-wayfinder-snapshot: VERSION; age=MS`.
-    pub snapshot_header: bool,
-    /// Peers whose forwarding headers are kept.
-    pub trusted_proxies: Vec<Cidr>,
-    /// Whether the proxy writes an RFC 7239 `Forwarded` header.
-    pub forwarded: bool,
-    /// Upgrade protocols forwarded when a route does not list its own.
-    pub upgrades: Vec<String>,
-    /// Whether plain HTTP/1.1 takes the fast path.
-    pub fast_path: bool,
-}
-
-/// An address block: `10.0.0.0/8`, `::1/128`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// The network address.
-    pub addr: std::net::IpAddr,
-    /// The prefix length.
-    pub prefix: u8,
-}
-
-impl Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}/{}", self.addr, self.prefix))
-    }
-}
-
-/// `[http2]`: limits and timers of HTTP/2 client connections.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Http2Settings {
-    /// Streams a client may have open at once.
-    pub max_concurrent_streams: u32,
-    /// PING interval.
-    #[serde(serialize_with = "serialize::duration")]
-    pub keepalive_interval: Duration,
-    /// How long a PING may go unanswered.
-    #[serde(serialize_with = "serialize::duration")]
-    pub keepalive_timeout: Duration,
-    /// A connection with no open stream for this long is closed.
-    #[serde(serialize_with = "serialize::duration")]
-    pub idle_timeout: Duration,
-    /// Streams reset by the client before being handled, at once.
-    pub max_pending_reset_streams: usize,
-    /// Streams reset for protocol errors before the connection closes.
-    pub max_local_error_resets: usize,
 }
 
 /// One explicit route.
@@ -314,243 +213,6 @@ pub enum HostMatch {
     Suffix(String),
 }
 
-/// One `[services.NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceConfig {
-    /// The service's name.
-    pub name: Arc<str>,
-    /// How instances are picked.
-    pub balance: Balance,
-    /// Instances written in the file.
-    pub instances: Vec<StaticInstance>,
-    /// Health, retry and timeout behaviour.
-    pub policy: Arc<ServicePolicy>,
-    /// `[services.NAME.dns]`: instances found in DNS, when configured.
-    pub dns: Option<DnsDiscovery>,
-}
-
-/// `[services.NAME.dns]`: a service's instances resolved from DNS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsDiscovery {
-    /// The name to resolve.
-    pub name: String,
-    /// Which records, and where the port comes from.
-    pub kind: DnsKind,
-    /// The nameserver to ask; `None` uses the system's `resolv.conf`.
-    pub nameserver: Option<SocketAddr>,
-    /// Shortest time between two resolutions, whatever the record TTL.
-    pub min_refresh: Duration,
-    /// Longest time between two resolutions, whatever the record TTL.
-    pub max_refresh: Duration,
-    /// How long a name may stay NXDOMAIN (or without records) before the
-    /// service's DNS instances are removed.
-    pub nxdomain_grace: Duration,
-}
-
-/// The records a [`DnsDiscovery`] asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DnsKind {
-    /// A and AAAA records; every address gets this port.
-    A {
-        /// The instances' port.
-        port: u16,
-    },
-    /// SRV records: target, port and weight per instance.
-    Srv,
-}
-
-/// How the proxy treats one service's instances: timeouts, retries, active
-/// and passive health, slow start and panic mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServicePolicy {
-    /// Attempts per request (first try included).
-    pub max_attempts: u32,
-    /// Timeouts for requests to this service.
-    pub timeouts: ServiceTimeouts,
-    /// Active health checks, when configured.
-    pub health: Option<HealthCheck>,
-    /// Passive health.
-    pub outlier: Outlier,
-    /// When fewer than this percent of the instances are usable, health is
-    /// ignored and traffic spreads over all of them (0 disables).
-    pub panic_threshold: u8,
-    /// Ramp-up window of an instance that just became healthy (zero: off).
-    pub slow_start: Duration,
-    /// Retry budget.
-    pub retry_budget: RetryBudget,
-}
-
-/// `[services.NAME.timeouts]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceTimeouts {
-    /// TCP connect to an instance.
-    pub connect: Duration,
-    /// Request written to response head received, per attempt.
-    pub response_header: Duration,
-    /// Whole request until the response head, all attempts included.
-    pub request: Option<Duration>,
-}
-
-/// `[services.NAME.health]`: an active check run against every instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthCheck {
-    /// What is checked.
-    pub kind: CheckKind,
-    /// Time between checks of one instance.
-    pub interval: Duration,
-    /// Time one check may take.
-    pub timeout: Duration,
-    /// Consecutive passes that bring an unhealthy instance back.
-    pub healthy_threshold: u32,
-    /// Consecutive failures that take a healthy instance out.
-    pub unhealthy_threshold: u32,
-    /// Up to this much random delay added to each interval.
-    pub jitter: Duration,
-    /// Whether a new instance takes traffic before its first check passes.
-    pub start_healthy: bool,
-}
-
-/// The kind of active check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckKind {
-    /// An HTTP request whose status must fall in one of the ranges.
-    Http {
-        /// Request method.
-        method: http::Method,
-        /// Request path.
-        path: String,
-        /// Host header; the instance address when absent.
-        host: Option<String>,
-        /// Accepted status ranges, inclusive.
-        expect: Vec<(u16, u16)>,
-    },
-    /// A TCP connect.
-    Tcp,
-}
-
-/// `[services.NAME.outlier]`: passive health from real traffic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outlier {
-    /// Consecutive connect failures (refused, timed out) that eject (0: off).
-    pub connect_failures: u32,
-    /// Consecutive failures of any kind (connect, reset, timeout, and 5xx
-    /// when counted) that eject (0: off).
-    pub consecutive_failures: u32,
-    /// Whether 5xx responses count as failures.
-    pub count_5xx: bool,
-    /// First ejection's length; doubles with each consecutive ejection.
-    pub base_ejection: Duration,
-    /// Longest ejection.
-    pub max_ejection: Duration,
-    /// Most of a service's instances ejected at once, in percent (at least
-    /// one instance can always be ejected).
-    pub max_ejected_percent: u8,
-}
-
-/// `[services.NAME.retry_budget]`: retries allowed on top of requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RetryBudget {
-    /// Retries as a percent of requests over the last ten seconds.
-    pub percent: u32,
-    /// Retries always allowed per second, however few the requests.
-    pub min_per_second: u32,
-}
-
-/// A balancing policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Balance {
-    /// Smooth weighted round-robin.
-    #[default]
-    RoundRobin,
-    /// Fewest in-flight requests (relative to weight), ties rotated.
-    LeastConnections,
-}
-
-/// An instance written in the config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StaticInstance {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Relative share of traffic, 1 to 1000.
-    pub weight: u32,
-}
-
-/// Why a configuration was rejected.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file was read but its content is wrong.
-    #[error("{file}:{line}:{column}: {key}: {message}")]
-    Invalid {
-        /// The file.
-        file: PathBuf,
-        /// 1-based line of the offending value (0 when unknown).
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// Dotted key path, e.g. `services.api.instances[1]`.
-        key: String,
-        /// What is wrong, and what is expected.
-        message: String,
-    },
-    /// More than one thing is wrong: each error on its own line, in file
-    /// order, at most [`MAX_ERRORS`] of them.
-    #[error("{}", several(errors, *truncated))]
-    Several {
-        /// The errors, each an [`ConfigError::Invalid`], in line order.
-        errors: Vec<ConfigError>,
-        /// Whether checking stopped at [`MAX_ERRORS`] with more to find.
-        truncated: bool,
-    },
-}
-
-fn several(errors: &[ConfigError], truncated: bool) -> String {
-    let head = if truncated {
-        format!("more than {MAX_ERRORS} errors; the first {MAX_ERRORS}:")
-    } else {
-        format!("{} errors:", errors.len())
-    };
-    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    format!("{head}\n{}", lines.join("\n"))
-}
-
-impl ConfigError {
-    /// The key path the error names (the first one's when there are
-    /// several), if it is about content.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { key, .. } => Some(key),
-            ConfigError::Read { .. } => None,
-            ConfigError::Several { errors, .. } => errors.first().and_then(ConfigError::key),
-        }
-    }
-
-    /// The 1-based line the error names (the first one's), if known.
-    pub fn line(&self) -> Option<usize> {
-        match self {
-            ConfigError::Invalid { line, .. } if *line > 0 => Some(*line),
-            ConfigError::Several { errors, .. } => errors.first().and_then(ConfigError::line),
-            _ => None,
-        }
-    }
-
-    /// Each error on its own: the listed ones of [`ConfigError::Several`],
-    /// else this one.
-    pub fn each(&self) -> Vec<&ConfigError> {
-        match self {
-            ConfigError::Several { errors, .. } => errors.iter().collect(),
-            e => vec![e],
-        }
-    }
-}
-
 /// What `wayfinder check` found in a valid file.
 #[derive(Debug)]
 pub struct Checked {
@@ -576,7 +238,7 @@ impl Config {
     /// start.
     pub fn check(path: &Path) -> Result<Checked, ConfigError> {
         let text = read(path)?;
-        let (config, mut warnings) = validate::parse(&text, path, collect::Env::ShapeOnly)?;
+        let (config, mut warnings) = validate::parse(&text, path, check::Env::ShapeOnly)?;
         warnings.extend(config.warnings());
         Ok(Checked { config, warnings })
     }
@@ -584,7 +246,7 @@ impl Config {
     /// Validates `text`; `file` is only used to name the source in errors.
     /// The environment variables it names must be set.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        validate::parse(text, file, collect::Env::Require).map(|(c, _)| c)
+        validate::parse(text, file, check::Env::Require).map(|(c, _)| c)
     }
 
     /// Number of static instances across all services.
@@ -595,22 +257,23 @@ impl Config {
     /// What in this config deserves a warning without being an error: an
     /// admin API reachable beyond loopback with no token, or with reads left
     /// open.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let Some(admin) = self.admin else {
+        let a = &self.startup.admin;
+        let Some(admin) = a.listen else {
             return out;
         };
         if admin.ip().is_loopback() {
             return out;
         }
-        let token = self.admin_token.is_some() || self.admin_token_env.is_some();
+        let token = a.token.is_some() || a.token_env.is_some();
         if !token {
             out.push(format!(
                 "admin.listen {admin} is not a loopback address and no admin.token is set: \
                  anyone who can reach it can register, drain and deregister instances and \
                  read the registry; set admin.token (or token_env) and admin.auth_reads = true"
             ));
-        } else if !self.admin_auth_reads {
+        } else if !a.auth_reads {
             out.push(format!(
                 "admin.listen {admin} is not a loopback address and admin.auth_reads is off: \
                  reads (/v1/services, /v1/registry, /v1/config, ...) need no token; \
@@ -630,7 +293,7 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 /// Checks a service name: 1 to 63 characters from `a-z`, `0-9`, `-` and `_`,
 /// starting with a letter or digit, so it can stand as a DNS label in a Host.
-pub fn check_service_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_service_name(name: &str) -> Result<(), String> {
     let ok_len = (1..=63).contains(&name.len());
     let mut bytes = name.bytes();
     let first_ok = bytes

@@ -3,21 +3,25 @@
 //! errors point at are wrapped in [`Spanned`] so the error can name a line.
 //!
 //! Nothing here is checked beyond its TOML type; `validate` turns it into
-//! [`super::Config`].
+//! [`super::Config`]. Each field's doc names its default in
+//! [`super::defaults`], where the value is written once.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub(crate) use super::check::Dur;
+#[allow(unused_imports)] // Named in the docs.
+use super::defaults as d;
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
-    /// Client-facing listener addresses. Default `["127.0.0.1:8080"]`.
+    /// Client-facing listener addresses. Default [`d::LISTEN`] alone.
     pub listen: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub admin: RawAdmin,
@@ -45,13 +49,14 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
-    /// Admin listener. Default `"127.0.0.1:9900"`; `"off"` disables it.
+    /// Admin listener; `"off"` disables it. Default [`d::admin::LISTEN`].
     pub listen: Option<Spanned<String>>,
-    /// Bearer token required by mutating admin calls.
+    /// Bearer token required by mutating admin calls. Default none.
     pub token: Option<Spanned<String>>,
-    /// Environment variable holding the token.
+    /// Environment variable holding the token. Default none.
     pub token_env: Option<Spanned<String>>,
-    /// Require the token for reads too (all but /healthz and /readyz). Default false.
+    /// Require the token for reads too (all but /healthz and /readyz).
+    /// Default [`d::admin::AUTH_READS`].
     pub auth_reads: Option<Spanned<bool>>,
 }
 
@@ -59,6 +64,7 @@ pub(crate) struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRuntime {
+    /// Tokio worker threads, 1 to 1024. Default: one per available core.
     pub worker_threads: Option<Spanned<i64>>,
 }
 
@@ -66,10 +72,19 @@ pub(crate) struct RawRuntime {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRegistry {
+    /// Largest share of a service one implicit update may remove, 0 to 100
+    /// (0: off). Default [`d::registry::SELF_PRESERVATION_PERCENT`].
     pub self_preservation_percent: Option<Spanned<i64>>,
+    /// A failing source is reported stale after this. Default
+    /// [`d::registry::MAX_STALENESS`].
     pub max_staleness: Option<Spanned<Dur>>,
+    /// Where registrations are saved, relative to the config file's
+    /// directory. Default none (not saved).
     pub state_file: Option<Spanned<String>>,
+    /// TTL of registrations that name none. Default
+    /// [`d::registry::DEFAULT_TTL`].
     pub default_ttl: Option<Spanned<Dur>>,
+    /// Longest a held-back removal waits. Default [`d::registry::MAX_HOLD`].
     pub max_hold: Option<Spanned<Dur>>,
     /// The shared registry; absent means registrations stay in this proxy.
     pub etcd: Option<Spanned<RawEtcd>>,
@@ -81,17 +96,17 @@ pub(crate) struct RawRegistry {
 pub(crate) struct RawEtcd {
     /// Client URLs, e.g. `["http://127.0.0.1:2379"]`. Required.
     pub endpoints: Spanned<Vec<Spanned<String>>>,
-    /// Key prefix. Default `"/wayfinder/"`.
+    /// Key prefix. Default [`d::etcd::PREFIX`].
     pub prefix: Option<Spanned<String>>,
     /// etcd user, when etcd authentication is enabled. Default none.
     pub username: Option<Spanned<String>>,
-    /// Its password (or use `password_env`).
+    /// Its password (or use `password_env`). Default none.
     pub password: Option<Spanned<String>>,
-    /// Environment variable holding the password.
+    /// Environment variable holding the password. Default none.
     pub password_env: Option<Spanned<String>>,
-    /// TCP connect to an endpoint. Default 2s.
+    /// TCP connect to an endpoint. Default [`d::etcd::DIAL_TIMEOUT`].
     pub dial_timeout: Option<Spanned<Dur>>,
-    /// One etcd call. Default 5s.
+    /// One etcd call. Default [`d::etcd::REQUEST_TIMEOUT`].
     pub request_timeout: Option<Spanned<Dur>>,
 }
 
@@ -99,22 +114,28 @@ pub(crate) struct RawEtcd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTimeouts {
-    /// Upstream TCP connect. Default 2s.
+    /// Upstream TCP connect. Default [`d::timeouts::CONNECT`].
     pub connect: Option<Spanned<Dur>>,
-    /// From sending the request to receiving the upstream response head. Default 30s.
+    /// From sending the request to receiving the upstream response head.
+    /// Default [`d::timeouts::RESPONSE_HEADER`].
     pub response_header: Option<Spanned<Dur>>,
-    /// Waiting for a client's request head (also bounds keep-alive idle). Default 30s.
+    /// Waiting for a client's request head (also bounds keep-alive idle).
+    /// Default [`d::timeouts::CLIENT_HEADER`].
     pub client_header: Option<Spanned<Dur>>,
-    /// How long an idle pooled upstream connection is kept. Default 60s.
+    /// How long an idle pooled upstream connection is kept. Default
+    /// [`d::timeouts::UPSTREAM_IDLE`].
     pub upstream_idle: Option<Spanned<Dur>>,
-    /// How long shutdown waits for in-flight requests. Default 10s.
+    /// How long shutdown waits for in-flight requests. Default
+    /// [`d::timeouts::SHUTDOWN_DRAIN`].
     pub shutdown_drain: Option<Spanned<Dur>>,
-    /// Serving on, reported not ready, before the listeners close. Default 0s.
+    /// Serving on, reported not ready, before the listeners close. Default
+    /// [`d::timeouts::PRE_STOP`].
     pub pre_stop: Option<Spanned<Dur>>,
-    /// Longest pause while a client sends a request body. Default 15s.
+    /// Longest pause while a client sends a request body. Default
+    /// [`d::timeouts::CLIENT_BODY`].
     pub client_body: Option<Spanned<Dur>>,
     /// Longest a client may leave a response unread (a write that makes no
-    /// progress). Default 15s.
+    /// progress). Default [`d::timeouts::CLIENT_SEND`].
     pub client_send: Option<Spanned<Dur>>,
 }
 
@@ -122,13 +143,17 @@ pub(crate) struct RawTimeouts {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimits {
-    /// Largest request head (request line + headers) in bytes. Default 16384.
+    /// Largest request head (request line + headers) in bytes. Default
+    /// [`d::limits::MAX_HEADER_BYTES`].
     pub max_header_bytes: Option<Spanned<i64>>,
-    /// Most client connections open at once. Default 10000.
+    /// Most client connections open at once. Default
+    /// [`d::limits::MAX_CONNECTIONS`].
     pub max_connections: Option<Spanned<i64>>,
-    /// Most idle pooled connections kept per instance. Default 64.
+    /// Most idle pooled connections kept per instance. Default
+    /// [`d::limits::MAX_IDLE_PER_INSTANCE`].
     pub max_idle_per_instance: Option<Spanned<i64>>,
-    /// Longest request target in bytes (longer: 414). Default 8192.
+    /// Longest request target in bytes (longer: 414). Default
+    /// [`d::limits::MAX_URI_BYTES`].
     pub max_uri_bytes: Option<Spanned<i64>>,
 }
 
@@ -136,9 +161,11 @@ pub(crate) struct RawLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConventions {
-    /// Host suffixes: with `".svc"`, Host `NAME.svc` is service NAME. Default `[".svc"]`.
+    /// Host suffixes: with `".svc"`, Host `NAME.svc` is service NAME.
+    /// Default [`d::conventions::HOST_SUFFIXES`].
     pub host_suffixes: Option<Vec<Spanned<String>>>,
-    /// When true, path `/NAME/rest` is service NAME, forwarded as `/rest`. Default false.
+    /// When true, path `/NAME/rest` is service NAME, forwarded as `/rest`.
+    /// Default [`d::conventions::PATH`].
     pub path: Option<bool>,
 }
 
@@ -146,24 +173,27 @@ pub(crate) struct RawConventions {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProxy {
-    /// The pseudonym in the `Via` header. Default `"wayfinder"`.
+    /// The pseudonym in the `Via` header. Default [`d::proxy::VIA`].
     pub via: Option<Spanned<String>>,
-    /// Attempts per request when an instance cannot be reached. Default 3.
+    /// Attempts per request when an instance cannot be reached. Default
+    /// [`d::proxy::MAX_ATTEMPTS`].
     pub max_attempts: Option<Spanned<i64>>,
-    /// Add the `x-wayfinder-debug` response header. Default false.
+    /// Add the `x-wayfinder-debug` response header. Default
+    /// [`d::proxy::DEBUG_HEADER`].
     pub debug_header: Option<bool>,
-    /// Add the `x-wayfinder-snapshot` response header. Default false.
+    /// Add the `x-wayfinder-snapshot` response header. Default
+    /// [`d::proxy::SNAPSHOT_HEADER`].
     pub snapshot_header: Option<bool>,
     /// Peers (addresses or CIDR blocks) whose `X-Forwarded-Proto`,
     /// `X-Forwarded-Host` and `Forwarded` are kept. Default none.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
-    /// Write an RFC 7239 `Forwarded` header. Default false.
+    /// Write an RFC 7239 `Forwarded` header. Default [`d::proxy::FORWARDED`].
     pub forwarded: Option<bool>,
     /// Upgrade protocols forwarded when a route does not list its own.
-    /// Default `["websocket"]`.
+    /// Default [`d::proxy::UPGRADES`].
     pub upgrades: Option<Vec<Spanned<String>>>,
-    /// Serve plain HTTP/1.1 on the fast path. Default true; false sends
-    /// every request through hyper (for diagnosis).
+    /// Serve plain HTTP/1.1 on the fast path; false sends every request
+    /// through hyper (for diagnosis). Default [`d::proxy::FAST_PATH`].
     pub fast_path: Option<bool>,
 }
 
@@ -171,19 +201,23 @@ pub(crate) struct RawProxy {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp2 {
-    /// Streams a client may have open at once. Default 256.
+    /// Streams a client may have open at once. Default
+    /// [`d::http2::MAX_CONCURRENT_STREAMS`].
     pub max_concurrent_streams: Option<Spanned<i64>>,
-    /// PING interval on a connection. Default 20s.
+    /// PING interval on a connection. Default
+    /// [`d::http2::KEEPALIVE_INTERVAL`].
     pub keepalive_interval: Option<Spanned<Dur>>,
-    /// How long a PING may go unanswered before the connection closes. Default 10s.
+    /// How long a PING may go unanswered before the connection closes.
+    /// Default [`d::http2::KEEPALIVE_TIMEOUT`].
     pub keepalive_timeout: Option<Spanned<Dur>>,
-    /// A connection with no open stream for this long is closed. Default 60s.
+    /// A connection with no open stream for this long is closed. Default
+    /// [`d::http2::IDLE_TIMEOUT`].
     pub idle_timeout: Option<Spanned<Dur>>,
     /// Streams reset by the client before they were handled, at once
-    /// (rapid-reset protection). Default 20.
+    /// (rapid-reset protection). Default [`d::http2::MAX_PENDING_RESET_STREAMS`].
     pub max_pending_reset_streams: Option<Spanned<i64>>,
     /// Streams the proxy may reset for protocol errors before it closes the
-    /// connection. Default 1024.
+    /// connection. Default [`d::http2::MAX_LOCAL_ERROR_RESETS`].
     pub max_local_error_resets: Option<Spanned<i64>>,
 }
 
@@ -193,14 +227,14 @@ pub(crate) struct RawHttp2 {
 pub(crate) struct RawRoute {
     /// `"api.example.com"` or `"*.example.com"`; absent means any host.
     pub host: Option<Spanned<String>>,
-    /// Path prefix, matched on segment boundaries. Default `"/"`.
+    /// Path prefix, matched on segment boundaries. Default [`d::route::PATH`].
     pub path: Option<Spanned<String>>,
     /// Remove the matched prefix before forwarding. Default false.
     #[serde(default)]
     pub strip_prefix: bool,
     /// The service this route sends to.
     pub service: Spanned<String>,
-    /// Upgrade protocols forwarded on this route. Default `proxy.upgrades`.
+    /// Upgrade protocols forwarded on this route. Default: `proxy.upgrades`.
     pub upgrades: Option<Vec<Spanned<String>>>,
 }
 
@@ -208,21 +242,23 @@ pub(crate) struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawService {
-    /// Default round-robin.
+    /// How instances are picked. Default round-robin.
     #[serde(default)]
     pub balance: Option<RawBalance>,
     /// Static instances; omitted for a service fed only by registry sources.
     pub instances: Option<Spanned<Vec<Spanned<RawInstance>>>>,
-    /// Attempts per request; default `proxy.max_attempts`.
+    /// Attempts per request. Default: `proxy.max_attempts`.
     pub max_attempts: Option<Spanned<i64>>,
     /// Ramp-up window for instances that just became healthy; "0s" is off.
+    /// Default [`d::service::SLOW_START`].
     pub slow_start: Option<Spanned<Dur>>,
-    /// Percent of healthy instances below which health is ignored.
+    /// Percent of healthy instances below which health is ignored. Default
+    /// [`d::service::PANIC_THRESHOLD`].
     pub panic_threshold: Option<Spanned<i64>>,
-    /// Per-service timeouts.
+    /// Per-service timeouts. Default: the global `[timeouts]`.
     #[serde(default)]
     pub timeouts: RawServiceTimeouts,
-    /// Active health checks.
+    /// Active health checks. Default none.
     pub health: Option<Spanned<RawHealth>>,
     /// Passive health (outlier detection).
     #[serde(default)]
@@ -230,7 +266,7 @@ pub(crate) struct RawService {
     /// Retry budget.
     #[serde(default)]
     pub retry_budget: RawRetryBudget,
-    /// Instances resolved from DNS.
+    /// Instances resolved from DNS. Default none.
     pub dns: Option<Spanned<RawDns>>,
 }
 
@@ -246,11 +282,12 @@ pub(crate) struct RawDns {
     pub port: Option<Spanned<i64>>,
     /// `"IP:PORT"` of the nameserver. Default: the system's resolv.conf.
     pub nameserver: Option<Spanned<String>>,
-    /// Shortest time between resolutions. Default 1s.
+    /// Shortest time between resolutions. Default [`d::dns::MIN_REFRESH`].
     pub min_refresh: Option<Spanned<Dur>>,
-    /// Longest time between resolutions. Default 60s.
+    /// Longest time between resolutions. Default [`d::dns::MAX_REFRESH`].
     pub max_refresh: Option<Spanned<Dur>>,
-    /// How long NXDOMAIN may last before the set empties. Default 30s.
+    /// How long NXDOMAIN may last before the set empties. Default
+    /// [`d::dns::NXDOMAIN_GRACE`].
     pub nxdomain_grace: Option<Spanned<Dur>>,
 }
 
@@ -266,8 +303,13 @@ pub(crate) enum RawDnsKind {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawServiceTimeouts {
+    /// TCP connect to an instance. Default: `timeouts.connect`.
     pub connect: Option<Spanned<Dur>>,
+    /// Per attempt, request written to response head. Default:
+    /// `timeouts.response_header`.
     pub response_header: Option<Spanned<Dur>>,
+    /// The whole request until the response head, all attempts included.
+    /// Default none.
     pub request: Option<Spanned<Dur>>,
 }
 
@@ -275,16 +317,32 @@ pub(crate) struct RawServiceTimeouts {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHealth {
+    /// `"http"` or `"tcp"`. Required.
     pub kind: RawCheckKind,
+    /// The path checked (http). Default [`d::health::PATH`].
     pub path: Option<Spanned<String>>,
+    /// The method (http). Default [`d::health::METHOD`].
     pub method: Option<Spanned<String>>,
+    /// The Host header (http). Default: the instance's address.
     pub host: Option<Spanned<String>>,
+    /// Statuses that pass, `"204"` or `"200-399"` (http). Default
+    /// [`d::health::EXPECT`].
     pub expect: Option<Vec<Spanned<String>>>,
+    /// Time between checks of one instance. Default [`d::health::INTERVAL`].
     pub interval: Option<Spanned<Dur>>,
+    /// Time one check may take. Default [`d::health::TIMEOUT`], or half the
+    /// interval when shorter.
     pub timeout: Option<Spanned<Dur>>,
+    /// Passes that bring an instance back. Default
+    /// [`d::health::HEALTHY_THRESHOLD`].
     pub healthy_threshold: Option<Spanned<i64>>,
+    /// Failures that take an instance out. Default
+    /// [`d::health::UNHEALTHY_THRESHOLD`].
     pub unhealthy_threshold: Option<Spanned<i64>>,
+    /// Random delay added to each interval, up to this. Default: the
+    /// interval divided by [`d::health::JITTER_DIVISOR`].
     pub jitter: Option<Spanned<Dur>>,
+    /// Health before the first check. Default unknown.
     pub initial: Option<RawInitial>,
 }
 
@@ -308,11 +366,21 @@ pub(crate) enum RawInitial {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOutlier {
+    /// Consecutive connect failures that eject (0: off). Default
+    /// [`d::outlier::CONNECT_FAILURES`].
     pub connect_failures: Option<Spanned<i64>>,
+    /// Consecutive failures of any kind that eject (0: off). Default
+    /// [`d::outlier::CONSECUTIVE_FAILURES`].
     pub consecutive_failures: Option<Spanned<i64>>,
+    /// Whether 5xx responses count as failures. Default
+    /// [`d::outlier::COUNT_5XX`].
     pub count_5xx: Option<bool>,
+    /// The first ejection's length. Default [`d::outlier::BASE_EJECTION`].
     pub base_ejection: Option<Spanned<Dur>>,
+    /// The longest ejection. Default [`d::outlier::MAX_EJECTION`].
     pub max_ejection: Option<Spanned<Dur>>,
+    /// Most instances ejected at once, in percent. Default
+    /// [`d::outlier::MAX_EJECTED_PERCENT`].
     pub max_ejected_percent: Option<Spanned<i64>>,
 }
 
@@ -320,7 +388,11 @@ pub(crate) struct RawOutlier {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRetryBudget {
+    /// Retries as a percent of requests. Default
+    /// [`d::retry_budget::PERCENT`].
     pub percent: Option<Spanned<i64>>,
+    /// Retries always allowed per second. Default
+    /// [`d::retry_budget::MIN_PER_SECOND`].
     pub min_per_second: Option<Spanned<i64>>,
 }
 
@@ -363,72 +435,9 @@ impl<'de> Deserialize<'de> for RawInstance {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawInstanceTable {
+    /// `"IP:PORT"`. Required.
     pub address: String,
+    /// Relative share of traffic, 1 to 1000. Default
+    /// [`d::service::WEIGHT`].
     pub weight: Option<i64>,
-}
-
-/// A duration written with units: `"250ms"`, `"5s"`, `"1m"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Dur;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration string such as \"250ms\" or \"5s\"")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                parse_duration(s).map(Dur).map_err(E::custom)
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// Parses a duration written with units, with our own message for each
-/// way it can be wrong (the parser's own messages speak of offsets).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    const HOW: &str = "write a number with a unit, e.g. \"250ms\", \"5s\" or \"1m\"";
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(format!("empty duration: {HOW}"));
-    }
-    if t.starts_with('-') {
-        return Err(format!(
-            "{s:?} is negative: a duration is zero or more; {HOW}"
-        ));
-    }
-    humantime::parse_duration(t).map_err(|e| match e {
-        humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
-            format!("{s:?} has no unit; {HOW}")
-        }
-        humantime::DurationError::UnknownUnit { unit, .. } => {
-            format!("{s:?}: unknown unit {unit:?} (use ns, us, ms, s, m, h or d); {HOW}")
-        }
-        humantime::DurationError::NumberOverflow => format!("{s:?} is too long a duration"),
-        _ => format!("{s:?} is not a duration; {HOW}"),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-
-    #[test]
-    fn duration_messages_are_our_own() {
-        assert_eq!(
-            parse_duration("250ms"),
-            Ok(std::time::Duration::from_millis(250))
-        );
-        let neg = parse_duration("-5s").unwrap_err();
-        assert!(neg.contains("negative"), "{neg}");
-        assert!(!neg.contains("expected"), "{neg}");
-        assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5 parsecs")
-            .unwrap_err()
-            .contains("\"parsecs\""));
-        assert!(parse_duration("soon").unwrap_err().contains("\"250ms\""));
-    }
 }

@@ -3,18 +3,19 @@
 //! admin token, the etcd password) replaced by [`REDACTED`], so no view of
 //! the config can show one.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::ser::{SerializeMap, SerializeStruct, Serializer};
 use serde::Serialize;
 
 use super::{
-    Balance, CheckKind, Config, DnsDiscovery, DnsKind, EtcdAuth, HealthCheck, HostMatch, Outlier,
-    Route, ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance,
+    Balance, CheckKind, Config, DnsDiscovery, DnsKind, HealthCheck, HostMatch, Outlier, Route,
+    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance,
 };
 
 /// What a secret serializes as.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// A duration as written in the file: `"250ms"`, `"5s"`, `"1m 30s"`, `"0s"`.
 pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -42,47 +43,64 @@ impl Serialize for Dur {
     }
 }
 
-/// The `[admin]` table.
-struct AdminView<'a>(&'a Config);
+/// A secret: [`REDACTED`] when set.
+pub(super) fn secret<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_some(&v.as_ref().map(|_| REDACTED))
+}
 
-impl Serialize for AdminView<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let c = self.0;
-        let mut m = s.serialize_struct("Admin", 4)?;
-        match c.admin {
-            Some(addr) => m.serialize_field("listen", &addr.to_string())?,
-            None => m.serialize_field("listen", "off")?,
-        }
-        m.serialize_field("token", &c.admin_token.as_ref().map(|_| REDACTED))?;
-        m.serialize_field("token_env", &c.admin_token_env)?;
-        m.serialize_field("auth_reads", &c.admin_auth_reads)?;
-        m.end()
+/// `admin.listen`: the address, or `"off"`.
+pub(super) fn admin_listen<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str("off"),
     }
 }
 
+/// One table of the file whose keys are split between the startup part
+/// and the reloadable part: both parts' keys in one table.
+#[derive(Serialize)]
+struct Table<'a, A: Serialize, B: Serialize> {
+    #[serde(flatten)]
+    reloadable: &'a A,
+    #[serde(flatten)]
+    startup: &'a B,
+}
+
+/// The config as the file is written: the startup part's tables merged
+/// with the reloadable part's.
 impl Serialize for Config {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let st = &self.startup;
         let mut m = s.serialize_struct("Config", 11)?;
-        m.serialize_field("listen", &self.listen)?;
-        m.serialize_field("admin", &AdminView(self))?;
-        m.serialize_field("registry", &self.registry)?;
-        m.serialize_field("runtime", &self.runtime)?;
-        m.serialize_field("timeouts", &self.timeouts)?;
-        m.serialize_field("limits", &self.limits)?;
+        m.serialize_field("listen", &st.listen)?;
+        m.serialize_field("admin", &st.admin)?;
+        m.serialize_field(
+            "registry",
+            &Table {
+                reloadable: &self.registry,
+                startup: &st.registry,
+            },
+        )?;
+        m.serialize_field("runtime", &st.runtime)?;
+        m.serialize_field(
+            "timeouts",
+            &Table {
+                reloadable: &self.timeouts,
+                startup: &st.timeouts,
+            },
+        )?;
+        m.serialize_field("limits", &st.limits)?;
         m.serialize_field("conventions", &self.conventions)?;
-        m.serialize_field("proxy", &self.proxy)?;
-        m.serialize_field("http2", &self.http2)?;
+        m.serialize_field(
+            "proxy",
+            &Table {
+                reloadable: &self.proxy,
+                startup: &st.proxy,
+            },
+        )?;
+        m.serialize_field("http2", &st.http2)?;
         m.serialize_field("routes", &self.routes)?;
         m.serialize_field("services", &self.services)?;
-        m.end()
-    }
-}
-
-impl Serialize for EtcdAuth {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("EtcdAuth", 2)?;
-        m.serialize_field("username", &self.username)?;
-        m.serialize_field("password", REDACTED)?;
         m.end()
     }
 }
@@ -267,6 +285,13 @@ mod tests {
         assert_eq!(v["registry"]["etcd"]["auth"]["username"], "u");
         assert_eq!(v["timeouts"]["connect"], "250ms");
         assert_eq!(v["timeouts"]["pre_stop"], "0s");
+        assert_eq!(v["timeouts"]["client_header"], "30s");
+        assert_eq!(v["admin"]["listen"], "127.0.0.1:9900");
+        assert_eq!(v["proxy"]["max_attempts"], 3);
+        assert_eq!(v["proxy"]["via"], "wayfinder");
+        // Written as in the file (it was `{"secs": 300, "nanos": 0}`).
+        assert_eq!(v["registry"]["max_hold"], "5m");
+        assert_eq!(v["registry"]["default_ttl"], "30s");
         assert_eq!(v["routes"][0]["host"], "*.example.com");
         assert_eq!(v["services"]["a"]["health"]["expect"][0], "200-399");
         assert_eq!(v["services"]["a"]["instances"][0]["address"], "127.0.0.1:1");

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::error::ProxyError;
 use super::retry;
@@ -139,14 +140,21 @@ pub(crate) async fn run<E: Exchange>(
     })
 }
 
-/// [`run`] within the service's overall request deadline, if it has one.
+/// [`run`] within the service's overall request deadline and the
+/// request's own (`caller`, a gRPC call's `grpc-timeout`), whichever is
+/// shorter.
 pub(crate) async fn run_with_deadline<E: Exchange>(
     service: &Arc<ServiceEntry>,
     exchange: &mut E,
     trail: &mut Option<String>,
+    caller: Option<Duration>,
 ) -> Result<(E::Answer, InFlightGuard), ProxyError> {
     let run = run(service, exchange, trail);
-    match service.policy().timeouts.request {
+    let deadline = match (service.policy().timeouts.request, caller) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match deadline {
         None => run.await,
         Some(deadline) => tokio::time::timeout(deadline, run)
             .await

@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use super::attempt::{self, Outcome};
 use super::body::{ProxyBody, TrackedBody, UpstreamBody};
 use super::error::{ProxyError, BAD_BODY};
+use super::grpc;
 use super::headers::{self, MapWriter};
 use super::policy::request::{self, RequestView};
 use super::policy::response::{self, Asked, Kind, ResponsePlan, ResponseView};
@@ -186,11 +187,17 @@ impl Proxy {
     /// proxy's own error response.
     pub async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
         let mut trail = self.settings.debug_header.then(String::new);
-        let mut resp = match self.forward(req, client, &mut trail).await {
+        let grpc = grpc::is_grpc(req.headers());
+        let grpc_deadline = grpc.then(|| grpc::timeout(req.headers())).flatten();
+        let mut resp = match self.forward(req, client, &mut trail, grpc_deadline).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "request failed");
-                e.into_response()
+                if grpc {
+                    grpc::error_response(&e)
+                } else {
+                    e.into_response()
+                }
             }
         };
         if let Some(value) = trail
@@ -221,6 +228,7 @@ impl Proxy {
         req: Request<Incoming>,
         client: &Client,
         trail: &mut Option<String>,
+        deadline: Option<Duration>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
@@ -293,7 +301,7 @@ impl Proxy {
             },
             client_failed: None,
         };
-        let result = attempt::run_with_deadline(&service, &mut exchange, trail).await;
+        let result = attempt::run_with_deadline(&service, &mut exchange, trail, deadline).await;
         if let Some(e) = exchange.client_failed.take() {
             return Err(e);
         }

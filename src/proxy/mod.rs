@@ -9,12 +9,14 @@ mod attempt;
 pub mod body;
 pub mod error;
 mod forward;
+mod grpc;
 mod h1;
 pub mod headers;
 pub(crate) mod policy;
 pub mod retry;
 mod route;
 pub mod server;
+pub mod tls;
 pub(crate) mod upstream;
 
 use std::sync::Arc;
@@ -71,6 +73,8 @@ pub struct Client {
     ip: Box<str>,
     /// The client is one of `proxy.trusted_proxies`.
     trusted: bool,
+    /// The connection is TLS (`https`).
+    tls: bool,
 }
 
 impl Client {
@@ -84,7 +88,14 @@ impl Client {
                 .trusted_proxies
                 .iter()
                 .any(|net| net.contains(ip)),
+            tls: false,
         }
+    }
+
+    /// The same client, on a TLS connection.
+    pub fn over_tls(mut self) -> Client {
+        self.tls = true;
+        self
     }
 
     /// The hop a request on this connection came over, for the forwarding
@@ -97,7 +108,7 @@ impl Client {
         policy::request::Hop {
             client_ip: &self.ip,
             trusted: self.trusted,
-            proto: "http",
+            proto: if self.tls { "https" } else { "http" },
             via: via.as_bytes(),
             forwarded: settings.forwarded,
             max_uri_bytes: settings.max_uri_bytes,
@@ -109,25 +120,25 @@ impl Proxy {
     /// A proxy forwarding through `registry` with `config`'s settings.
     pub fn new(registry: Arc<Registry>, config: &Config) -> Proxy {
         let via = |v: &str| {
-            HeaderValue::from_str(&format!("{v} {}", config.proxy.via))
+            HeaderValue::from_str(&format!("{v} {}", config.startup.proxy.via))
                 .unwrap_or_else(|_| HeaderValue::from_static("1.1 wayfinder"))
         };
         Proxy {
             registry,
             settings: Settings {
-                upstream_idle: config.timeouts.upstream_idle,
-                max_idle: config.limits.max_idle_per_instance,
-                max_header_bytes: config.limits.max_header_bytes,
-                debug_header: config.proxy.debug_header,
-                snapshot_header: config.proxy.snapshot_header,
+                upstream_idle: config.startup.timeouts.upstream_idle,
+                max_idle: config.startup.limits.max_idle_per_instance,
+                max_header_bytes: config.startup.limits.max_header_bytes,
+                debug_header: config.startup.proxy.debug_header,
+                snapshot_header: config.startup.proxy.snapshot_header,
                 via_h10: via("1.0"),
                 via_h1: via("1.1"),
                 via_h2: via("2"),
-                trusted_proxies: config.proxy.trusted_proxies.clone(),
-                forwarded: config.proxy.forwarded,
-                max_uri_bytes: config.limits.max_uri_bytes,
-                client_body: config.timeouts.client_body,
-                client_send: config.timeouts.client_send,
+                trusted_proxies: config.startup.proxy.trusted_proxies.clone(),
+                forwarded: config.startup.proxy.forwarded,
+                max_uri_bytes: config.startup.limits.max_uri_bytes,
+                client_body: config.startup.timeouts.client_body,
+                client_send: config.startup.timeouts.client_send,
             },
         }
     }

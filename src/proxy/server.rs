@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::policy::request::MAX_FIELDS;
+use super::tls::CertStore;
 use super::{h1, Client, Proxy};
 use crate::config::{Config, Http2Settings};
 
@@ -61,20 +62,46 @@ impl ServerSettings {
     /// The settings in `config`.
     pub fn from_config(config: &Config) -> Self {
         ServerSettings {
-            max_connections: config.limits.max_connections,
-            client_header_timeout: config.timeouts.client_header,
-            max_header_bytes: config.limits.max_header_bytes,
-            drain: config.timeouts.shutdown_drain,
-            client_send: config.timeouts.client_send,
-            http2: config.http2.clone(),
-            fast_path: config.proxy.fast_path,
+            max_connections: config.startup.limits.max_connections,
+            client_header_timeout: config.startup.timeouts.client_header,
+            max_header_bytes: config.startup.limits.max_header_bytes,
+            drain: config.startup.timeouts.shutdown_drain,
+            client_send: config.startup.timeouts.client_send,
+            http2: config.startup.http2.clone(),
+            fast_path: config.startup.proxy.fast_path,
         }
     }
 }
 
+/// A listening socket, plain or TLS.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<CertStore>>,
+}
+
+impl Listener {
+    /// A TLS listener answering with the certificates of `store`.
+    pub fn tls(tcp: TcpListener, store: Arc<CertStore>) -> Listener {
+        Listener {
+            tcp,
+            tls: Some(store),
+        }
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+}
+
+/// How often a TLS listener looks at its certificate files for changes.
+const CERT_POLL: Duration = Duration::from_secs(1);
+
 /// Serves `listeners` until `shutdown` completes, then drains.
-pub async fn serve(
-    listeners: Vec<TcpListener>,
+pub async fn serve<L: Into<Listener>>(
+    listeners: Vec<L>,
     proxy: Arc<Proxy>,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
@@ -105,6 +132,12 @@ pub async fn serve(
     // are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
 
+    let listeners: Vec<Listener> = listeners.into_iter().map(Into::into).collect();
+    let watchers: Vec<JoinHandle<()>> = listeners
+        .iter()
+        .filter_map(|l| l.tls.clone())
+        .map(|store| tokio::spawn(watch_certificates(store)))
+        .collect();
     let acceptors: Vec<JoinHandle<()>> = listeners
         .into_iter()
         .map(|listener| {
@@ -122,7 +155,7 @@ pub async fn serve(
     drop(alive_tx);
 
     shutdown.await;
-    for a in &acceptors {
+    for a in acceptors.iter().chain(&watchers) {
         a.abort();
     }
     for a in acceptors {
@@ -143,8 +176,31 @@ pub async fn serve(
     }
 }
 
+/// Reloads a TLS listener's certificates when one of their files changes
+/// (a bad file is logged and the running certificates stay).
+async fn watch_certificates(store: Arc<CertStore>) {
+    let mut failed = false;
+    loop {
+        tokio::time::sleep(CERT_POLL).await;
+        if !store.changed() && !failed {
+            continue;
+        }
+        match store.reload() {
+            Ok(()) => {
+                tracing::info!("TLS certificates reloaded");
+                failed = false;
+            }
+            Err(e) if !failed || store.changed() => {
+                tracing::error!(error = %e, "TLS certificates not reloaded; the running ones stay");
+                failed = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     slots: Arc<Semaphore>,
@@ -153,11 +209,22 @@ async fn accept_loop(
     settings: ServerSettings,
 ) {
     let settings = Arc::new(settings);
+    // One rustls configuration for the listener's life: it holds the
+    // session cache and ticket keys (resumption), and reads certificates
+    // from the store, which reloads swap.
+    let acceptor = match listener.tls.as_ref().map(|store| store.server_config()) {
+        None => None,
+        Some(Ok(config)) => Some(tokio_rustls::TlsAcceptor::from(config)),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "TLS configuration refused; listener closed");
+            return;
+        }
+    };
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.tcp.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of
@@ -173,6 +240,30 @@ async fn accept_loop(
         let mut stop = stop.clone();
         let alive = alive.clone();
         let settings = settings.clone();
+        if let Some(acceptor) = acceptor.clone() {
+            tokio::spawn(async move {
+                let handshake = acceptor.accept(stream);
+                let tls =
+                    match tokio::time::timeout(settings.client_header_timeout, handshake).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let client = Client::new(peer, &proxy).over_tls();
+                let state = Arc::new((proxy, client));
+                let io = h1::Rewind::new(tls, bytes::Bytes::new(), settings.client_send);
+                serve_general(io, h2, state, &builder, &mut stop, peer, &settings).await;
+                drop((permit, alive));
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let client = Client::new(peer, &proxy);
             let state = Arc::new((proxy, client));
@@ -190,7 +281,8 @@ async fn accept_loop(
             };
             if let h1::Ended::Fallback(stream, read) = ended {
                 let io = h1::Rewind::new(stream, read.freeze(), settings.client_send);
-                serve_general(io, state, &builder, &mut stop, peer, &settings).await;
+                let h2 = io.is_h2_preface();
+                serve_general(io, h2, state, &builder, &mut stop, peer, &settings).await;
             }
             drop((permit, alive));
         });
@@ -203,15 +295,17 @@ async fn accept_loop(
 /// `http2.idle_timeout`, or `timeouts.client_header` before the first
 /// request; HTTP/1: `timeouts.client_header`); a connection that does not
 /// close within a grace period after that is dropped.
-async fn serve_general(
-    io: h1::Rewind,
+async fn serve_general<S>(
+    io: h1::Rewind<S>,
+    h2: bool,
     state: Arc<(Arc<Proxy>, Client)>,
     builder: &auto::Builder<TokioExecutor>,
     stop: &mut watch::Receiver<bool>,
     peer: SocketAddr,
     settings: &ServerSettings,
-) {
-    let h2 = io.is_h2_preface();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let counter = activity.clone();
     let service = service_fn(move |req| {

@@ -29,6 +29,7 @@
 
 mod child;
 mod client;
+pub mod docker;
 pub mod proxy_health;
 
 use std::collections::BTreeMap;
@@ -360,14 +361,19 @@ impl CheckLog {
 }
 
 async fn check(opts: &Options) -> Result<(), String> {
-    let timeout = Duration::from_secs(2).min(opts.ttl);
+    check_target(&opts.check, opts.address, opts.ttl).await
+}
+
+/// Runs `check` against `address`, bounded by 2 s (or `ttl` if shorter).
+async fn check_target(check: &Check, address: SocketAddr, ttl: Duration) -> Result<(), String> {
+    let timeout = Duration::from_secs(2).min(ttl);
     let work = async {
-        match &opts.check {
+        match check {
             Check::None => Ok(()),
-            Check::Tcp => TcpStream::connect(opts.address)
+            Check::Tcp => TcpStream::connect(address)
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("connect {}: {e}", opts.address)),
+                .map_err(|e| format!("connect {address}: {e}")),
             Check::Http(url) => {
                 let pq = url.path_and_query().map_or("/", |p| p.as_str());
                 match Client::new(url.clone(), None)

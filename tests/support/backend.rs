@@ -44,6 +44,37 @@ pub enum Mode {
     WebSocket,
 }
 
+/// Where requests wait before they are answered until the test opens it
+/// (see [`BackendBuilder::gated`]): a request "in flight" for exactly as
+/// long as the test needs, with no delay to guess.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Opens it: every waiting request and every later one goes on.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Waits until it is open.
+    pub async fn passed(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`, so this cannot fail.
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
 /// A real HTTP/1.1 instance on `127.0.0.1:0`, counting the requests it
 /// receives.
 #[derive(Debug)]
@@ -63,6 +94,7 @@ pub struct BackendBuilder {
     name: String,
     mode: Mode,
     delay: Option<Duration>,
+    gate: Option<Gate>,
     addr: SocketAddr,
 }
 
@@ -76,6 +108,13 @@ impl BackendBuilder {
     /// Waits this long after receiving each request before answering.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
+        self
+    }
+
+    /// Holds each request (counted in [`Backend::hits`]) until `gate` is
+    /// open, then answers it.
+    pub fn gated(mut self, gate: &Gate) -> Self {
+        self.gate = Some(gate.clone());
         self
     }
 
@@ -98,6 +137,7 @@ impl BackendBuilder {
             name: Arc::from(self.name.as_str()),
             mode: self.mode,
             delay: self.delay,
+            gate: self.gate,
             hits: Arc::new(AtomicUsize::new(0)),
             answered: Arc::new(AtomicUsize::new(0)),
             tasks: Arc::new(Tasks::default()),
@@ -121,6 +161,7 @@ impl Backend {
             name: name.to_owned(),
             mode: Mode::Name,
             delay: None,
+            gate: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
@@ -161,8 +202,8 @@ impl Backend {
         self.hits.load(SeqCst)
     }
 
-    /// Requests whose delay has passed and whose response head is being
-    /// sent (always 0 for [`Backend::close_after_request`]).
+    /// Requests whose delay (or gate) has passed and whose response head
+    /// is being sent (always 0 for [`Backend::close_after_request`]).
     pub fn answered(&self) -> usize {
         self.answered.load(SeqCst)
     }
@@ -229,6 +270,7 @@ struct BackendState {
     name: Arc<str>,
     mode: Mode,
     delay: Option<Duration>,
+    gate: Option<Gate>,
     hits: Arc<AtomicUsize>,
     answered: Arc<AtomicUsize>,
     tasks: Arc<Tasks>,
@@ -259,6 +301,9 @@ async fn answer(
     state.hits.fetch_add(1, SeqCst);
     if let Some(delay) = state.delay {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(gate) = &state.gate {
+        gate.passed().await;
     }
     let resp = match state.mode {
         Mode::Name => Response::new(full(state.name.to_string())),

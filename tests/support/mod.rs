@@ -3,6 +3,9 @@
 //! - [`backend`]: real instances ([`Backend`]) and deterministic data;
 //! - [`client`]: a small HTTP/1.1 client ([`H1Client`], [`send`], [`get`],
 //!   [`raw_exchange`]);
+//! - [`inst`]: an instance whose health, speed and presence the test
+//!   controls ([`Inst`]), and what `GET /v1/services` shows about it;
+//! - [`load`]: clients sending requests in a loop ([`Load`]);
 //! - [`proxy`]: wayfinder started in-process, with its admin API off
 //!   ([`Proxy`]) or on ([`AdminProxy`], [`Api`]), and config snippets;
 //! - [`raw`]: exact bytes on raw sockets (strict response reader,
@@ -24,6 +27,8 @@
 pub mod attack;
 pub mod backend;
 pub mod client;
+pub mod inst;
+pub mod load;
 pub mod procs;
 pub mod proxy;
 pub mod raw;
@@ -31,7 +36,7 @@ pub mod raw;
 // Re-exported so tests name helpers as `support::x`; a test binary that
 // uses nothing from one of them would otherwise warn.
 #[allow(unused_imports)]
-pub use {backend::*, client::*, procs::*, proxy::*};
+pub use {backend::*, client::*, inst::*, load::*, procs::*, proxy::*};
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -4,6 +4,7 @@
 //! signalled.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -16,12 +17,78 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a free port")
-        .port()
+// === ports a process must be told before it starts ===
+
+/// A loopback port held by a bound TCP socket that does not listen
+/// (connecting to it is refused, binding it fails), for a process that must
+/// be given its port before it starts and cannot bind port 0 itself (etcd's
+/// gateway dials its own listen address; dnsmasq's `--port=0` turns DNS
+/// off; a command `wayfinder register` wraps, whose address the registrar
+/// is told). Everything else binds port 0 and reads the address back.
+///
+/// Release it right before spawning. In the short window between the
+/// release and the process binding the port, another process may bind it:
+/// callers that can tell (the process logs that it bound the port, or
+/// exits saying the address is in use) retry with a new reservation.
+#[derive(Debug)]
+pub struct ReservedPort {
+    tcp: tokio::net::TcpSocket,
+    udp: Option<std::net::UdpSocket>,
+    port: u16,
+}
+
+impl ReservedPort {
+    /// A TCP port on 127.0.0.1.
+    pub fn tcp() -> ReservedPort {
+        let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+        tcp.bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind 127.0.0.1:0");
+        let port = tcp.local_addr().expect("bound address").port();
+        ReservedPort {
+            tcp,
+            udp: None,
+            port,
+        }
+    }
+
+    /// A port on 127.0.0.1 free for both TCP and UDP (a DNS server's).
+    pub fn tcp_and_udp() -> ReservedPort {
+        for _ in 0..50 {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+            let port = udp.local_addr().expect("udp address").port();
+            let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+            if tcp.bind(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
+                return ReservedPort {
+                    tcp,
+                    udp: Some(udp),
+                    port,
+                };
+            }
+        }
+        panic!("no port free for both TCP and UDP in 50 tries");
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Frees the port for the process about to bind it; returns it.
+    pub fn release(self) -> u16 {
+        drop(self.tcp);
+        drop(self.udp);
+        self.port
+    }
+}
+
+/// Whether a log says a bind failed because the address was taken.
+pub fn address_in_use(log: &str) -> bool {
+    log.to_ascii_lowercase().contains("address already in use")
 }
 
 /// A unique path under the temp directory:
@@ -185,6 +252,57 @@ impl Proc {
         }
     }
 
+    /// Waits (bounded) for `wayfinder run`'s "wayfinder listening" line
+    /// and returns the addresses it names: a config may then listen on
+    /// port 0 (proxy and admin API) and the test reads the ports back.
+    pub async fn listening(&self, secs: u64) -> Listening {
+        self.wait_log(secs, "wayfinder listening").await;
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("wayfinder listening"))
+            .expect("the line just waited for");
+        Listening::parse(line).unwrap_or_else(|| panic!("unexpected listening line: {line}"))
+    }
+
+    /// The IPv4 TCP addresses it listens on now, read from `/proc` (its
+    /// sockets' inodes, matched against the listening entries of
+    /// `/proc/net/tcp`): where a process that bound port 0 listens, before
+    /// it says so in its log.
+    pub fn tcp_listeners(&self) -> Vec<SocketAddr> {
+        let pid = self.pid();
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .filter_map(|l| {
+                        let l = l.to_str()?;
+                        Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // sl local_address rem_address st ... inode (column 9);
+                // state 0A is LISTEN.
+                if f.len() < 10 || f[3] != "0A" || !inodes.iter().any(|i| i == f[9]) {
+                    return None;
+                }
+                let (ip, port) = f[1].split_once(':')?;
+                // The address is its network-order bytes read as a number
+                // in host order, printed in hex.
+                let ip = u32::from_str_radix(ip, 16).ok()?;
+                let ip = std::net::Ipv4Addr::from(ip.to_ne_bytes());
+                Some(SocketAddr::from((ip, u16::from_str_radix(port, 16).ok()?)))
+            })
+            .collect()
+    }
+
     /// Waits (bounded) for the process to exit.
     pub async fn wait(&mut self, secs: u64, what: &str) -> ExitStatus {
         let status = match tokio::time::timeout(Duration::from_secs(secs), self.child.wait()).await
@@ -195,6 +313,42 @@ impl Proc {
         // The pipe closes with the process; let the reader catch up.
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
         status
+    }
+}
+
+/// The addresses in `wayfinder run`'s "wayfinder listening" log line
+/// (`listen=[127.0.0.1:41234] admin=127.0.0.1:41235`, `admin=off`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    /// The proxy's listeners.
+    pub listen: Vec<SocketAddr>,
+    /// The admin API's, unless it is off.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Listening {
+    fn parse(line: &str) -> Option<Listening> {
+        let list = line.split("listen=[").nth(1)?.split(']').next()?;
+        let listen = list
+            .split(',')
+            .map(|a| a.trim().parse().ok())
+            .collect::<Option<Vec<SocketAddr>>>()?;
+        let admin = line.split(" admin=").nth(1)?.split_whitespace().next()?;
+        let admin = match admin {
+            "off" => None,
+            a => Some(a.parse().ok()?),
+        };
+        Some(Listening { listen, admin })
+    }
+
+    /// The first proxy listener.
+    pub fn proxy(&self) -> SocketAddr {
+        self.listen[0]
+    }
+
+    /// The admin API's address; it must be on.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("admin API on")
     }
 }
 
@@ -209,6 +363,8 @@ pub struct Daemon {
     /// Its temporary directory: the log, and whatever else it keeps.
     pub dir: PathBuf,
     child: Option<std::process::Child>,
+    /// Where the log written by the latest start begins.
+    log_from: u64,
 }
 
 impl Daemon {
@@ -233,20 +389,28 @@ impl Daemon {
             name,
             dir,
             child: None,
+            log_from: 0,
         }
     }
 
-    /// Starts `cmd` (no stdin or stdout, stderr appended to the log), then
-    /// polls `ready` every `every` until it holds. Fails the test, showing
-    /// the end of the log, when the process exits first or `ready` does not
-    /// hold within `limit`.
-    pub async fn spawn<F, Fut>(
+    /// Starts `cmd` (no stdin or stdout, stderr appended to the log) and
+    /// waits until `bound` holds for the log written since this start (it
+    /// shows a line the process logs once it has bound its ports: proof
+    /// that what answers is this process, not another one on a port it
+    /// failed to get), then polls `ready` every `every` until it holds.
+    /// A process that exits first is an `Err` with what it logged since it
+    /// was started (for example, a port taken in the moment after its
+    /// reservation was released: see [`address_in_use`]); one not ready
+    /// within `limit` fails the test, showing the end of its log.
+    pub async fn try_spawn<F, Fut>(
         &mut self,
         mut cmd: std::process::Command,
+        bound: impl Fn(&str) -> bool,
         limit: Duration,
         every: Duration,
         mut ready: F,
-    ) where
+    ) -> Result<(), String>
+    where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
     {
@@ -256,6 +420,7 @@ impl Daemon {
             .append(true)
             .open(self.log_path())
             .unwrap_or_else(|e| panic!("{name} log file: {e}"));
+        self.log_from = log.metadata().map_or(0, |m| m.len());
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -264,16 +429,14 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
         self.child = Some(child);
         let start = Instant::now();
-        while !ready().await {
+        while !(bound(&self.log_since_start()) && ready().await) {
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "{name} exited ({status}) during start:\n{}",
-                    self.log_tail()
-                );
+                self.child = None;
+                return Err(format!("({status})\n{}", self.log_since_start()));
             }
             assert!(
                 start.elapsed() < limit,
@@ -282,6 +445,14 @@ impl Daemon {
             );
             tokio::time::sleep(every).await;
         }
+        Ok(())
+    }
+
+    /// What it logged since it was last started.
+    pub fn log_since_start(&self) -> String {
+        let bytes = std::fs::read(self.log_path()).unwrap_or_default();
+        let from = (self.log_from as usize).min(bytes.len());
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
     }
 
     fn log_path(&self) -> PathBuf {

@@ -13,9 +13,7 @@ use serde_json::Value;
 use wayfinder::app::{Running, StartError};
 use wayfinder::config::Config;
 
-use super::{
-    empty, free_port, full, get, init_tracing, request, within, Backend, BoxError, H1Client, Reply,
-};
+use super::{empty, full, get, init_tracing, request, within, Backend, BoxError, H1Client, Reply};
 
 /// Parses `text` as a test config; a rejected config fails the test,
 /// showing the text.
@@ -124,7 +122,7 @@ pub fn service_at(name: &str, balance: Option<&str>, addrs: &[SocketAddr]) -> St
 
 // === impl AdminProxy ===
 
-/// wayfinder in this process with its admin API on a free loopback port.
+/// wayfinder in this process with its admin API on, on a loopback port.
 #[derive(Debug)]
 pub struct AdminProxy {
     /// The running proxy; `None` after [`AdminProxy::shutdown`].
@@ -136,21 +134,17 @@ pub struct AdminProxy {
 }
 
 impl AdminProxy {
-    /// Starts with the admin API on a free loopback port; `admin_extra` goes
-    /// into the `[admin]` table, `tables` after it.
+    /// Starts with the proxy and the admin API on loopback port 0 (the OS
+    /// picks free ports; they are read back from the running proxy);
+    /// `admin_extra` goes into the `[admin]` table, `tables` after it.
     pub async fn start(admin_extra: &str, tables: &str) -> AdminProxy {
-        for _ in 0..20 {
-            match AdminProxy::start_at(free_port(), admin_extra, tables).await {
-                Ok(wf) => return wf,
-                // Someone took the port between picking and binding.
-                Err(StartError::Bind { .. }) => continue,
-                Err(e) => panic!("start: {e}"),
-            }
-        }
-        panic!("could not bind an admin port in 20 tries");
+        AdminProxy::start_at(0, admin_extra, tables)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"))
     }
 
-    /// Starts with the admin API on `admin_port`.
+    /// Starts with the admin API on `admin_port` (0: one the OS picks), for
+    /// a test that restarts a proxy on the address it had before.
     pub async fn start_at(
         admin_port: u16,
         admin_extra: &str,

@@ -297,6 +297,7 @@ pub struct RawBackend {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -309,9 +310,10 @@ impl RawBackend {
         let addr = listener.local_addr().expect("address");
         let accepted = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let respond: Arc<Respond> = Arc::new(respond);
         let task = tokio::spawn({
-            let (accepted, requests) = (accepted.clone(), requests.clone());
+            let (accepted, requests, closed) = (accepted.clone(), requests.clone(), closed.clone());
             async move {
                 // Dropped with this task when the backend is: aborts every
                 // connection.
@@ -323,12 +325,12 @@ impl RawBackend {
                     };
                     accepted.fetch_add(1, SeqCst);
                     while conns.try_join_next().is_some() {}
-                    conns.spawn(serve_raw(
-                        stream,
-                        idle_close,
-                        respond.clone(),
-                        requests.clone(),
-                    ));
+                    let conn = serve_raw(stream, idle_close, respond.clone(), requests.clone());
+                    let closed = closed.clone();
+                    conns.spawn(async move {
+                        conn.await;
+                        closed.fetch_add(1, SeqCst);
+                    });
                 }
             }
         });
@@ -336,6 +338,7 @@ impl RawBackend {
             addr,
             accepted,
             requests,
+            closed,
             task,
         }
     }
@@ -346,6 +349,11 @@ impl RawBackend {
 
     pub fn requests(&self) -> usize {
         self.requests.load(SeqCst)
+    }
+
+    /// Connections it has closed (or that closed) so far.
+    pub fn closed(&self) -> usize {
+        self.closed.load(SeqCst)
     }
 }
 

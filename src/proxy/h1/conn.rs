@@ -389,7 +389,7 @@ impl Conn<'_> {
             watch_limit: settings.max_header_bytes + BUFFERED_BODY as usize,
             send_timeout: settings.client_send,
         };
-        let result = attempt::run_with_deadline(service, &mut exchange, &mut trail).await;
+        let result = attempt::run_with_deadline(service, &mut exchange, &mut trail, None).await;
         if exchange.client_gone {
             tracing::debug!(service = %service.name(), "client closed its connection while waiting; request cancelled");
             return Step::Close;

@@ -15,20 +15,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-/// `stream`, read as `prefix` followed by what the socket delivers.
+/// `stream` (a TCP socket, or TLS over one), read as `prefix` followed by
+/// what the socket delivers.
 #[derive(Debug)]
-pub struct Rewind {
+pub struct Rewind<S = TcpStream> {
     prefix: Bytes,
-    stream: TcpStream,
+    stream: S,
     /// Armed while a write waits for the client.
     stalled: Option<Pin<Box<Sleep>>>,
     send_timeout: Duration,
 }
 
-impl Rewind {
+impl<S> Rewind<S> {
     /// Puts `prefix` back in front of `stream`; writes stalled for longer
     /// than `send_timeout` fail.
-    pub fn new(stream: TcpStream, prefix: Bytes, send_timeout: Duration) -> Self {
+    pub fn new(stream: S, prefix: Bytes, send_timeout: Duration) -> Self {
         Rewind {
             prefix,
             stream,
@@ -72,7 +73,7 @@ impl Rewind {
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -88,7 +89,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -65,6 +65,25 @@ enum State {
     Done,
 }
 
+impl State {
+    /// Whether the state is on a size line after the digits (white space
+    /// and extensions), where the line's length counts.
+    fn in_extensions(self) -> bool {
+        matches!(
+            self,
+            State::SizeBws
+                | State::ExtBws
+                | State::ExtName
+                | State::ExtNameBws
+                | State::ValBws
+                | State::Token
+                | State::Quoted
+                | State::QuotedPair
+                | State::AfterVal
+        )
+    }
+}
+
 /// What one [`ChunkedScanner::feed`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Scan {
@@ -154,18 +173,7 @@ impl ChunkedScanner {
             }
             let b = data[i];
             i += 1;
-            if matches!(
-                self.state,
-                State::SizeBws
-                    | State::ExtBws
-                    | State::ExtName
-                    | State::ExtNameBws
-                    | State::ValBws
-                    | State::Token
-                    | State::Quoted
-                    | State::QuotedPair
-                    | State::AfterVal
-            ) {
+            if self.state.in_extensions() {
                 self.line += 1;
                 if self.line > MAX_SIZE_LINE {
                     return Err(ChunkError("chunk size line too long"));
@@ -225,20 +233,6 @@ impl ChunkedScanner {
                         State::Data
                     }
                 }
-                (
-                    State::Size
-                    | State::SizeBws
-                    | State::ExtBws
-                    | State::ExtName
-                    | State::ExtNameBws
-                    | State::ValBws
-                    | State::Token
-                    | State::Quoted
-                    | State::QuotedPair
-                    | State::AfterVal
-                    | State::SizeLf,
-                    _,
-                ) => return Err(ChunkError("bad chunk size line")),
                 (State::DataCr, b'\r') => State::DataLf,
                 (State::DataLf, b'\n') => State::Size,
                 (State::DataCr | State::DataLf, _) => {
@@ -276,6 +270,9 @@ impl ChunkedScanner {
                 }
                 (State::EndLf, _) => return Err(ChunkError("chunked body not ended by CRLF")),
                 (State::Data | State::Done, _) => unreachable!("handled above or never fed"),
+                // Any other byte on a size line (the trailer and data states
+                // have their own errors above).
+                _ => return Err(ChunkError("bad chunk size line")),
             };
         }
         let in_trailers = matches!(

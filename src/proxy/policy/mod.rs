@@ -16,6 +16,22 @@
 //! Error answers are [`super::error::ProxyError`]s, rendered once per codec.
 
 pub(crate) mod chunked;
+#[cfg(test)]
+pub(crate) mod test_util {
+    //! What the policy's and the codecs' unit tests share.
+
+    use super::request::Hop;
+
+    /// An untrusted client at 10.0.0.9 on plain HTTP, default settings.
+    pub(crate) const HOP: Hop<'static> = Hop {
+        client_ip: "10.0.0.9",
+        trusted: false,
+        proto: "http",
+        via: b"1.1 wayfinder",
+        forwarded: false,
+        max_uri_bytes: 8192,
+    };
+}
 pub(crate) mod fields;
 pub(crate) mod request;
 pub(crate) mod response;

@@ -145,14 +145,7 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
             Name::ContentLength => {
                 skip |= bit;
                 length_lines |= bit;
-                let n =
-                    content_length(value).ok_or(ProxyError::BadRequest("bad Content-Length"))?;
-                match length {
-                    Some((first, _)) if first != n => {
-                        return Err(ProxyError::BadRequest("conflicting Content-Length headers"))
-                    }
-                    _ => length = Some((n, value)),
-                }
+                add_length(&mut length, value).map_err(ProxyError::BadRequest)?;
             }
             Name::TransferEncoding => {
                 skip |= bit;
@@ -320,44 +313,58 @@ pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     )
 }
 
-/// When `lines` (the `Content-Length` lines, already checked to be
-/// digits) is a single line written canonically (no leading zero), keeps
-/// that line (clears it from `skip`) and says so: it is byte for byte what
-/// the proxy would write, and copying it keeps the received lines in one
-/// run. Otherwise the proxy writes the line itself.
-pub(crate) fn keep_canonical_length<F: Fields + ?Sized>(
+/// Keeps the one received framing line in `lines` (clears it from `skip`)
+/// when it is written exactly as the proxy would write it, and says so:
+/// copying it keeps the received lines in one run. Otherwise (several
+/// lines, or another spelling) the proxy writes the line itself.
+fn keep_canonical<F: Fields + ?Sized>(
     fields: &F,
     lines: u128,
     skip: &mut u128,
+    canonical: impl Fn(&[u8]) -> bool,
 ) -> bool {
-    if lines.count_ones() != 1 {
-        return false;
-    }
-    // The value is digits (checked) and its number is `n`: it is canonical
-    // unless it has a leading zero.
-    let value = fields.value(lines.trailing_zeros() as usize);
-    let keep = value.len() == 1 || value.first() != Some(&b'0');
+    let keep = lines.count_ones() == 1 && canonical(fields.value(lines.trailing_zeros() as usize));
     if keep {
         *skip &= !lines;
     }
     keep
 }
 
-/// The same for a single `Transfer-Encoding: chunked` line.
+/// [`keep_canonical`] for a `Content-Length` line (already checked to be
+/// digits): canonical without a leading zero.
+pub(crate) fn keep_canonical_length<F: Fields + ?Sized>(
+    fields: &F,
+    lines: u128,
+    skip: &mut u128,
+) -> bool {
+    keep_canonical(fields, lines, skip, |v| {
+        v.len() == 1 || v.first() != Some(&b'0')
+    })
+}
+
+/// [`keep_canonical`] for a `Transfer-Encoding` line: exactly `chunked`.
 pub(crate) fn keep_canonical_chunked<F: Fields + ?Sized>(
     fields: &F,
     lines: u128,
     skip: &mut u128,
 ) -> bool {
-    if lines.count_ones() != 1 {
-        return false;
+    keep_canonical(fields, lines, skip, |v| v == b"chunked")
+}
+
+/// Adds one `Content-Length` line to `length` (the value so far and the
+/// line it came from): digits only, and every line the same value.
+pub(crate) fn add_length<'v>(
+    length: &mut Option<(u64, &'v [u8])>,
+    value: &'v [u8],
+) -> Result<(), &'static str> {
+    let n = content_length(value).ok_or("bad Content-Length")?;
+    match length {
+        Some((first, _)) if *first != n => Err("conflicting Content-Length headers"),
+        _ => {
+            *length = Some((n, value));
+            Ok(())
+        }
     }
-    // Exactly `chunked`: any other spelling is written out canonically.
-    let keep = fields.value(lines.trailing_zeros() as usize) == b"chunked";
-    if keep {
-        *skip &= !lines;
-    }
-    keep
 }
 
 /// The transfer codings of a request, summed over its lines.

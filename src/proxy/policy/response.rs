@@ -18,7 +18,7 @@
 //! `Content-Length`), and a `Connection` header cannot remove them.
 
 use super::fields::{self, classify, ConnectionTokens, Name};
-use super::request::{content_length, protocol_name};
+use super::request::{add_length, protocol_name};
 use super::{Fields, Framing, HeadWriter};
 
 /// A response head as received from an instance.
@@ -105,13 +105,7 @@ pub(crate) fn plan<F: Fields + ?Sized>(
             Name::ContentLength => {
                 skip |= bit;
                 length_lines |= bit;
-                let n = content_length(value).ok_or("bad Content-Length")?;
-                match length {
-                    Some((first, _)) if first != n => {
-                        return Err("conflicting Content-Length headers")
-                    }
-                    _ => length = Some((n, value)),
-                }
+                add_length(&mut length, value)?;
             }
             Name::TransferEncoding => {
                 skip |= bit;

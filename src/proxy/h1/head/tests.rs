@@ -3,14 +3,7 @@
 
 use super::*;
 
-const HOP: Hop<'static> = Hop {
-    client_ip: "10.0.0.9",
-    trusted: false,
-    proto: "http",
-    via: b"1.1 wayfinder",
-    forwarded: false,
-    max_uri_bytes: 8192,
-};
+use crate::proxy::policy::test_util::HOP;
 
 fn upstream_head(raw: &str, target: &str) -> String {
     let mut slots = header_slots();

@@ -1,13 +1,6 @@
 use super::*;
 
-const HOP: Hop<'static> = Hop {
-    client_ip: "10.0.0.9",
-    trusted: false,
-    proto: "http",
-    via: b"1.1 wayfinder",
-    forwarded: false,
-    max_uri_bytes: 8192,
-};
+use crate::proxy::policy::test_util::HOP;
 
 /// Plans `raw` (an HTTP/1.x head) and returns the forwarded lines: the
 /// received ones kept, then the additions.

@@ -2,17 +2,12 @@
 //! `[registry.etcd]` (the shared registry) and `[services.NAME.dns]`.
 //! Same rules as the rest of `validate`: every error names the line and key.
 
-use std::time::Duration;
-
 use toml::Spanned;
 
-use super::collect::Cx;
-use super::raw::{RawDns, RawDnsKind, RawEtcd};
-use super::validate::{duration, int, socket_addr, valid_host_chars};
-use super::{ConfigError, DnsDiscovery, DnsKind, EtcdAuth, EtcdSettings};
-
-/// etcd's default client port, used when an endpoint names none.
-const ETCD_PORT: u16 = 2379;
+use crate::config::check::{duration, duration_or_zero, int, socket_addr, valid_host_chars, Cx};
+use crate::config::defaults::{dns as dns_defaults, etcd as etcd_defaults};
+use crate::config::raw::{RawDns, RawDnsKind, RawEtcd};
+use crate::config::{ConfigError, DnsDiscovery, DnsKind, EtcdAuth, EtcdSettings};
 
 /// `[registry.etcd]`.
 pub(super) fn etcd(cx: &Cx<'_>, raw: &Spanned<RawEtcd>) -> Result<EtcdSettings, ConfigError> {
@@ -34,7 +29,7 @@ pub(super) fn etcd(cx: &Cx<'_>, raw: &Spanned<RawEtcd>) -> Result<EtcdSettings, 
         endpoints.push(uri);
     }
     let prefix = match &e.prefix {
-        None => "/wayfinder/".to_owned(),
+        None => etcd_defaults::PREFIX.to_owned(),
         Some(p) => {
             let v = p.get_ref();
             if !v.starts_with('/') || v.chars().any(char::is_whitespace) {
@@ -98,13 +93,13 @@ pub(super) fn etcd(cx: &Cx<'_>, raw: &Spanned<RawEtcd>) -> Result<EtcdSettings, 
             cx,
             &e.dial_timeout,
             "registry.etcd.dial_timeout",
-            Duration::from_secs(2),
+            etcd_defaults::DIAL_TIMEOUT,
         )?,
         request_timeout: duration(
             cx,
             &e.request_timeout,
             "registry.etcd.request_timeout",
-            Duration::from_secs(5),
+            etcd_defaults::REQUEST_TIMEOUT,
         )?,
     })
 }
@@ -128,7 +123,7 @@ fn endpoint(s: &str) -> Result<http::Uri, String> {
     if !path_ok || authority.as_str().contains('@') {
         return Err(bad());
     }
-    let port = authority.port_u16().unwrap_or(ETCD_PORT);
+    let port = authority.port_u16().unwrap_or(etcd_defaults::PORT);
     if port == 0 {
         return Err(format!("{s:?}: port 0 cannot be an etcd endpoint"));
     }
@@ -191,13 +186,13 @@ pub(super) fn dns(
         cx,
         &d.min_refresh,
         &format!("{key}.min_refresh"),
-        Duration::from_secs(1),
+        dns_defaults::MIN_REFRESH,
     )?;
     let max_refresh = duration(
         cx,
         &d.max_refresh,
         &format!("{key}.max_refresh"),
-        Duration::from_secs(60),
+        dns_defaults::MAX_REFRESH,
     )?;
     if max_refresh < min_refresh {
         let at = d
@@ -218,10 +213,7 @@ pub(super) fn dns(
         min_refresh,
         max_refresh,
         // Zero is allowed: empty the set at the first NXDOMAIN.
-        nxdomain_grace: d
-            .nxdomain_grace
-            .as_ref()
-            .map_or(Duration::from_secs(30), |g| g.get_ref().0),
+        nxdomain_grace: duration_or_zero(&d.nxdomain_grace, dns_defaults::NXDOMAIN_GRACE),
     })
 }
 
@@ -235,14 +227,14 @@ mod tests {
         let c =
             parse("[registry.etcd]\nendpoints = [\"http://127.0.0.1:2379\", \"http://etcd-2\"]\n")
                 .unwrap();
-        let e = c.registry.etcd.unwrap();
+        let e = c.startup.registry.etcd.unwrap();
         assert_eq!(e.endpoints[1].to_string(), "http://etcd-2:2379/");
         assert_eq!(e.prefix, "/wayfinder/");
         assert_eq!(e.dial_timeout, std::time::Duration::from_secs(2));
         assert_eq!(e.request_timeout, std::time::Duration::from_secs(5));
         assert!(e.auth.is_none());
         let c = parse("[registry.etcd]\nendpoints = [\"http://[::1]:2379\"]\nprefix = \"/x\"\nusername = \"u\"\npassword = \"secret\"\n").unwrap();
-        let e = c.registry.etcd.unwrap();
+        let e = c.startup.registry.etcd.unwrap();
         assert_eq!(e.prefix, "/x/");
         let auth = e.auth.unwrap();
         assert_eq!(auth.username, "u");

@@ -1,0 +1,235 @@
+//! Starting the process: checks the state file, binds every listener
+//! (so a taken port fails the start with the address named), then starts
+//! the registry, its sources, the admin API, health checks, the proxy
+//! server and the idle-connection reaper, and reports ready.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::Running;
+use crate::admin;
+use crate::admin::state::{Phase, RunState};
+use crate::config::Config;
+use crate::proxy::server::{self, ServerSettings};
+use crate::proxy::Proxy;
+use crate::registry::dns::DnsSources;
+use crate::registry::etcd::EtcdStore;
+use crate::registry::registrations::Registrations;
+use crate::registry::Registry;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({role}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `proxy` or `admin`.
+        role: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `registry.state_file` cannot be written (or read).
+    #[error("registry.state_file {}: {what}: {source}", path.display())]
+    StateFile {
+        /// The file.
+        path: PathBuf,
+        /// What was tried.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Checks that `registry.state_file` can be saved where it is (a file
+/// written beside it and renamed over it, as each save does) and, when it
+/// exists, read.
+fn check_state_file(path: &Path) -> Result<(), StartError> {
+    let fail = |what, source| StartError::StateFile {
+        path: path.to_owned(),
+        what,
+        source,
+    };
+    if path.exists() {
+        std::fs::File::open(path).map_err(|e| fail("cannot read it", e))?;
+        if path.is_dir() {
+            return Err(fail(
+                "is a directory",
+                std::io::Error::other("a state file must be a file"),
+            ));
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| {
+            fail(
+                "cannot write beside it (registrations could not be saved)",
+                e,
+            )
+        })?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
+}
+
+/// Binds and starts everything `config` describes. Must be called inside a
+/// Tokio runtime.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    start_from(config, None).await
+}
+
+/// [`start`], with the file `config` was read from (shown by the admin
+/// API).
+pub(crate) async fn start_from(
+    config: &Config,
+    file: Option<&Path>,
+) -> Result<Running, StartError> {
+    if let Some(path) = &config.startup.registry.state_file {
+        check_state_file(path)?;
+    }
+    let mut listeners = Vec::with_capacity(config.startup.listen.len());
+    let mut listen = Vec::with_capacity(config.startup.listen.len());
+    for &addr in &config.startup.listen {
+        let l = server::bind(addr).map_err(|source| StartError::Bind {
+            addr,
+            role: "proxy",
+            source,
+        })?;
+        listen.push(l.local_addr().unwrap_or(addr));
+        listeners.push(l);
+    }
+    let admin_listener = match config.startup.admin.listen {
+        Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
+            addr,
+            role: "admin",
+            source,
+        })?),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let state = RunState::new(config, file.map(Path::to_owned));
+
+    let registry = Registry::new(config);
+    tokio::spawn(registry.clone().run_refresher());
+    let etcd = config.startup.registry.etcd.as_ref().map(|settings| {
+        let store = EtcdStore::new(settings, &registry);
+        let task = store.spawn();
+        (
+            store,
+            task,
+            settings.dial_timeout + settings.request_timeout,
+        )
+    });
+    let registrations = match &etcd {
+        Some((store, _, _)) => Registrations::with_store(&registry, store.clone()),
+        None => Registrations::new(&registry, config.startup.registry.state_file.clone()),
+    };
+    tokio::spawn(registrations.clone().run_expiry());
+
+    // The admin API answers from here on: `/readyz` says "starting" until
+    // the registry is loaded.
+    let (admin_stop_tx, admin_stop) = oneshot::channel::<()>();
+    let admin = admin::Admin {
+        registry: registry.clone(),
+        registrations: registrations.clone(),
+        token: config.startup.admin.token.as_deref().map(Arc::from),
+        auth_reads: config.startup.admin.auth_reads,
+        default_ttl: config.startup.registry.default_ttl,
+        state: state.clone(),
+    };
+    let admin_task = admin_listener.map(|l| {
+        tokio::spawn(admin::serve(l, admin, async move {
+            let _ = admin_stop.await;
+        }))
+    });
+
+    let etcd_task = match etcd {
+        Some((store, task, wait)) => {
+            // Serve with the shared registry loaded when etcd answers in
+            // time; otherwise start anyway (the source keeps retrying).
+            if store.wait_listed(wait).await {
+                registry.rebuild();
+            } else {
+                tracing::warn!(
+                    "etcd not listed yet; serving without its instances until it answers"
+                );
+            }
+            Some(task)
+        }
+        None => {
+            // The state file's registrations are in the first snapshot.
+            registry.rebuild();
+            None
+        }
+    };
+    let dns = DnsSources::start(&registry, config);
+    let health = crate::health::spawn_supervisor(&registry);
+    let proxy = Arc::new(Proxy::new(registry.clone(), config));
+    let snap = registry.load();
+    tracing::info!(
+        listen = ?listen,
+        admin = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        services = snap.service_count(),
+        instances = snap.instance_count(),
+        "wayfinder listening"
+    );
+    drop(snap);
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let reaper = tokio::spawn(reap_idle(
+        proxy.clone(),
+        config.startup.timeouts.upstream_idle,
+    ));
+    let settings = ServerSettings::from_config(config);
+    let done = tokio::spawn(async move {
+        server::serve(listeners, proxy, settings, async move {
+            let _ = stopped.await;
+        })
+        .await;
+        let _ = admin_stop_tx.send(());
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        reaper.abort();
+        health.abort();
+        if let Some(t) = etcd_task {
+            t.abort();
+        }
+    });
+    state.set_phase(Phase::Ready);
+    Ok(Running {
+        listen,
+        admin: admin_addr,
+        registry,
+        state,
+        started: config.clone(),
+        reload_failed: AtomicBool::new(false),
+        dns: Mutex::new(dns),
+        stop,
+        done,
+    })
+}
+
+/// Closes pooled upstream connections idle for longer than `idle`, checking
+/// a few times per `idle`.
+async fn reap_idle(proxy: Arc<Proxy>, idle: Duration) {
+    let period = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        proxy.reap_idle();
+    }
+}

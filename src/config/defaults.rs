@@ -1,0 +1,207 @@
+//! Every default of `wayfinder.toml`, written once. The raw mirror's docs
+//! point here (`raw.rs`), validation applies these values (`validate`), and
+//! a test checks that an empty file gets exactly them. One module per
+//! table, named as in the file.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// `listen`: where clients connect.
+pub(crate) const LISTEN: SocketAddr = SocketAddr::new(LOOPBACK, 8080);
+
+/// `[admin]`.
+pub(crate) mod admin {
+    use super::*;
+
+    /// `admin.listen` (`"off"` disables the admin API).
+    pub(crate) const LISTEN: SocketAddr = SocketAddr::new(LOOPBACK, 9900);
+    /// `admin.auth_reads`.
+    pub(crate) const AUTH_READS: bool = false;
+}
+
+/// `[registry]`.
+pub(crate) mod registry {
+    use super::*;
+
+    /// `registry.self_preservation_percent`.
+    pub(crate) const SELF_PRESERVATION_PERCENT: u8 = 50;
+    /// `registry.max_staleness`.
+    pub(crate) const MAX_STALENESS: Duration = Duration::from_secs(300);
+    /// `registry.default_ttl`.
+    pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(30);
+    /// `registry.max_hold`.
+    pub(crate) const MAX_HOLD: Duration = Duration::from_secs(300);
+}
+
+/// `[registry.etcd]`.
+pub(crate) mod etcd {
+    use super::*;
+
+    /// `registry.etcd.prefix`.
+    pub(crate) const PREFIX: &str = "/wayfinder/";
+    /// The port of an endpoint that names none (etcd's client port).
+    pub(crate) const PORT: u16 = 2379;
+    /// `registry.etcd.dial_timeout`.
+    pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+    /// `registry.etcd.request_timeout`.
+    pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+/// `[timeouts]`.
+pub(crate) mod timeouts {
+    use super::*;
+
+    /// `timeouts.connect`.
+    pub(crate) const CONNECT: Duration = Duration::from_secs(2);
+    /// `timeouts.response_header`.
+    pub(crate) const RESPONSE_HEADER: Duration = Duration::from_secs(30);
+    /// `timeouts.client_header`.
+    pub(crate) const CLIENT_HEADER: Duration = Duration::from_secs(30);
+    /// `timeouts.upstream_idle`.
+    pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+    /// `timeouts.shutdown_drain`.
+    pub(crate) const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+    /// `timeouts.pre_stop` (zero: stop accepting at once).
+    pub(crate) const PRE_STOP: Duration = Duration::ZERO;
+    /// `timeouts.client_body`.
+    pub(crate) const CLIENT_BODY: Duration = Duration::from_secs(15);
+    /// `timeouts.client_send`.
+    pub(crate) const CLIENT_SEND: Duration = Duration::from_secs(15);
+}
+
+/// `[limits]`.
+pub(crate) mod limits {
+    /// `limits.max_header_bytes`.
+    pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
+    /// `limits.max_connections`.
+    pub(crate) const MAX_CONNECTIONS: usize = 10_000;
+    /// `limits.max_idle_per_instance`.
+    pub(crate) const MAX_IDLE_PER_INSTANCE: usize = 64;
+    /// `limits.max_uri_bytes`.
+    pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
+}
+
+/// `[conventions]`.
+pub(crate) mod conventions {
+    /// `conventions.host_suffixes`.
+    pub(crate) const HOST_SUFFIXES: &[&str] = &[".svc"];
+    /// `conventions.path`.
+    pub(crate) const PATH: bool = false;
+}
+
+/// `[proxy]`.
+pub(crate) mod proxy {
+    /// `proxy.via`.
+    pub(crate) const VIA: &str = "wayfinder";
+    /// `proxy.max_attempts`.
+    pub(crate) const MAX_ATTEMPTS: u32 = 3;
+    /// `proxy.debug_header`.
+    pub(crate) const DEBUG_HEADER: bool = false;
+    /// `proxy.snapshot_header`.
+    pub(crate) const SNAPSHOT_HEADER: bool = false;
+    /// `proxy.forwarded`.
+    pub(crate) const FORWARDED: bool = false;
+    /// `proxy.upgrades`.
+    pub(crate) const UPGRADES: &[&str] = &["websocket"];
+    /// `proxy.fast_path`.
+    pub(crate) const FAST_PATH: bool = true;
+}
+
+/// `[http2]`.
+pub(crate) mod http2 {
+    use super::*;
+
+    /// `http2.max_concurrent_streams`.
+    pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 256;
+    /// `http2.keepalive_interval`.
+    pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    /// `http2.keepalive_timeout`.
+    pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `http2.idle_timeout`.
+    pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `http2.max_pending_reset_streams`.
+    pub(crate) const MAX_PENDING_RESET_STREAMS: usize = 20;
+    /// `http2.max_local_error_resets`.
+    pub(crate) const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+}
+
+/// `[[routes]]`.
+pub(crate) mod route {
+    /// `routes[].path`.
+    pub(crate) const PATH: &str = "/";
+}
+
+/// `[services.NAME]` (the service's own keys; `max_attempts` and its
+/// `timeouts` default to the global `proxy.max_attempts` and `[timeouts]`).
+pub(crate) mod service {
+    use super::*;
+
+    /// `instances[].weight`.
+    pub(crate) const WEIGHT: u32 = 1;
+    /// `panic_threshold`.
+    pub(crate) const PANIC_THRESHOLD: u8 = 50;
+    /// `slow_start` (zero: off).
+    pub(crate) const SLOW_START: Duration = Duration::ZERO;
+}
+
+/// `[services.NAME.outlier]`.
+pub(crate) mod outlier {
+    use super::*;
+
+    /// `outlier.connect_failures`.
+    pub(crate) const CONNECT_FAILURES: u32 = 1;
+    /// `outlier.consecutive_failures`.
+    pub(crate) const CONSECUTIVE_FAILURES: u32 = 5;
+    /// `outlier.count_5xx`.
+    pub(crate) const COUNT_5XX: bool = false;
+    /// `outlier.base_ejection`.
+    pub(crate) const BASE_EJECTION: Duration = Duration::from_secs(1);
+    /// `outlier.max_ejection`.
+    pub(crate) const MAX_EJECTION: Duration = Duration::from_secs(30);
+    /// `outlier.max_ejected_percent`.
+    pub(crate) const MAX_EJECTED_PERCENT: u8 = 50;
+}
+
+/// `[services.NAME.retry_budget]`.
+pub(crate) mod retry_budget {
+    /// `retry_budget.percent`.
+    pub(crate) const PERCENT: u32 = 20;
+    /// `retry_budget.min_per_second`.
+    pub(crate) const MIN_PER_SECOND: u32 = 5;
+}
+
+/// `[services.NAME.health]`.
+pub(crate) mod health {
+    use super::*;
+
+    /// `health.interval`.
+    pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
+    /// `health.timeout`, or half the interval when that is shorter.
+    pub(crate) const TIMEOUT: Duration = Duration::from_secs(1);
+    /// `health.healthy_threshold`.
+    pub(crate) const HEALTHY_THRESHOLD: u32 = 2;
+    /// `health.unhealthy_threshold`.
+    pub(crate) const UNHEALTHY_THRESHOLD: u32 = 3;
+    /// `health.jitter` is the interval divided by this.
+    pub(crate) const JITTER_DIVISOR: u32 = 10;
+    /// `health.path` (kind `"http"`).
+    pub(crate) const PATH: &str = "/healthz";
+    /// `health.method` (kind `"http"`).
+    pub(crate) const METHOD: http::Method = http::Method::GET;
+    /// `health.expect` (kind `"http"`): 200 to 399.
+    pub(crate) const EXPECT: (u16, u16) = (200, 399);
+}
+
+/// `[services.NAME.dns]`.
+pub(crate) mod dns {
+    use super::*;
+
+    /// `dns.min_refresh`.
+    pub(crate) const MIN_REFRESH: Duration = Duration::from_secs(1);
+    /// `dns.max_refresh`.
+    pub(crate) const MAX_REFRESH: Duration = Duration::from_secs(60);
+    /// `dns.nxdomain_grace` (zero: empty the set at the first NXDOMAIN).
+    pub(crate) const NXDOMAIN_GRACE: Duration = Duration::from_secs(30);
+}

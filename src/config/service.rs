@@ -1,0 +1,170 @@
+//! The typed settings of one service: `[services.NAME]` and its tables
+//! (instances, balancing, timeouts, active and passive health, retry
+//! budget, DNS discovery), as validation builds them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One `[services.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The service's name.
+    pub name: Arc<str>,
+    /// How instances are picked.
+    pub balance: Balance,
+    /// Instances written in the file.
+    pub instances: Vec<StaticInstance>,
+    /// Health, retry and timeout behaviour.
+    pub policy: Arc<ServicePolicy>,
+    /// `[services.NAME.dns]`: instances found in DNS, when configured.
+    pub dns: Option<DnsDiscovery>,
+}
+
+/// `[services.NAME.dns]`: a service's instances resolved from DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    /// The name to resolve.
+    pub name: String,
+    /// Which records, and where the port comes from.
+    pub kind: DnsKind,
+    /// The nameserver to ask; `None` uses the system's `resolv.conf`.
+    pub nameserver: Option<SocketAddr>,
+    /// Shortest time between two resolutions, whatever the record TTL.
+    pub min_refresh: Duration,
+    /// Longest time between two resolutions, whatever the record TTL.
+    pub max_refresh: Duration,
+    /// How long a name may stay NXDOMAIN (or without records) before the
+    /// service's DNS instances are removed.
+    pub nxdomain_grace: Duration,
+}
+
+/// The records a [`DnsDiscovery`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsKind {
+    /// A and AAAA records; every address gets this port.
+    A {
+        /// The instances' port.
+        port: u16,
+    },
+    /// SRV records: target, port and weight per instance.
+    Srv,
+}
+
+/// How the proxy treats one service's instances: timeouts, retries, active
+/// and passive health, slow start and panic mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePolicy {
+    /// Attempts per request (first try included).
+    pub max_attempts: u32,
+    /// Timeouts for requests to this service.
+    pub timeouts: ServiceTimeouts,
+    /// Active health checks, when configured.
+    pub health: Option<HealthCheck>,
+    /// Passive health.
+    pub outlier: Outlier,
+    /// When fewer than this percent of the instances are usable, health is
+    /// ignored and traffic spreads over all of them (0 disables).
+    pub panic_threshold: u8,
+    /// Ramp-up window of an instance that just became healthy (zero: off).
+    pub slow_start: Duration,
+    /// Retry budget.
+    pub retry_budget: RetryBudget,
+}
+
+/// `[services.NAME.timeouts]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTimeouts {
+    /// TCP connect to an instance.
+    pub connect: Duration,
+    /// Request written to response head received, per attempt.
+    pub response_header: Duration,
+    /// Whole request until the response head, all attempts included.
+    pub request: Option<Duration>,
+}
+
+/// `[services.NAME.health]`: an active check run against every instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What is checked.
+    pub kind: CheckKind,
+    /// Time between checks of one instance.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Consecutive passes that bring an unhealthy instance back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a healthy instance out.
+    pub unhealthy_threshold: u32,
+    /// Up to this much random delay added to each interval.
+    pub jitter: Duration,
+    /// Whether a new instance takes traffic before its first check passes.
+    pub start_healthy: bool,
+}
+
+/// The kind of active check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// An HTTP request whose status must fall in one of the ranges.
+    Http {
+        /// Request method.
+        method: http::Method,
+        /// Request path.
+        path: String,
+        /// Host header; the instance address when absent.
+        host: Option<String>,
+        /// Accepted status ranges, inclusive.
+        expect: Vec<(u16, u16)>,
+    },
+    /// A TCP connect.
+    Tcp,
+}
+
+/// `[services.NAME.outlier]`: passive health from real traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlier {
+    /// Consecutive connect failures (refused, timed out) that eject (0: off).
+    pub connect_failures: u32,
+    /// Consecutive failures of any kind (connect, reset, timeout, and 5xx
+    /// when counted) that eject (0: off).
+    pub consecutive_failures: u32,
+    /// Whether 5xx responses count as failures.
+    pub count_5xx: bool,
+    /// First ejection's length; doubles with each consecutive ejection.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// Most of a service's instances ejected at once, in percent (at least
+    /// one instance can always be ejected).
+    pub max_ejected_percent: u8,
+}
+
+/// `[services.NAME.retry_budget]`: retries allowed on top of requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetryBudget {
+    /// Retries as a percent of requests over the last ten seconds.
+    pub percent: u32,
+    /// Retries always allowed per second, however few the requests.
+    pub min_per_second: u32,
+}
+
+/// A balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Smooth weighted round-robin.
+    #[default]
+    RoundRobin,
+    /// Fewest in-flight requests (relative to weight), ties rotated.
+    LeastConnections,
+}
+
+/// An instance written in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticInstance {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Relative share of traffic, 1 to 1000.
+    pub weight: u32,
+}
