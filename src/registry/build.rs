@@ -68,57 +68,9 @@ impl BuildState {
             let members: Box<[Member]> = specs
                 .iter()
                 .map(|p| {
-                    let Placed { spec, source, .. } = p;
-                    let key = InstanceKey {
-                        service: name.clone(),
-                        addr: spec.addr,
-                    };
-                    let state = match self.live.get(&key).and_then(Weak::upgrade) {
-                        Some(state) => {
-                            adjust_health(&state, policy);
-                            state
-                        }
-                        None => {
-                            let mut health = initial_health(policy);
-                            let vouched =
-                                self.vouched.remove(&key).is_some() && health == Health::Unknown;
-                            if vouched {
-                                health = Health::Healthy;
-                            }
-                            let state = Arc::new(InstanceState::new(key.clone(), health));
-                            if vouched {
-                                state.note_health("healthy", VOUCHED.to_owned());
-                            }
-                            // Instances joining a running service ramp up;
-                            // those checked first ramp once they pass.
-                            if !first_build && !policy.slow_start.is_zero() {
-                                if state.is_available(now) {
-                                    state.start_warming(now);
-                                } else {
-                                    state.mark_late_joiner();
-                                }
-                            }
-                            state
-                        }
-                    };
-                    self.live.insert(key.clone(), Arc::downgrade(&state));
-                    placed.insert(key);
-                    let reason = match (p.operator_drain, spec.draining) {
-                        (true, _) => "drained by an operator",
-                        (false, true) => "drain requested by its source",
-                        (false, false) => "drain cancelled",
-                    };
-                    state.set_draining(p.operator_drain || spec.draining, reason);
-                    Member {
-                        instance: state,
-                        weight: spec.weight,
-                        id: spec.id.clone(),
-                        tags: spec.tags.clone(),
-                        source: source.clone(),
-                        draining: spec.draining,
-                        operator_drain: p.operator_drain,
-                        held: p.held.clone(),
-                    }
+                    let member = self.member(name, policy, p, now, first_build);
+                    placed.insert(member.instance.key().clone());
+                    member
                 })
                 .collect();
             let schedule = Schedule::new(members.iter().map(|m| m.weight));
@@ -155,6 +107,79 @@ impl BuildState {
         self.service_live
             .retain(|name, _| services.contains_key(name));
         Snapshot::new(self.version, self.router.clone(), services)
+    }
+}
+
+impl BuildState {
+    /// The member `p` of service `name`: its live state (kept by identity,
+    /// or fresh), with the drain its source or an operator asked for.
+    fn member(
+        &mut self,
+        name: &Arc<str>,
+        policy: &ServicePolicy,
+        p: &Placed,
+        now: u64,
+        first_build: bool,
+    ) -> Member {
+        let Placed { spec, source, .. } = p;
+        let key = InstanceKey {
+            service: name.clone(),
+            addr: spec.addr,
+        };
+        let state = match self.live.get(&key).and_then(Weak::upgrade) {
+            Some(state) => {
+                adjust_health(&state, policy);
+                state
+            }
+            None => self.fresh_state(&key, policy, now, first_build),
+        };
+        self.live.insert(key, Arc::downgrade(&state));
+        let reason = match (p.operator_drain, spec.draining) {
+            (true, _) => "drained by an operator",
+            (false, true) => "drain requested by its source",
+            (false, false) => "drain cancelled",
+        };
+        state.set_draining(p.operator_drain || spec.draining, reason);
+        Member {
+            instance: state,
+            weight: spec.weight,
+            id: spec.id.clone(),
+            tags: spec.tags.clone(),
+            source: source.clone(),
+            draining: spec.draining,
+            operator_drain: p.operator_drain,
+            held: p.held.clone(),
+        }
+    }
+
+    /// Live state for an instance that just appeared: its starting health
+    /// (healthy if its registration vouched for it), and a slow-start ramp
+    /// when it joins a running service (once its first check passes, if it
+    /// is checked).
+    fn fresh_state(
+        &mut self,
+        key: &InstanceKey,
+        policy: &ServicePolicy,
+        now: u64,
+        first_build: bool,
+    ) -> Arc<InstanceState> {
+        let mut health = initial_health(policy);
+        let vouched = self.vouched.remove(key).is_some() && health == Health::Unknown;
+        if vouched {
+            health = Health::Healthy;
+        }
+        let state = Arc::new(InstanceState::new(key.clone(), health));
+        if vouched {
+            state.note_health("healthy", VOUCHED.to_owned());
+        }
+        if !first_build && !policy.slow_start.is_zero() {
+            if state.is_available(now) {
+                state.start_warming(now);
+            } else {
+                state.mark_late_joiner();
+            }
+        }
+        state
     }
 }
 
