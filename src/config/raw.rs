@@ -39,6 +39,9 @@ pub(crate) struct RawConfig {
     pub proxy: RawProxy,
     #[serde(default)]
     pub http2: RawHttp2,
+    /// TLS listeners. Default none.
+    #[serde(default)]
+    pub tls: Vec<RawTls>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     #[serde(default)]
@@ -221,6 +224,33 @@ pub(crate) struct RawHttp2 {
     pub max_local_error_resets: Option<Spanned<i64>>,
 }
 
+/// One `[[tls]]` table: addresses served over TLS and their certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    /// Listener addresses ("IP:PORT"). Required.
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    /// Certificate chains and keys (PEM files, relative to the config
+    /// file's directory); the first is the default. Required.
+    pub certificates: Spanned<Vec<RawCertificate>>,
+}
+
+/// `{ cert = "...", key = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// What a route does with a request that did not come over TLS.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawRequireTls {
+    Redirect,
+    Refuse,
+}
+
 /// One `[[routes]]` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,6 +266,9 @@ pub(crate) struct RawRoute {
     pub service: Spanned<String>,
     /// Upgrade protocols forwarded on this route. Default: `proxy.upgrades`.
     pub upgrades: Option<Vec<Spanned<String>>>,
+    /// Plain-HTTP requests: `"redirect"` (308 to https) or `"refuse"`
+    /// (403). Default: served.
+    pub require_tls: Option<RawRequireTls>,
 }
 
 /// One `[services.NAME]` table.

@@ -117,12 +117,13 @@ impl Serialize for HostMatch {
 
 impl Serialize for Route {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Route", 5)?;
+        let mut m = s.serialize_struct("Route", 6)?;
         m.serialize_field("host", &self.host)?;
         m.serialize_field("path", &self.path)?;
         m.serialize_field("strip_prefix", &self.strip_prefix)?;
         m.serialize_field("service", &*self.service)?;
         m.serialize_field("upgrades", &self.upgrades)?;
+        m.serialize_field("require_tls", &self.require_tls)?;
         m.end()
     }
 }

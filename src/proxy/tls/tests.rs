@@ -18,6 +18,11 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Named, or OpenSSL clients take a leaf with the same (empty)
+        // issuer and subject for self-signed.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wayfinder test CA");
         let ca = params.self_signed(&ca_key).unwrap();
         Pki { dir, ca, ca_key }
     }
