@@ -79,7 +79,7 @@ fn write(path: &Path, text: &str) -> Result<(), CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::tls::{CertFiles, CertStore};
+    use crate::tls::{CertFiles, CertStore};
 
     #[test]
     fn makes_files_the_tls_listener_loads() {

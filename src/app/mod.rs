@@ -52,7 +52,7 @@ pub struct Running {
     /// Addresses of the TLS listeners (`[[tls]]`), likewise.
     pub listen_tls: Vec<SocketAddr>,
     /// Their certificates (read again on SIGHUP).
-    cert_stores: Vec<Arc<crate::proxy::tls::CertStore>>,
+    cert_stores: Vec<Arc<crate::tls::CertStore>>,
     /// The admin API's address, when enabled.
     pub admin: Option<SocketAddr>,
     /// The registry it routes through.

@@ -16,7 +16,7 @@ use crate::admin;
 use crate::admin::state::{Phase, RunState};
 use crate::config::Config;
 use crate::proxy::server::{self, Listener, ServerSettings};
-use crate::proxy::tls::{CertFiles, CertStore};
+use crate::tls::CertStore;
 use crate::proxy::Proxy;
 use crate::registry::dns::DnsSources;
 use crate::registry::etcd::EtcdStore;
@@ -42,7 +42,7 @@ pub enum StartError {
         /// The listener.
         addr: SocketAddr,
         /// What is wrong with which file.
-        source: Box<crate::proxy::tls::TlsError>,
+        source: Box<crate::tls::TlsError>,
     },
     /// `registry.state_file` cannot be written (or read).
     #[error("registry.state_file {}: {what}: {source}", path.display())]
@@ -119,14 +119,7 @@ pub(crate) async fn start_from(
     let mut listen_tls = Vec::new();
     let mut cert_stores = Vec::new();
     for t in &config.startup.tls {
-        let files = t
-            .certificates
-            .iter()
-            .map(|c| CertFiles {
-                cert: c.cert.clone(),
-                key: c.key.clone(),
-            })
-            .collect();
+        let files = t.certificates.clone();
         let first = t
             .listen
             .first()

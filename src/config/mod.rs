@@ -100,11 +100,11 @@ use serde::Serialize;
 
 pub use error::ConfigError;
 pub use service::{
-    Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, RetryBudget, ServiceConfig,
-    ServicePolicy, ServiceTimeouts, StaticInstance,
+    Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, Protocol, RetryBudget,
+    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, Upstream,
 };
 pub use startup::{
-    AdminSettings, CertPaths, Cidr, ConnectionTimeouts, EtcdAuth, EtcdSettings, ForwardingSettings,
+    AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth, EtcdSettings, ForwardingSettings,
     Http2Settings, Limits, RegistrationSettings, Runtime, Startup, TlsListener,
 };
 

@@ -301,6 +301,68 @@ pub(crate) struct RawService {
     pub retry_budget: RawRetryBudget,
     /// Instances resolved from DNS. Default none.
     pub dns: Option<Spanned<RawDns>>,
+    /// The protocol spoken to instances. Default `"http1"`.
+    pub protocol: Option<Spanned<RawProtocol>>,
+    /// TLS towards instances: `true`, or a table. Default none.
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+/// `protocol` of a service.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawProtocol {
+    Http1,
+    H2c,
+    H2,
+    Auto,
+}
+
+/// `tls = true | false` or `[services.NAME.tls]`.
+#[derive(Debug)]
+pub(crate) enum RawUpstreamTls {
+    Off,
+    On(RawUpstreamTlsTable),
+}
+
+/// `[services.NAME.tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTlsTable {
+    /// PEM CA certificates to trust. Default: the system's trust store.
+    pub ca_file: Option<Spanned<String>>,
+    /// SNI and the name verified. Default: the instance's IP address.
+    pub server_name: Option<Spanned<String>>,
+    /// Client certificate chain (mTLS); with `key`.
+    pub cert: Option<Spanned<String>>,
+    /// Client certificate key; with `cert`.
+    pub key: Option<Spanned<String>>,
+    /// Accept any certificate. Default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+impl<'de> Deserialize<'de> for RawUpstreamTls {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawUpstreamTls;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or a table (ca_file, server_name, cert, key, insecure_skip_verify)")
+            }
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
+                Ok(if on {
+                    RawUpstreamTls::On(RawUpstreamTlsTable::default())
+                } else {
+                    RawUpstreamTls::Off
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawUpstreamTlsTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawUpstreamTls::On)
+            }
+        }
+        de.deserialize_any(V)
+    }
 }
 
 /// `[services.NAME.dns]`.

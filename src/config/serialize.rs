@@ -165,7 +165,9 @@ fn policy_entries<M: SerializeMap>(m: &mut M, p: &ServicePolicy) -> Result<(), M
     m.serialize_entry("timeouts", &p.timeouts)?;
     m.serialize_entry("health", &p.health)?;
     m.serialize_entry("outlier", &p.outlier)?;
-    m.serialize_entry("retry_budget", &p.retry_budget)
+    m.serialize_entry("retry_budget", &p.retry_budget)?;
+    m.serialize_entry("protocol", &p.upstream.protocol)?;
+    m.serialize_entry("tls", &p.upstream.tls.as_ref().map(|t| t.settings()))
 }
 
 impl Serialize for ServicePolicy {

@@ -46,16 +46,7 @@ pub struct TlsListener {
     pub listen: Vec<SocketAddr>,
     /// Its certificates; the first is served when no other matches the
     /// client's server name.
-    pub certificates: Vec<CertPaths>,
-}
-
-/// A certificate chain and its key, as PEM files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CertPaths {
-    /// The chain, leaf first.
-    pub cert: PathBuf,
-    /// The private key.
-    pub key: PathBuf,
+    pub certificates: Vec<crate::tls::CertFiles>,
 }
 
 impl Startup {

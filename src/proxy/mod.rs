@@ -16,7 +16,6 @@ pub(crate) mod policy;
 pub mod retry;
 mod route;
 pub mod server;
-pub mod tls;
 pub(crate) mod upstream;
 
 use std::sync::Arc;

@@ -17,6 +17,7 @@ mod health;
 mod routes;
 mod services;
 mod tls;
+mod upstream;
 
 use std::path::Path;
 use std::sync::Arc;

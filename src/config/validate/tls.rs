@@ -11,7 +11,8 @@ use toml::Spanned;
 use super::global::{listen_addr, overlap};
 use crate::config::check::Cx;
 use crate::config::raw::{RawCertificate, RawTls};
-use crate::config::{CertPaths, ConfigError, TlsListener};
+use crate::config::{ConfigError, TlsListener};
+use crate::tls::CertFiles;
 
 /// Every `[[tls]]` table; `plain` are the plain listeners they must not
 /// overlap.
@@ -64,15 +65,15 @@ pub(super) fn tls(cx: &Cx<'_>, raw: &[RawTls], plain: &[SocketAddr]) -> Vec<TlsL
     out
 }
 
-fn cert(cx: &Cx<'_>, c: &RawCertificate, key: &str) -> Result<CertPaths, ConfigError> {
-    Ok(CertPaths {
+fn cert(cx: &Cx<'_>, c: &RawCertificate, key: &str) -> Result<CertFiles, ConfigError> {
+    Ok(CertFiles {
         cert: file(cx, &c.cert, &format!("{key}.cert"))?,
         key: file(cx, &c.key, &format!("{key}.key"))?,
     })
 }
 
 /// A file path relative to the config file's directory, which must exist.
-fn file(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+pub(super) fn file(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
     let p = PathBuf::from(s.get_ref());
     let p = if p.is_relative() {
         cx.file().parent().unwrap_or(Path::new(".")).join(p)
