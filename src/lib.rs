@@ -46,6 +46,8 @@
 //!   instances.
 //! - [`clock`]: a cheap monotonic millisecond clock for state kept in
 //!   atomics.
+//! - [`tls`]: TLS material for both sides: the certificates listeners
+//!   serve, the client configuration towards a service's instances.
 #![forbid(unsafe_code)]
 
 // In the order of the layout above (blank lines keep rustfmt from sorting).
@@ -70,3 +72,5 @@ pub mod registrar;
 pub mod demo;
 
 pub mod clock;
+
+pub mod tls;

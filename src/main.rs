@@ -71,6 +71,17 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Make a local certificate authority and a server certificate signed by
+    /// it (PEM: ca.crt, server.crt, server.key) for trying TLS listeners on
+    /// this machine; clients trust ca.crt. Not for production.
+    Cert {
+        /// Directory for the files (created if needed).
+        #[arg(long, default_value = "config/tls")]
+        out: PathBuf,
+        /// Names the certificate is valid for (DNS names, *.wildcards, IPs).
+        #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
+        names: Vec<String>,
+    },
     /// Internal: how `wayfinder register` starts its command (see
     /// `wayfinder::registrar::exec_child`).
     #[command(name = "register-exec", hide = true)]
@@ -319,6 +330,19 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }),
+        Command::Cert { out, names } => match wayfinder::app::cert::make(&out, &names) {
+            Ok(made) => {
+                println!(
+                    "wrote {} and {} (valid for {}), signed by the local CA {}",
+                    made.cert.display(),
+                    made.key.display(),
+                    names.join(", "),
+                    made.ca.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::RegisterExec { .. } => unreachable!("handled before logging starts"),
     }
 }

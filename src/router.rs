@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{check_service_name, Config, HostMatch};
+use crate::config::{check_service_name, Config, HostMatch, RequireTls};
 
 /// The routing table built from one config.
 #[derive(Debug, PartialEq)]
@@ -40,6 +40,7 @@ struct PathRule {
     strip: bool,
     service: Arc<str>,
     upgrades: Option<Vec<String>>,
+    require_tls: Option<RequireTls>,
 }
 
 /// Where a request goes.
@@ -51,6 +52,8 @@ pub struct RouteTarget<'a> {
     pub strip: usize,
     /// The upgrade protocols forwarded on this route (lower case).
     pub(crate) upgrades: &'a [String],
+    /// What a plain-HTTP request on this route gets, if not served.
+    pub(crate) require_tls: Option<RequireTls>,
 }
 
 impl RouteTarget<'_> {
@@ -74,6 +77,7 @@ impl Router {
                 strip: r.strip_prefix,
                 service: r.service.clone(),
                 upgrades: r.upgrades.clone(),
+                require_tls: r.require_tls,
             };
             match &r.host {
                 HostMatch::Any => any.push(rule),
@@ -119,6 +123,7 @@ impl Router {
                             service,
                             strip: 0,
                             upgrades: &self.default_upgrades,
+                            require_tls: None,
                         });
                     }
                 }
@@ -132,6 +137,7 @@ impl Router {
                     service: Cow::Owned(name.to_owned()),
                     strip: 1 + name.len(),
                     upgrades: &self.default_upgrades,
+                    require_tls: None,
                 });
             }
         }
@@ -170,6 +176,7 @@ impl Router {
                     0
                 },
                 upgrades: r.upgrades.as_deref().unwrap_or(&self.default_upgrades),
+                require_tls: r.require_tls,
             })
     }
 }

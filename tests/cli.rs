@@ -56,6 +56,44 @@ async fn check_accepts_the_shipped_config() {
     assert!(stdout.contains(": ok ("), "{stdout}");
 }
 
+/// Every example in `config/` passes `check` (the TLS one after `wayfinder
+/// cert` made the files it names, as its header says), copied to a
+/// directory of the test's own.
+#[tokio::test]
+async fn check_accepts_every_example_config() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let dir = std::env::temp_dir().join(format!("wayfinder-examples-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = wayfinder(&["cert", "--out"]);
+    cmd.arg(dir.join("tls"));
+    let (status, _, stderr) = finish(cmd).await;
+    assert!(status.success(), "wayfinder cert: {stderr}");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let copy = dir.join(path.file_name().unwrap());
+        std::fs::copy(&path, &copy).unwrap();
+        let mut cmd = wayfinder(&["check", "--config"]);
+        cmd.arg(&copy);
+        let (status, stdout, stderr) = finish(cmd).await;
+        assert!(
+            status.success(),
+            "{}: {status}\nstdout: {stdout}\nstderr: {stderr}",
+            path.display()
+        );
+        checked += 1;
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        checked >= 5,
+        "only {checked} examples found in {}",
+        src.display()
+    );
+}
+
 #[tokio::test]
 async fn check_names_file_line_and_key_of_an_unknown_key() {
     let bad = ConfigFile::new("cli-unknown-key", UNKNOWN_KEY_ON_LINE_7);

@@ -8,6 +8,7 @@
 //! once ([`signals`]). [`logging`] sets up the log output `wayfinder`
 //! writes.
 
+pub mod cert;
 pub mod logging;
 mod reload;
 pub mod signals;
@@ -48,6 +49,10 @@ pub struct Running {
     /// Addresses the proxy listens on (with the real ports when the config
     /// asked for port 0).
     pub listen: Vec<SocketAddr>,
+    /// Addresses of the TLS listeners (`[[tls]]`), likewise.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Their certificates (read again on SIGHUP).
+    cert_stores: Vec<Arc<crate::tls::CertStore>>,
     /// The admin API's address, when enabled.
     pub admin: Option<SocketAddr>,
     /// The registry it routes through.

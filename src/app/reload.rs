@@ -76,6 +76,19 @@ impl Running {
         Ok(true)
     }
 
+    /// Reads every TLS listener's certificate files again (SIGHUP); a bad
+    /// file is logged and that listener keeps its certificates.
+    pub(crate) fn reload_certificates(&self) {
+        for store in &self.cert_stores {
+            match store.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificates not reloaded; the running ones stay")
+                }
+            }
+        }
+    }
+
     /// After a valid reload: the `config` source no longer shows the error
     /// of an earlier rejected one.
     fn clear_reload_error(&self, config: &Config) {
@@ -113,6 +126,9 @@ impl Running {
                 }
                 last = now;
                 let Some(running) = me.upgrade() else { return };
+                if by_signal {
+                    running.reload_certificates();
+                }
                 let _ = running.reload(&path, &mut current);
             }
         });

@@ -15,7 +15,8 @@ use super::Running;
 use crate::admin;
 use crate::admin::state::{Phase, RunState};
 use crate::config::Config;
-use crate::proxy::server::{self, ServerSettings};
+use crate::proxy::server::{self, Listener, ServerSettings};
+use crate::tls::CertStore;
 use crate::proxy::Proxy;
 use crate::registry::dns::DnsSources;
 use crate::registry::etcd::EtcdStore;
@@ -34,6 +35,14 @@ pub enum StartError {
         role: &'static str,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// A TLS listener's certificates could not be loaded.
+    #[error("[[tls]] listener {addr}: {source}")]
+    Tls {
+        /// The listener.
+        addr: SocketAddr,
+        /// What is wrong with which file.
+        source: Box<crate::tls::TlsError>,
     },
     /// `registry.state_file` cannot be written (or read).
     #[error("registry.state_file {}: {what}: {source}", path.display())]
@@ -96,7 +105,7 @@ pub(crate) async fn start_from(
     if let Some(path) = &config.startup.registry.state_file {
         check_state_file(path)?;
     }
-    let mut listeners = Vec::with_capacity(config.startup.listen.len());
+    let mut listeners: Vec<Listener> = Vec::with_capacity(config.startup.listen.len());
     let mut listen = Vec::with_capacity(config.startup.listen.len());
     for &addr in &config.startup.listen {
         let l = server::bind(addr).map_err(|source| StartError::Bind {
@@ -105,7 +114,31 @@ pub(crate) async fn start_from(
             source,
         })?;
         listen.push(l.local_addr().unwrap_or(addr));
-        listeners.push(l);
+        listeners.push(l.into());
+    }
+    let mut listen_tls = Vec::new();
+    let mut cert_stores = Vec::new();
+    for t in &config.startup.tls {
+        let files = t.certificates.clone();
+        let first = t
+            .listen
+            .first()
+            .copied()
+            .unwrap_or(([0, 0, 0, 0], 0).into());
+        let store = CertStore::new(files).map_err(|source| StartError::Tls {
+            addr: first,
+            source: Box::new(source),
+        })?;
+        for &addr in &t.listen {
+            let l = server::bind(addr).map_err(|source| StartError::Bind {
+                addr,
+                role: "proxy (TLS)",
+                source,
+            })?;
+            listen_tls.push(l.local_addr().unwrap_or(addr));
+            listeners.push(Listener::tls(l, store.clone()));
+        }
+        cert_stores.push(store);
     }
     let admin_listener = match config.startup.admin.listen {
         Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
@@ -176,10 +209,13 @@ pub(crate) async fn start_from(
     };
     let dns = DnsSources::start(&registry, config);
     let health = crate::health::spawn_supervisor(&registry);
-    let proxy = Arc::new(Proxy::new(registry.clone(), config));
+    let proxy = Arc::new(
+        Proxy::new(registry.clone(), config).with_https_port(listen_tls.first().map(|a| a.port())),
+    );
     let snap = registry.load();
     tracing::info!(
         listen = ?listen,
+        listen_tls = ?listen_tls,
         admin = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         services = snap.service_count(),
         instances = snap.instance_count(),
@@ -211,6 +247,8 @@ pub(crate) async fn start_from(
     state.set_phase(Phase::Ready);
     Ok(Running {
         listen,
+        listen_tls,
+        cert_stores,
         admin: admin_addr,
         registry,
         state,

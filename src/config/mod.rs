@@ -100,12 +100,12 @@ use serde::Serialize;
 
 pub use error::ConfigError;
 pub use service::{
-    Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, RetryBudget, ServiceConfig,
-    ServicePolicy, ServiceTimeouts, StaticInstance,
+    Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, Protocol, RetryBudget,
+    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, Upstream,
 };
 pub use startup::{
     AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth, EtcdSettings, ForwardingSettings,
-    Http2Settings, Limits, RegistrationSettings, Runtime, Startup,
+    Http2Settings, Limits, RegistrationSettings, Runtime, Startup, TlsListener,
 };
 
 /// A fully validated configuration. [`Config::startup`] holds what the
@@ -199,6 +199,18 @@ pub struct Route {
     pub service: Arc<str>,
     /// Upgrade protocols forwarded on this route (`None`: `proxy.upgrades`).
     pub upgrades: Option<Vec<String>>,
+    /// What happens to a plain-HTTP request (`None`: it is served).
+    pub require_tls: Option<RequireTls>,
+}
+
+/// What a route that requires TLS does with a plain-HTTP request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequireTls {
+    /// `308 Permanent Redirect` to the same URL over https.
+    Redirect,
+    /// `403 Forbidden`.
+    Refuse,
 }
 
 /// The Host part of a route.

@@ -39,6 +39,9 @@ pub(crate) struct RawConfig {
     pub proxy: RawProxy,
     #[serde(default)]
     pub http2: RawHttp2,
+    /// TLS listeners. Default none.
+    #[serde(default)]
+    pub tls: Vec<RawTls>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     #[serde(default)]
@@ -221,6 +224,33 @@ pub(crate) struct RawHttp2 {
     pub max_local_error_resets: Option<Spanned<i64>>,
 }
 
+/// One `[[tls]]` table: addresses served over TLS and their certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    /// Listener addresses ("IP:PORT"). Required.
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    /// Certificate chains and keys (PEM files, relative to the config
+    /// file's directory); the first is the default. Required.
+    pub certificates: Spanned<Vec<RawCertificate>>,
+}
+
+/// `{ cert = "...", key = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// What a route does with a request that did not come over TLS.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawRequireTls {
+    Redirect,
+    Refuse,
+}
+
 /// One `[[routes]]` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,6 +266,9 @@ pub(crate) struct RawRoute {
     pub service: Spanned<String>,
     /// Upgrade protocols forwarded on this route. Default: `proxy.upgrades`.
     pub upgrades: Option<Vec<Spanned<String>>>,
+    /// Plain-HTTP requests: `"redirect"` (308 to https) or `"refuse"`
+    /// (403). Default: served.
+    pub require_tls: Option<RawRequireTls>,
 }
 
 /// One `[services.NAME]` table.
@@ -268,6 +301,68 @@ pub(crate) struct RawService {
     pub retry_budget: RawRetryBudget,
     /// Instances resolved from DNS. Default none.
     pub dns: Option<Spanned<RawDns>>,
+    /// The protocol spoken to instances. Default `"http1"`.
+    pub protocol: Option<Spanned<RawProtocol>>,
+    /// TLS towards instances: `true`, or a table. Default none.
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+/// `protocol` of a service.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawProtocol {
+    Http1,
+    H2c,
+    H2,
+    Auto,
+}
+
+/// `tls = true | false` or `[services.NAME.tls]`.
+#[derive(Debug)]
+pub(crate) enum RawUpstreamTls {
+    Off,
+    On(RawUpstreamTlsTable),
+}
+
+/// `[services.NAME.tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTlsTable {
+    /// PEM CA certificates to trust. Default: the system's trust store.
+    pub ca_file: Option<Spanned<String>>,
+    /// SNI and the name verified. Default: the instance's IP address.
+    pub server_name: Option<Spanned<String>>,
+    /// Client certificate chain (mTLS); with `key`.
+    pub cert: Option<Spanned<String>>,
+    /// Client certificate key; with `cert`.
+    pub key: Option<Spanned<String>>,
+    /// Accept any certificate. Default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+impl<'de> Deserialize<'de> for RawUpstreamTls {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawUpstreamTls;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or a table (ca_file, server_name, cert, key, insecure_skip_verify)")
+            }
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<Self::Value, E> {
+                Ok(if on {
+                    RawUpstreamTls::On(RawUpstreamTlsTable::default())
+                } else {
+                    RawUpstreamTls::Off
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawUpstreamTlsTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawUpstreamTls::On)
+            }
+        }
+        de.deserialize_any(V)
+    }
 }
 
 /// `[services.NAME.dns]`.

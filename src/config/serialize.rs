@@ -117,12 +117,13 @@ impl Serialize for HostMatch {
 
 impl Serialize for Route {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Route", 5)?;
+        let mut m = s.serialize_struct("Route", 6)?;
         m.serialize_field("host", &self.host)?;
         m.serialize_field("path", &self.path)?;
         m.serialize_field("strip_prefix", &self.strip_prefix)?;
         m.serialize_field("service", &*self.service)?;
         m.serialize_field("upgrades", &self.upgrades)?;
+        m.serialize_field("require_tls", &self.require_tls)?;
         m.end()
     }
 }
@@ -164,7 +165,9 @@ fn policy_entries<M: SerializeMap>(m: &mut M, p: &ServicePolicy) -> Result<(), M
     m.serialize_entry("timeouts", &p.timeouts)?;
     m.serialize_entry("health", &p.health)?;
     m.serialize_entry("outlier", &p.outlier)?;
-    m.serialize_entry("retry_budget", &p.retry_budget)
+    m.serialize_entry("retry_budget", &p.retry_budget)?;
+    m.serialize_entry("protocol", &p.upstream.protocol)?;
+    m.serialize_entry("tls", &p.upstream.tls.as_ref().map(|t| t.settings()))
 }
 
 impl Serialize for ServicePolicy {

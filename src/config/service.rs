@@ -72,6 +72,35 @@ pub struct ServicePolicy {
     pub slow_start: Duration,
     /// Retry budget.
     pub retry_budget: RetryBudget,
+    /// How instances are spoken to: protocol and TLS.
+    pub upstream: Upstream,
+}
+
+/// `protocol` and `tls` of a service: how the proxy speaks to its
+/// instances.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Upstream {
+    /// The protocol, as written.
+    pub protocol: Protocol,
+    /// TLS towards the instances (`tls = true`, a `tls` table, or implied
+    /// by `protocol = "h2"`), loaded; `None` is plain TCP.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
+}
+
+/// `protocol`: what the proxy speaks to a service's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (over TLS when `tls` is set, ALPN `http/1.1`).
+    #[default]
+    Http1,
+    /// HTTP/2 over plain TCP, by prior knowledge.
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2`; the instance must accept it).
+    H2,
+    /// Over TLS, what the instance picks by ALPN (`h2` or `http/1.1`);
+    /// over plain TCP, HTTP/1.1.
+    Auto,
 }
 
 /// `[services.NAME.timeouts]`.

@@ -34,6 +34,19 @@ pub struct Startup {
     pub proxy: ForwardingSettings,
     /// `[http2]`.
     pub http2: Http2Settings,
+    /// `[[tls]]`: the TLS listeners (their certificate files are read
+    /// again when they change, without a restart).
+    pub tls: Vec<TlsListener>,
+}
+
+/// One `[[tls]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsListener {
+    /// Where it listens.
+    pub listen: Vec<SocketAddr>,
+    /// Its certificates; the first is served when no other matches the
+    /// client's server name.
+    pub certificates: Vec<crate::tls::CertFiles>,
 }
 
 impl Startup {
@@ -62,7 +75,7 @@ impl Startup {
     }
 
     /// Each table (and `listen`) by its name in the file, in file order.
-    fn tables(&self) -> [(&'static str, Value); 8] {
+    fn tables(&self) -> [(&'static str, Value); 9] {
         // No `..`: a new field is a compile error here until it is listed.
         let Startup {
             listen,
@@ -73,6 +86,7 @@ impl Startup {
             limits,
             proxy,
             http2,
+            tls,
         } = self;
         fn v<T: Serialize>(x: &T) -> Value {
             serde_json::to_value(x).expect("settings serialize")
@@ -86,6 +100,7 @@ impl Startup {
             ("limits", v(limits)),
             ("proxy", v(proxy)),
             ("http2", v(http2)),
+            ("tls", v(tls)),
         ]
     }
 

@@ -63,6 +63,15 @@ pub enum ProxyError {
     /// The client closed its connection before the answer (never sent).
     #[error("client closed the connection")]
     ClientGone,
+    /// The route requires TLS: the same URL over https.
+    #[error("this route is served over TLS only: {location}")]
+    TlsRedirect {
+        /// The https URL.
+        location: String,
+    },
+    /// The route requires TLS and refuses plain HTTP.
+    #[error("this route is served over TLS only")]
+    TlsRequired,
     /// No route and no convention matched.
     #[error("no route for host {host:?} and path {path:?}")]
     NoRoute {
@@ -135,6 +144,8 @@ impl ProxyError {
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             // Nobody reads it; 499 as nginx logs it.
             ProxyError::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            ProxyError::TlsRedirect { .. } => StatusCode::PERMANENT_REDIRECT,
+            ProxyError::TlsRequired => StatusCode::FORBIDDEN,
             ProxyError::NoRoute { .. } | ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
             ProxyError::NoInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable { .. } | ProxyError::BadResponse { .. } => {
@@ -176,6 +187,11 @@ impl ProxyError {
         if let ProxyError::MethodNotAllowed(_) = self {
             h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
         }
+        if let ProxyError::TlsRedirect { location } = &self {
+            if let Ok(v) = HeaderValue::from_str(location) {
+                h.insert(header::LOCATION, v);
+            }
+        }
         if self.closes_connection() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -206,6 +222,9 @@ impl ProxyError {
         );
         if let ProxyError::MethodNotAllowed(_) = self {
             let _ = write!(out, "allow: {ALLOWED}\r\n");
+        }
+        if let ProxyError::TlsRedirect { location } = self {
+            let _ = write!(out, "location: {location}\r\n");
         }
         extra(out);
         if close || self.closes_connection() {

@@ -261,7 +261,7 @@ impl Proxy {
             fields: &fields[..],
         };
         let plan = request::plan(&view, &hop)?;
-        let routed = self.route(&plan.target, plan.upgrade)?;
+        let routed = self.route(&plan.target, plan.upgrade, client.is_tls())?;
         let service = routed.service;
         let path = plan.target.forward(routed.strip);
         let uri =

@@ -61,6 +61,7 @@ pub(crate) fn status_of(e: &ProxyError) -> u8 {
         | ProxyError::Unreachable { .. }
         | ProxyError::BadResponse { .. } => UNAVAILABLE,
         ProxyError::ClientGone | ProxyError::ClientTimeout(_) => CANCELLED,
+        ProxyError::TlsRedirect { .. } | ProxyError::TlsRequired => UNAVAILABLE,
         ProxyError::BadRequest(_)
         | ProxyError::HeadersTooLarge { .. }
         | ProxyError::TooManyHeaders { .. }

@@ -16,7 +16,6 @@ pub(crate) mod policy;
 pub mod retry;
 mod route;
 pub mod server;
-pub mod tls;
 pub(crate) mod upstream;
 
 use std::sync::Arc;
@@ -64,6 +63,9 @@ pub(crate) struct Settings {
     pub client_body: Duration,
     /// Longest a write to a client may stall.
     pub client_send: Duration,
+    /// The port of the first TLS listener (where a route that requires
+    /// TLS redirects plain requests), if there is one.
+    pub https_port: Option<u16>,
 }
 
 /// What the proxy knows about the client connection a request came on.
@@ -90,6 +92,11 @@ impl Client {
                 .any(|net| net.contains(ip)),
             tls: false,
         }
+    }
+
+    /// Whether the connection is TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The same client, on a TLS connection.
@@ -139,8 +146,22 @@ impl Proxy {
                 max_uri_bytes: config.startup.limits.max_uri_bytes,
                 client_body: config.startup.timeouts.client_body,
                 client_send: config.startup.timeouts.client_send,
+                https_port: config
+                    .startup
+                    .tls
+                    .iter()
+                    .flat_map(|t| &t.listen)
+                    .next()
+                    .map(|a| a.port()),
             },
         }
+    }
+
+    /// Where a route that requires TLS redirects plain requests: the port
+    /// the first TLS listener actually bound.
+    pub fn with_https_port(mut self, port: Option<u16>) -> Proxy {
+        self.settings.https_port = port;
+        self
     }
 
     /// The registry requests are routed through.

@@ -9,7 +9,29 @@ use super::error::ProxyError;
 use super::policy::request::protocol_name;
 use super::policy::target::Target;
 use super::Proxy;
+use crate::config::RequireTls;
 use crate::registry::ServiceEntry;
+
+/// The https URL of a plain-HTTP request: its host (without the port), the
+/// TLS listener's port unless it is 443, and its path and query.
+fn https_location(target: &Target<'_>, port: Option<u16>) -> String {
+    let authority = target.authority;
+    let host = if authority.starts_with('[') {
+        authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end])
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    let pq = match target.path_and_query {
+        "*" => "/",
+        pq => pq,
+    };
+    match port {
+        Some(443) | None => format!("https://{host}{pq}"),
+        Some(p) => format!("https://{host}:{p}{pq}"),
+    }
+}
 
 /// Where a request goes.
 #[derive(Debug)]
@@ -23,11 +45,14 @@ pub(crate) struct Routed<'a> {
 }
 
 impl Proxy {
-    /// Routes a request for `target` that asked to upgrade to `upgrade`.
+    /// Routes a request for `target` that asked to upgrade to `upgrade`;
+    /// `tls`: it came over TLS (a route that requires TLS redirects or
+    /// refuses it otherwise).
     pub(crate) fn route<'a>(
         &self,
         target: &Target<'_>,
         upgrade: Option<&'a [u8]>,
+        tls: bool,
     ) -> Result<Routed<'a>, ProxyError> {
         let snapshot = self.registry.load();
         let path = target.path();
@@ -37,6 +62,15 @@ impl Proxy {
                 path: path.to_owned(),
             });
         };
+        match (tls, to.require_tls) {
+            (false, Some(RequireTls::Redirect)) => {
+                return Err(ProxyError::TlsRedirect {
+                    location: https_location(target, self.settings.https_port),
+                })
+            }
+            (false, Some(RequireTls::Refuse)) => return Err(ProxyError::TlsRequired),
+            _ => {}
+        }
         let Some(service) = snapshot.service(&to.service) else {
             return Err(ProxyError::UnknownService(to.service.into_owned()));
         };

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::policy::request::MAX_FIELDS;
-use super::tls::CertStore;
+use crate::tls::CertStore;
 use super::{h1, Client, Proxy};
 use crate::config::{Config, Http2Settings};
 

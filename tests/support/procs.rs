@@ -322,6 +322,8 @@ impl Proc {
 pub struct Listening {
     /// The proxy's listeners.
     pub listen: Vec<SocketAddr>,
+    /// Its TLS listeners (`[[tls]]`).
+    pub tls: Vec<SocketAddr>,
     /// The admin API's, unless it is off.
     pub admin: Option<SocketAddr>,
 }
@@ -333,12 +335,19 @@ impl Listening {
             .split(',')
             .map(|a| a.trim().parse().ok())
             .collect::<Option<Vec<SocketAddr>>>()?;
+        let tls = match line.split("listen_tls=[").nth(1)?.split(']').next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(|a| a.trim().parse().ok())
+                .collect::<Option<Vec<SocketAddr>>>()?,
+        };
         let admin = line.split(" admin=").nth(1)?.split_whitespace().next()?;
         let admin = match admin {
             "off" => None,
             a => Some(a.parse().ok()?),
         };
-        Some(Listening { listen, admin })
+        Some(Listening { listen, tls, admin })
     }
 
     /// The first proxy listener.

@@ -64,7 +64,7 @@ pub(super) fn listen(cx: &Cx<'_>, raw: &Option<Spanned<Vec<Spanned<String>>>>) -
 /// address, or a wildcard (`0.0.0.0`, `[::]`) and any address of its family
 /// on the same port. IPv6 listeners are IPv6-only, so the families never
 /// meet. Port 0 asks the OS for a free port, different for each listener.
-fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+pub(super) fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.port() != 0
         && a.is_ipv4() == b.is_ipv4()
@@ -73,7 +73,11 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
 
 /// A listener address: an IPv4-mapped IPv6 address cannot be bound by an
 /// IPv6-only listener, so it is written as IPv4.
-fn listen_addr(cx: &Cx<'_>, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+pub(super) fn listen_addr(
+    cx: &Cx<'_>,
+    s: &Spanned<String>,
+    key: &str,
+) -> Result<SocketAddr, ConfigError> {
     let addr = socket_addr(cx, s, key)?;
     if let IpAddr::V6(v6) = addr.ip() {
         if let Some(v4) = v6.to_ipv4_mapped() {

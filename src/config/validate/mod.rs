@@ -16,6 +16,8 @@ mod global;
 mod health;
 mod routes;
 mod services;
+mod tls;
+mod upstream;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,7 +44,13 @@ pub(super) fn parse(
 /// Every part of the file, in file order; errors are recorded in `cx`.
 fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
     let listen = global::listen(cx, &raw.listen);
-    let admin = global::admin(cx, &raw.admin, &listen);
+    let tls = tls::tls(cx, &raw.tls, &listen);
+    let every_listener: Vec<_> = listen
+        .iter()
+        .chain(tls.iter().flat_map(|t| &t.listen))
+        .copied()
+        .collect();
+    let admin = global::admin(cx, &raw.admin, &every_listener);
     let (registry, registrations) = global::registry(cx, &raw.registry);
     let runtime = global::runtime(cx, &raw.runtime);
     let (timeouts, connection_timeouts) = global::timeouts(cx, &raw.timeouts);
@@ -63,6 +71,7 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
             limits,
             proxy: forwarding,
             http2,
+            tls,
         },
         registry,
         timeouts,

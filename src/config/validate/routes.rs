@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::forwarding;
 use crate::config::check::{valid_host_chars, Cx};
 use crate::config::defaults;
-use crate::config::raw::RawRoute;
-use crate::config::{ConfigError, HostMatch, Route, ServiceConfig};
+use crate::config::raw::{RawRequireTls, RawRoute};
+use crate::config::{ConfigError, HostMatch, RequireTls, Route, ServiceConfig};
 
 /// Every route, in file order; `services` are the declared services.
 pub(super) fn routes(
@@ -111,6 +111,10 @@ fn route(
         strip_prefix: r.strip_prefix,
         service: name.clone(),
         upgrades,
+        require_tls: r.require_tls.map(|t| match t {
+            RawRequireTls::Redirect => RequireTls::Redirect,
+            RawRequireTls::Refuse => RequireTls::Refuse,
+        }),
     })
 }
 

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{discovery, health};
+use super::{discovery, health, upstream};
 use crate::config::check::{duration, duration_or_zero, Cx};
 use crate::config::defaults;
 use crate::config::raw::{Dur, RawBalance, RawInstance, RawService};
 use crate::config::{
     check_service_name, Balance, Outlier, ProxySettings, RetryBudget, ServiceConfig, ServicePolicy,
-    ServiceTimeouts, StaticInstance, Timeouts,
+    ServiceTimeouts, StaticInstance, Timeouts, Upstream,
 };
 
 /// The policy of a service that does not set its own: the global
@@ -47,6 +47,7 @@ pub(super) fn default_policy(timeouts: &Timeouts, proxy: &ProxySettings) -> Serv
             percent: b::PERCENT,
             min_per_second: b::MIN_PER_SECOND,
         },
+        upstream: Upstream::default(),
     }
 }
 
@@ -251,6 +252,7 @@ fn policy(cx: &Cx<'_>, s: &RawService, key: &str, defaults: &ServicePolicy) -> S
         // Zero is allowed: no ramp-up.
         slow_start: duration_or_zero(&s.slow_start, defaults.slow_start),
         retry_budget,
+        upstream: upstream::upstream(cx, s, key),
     }
 }
 

@@ -274,7 +274,7 @@ impl Conn<'_> {
         // An error answer cannot skip a body it has not read: close after.
         let plan = &head.plan;
         let go_on = (!plan.close && plan.body == Framing::Empty).then_some(head.len);
-        let routed = match self.proxy.route(&plan.target, plan.upgrade) {
+        let routed = match self.proxy.route(&plan.target, plan.upgrade, false) {
             Ok(r) => r,
             Err(e) => return Prepared::Refuse(e, go_on),
         };

@@ -1,6 +1,4 @@
-//! TLS termination: rustls with the `ring` provider (pure Rust and a C/asm
-//! core built by `cc`, so a fresh machine needs nothing beyond the
-//! toolchain; `aws-lc-rs` would need cmake). Certificates come from PEM
+//! TLS termination: the certificates of a TLS listener. They come from PEM
 //! files and are chosen by SNI: a certificate serves every name it is valid
 //! for (its exact and wildcard DNS names, as webpki matches them), the
 //! first configured one serves clients that send no name or a name no
@@ -15,7 +13,7 @@
 //! keep theirs. The server calls it when a file's modification time
 //! changes and on SIGHUP.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,51 +21,9 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 
-/// One certificate chain and its key, as PEM files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertFiles {
-    /// The certificate chain (leaf first).
-    pub cert: PathBuf,
-    /// Its private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
-
-/// Why certificates could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A file holds no usable PEM section of the kind expected.
-    #[error("{path}: {what}")]
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        what: String,
-    },
-    /// rustls refused the key or the pair.
-    #[error("{cert} / {key}: {source}")]
-    Key {
-        /// The certificate file.
-        cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
-        /// rustls' reason.
-        source: rustls::Error,
-    },
-    /// No certificate at all.
-    #[error("a TLS listener needs at least one certificate")]
-    Empty,
-}
+use super::{certified_key, provider, CertFiles, TlsError};
 
 /// One loaded certificate.
 #[derive(Debug)]
@@ -89,40 +45,10 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// Loads one certificate chain and key.
 fn load(files: &CertFiles, provider: &CryptoProvider) -> Result<Loaded, TlsError> {
     let stamps = (modified(&files.cert), modified(&files.key));
-    let cert_pem = read(&files.cert)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: files.cert.clone(),
-            what: format!("not a PEM certificate chain ({e})"),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::Pem {
-            path: files.cert.clone(),
-            what: "no CERTIFICATE section".to_owned(),
-        });
-    }
-    let key_pem = read(&files.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
-        path: files.key.clone(),
-        what: format!("no usable private key ({e})"),
-    })?;
-    let certified =
-        CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Key {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            source,
-        })?;
+    let certified = certified_key(files, provider)?;
     Ok(Loaded {
         key: Arc::new(certified),
         stamps,
@@ -135,7 +61,7 @@ impl CertStore {
         if files.is_empty() {
             return Err(TlsError::Empty);
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider();
         let loaded = files
             .iter()
             .map(|f| load(f, &provider))
@@ -201,5 +127,3 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-#[cfg(test)]
-mod tests;
