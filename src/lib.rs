@@ -3,10 +3,10 @@
 //! # Layout
 //!
 //! The modules follow a request's flow. Each uses only the modules above
-//! it in this list (`app` and the `wayfinder` binary sit on top; `clock`, a
-//! leaf, serves them all), and each opens with a doc saying what it owns.
-//! Two edges go the other way, each for a stated reason: the registry's
-//! snapshot carries the router's table (one swap for routes and
+//! it in this list (`app` and the `wayfinder` binary sit on top; `clock` and
+//! `tls`, leaves, serve them all), and each opens with a doc saying what it
+//! owns. Two edges go the other way, each for a stated reason: the
+//! registry's snapshot carries the router's table (one swap for routes and
 //! instances), and the proxy reports outcomes to passive health.
 //! `tests/layering.rs` checks this order and that the graph has no cycle
 //! (`cargo test --test layering -- --nocapture` prints it).

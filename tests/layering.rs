@@ -2,7 +2,7 @@
 //! `use` or inline) is an edge from the module whose file it is in to the
 //! top-level module `X`. The graph must be acyclic and follow the request's
 //! flow (GUIDE.md): `config` → `registry` → `router` → `balance` → `proxy`
-//! → `health` → `admin` → `app`, with `clock` a leaf below them all,
+//! → `health` → `admin` → `app`, with `clock` and `tls` leaves below them all,
 //! `registrar` (the client side, which talks to the admin API over HTTP)
 //! beside `admin`, and `demo` (which runs the app) on top. A module may
 //! import only modules of a lower layer, except for the few edges listed
@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 /// Layer of each top-level module; a module may import only strictly lower
 /// layers. Modules on one layer must not import each other.
 const LAYERS: &[(&str, u8)] = &[
+    // Leaves: the clock, and TLS material (certificates, keys), which the
+    // config loads at validation.
     ("clock", 0),
+    ("tls", 0),
     ("config", 1),
     ("registry", 2),
     ("router", 3),

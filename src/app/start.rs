@@ -16,12 +16,12 @@ use crate::admin;
 use crate::admin::state::{Phase, RunState};
 use crate::config::Config;
 use crate::proxy::server::{self, Listener, ServerSettings};
-use crate::tls::CertStore;
 use crate::proxy::Proxy;
 use crate::registry::dns::DnsSources;
 use crate::registry::etcd::EtcdStore;
 use crate::registry::registrations::Registrations;
 use crate::registry::Registry;
+use crate::tls::CertStore;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

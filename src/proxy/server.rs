@@ -31,9 +31,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::policy::request::MAX_FIELDS;
-use crate::tls::CertStore;
 use super::{h1, Client, Proxy};
 use crate::config::{Config, Http2Settings};
+use crate::tls::CertStore;
 
 /// hyper's own read-buffer ceiling; raised only when the header limit needs
 /// more, so oversized heads up to the limit reach our own 431 with a body.

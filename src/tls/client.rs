@@ -162,7 +162,8 @@ impl ClientTls {
         let server_name = match &settings.server_name {
             None => None,
             Some(name) => Some(
-                ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name.clone()))?,
+                ServerName::try_from(name.clone())
+                    .map_err(|_| TlsError::ServerName(name.clone()))?,
             ),
         };
         Ok(ClientTls {

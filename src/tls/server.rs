@@ -126,4 +126,3 @@ impl ResolvesServerCert for CertStore {
         by_name.or_else(|| loaded.first()).map(|l| l.key.clone())
     }
 }
-

@@ -22,9 +22,10 @@ impl Pki {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         // Named, or OpenSSL clients take a leaf with the same (empty)
         // issuer and subject for self-signed.
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("wayfinder test CA {tag}"));
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("wayfinder test CA {tag}"),
+        );
         let ca = params.self_signed(&ca_key).unwrap();
         Pki { dir, ca, ca_key }
     }
@@ -179,10 +180,12 @@ async fn server(
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca.ca.der().clone()).unwrap();
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                    .build()
-                    .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .unwrap();
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -226,7 +229,10 @@ async fn client_verifies_by_ca_file_and_ip_or_configured_name() {
     // The instance's IP is not in a certificate made for a name...
     let (addr, _server_side) = server(&by_name, &[b"http/1.1"], None).await;
     let err = connect(&tls, addr).await.unwrap_err();
-    assert!(err.contains("not valid for name") || err.contains("NotValidForName"), "{err}");
+    assert!(
+        err.contains("not valid for name") || err.contains("NotValidForName"),
+        "{err}"
+    );
     // ...unless that name is configured.
     let mut named = settings(Some(pki.ca_file()), Alpn::Both);
     named.server_name = Some("api.internal".to_owned());
@@ -243,7 +249,10 @@ async fn unknown_ca_is_refused_unless_verification_is_skipped() {
     let tls = ClientTls::load(settings(Some(pki.ca_file()), Alpn::Http1)).unwrap();
     let (addr, _server_side) = server(&leaf, &[], None).await;
     let err = connect(&tls, addr).await.unwrap_err();
-    assert!(err.contains("UnknownIssuer") || err.contains("unknown issuer"), "{err}");
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("unknown issuer"),
+        "{err}"
+    );
 
     let mut insecure = settings(None, Alpn::Http1);
     insecure.insecure_skip_verify = true;
@@ -274,7 +283,10 @@ async fn client_certificate_is_presented_when_the_instance_asks() {
     // side reports the missing certificate.
     let _ = connect(&without, addr).await;
     let err = server_side.await.unwrap().unwrap_err();
-    assert!(err.contains("certificate") || err.contains("Certificate"), "{err}");
+    assert!(
+        err.contains("certificate") || err.contains("Certificate"),
+        "{err}"
+    );
 
     let mut with = settings(Some(pki.ca_file()), Alpn::Http1);
     with.client_cert = Some(client);
@@ -297,12 +309,17 @@ fn loads_compare_by_settings_and_file_contents_and_name_bad_files() {
     assert_ne!(a, c, "a rotated CA file makes a different configuration");
 
     std::fs::write(&ca, "garbage").unwrap();
-    let err = ClientTls::load(settings(Some(ca), Alpn::Http1)).unwrap_err().to_string();
+    let err = ClientTls::load(settings(Some(ca), Alpn::Http1))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("ca.crt"), "{err}");
     let missing = ClientTls::load(settings(Some(pki.dir.join("nope.pem")), Alpn::Http1));
     assert!(missing.unwrap_err().to_string().contains("nope.pem"));
     let mut bad_name = settings(None, Alpn::Http1);
     bad_name.server_name = Some("not a name!".to_owned());
     bad_name.insecure_skip_verify = true;
-    assert!(matches!(ClientTls::load(bad_name), Err(TlsError::ServerName(_))));
+    assert!(matches!(
+        ClientTls::load(bad_name),
+        Err(TlsError::ServerName(_))
+    ));
 }

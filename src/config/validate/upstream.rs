@@ -75,12 +75,7 @@ const DEFAULT_TABLE: RawUpstreamTlsTable = RawUpstreamTlsTable {
 };
 
 /// The table's settings, with its files resolved and present.
-fn settings(
-    cx: &Cx<'_>,
-    t: &RawUpstreamTlsTable,
-    key: &str,
-    alpn: Alpn,
-) -> Option<ClientSettings> {
+fn settings(cx: &Cx<'_>, t: &RawUpstreamTlsTable, key: &str, alpn: Alpn) -> Option<ClientSettings> {
     let path = |v: &Option<Spanned<String>>, name: &str| match v {
         None => Some(None),
         Some(s) => cx.ok(file(cx, s, &format!("{key}.{name}"))).map(Some),
@@ -180,17 +175,42 @@ mod tests {
     #[test]
     fn contradictions_and_bad_files_are_named() {
         let cases: &[(&str, usize, &str, &str)] = &[
-            ("protocol = \"h2c\"\ntls = true\n", 3, "services.api.protocol", "h2c"),
-            ("protocol = \"h2\"\ntls = false\n", 4, "services.api.tls", "h2c"),
-            ("tls = { cert = \"c.pem\" }\n", 3, "services.api.tls", "both cert and key"),
+            (
+                "protocol = \"h2c\"\ntls = true\n",
+                3,
+                "services.api.protocol",
+                "h2c",
+            ),
+            (
+                "protocol = \"h2\"\ntls = false\n",
+                4,
+                "services.api.tls",
+                "h2c",
+            ),
+            (
+                "tls = { cert = \"c.pem\" }\n",
+                3,
+                "services.api.tls",
+                "both cert and key",
+            ),
             (
                 "tls = { ca_file = \"/nonexistent/ca.pem\" }\n",
                 3,
                 "services.api.tls.ca_file",
                 "not a readable file",
             ),
-            ("tls = { verify = false }\n", 3, "services.api.tls.verify", "unknown field"),
-            ("protocol = \"http3\"\n", 3, "services.api.protocol", "unknown variant"),
+            (
+                "tls = { verify = false }\n",
+                3,
+                "services.api.tls.verify",
+                "unknown field",
+            ),
+            (
+                "protocol = \"http3\"\n",
+                3,
+                "services.api.protocol",
+                "unknown variant",
+            ),
             (
                 "tls = { server_name = \"bad name!\", insecure_skip_verify = true }\n",
                 3,
@@ -216,7 +236,11 @@ mod tests {
             ca.display().to_string()
         ));
         std::fs::remove_dir_all(&dir).ok();
-        assert_eq!((line, key.as_str()), (3, "services.api.tls.ca_file"), "{message}");
+        assert_eq!(
+            (line, key.as_str()),
+            (3, "services.api.tls.ca_file"),
+            "{message}"
+        );
         assert!(message.contains("ca.pem"), "{message}");
     }
 }
