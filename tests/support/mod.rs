@@ -3,6 +3,7 @@
 //! - [`backend`]: real instances ([`Backend`]) and deterministic data;
 //! - [`client`]: a small HTTP/1.1 client ([`H1Client`], [`send`], [`get`],
 //!   [`raw_exchange`]);
+//! - [`grpc`]: a real gRPC instance (h2c or TLS) and client helpers;
 //! - [`inst`]: an instance whose health, speed and presence the test
 //!   controls ([`Inst`]), and what `GET /v1/services` shows about it;
 //! - [`load`]: clients sending requests in a loop ([`Load`]);
@@ -27,6 +28,7 @@
 pub mod attack;
 pub mod backend;
 pub mod client;
+pub mod grpc;
 pub mod inst;
 pub mod load;
 pub mod procs;

@@ -96,8 +96,7 @@ fn settings(cx: &Cx<'_>, t: &RawUpstreamTlsTable, key: &str, alpn: Alpn) -> Opti
             return None;
         }
     };
-    if t.insecure_skip_verify && t.ca_file.is_some() {
-        let at = t.ca_file.as_ref().expect("checked");
+    if let (true, Some(at)) = (t.insecure_skip_verify, &t.ca_file) {
         cx.push(cx.err_at(
             at,
             format!("{key}.ca_file"),
