@@ -125,6 +125,10 @@ pub(crate) mod http2 {
     pub(crate) const MAX_PENDING_RESET_STREAMS: usize = 20;
     /// `http2.max_local_error_resets`.
     pub(crate) const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+    /// `http2.upstream_max_streams`.
+    pub(crate) const UPSTREAM_MAX_STREAMS: usize = 100;
+    /// `http2.upstream_max_connections`.
+    pub(crate) const UPSTREAM_MAX_CONNECTIONS: usize = 4;
 }
 
 /// `[[routes]]`.

@@ -222,6 +222,12 @@ pub(crate) struct RawHttp2 {
     /// Streams the proxy may reset for protocol errors before it closes the
     /// connection. Default [`d::http2::MAX_LOCAL_ERROR_RESETS`].
     pub max_local_error_resets: Option<Spanned<i64>>,
+    /// Streams the proxy opens at once on one HTTP/2 connection to an
+    /// instance. Default [`d::http2::UPSTREAM_MAX_STREAMS`].
+    pub upstream_max_streams: Option<Spanned<i64>>,
+    /// HTTP/2 connections the proxy opens to one instance. Default
+    /// [`d::http2::UPSTREAM_MAX_CONNECTIONS`].
+    pub upstream_max_connections: Option<Spanned<i64>>,
 }
 
 /// One `[[tls]]` table: addresses served over TLS and their certificates.

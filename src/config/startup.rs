@@ -334,6 +334,12 @@ pub struct Http2Settings {
     pub max_pending_reset_streams: usize,
     /// Streams reset for protocol errors before the connection closes.
     pub max_local_error_resets: usize,
+    /// Streams opened at once on one HTTP/2 connection to an instance;
+    /// past it, another connection is opened.
+    pub upstream_max_streams: usize,
+    /// HTTP/2 connections opened to one instance; when all are at
+    /// `upstream_max_streams`, new streams go to the least busy one.
+    pub upstream_max_connections: usize,
 }
 
 #[cfg(test)]

@@ -26,8 +26,7 @@ use tokio_rustls::TlsConnector;
 use super::{certificates, private_key, provider, read, CertFiles, TlsError};
 
 /// The application protocols offered in the handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alpn {
     /// `http/1.1` only.
     Http1,
@@ -59,8 +58,6 @@ pub struct ClientSettings {
     pub client_cert: Option<CertFiles>,
     /// Accept any certificate (testing only; warned about at start).
     pub insecure_skip_verify: bool,
-    /// The protocols offered.
-    pub alpn: Alpn,
 }
 
 /// A loaded client configuration for one service.
@@ -71,7 +68,10 @@ pub struct ClientTls {
     /// the service's configuration even when its settings did not change).
     material: Vec<Vec<u8>>,
     server_name: Option<ServerName<'static>>,
-    connector: TlsConnector,
+    /// One connector per ALPN offer ([`Alpn::Http1`], [`Alpn::H2`],
+    /// [`Alpn::Both`]), sharing roots, client certificate and session
+    /// cache.
+    connectors: [TlsConnector; 3],
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -136,7 +136,7 @@ impl ClientTls {
             };
             builder.with_root_certificates(roots)
         };
-        let mut config = match &settings.client_cert {
+        let config = match &settings.client_cert {
             None => builder.with_no_client_auth(),
             Some(files) => {
                 let cert_pem = read(&files.cert)?;
@@ -154,11 +154,18 @@ impl ClientTls {
                     })?
             }
         };
-        config.alpn_protocols = match settings.alpn {
-            Alpn::Http1 => vec![b"http/1.1".to_vec()],
-            Alpn::H2 => vec![b"h2".to_vec()],
-            Alpn::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        // Clones of one configuration share its session store, so a
+        // session resumes whichever ALPN offer made it.
+        let with_alpn = |alpn: &[&[u8]]| {
+            let mut c = config.clone();
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            TlsConnector::from(Arc::new(c))
         };
+        let connectors = [
+            with_alpn(&[b"http/1.1"]),
+            with_alpn(&[b"h2"]),
+            with_alpn(&[b"h2", b"http/1.1"]),
+        ];
         let server_name = match &settings.server_name {
             None => None,
             Some(name) => Some(
@@ -170,7 +177,7 @@ impl ClientTls {
             settings,
             material,
             server_name,
-            connector: TlsConnector::from(Arc::new(config)),
+            connectors,
         })
     }
 
@@ -179,24 +186,30 @@ impl ClientTls {
         &self.settings
     }
 
-    /// The TLS handshake over `tcp`, connected to the instance at `ip`.
-    /// An instance that does not choose `h2` when only `h2` was offered is
-    /// refused.
+    /// The TLS handshake over `tcp`, connected to the instance at `ip`,
+    /// offering `alpn`. An instance that does not choose `h2` when only
+    /// `h2` was offered is refused.
     pub async fn connect(
         &self,
         ip: IpAddr,
         tcp: TcpStream,
+        alpn: Alpn,
     ) -> io::Result<(TlsStream<TcpStream>, Negotiated)> {
         let name = self
             .server_name
             .clone()
             .unwrap_or(ServerName::IpAddress(ip.into()));
-        let stream = self.connector.connect(name, tcp).await?;
+        let connector = match alpn {
+            Alpn::Http1 => &self.connectors[0],
+            Alpn::H2 => &self.connectors[1],
+            Alpn::Both => &self.connectors[2],
+        };
+        let stream = connector.connect(name, tcp).await?;
         let negotiated = match stream.get_ref().1.alpn_protocol() {
             Some(b"h2") => Negotiated::H2,
             _ => Negotiated::Http1,
         };
-        if self.settings.alpn == Alpn::H2 && negotiated != Negotiated::H2 {
+        if alpn == Alpn::H2 && negotiated != Negotiated::H2 {
             return Err(io::Error::other("the instance did not accept h2 (ALPN)"));
         }
         Ok((stream, negotiated))

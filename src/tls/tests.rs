@@ -150,13 +150,12 @@ impl Pki {
     }
 }
 
-fn settings(ca_file: Option<PathBuf>, alpn: Alpn) -> ClientSettings {
+fn settings(ca_file: Option<PathBuf>) -> ClientSettings {
     ClientSettings {
         ca_file,
         server_name: None,
         client_cert: None,
         insecure_skip_verify: false,
-        alpn,
     }
 }
 
@@ -207,9 +206,13 @@ async fn server(
     (addr, task)
 }
 
-async fn connect(tls: &ClientTls, addr: std::net::SocketAddr) -> Result<Negotiated, String> {
+async fn connect(
+    tls: &ClientTls,
+    addr: std::net::SocketAddr,
+    alpn: Alpn,
+) -> Result<Negotiated, String> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    tls.connect(addr.ip(), tcp)
+    tls.connect(addr.ip(), tcp, alpn)
         .await
         .map(|(_, negotiated)| negotiated)
         .map_err(|e| e.to_string())
@@ -221,24 +224,24 @@ async fn client_verifies_by_ca_file_and_ip_or_configured_name() {
     let by_ip = pki.leaf("ip", &["127.0.0.1"]);
     let by_name = pki.leaf("name", &["api.internal"]);
 
-    let tls = ClientTls::load(settings(Some(pki.ca_file()), Alpn::Both)).unwrap();
+    let tls = ClientTls::load(settings(Some(pki.ca_file()))).unwrap();
     let (addr, server_side) = server(&by_ip, &[b"h2", b"http/1.1"], None).await;
-    assert_eq!(connect(&tls, addr).await, Ok(Negotiated::H2));
+    assert_eq!(connect(&tls, addr, Alpn::Both).await, Ok(Negotiated::H2));
     assert_eq!(server_side.await.unwrap(), Ok(Some(b"h2".to_vec())));
 
     // The instance's IP is not in a certificate made for a name...
     let (addr, _server_side) = server(&by_name, &[b"http/1.1"], None).await;
-    let err = connect(&tls, addr).await.unwrap_err();
+    let err = connect(&tls, addr, Alpn::Both).await.unwrap_err();
     assert!(
         err.contains("not valid for name") || err.contains("NotValidForName"),
         "{err}"
     );
     // ...unless that name is configured.
-    let mut named = settings(Some(pki.ca_file()), Alpn::Both);
+    let mut named = settings(Some(pki.ca_file()));
     named.server_name = Some("api.internal".to_owned());
     let tls = ClientTls::load(named).unwrap();
     let (addr, _server_side) = server(&by_name, &[b"http/1.1"], None).await;
-    assert_eq!(connect(&tls, addr).await, Ok(Negotiated::Http1));
+    assert_eq!(connect(&tls, addr, Alpn::Both).await, Ok(Negotiated::Http1));
 }
 
 #[tokio::test]
@@ -246,28 +249,31 @@ async fn unknown_ca_is_refused_unless_verification_is_skipped() {
     let pki = Pki::new("client-unknown");
     let stranger = Pki::new("client-stranger");
     let leaf = stranger.leaf("ip", &["127.0.0.1"]);
-    let tls = ClientTls::load(settings(Some(pki.ca_file()), Alpn::Http1)).unwrap();
+    let tls = ClientTls::load(settings(Some(pki.ca_file()))).unwrap();
     let (addr, _server_side) = server(&leaf, &[], None).await;
-    let err = connect(&tls, addr).await.unwrap_err();
+    let err = connect(&tls, addr, Alpn::Http1).await.unwrap_err();
     assert!(
         err.contains("UnknownIssuer") || err.contains("unknown issuer"),
         "{err}"
     );
 
-    let mut insecure = settings(None, Alpn::Http1);
+    let mut insecure = settings(None);
     insecure.insecure_skip_verify = true;
     let tls = ClientTls::load(insecure).unwrap();
     let (addr, _server_side) = server(&leaf, &[], None).await;
-    assert_eq!(connect(&tls, addr).await, Ok(Negotiated::Http1));
+    assert_eq!(
+        connect(&tls, addr, Alpn::Http1).await,
+        Ok(Negotiated::Http1)
+    );
 }
 
 #[tokio::test]
 async fn h2_only_refuses_an_instance_that_does_not_pick_it() {
     let pki = Pki::new("client-alpn");
     let leaf = pki.leaf("ip", &["127.0.0.1"]);
-    let tls = ClientTls::load(settings(Some(pki.ca_file()), Alpn::H2)).unwrap();
+    let tls = ClientTls::load(settings(Some(pki.ca_file()))).unwrap();
     let (addr, _server_side) = server(&leaf, &[], None).await;
-    let err = connect(&tls, addr).await.unwrap_err();
+    let err = connect(&tls, addr, Alpn::H2).await.unwrap_err();
     assert!(err.contains("did not accept h2"), "{err}");
 }
 
@@ -277,22 +283,25 @@ async fn client_certificate_is_presented_when_the_instance_asks() {
     let leaf = pki.leaf("ip", &["127.0.0.1"]);
     let client = pki.leaf("client", &["wayfinder"]);
 
-    let without = ClientTls::load(settings(Some(pki.ca_file()), Alpn::Http1)).unwrap();
+    let without = ClientTls::load(settings(Some(pki.ca_file()))).unwrap();
     let (addr, server_side) = server(&leaf, &[], Some(&pki)).await;
     // TLS 1.3: the client finishes before the server refuses; the server
     // side reports the missing certificate.
-    let _ = connect(&without, addr).await;
+    let _ = connect(&without, addr, Alpn::Http1).await;
     let err = server_side.await.unwrap().unwrap_err();
     assert!(
         err.contains("certificate") || err.contains("Certificate"),
         "{err}"
     );
 
-    let mut with = settings(Some(pki.ca_file()), Alpn::Http1);
+    let mut with = settings(Some(pki.ca_file()));
     with.client_cert = Some(client);
     let with = ClientTls::load(with).unwrap();
     let (addr, server_side) = server(&leaf, &[], Some(&pki)).await;
-    assert_eq!(connect(&with, addr).await, Ok(Negotiated::Http1));
+    assert_eq!(
+        connect(&with, addr, Alpn::Http1).await,
+        Ok(Negotiated::Http1)
+    );
     assert_eq!(server_side.await.unwrap(), Ok(None));
 }
 
@@ -300,22 +309,20 @@ async fn client_certificate_is_presented_when_the_instance_asks() {
 fn loads_compare_by_settings_and_file_contents_and_name_bad_files() {
     let pki = Pki::new("client-load");
     let ca = pki.ca_file();
-    let a = ClientTls::load(settings(Some(ca.clone()), Alpn::Http1)).unwrap();
-    let b = ClientTls::load(settings(Some(ca.clone()), Alpn::Http1)).unwrap();
+    let a = ClientTls::load(settings(Some(ca.clone()))).unwrap();
+    let b = ClientTls::load(settings(Some(ca.clone()))).unwrap();
     assert_eq!(a, b);
     let other = Pki::new("client-load-2");
     std::fs::write(&ca, other.ca.pem()).unwrap();
-    let c = ClientTls::load(settings(Some(ca.clone()), Alpn::Http1)).unwrap();
+    let c = ClientTls::load(settings(Some(ca.clone()))).unwrap();
     assert_ne!(a, c, "a rotated CA file makes a different configuration");
 
     std::fs::write(&ca, "garbage").unwrap();
-    let err = ClientTls::load(settings(Some(ca), Alpn::Http1))
-        .unwrap_err()
-        .to_string();
+    let err = ClientTls::load(settings(Some(ca))).unwrap_err().to_string();
     assert!(err.contains("ca.crt"), "{err}");
-    let missing = ClientTls::load(settings(Some(pki.dir.join("nope.pem")), Alpn::Http1));
+    let missing = ClientTls::load(settings(Some(pki.dir.join("nope.pem"))));
     assert!(missing.unwrap_err().to_string().contains("nope.pem"));
-    let mut bad_name = settings(None, Alpn::Http1);
+    let mut bad_name = settings(None);
     bad_name.server_name = Some("not a name!".to_owned());
     bad_name.insecure_skip_verify = true;
     assert!(matches!(

@@ -65,7 +65,10 @@ impl Service<Request<Msg>> for Say {
     type Error = Status;
     type Future = BoxFuture<Response<Msg>, Status>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Status>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Status>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -92,7 +95,10 @@ impl Service<Request<Msg>> for Count {
     type Error = Status;
     type Future = BoxFuture<Response<BoxStream<Msg>>, Status>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Status>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Status>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -116,8 +122,7 @@ impl Service<Request<Msg>> for Count {
                     }
                 }
             });
-            let stream: BoxStream<Msg> =
-                Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+            let stream: BoxStream<Msg> = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
             Ok(Response::new(stream))
         })
     }
@@ -131,7 +136,10 @@ impl Service<Request<Streaming<Msg>>> for Chat {
     type Error = Status;
     type Future = BoxFuture<Response<BoxStream<Msg>>, Status>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Status>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Status>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -160,8 +168,7 @@ impl Service<Request<Streaming<Msg>>> for Chat {
                     }
                 }
             });
-            let stream: BoxStream<Msg> =
-                Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+            let stream: BoxStream<Msg> = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
             Ok(Response::new(stream))
         })
     }
@@ -215,8 +222,12 @@ impl GrpcInstance {
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let (shutdown, _) = watch::channel(false);
         let accept = {
-            let (name, calls, connections, tasks) =
-                (name.clone(), calls.clone(), connections.clone(), tasks.clone());
+            let (name, calls, connections, tasks) = (
+                name.clone(),
+                calls.clone(),
+                connections.clone(),
+                tasks.clone(),
+            );
             let shutdown = shutdown.subscribe();
             async move {
                 loop {
@@ -318,7 +329,10 @@ pub async fn say(
     msg: Msg,
     deadline: Option<Duration>,
 ) -> Result<Msg, Status> {
-    client.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut req = Request::new(msg);
     if let Some(d) = deadline {
         req.set_timeout(d);

@@ -102,6 +102,18 @@ pub(super) fn http2(cx: &Cx<'_>, h: &RawHttp2) -> Http2Settings {
             d::MAX_LOCAL_ERROR_RESETS,
             1..=1_000_000,
         ),
+        upstream_max_streams: cx.int_or(
+            &h.upstream_max_streams,
+            "http2.upstream_max_streams",
+            d::UPSTREAM_MAX_STREAMS,
+            1..=10_000,
+        ),
+        upstream_max_connections: cx.int_or(
+            &h.upstream_max_connections,
+            "http2.upstream_max_connections",
+            d::UPSTREAM_MAX_CONNECTIONS,
+            1..=64,
+        ),
     }
 }
 

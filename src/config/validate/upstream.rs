@@ -11,7 +11,7 @@ use super::tls::file;
 use crate::config::check::Cx;
 use crate::config::raw::{RawProtocol, RawService, RawUpstreamTls, RawUpstreamTlsTable};
 use crate::config::{Protocol, Upstream};
-use crate::tls::{Alpn, CertFiles, ClientSettings, ClientTls, TlsError};
+use crate::tls::{CertFiles, ClientSettings, ClientTls, TlsError};
 
 /// A service's `protocol` and `tls`, under `key` (`services.NAME`).
 pub(super) fn upstream(cx: &Cx<'_>, s: &RawService, key: &str) -> Upstream {
@@ -50,12 +50,7 @@ pub(super) fn upstream(cx: &Cx<'_>, s: &RawService, key: &str) -> Upstream {
         ));
         return Upstream::default();
     }
-    let alpn = match protocol {
-        Protocol::Http1 => Alpn::Http1,
-        Protocol::H2 => Alpn::H2,
-        Protocol::Auto | Protocol::H2c => Alpn::Both,
-    };
-    let tls = settings(cx, table, &format!("{key}.tls"), alpn).and_then(|settings| {
+    let tls = settings(cx, table, &format!("{key}.tls")).and_then(|settings| {
         ClientTls::load(settings)
             .map_err(|e| cx.push(load_error(cx, s.tls.as_ref(), table, key, e)))
             .ok()
@@ -75,7 +70,7 @@ const DEFAULT_TABLE: RawUpstreamTlsTable = RawUpstreamTlsTable {
 };
 
 /// The table's settings, with its files resolved and present.
-fn settings(cx: &Cx<'_>, t: &RawUpstreamTlsTable, key: &str, alpn: Alpn) -> Option<ClientSettings> {
+fn settings(cx: &Cx<'_>, t: &RawUpstreamTlsTable, key: &str) -> Option<ClientSettings> {
     let path = |v: &Option<Spanned<String>>, name: &str| match v {
         None => Some(None),
         Some(s) => cx.ok(file(cx, s, &format!("{key}.{name}"))).map(Some),
@@ -109,7 +104,6 @@ fn settings(cx: &Cx<'_>, t: &RawUpstreamTlsTable, key: &str, alpn: Alpn) -> Opti
         server_name: t.server_name.as_ref().map(|n| n.get_ref().clone()),
         client_cert,
         insecure_skip_verify: t.insecure_skip_verify,
-        alpn,
     })
 }
 

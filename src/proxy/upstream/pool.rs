@@ -24,8 +24,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::body::UpstreamBody;
 use crate::clock;
+use crate::proxy::body::UpstreamBody;
 use crate::registry::{Attachment, InstanceState, Lifecycle};
 
 /// The sending half of one upstream HTTP/1.1 connection.
