@@ -215,6 +215,10 @@ pub(crate) struct InstanceView {
     pub consecutive_failures: u32,
     /// Idle pooled connections.
     pub idle_connections: usize,
+    /// Shared HTTP/2 connections open to the instance.
+    pub h2_connections: usize,
+    /// Streams open on them.
+    pub h2_streams: usize,
 }
 
 /// Builds the `GET /v1/services` answer.
@@ -258,6 +262,8 @@ pub(crate) fn services(registry: &Registry) -> ServicesView {
                     requests: m.instance.requests(),
                     consecutive_failures: m.instance.consecutive_failures(),
                     idle_connections: crate::proxy::upstream::idle_connections(&m.instance),
+                    h2_connections: crate::proxy::upstream::h2_connections(&m.instance).0,
+                    h2_streams: crate::proxy::upstream::h2_connections(&m.instance).1,
                 })
                 .collect(),
         })

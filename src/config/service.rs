@@ -87,6 +87,18 @@ pub struct Upstream {
     pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
+impl Upstream {
+    /// HTTP/1.1 over plain TCP (what the fast path speaks).
+    pub fn is_plain_http1(&self) -> bool {
+        self.tls.is_none() && matches!(self.protocol, Protocol::Http1 | Protocol::Auto)
+    }
+
+    /// HTTP/2 whatever the instance says (`h2c`, `h2`).
+    pub fn is_h2_only(&self) -> bool {
+        matches!(self.protocol, Protocol::H2c | Protocol::H2)
+    }
+}
+
 /// `protocol`: what the proxy speaks to a service's instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -248,7 +248,7 @@ impl Body for ProxyBody {
     #[inline]
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) => b.inner.is_end_stream(),
+            ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
         }
     }
@@ -265,20 +265,35 @@ impl Body for ProxyBody {
 }
 
 /// An upstream response body that holds the request's in-flight count and
-/// its connection until the body ends.
+/// its connection (or HTTP/2 stream) until the body ends.
+///
+/// A gRPC response whose instance fails mid-body (reset, connection lost)
+/// ends with trailers saying so (`grpc-status: 14` UNAVAILABLE) rather
+/// than a broken stream, so the client sees a status, as for the proxy's
+/// other errors.
 #[derive(Debug)]
 pub struct TrackedBody {
     inner: Incoming,
     guard: Option<InFlightGuard>,
     sender: Option<Sender>,
+    grpc: bool,
+    /// Ended early with the proxy's own trailers.
+    ended: bool,
 }
 
 impl TrackedBody {
-    pub(crate) fn new(inner: Incoming, guard: InFlightGuard, sender: Option<Sender>) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        guard: InFlightGuard,
+        sender: Option<Sender>,
+        grpc: bool,
+    ) -> Self {
         TrackedBody {
             inner,
             guard: Some(guard),
             sender,
+            grpc,
+            ended: false,
         }
     }
 
@@ -304,9 +319,17 @@ impl Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(e))) if this.grpc => {
+                this.finish(false);
+                this.ended = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(grpc_unavailable(e)))));
+            }
             Poll::Ready(Some(Err(_))) => this.finish(false),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true),
             _ => {}
@@ -316,13 +339,24 @@ impl Body for TrackedBody {
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Trailers ending a gRPC response whose instance failed mid-body.
+fn grpc_unavailable(e: &hyper::Error) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+    let message = super::grpc::percent_encode(&format!("instance failed mid-response: {e}"));
+    if let Ok(v) = http::HeaderValue::from_str(&message) {
+        trailers.insert("grpc-message", v);
+    }
+    trailers
 }
 
 impl Drop for TrackedBody {

@@ -20,6 +20,14 @@ pub(crate) const BODY_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// Why a request was not forwarded, or not answered by an instance.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The request asks for a protocol upgrade (WebSocket, ...) that the
+    /// service's HTTP/2 instances cannot carry (RFC 8441 extended CONNECT
+    /// is not offered).
+    #[error("service {service} speaks HTTP/2 to its instances: upgrades to it are not supported")]
+    UpgradeUnsupported {
+        /// The service.
+        service: Arc<str>,
+    },
     /// The request's framing, target or Host cannot be trusted.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -140,7 +148,9 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
-            ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::UnsupportedCoding | ProxyError::UpgradeUnsupported { .. } => {
+                StatusCode::NOT_IMPLEMENTED
+            }
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             // Nobody reads it; 499 as nginx logs it.
             ProxyError::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),

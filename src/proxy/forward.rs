@@ -36,6 +36,7 @@ use super::policy::request::{self, RequestView};
 use super::policy::response::{self, Asked, Kind, ResponsePlan, ResponseView};
 use super::upstream::{self, Sender};
 use super::{Client, Proxy};
+use crate::config::{Protocol, Upstream};
 use crate::health::passive::Failure;
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
 
@@ -53,6 +54,12 @@ struct Template {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    /// The request has no body, so it can be rebuilt whole.
+    bodyless: bool,
+    /// The client sent `TE: trailers` (passed on to HTTP/2 instances).
+    te_trailers: bool,
+    /// The request asks for a protocol upgrade.
+    upgrade: bool,
 }
 
 impl Template {
@@ -90,6 +97,9 @@ type Answered = (
 /// How one attempt on one instance ended.
 enum Attempt {
     Answered(Response<Incoming>, Sender),
+    /// An HTTP/2 instance did not process the stream (REFUSED_STREAM, or
+    /// a graceful GOAWAY): safe to repeat when it can be rebuilt.
+    Refused(String),
     /// Failed; the request comes back when it was not written.
     Failed {
         request: Option<Request<UpstreamBody>>,
@@ -165,6 +175,12 @@ impl attempt::Exchange for HyperExchange<'_> {
                 Outcome::Abandoned
             }
             Attempt::BadHead(detail) => Outcome::BadResponse(detail),
+            // Turned into `Failed` by `Proxy::attempt`.
+            Attempt::Refused(error) => Outcome::Failed {
+                error,
+                failure: None,
+                retry: false,
+            },
             Attempt::Failed {
                 request,
                 error,
@@ -263,6 +279,11 @@ impl Proxy {
         let plan = request::plan(&view, &hop)?;
         let routed = self.route(&plan.target, plan.upgrade, client.is_tls())?;
         let service = routed.service;
+        if routed.upgrade.is_some() && service.policy().upstream.is_h2_only() {
+            return Err(ProxyError::UpgradeUnsupported {
+                service: Arc::clone(service.name()),
+            });
+        }
         let path = plan.target.forward(routed.strip);
         let uri =
             Uri::try_from(&*path).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
@@ -279,13 +300,15 @@ impl Proxy {
         let client_upgrade = routed
             .upgrade
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
-        let resend_ok = routed.upgrade.is_none()
-            && body.is_end_stream()
-            && attempt::is_idempotent(method.as_str());
+        let bodyless = routed.upgrade.is_none() && body.is_end_stream();
+        let resend_ok = bodyless && attempt::is_idempotent(method.as_str());
         let mut template = Template {
             method: method.clone(),
             uri,
             headers: upstream_headers,
+            bodyless,
+            te_trailers: plan.accepts_trailers,
+            upgrade: routed.upgrade.is_some(),
         };
         let body = UpstreamBody::client(body, self.settings.client_body);
         let pending = template.first(body, resend_ok);
@@ -318,8 +341,9 @@ impl Proxy {
         )
     }
 
-    /// One attempt on `instance`: a pooled connection if there is one
-    /// (falling back to a fresh one if it turns out stale), else a new one.
+    /// One attempt on `instance`: a kept connection (or HTTP/2 stream) if
+    /// there is one (falling back to a fresh one if it turns out stale),
+    /// else a new one.
     async fn attempt(
         &self,
         service: &ServiceEntry,
@@ -328,24 +352,51 @@ impl Proxy {
         template: &Template,
         resend_ok: bool,
     ) -> Attempt {
-        let timeouts = &service.policy().timeouts;
-        let pooled = upstream::pool(instance, self.settings.max_idle)
-            .and_then(|pool| pool.take(self.settings.upstream_idle));
-        if let Some(sender) = pooled {
-            match send(sender, request, timeouts.response_header).await {
+        let policy = service.policy();
+        let timeouts = &policy.timeouts;
+        let http1_only;
+        let upstream = if template.upgrade && policy.upstream.tls.is_some() {
+            // An upgrade needs an HTTP/1.1 connection of its own.
+            http1_only = Upstream {
+                protocol: Protocol::Http1,
+                tls: policy.upstream.tls.clone(),
+            };
+            &http1_only
+        } else {
+            &policy.upstream
+        };
+        let dial = upstream::Dial {
+            upstream,
+            connect: timeouts.connect,
+            max_idle: self.settings.max_idle,
+            max_streams: self.settings.h2_streams,
+            max_conns: self.settings.h2_connections,
+            keepalive: self.settings.h2_keepalive,
+        };
+        let wire = Wire {
+            timeout: timeouts.response_header,
+            tls: upstream.tls.is_some(),
+            te_trailers: template.te_trailers,
+        };
+        if let Some(sender) = upstream::reuse(instance, &dial, self.settings.upstream_idle) {
+            match send(sender, request, &wire).await {
                 Attempt::Failed {
                     request: Some(r), ..
                 } => request = r,
                 Attempt::Failed { request: None, .. } if resend_ok => {
                     request = template.build(UpstreamBody::Empty)
                 }
-                // Written on a pooled connection and not safe to repeat: the
+                Attempt::Refused(_) if template.bodyless => {
+                    request = template.build(UpstreamBody::Empty)
+                }
+                // Written on a kept connection and not safe to repeat: the
                 // instance may have acted on it; report, do not blame it.
                 Attempt::Failed {
                     request: None,
                     error,
                     ..
-                } => {
+                }
+                | Attempt::Refused(error) => {
                     return Attempt::Failed {
                         request: None,
                         error,
@@ -355,8 +406,19 @@ impl Proxy {
                 done => return done,
             }
         }
-        match upstream::connect(instance.addr(), timeouts.connect).await {
-            Ok(sender) => send(sender, request, timeouts.response_header).await,
+        match upstream::open(instance, &dial).await {
+            Ok(sender) => match send(sender, request, &wire).await {
+                // Not processed: another instance may take it when it can
+                // be rebuilt; nothing is held against this one.
+                Attempt::Refused(error) => Attempt::Failed {
+                    request: template
+                        .bodyless
+                        .then(|| template.build(UpstreamBody::Empty)),
+                    error,
+                    failure: None,
+                },
+                done => done,
+            },
             Err(e) => Attempt::Failed {
                 request: Some(request),
                 error: e.to_string(),
@@ -393,7 +455,8 @@ impl Proxy {
             // request (HTTP/1.0 with Transfer-Encoding, a 204 announcing a
             // body, ...) is closed with the body, never pooled.
             let sender = plan.reusable.then_some(sender);
-            let body = ProxyBody::Upstream(TrackedBody::new(body, guard, sender));
+            let grpc = grpc::is_grpc(&parts.headers);
+            let body = ProxyBody::Upstream(TrackedBody::new(body, guard, sender, grpc));
             return Ok(Response::from_parts(parts, body));
         }
         let (Some(client_up), Some(upstream_up)) =
@@ -420,12 +483,28 @@ fn request_target(uri: &Uri) -> Cow<'_, str> {
     Cow::Borrowed(uri.path_and_query().map_or("/", |pq| pq.as_str()))
 }
 
+/// How a request is sent on its connection.
+struct Wire {
+    /// The response-header timeout.
+    timeout: Duration,
+    /// The connection is TLS (`https` for HTTP/2's `:scheme`).
+    tls: bool,
+    /// Pass `TE: trailers` on (HTTP/2 only).
+    te_trailers: bool,
+}
+
 /// Sends `request` on `sender` and waits for the response head. The
 /// response-header timeout starts once the request body has been sent, so a
 /// slow upload is not cut short by it.
-async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Duration) -> Attempt {
+async fn send(mut sender: Sender, mut request: Request<UpstreamBody>, wire: &Wire) -> Attempt {
     let progress = request.body().progress();
-    let sent = sender.try_send_request(request);
+    if wire.te_trailers && sender.is_h2() {
+        request
+            .headers_mut()
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    let timeout = wire.timeout;
+    let sent = sender.send(request, wire.tls);
     let timer = async {
         if let Some(p) = &progress {
             p.finished().await;
@@ -453,6 +532,9 @@ async fn send(mut sender: Sender, request: Request<UpstreamBody>, timeout: Durat
         }
         Some(Err(mut e)) => {
             let request = e.take_message();
+            if request.is_none() && upstream::unprocessed(e.error()) {
+                return Attempt::Refused(e.into_error().to_string());
+            }
             // Not written: nothing reached the instance, so it counts as a
             // connect-class failure; written: reset before a response.
             let failure = if request.is_some() {

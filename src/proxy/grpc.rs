@@ -68,6 +68,7 @@ pub(crate) fn status_of(e: &ProxyError) -> u8 {
         | ProxyError::UriTooLong { .. }
         | ProxyError::ExpectationFailed
         | ProxyError::UnsupportedCoding => INTERNAL,
+        ProxyError::UpgradeUnsupported { .. } => UNIMPLEMENTED,
     }
 }
 
@@ -89,7 +90,7 @@ pub(crate) fn error_response(e: &ProxyError) -> Response<ProxyBody> {
 
 /// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as
 /// `%XX`.
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for &b in s.as_bytes() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {

@@ -66,6 +66,13 @@ pub(crate) struct Settings {
     /// The port of the first TLS listener (where a route that requires
     /// TLS redirects plain requests), if there is one.
     pub https_port: Option<u16>,
+    /// `http2.upstream_max_streams`.
+    pub h2_streams: usize,
+    /// `http2.upstream_max_connections`.
+    pub h2_connections: usize,
+    /// `http2.keepalive_interval` and `keepalive_timeout`, for shared
+    /// upstream connections too.
+    pub h2_keepalive: (Duration, Duration),
 }
 
 /// What the proxy knows about the client connection a request came on.
@@ -153,6 +160,12 @@ impl Proxy {
                     .flat_map(|t| &t.listen)
                     .next()
                     .map(|a| a.port()),
+                h2_streams: config.startup.http2.upstream_max_streams,
+                h2_connections: config.startup.http2.upstream_max_connections,
+                h2_keepalive: (
+                    config.startup.http2.keepalive_interval,
+                    config.startup.http2.keepalive_timeout,
+                ),
             },
         }
     }

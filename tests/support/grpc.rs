@@ -342,3 +342,59 @@ pub async fn say(
         .await
         .map(Response::into_inner)
 }
+
+/// What a raw gRPC call got: the HTTP status, the response headers and
+/// trailers merged (a trailers-only answer has `grpc-status` in its head),
+/// and the messages' bytes.
+pub struct RawCall {
+    pub http: u16,
+    pub fields: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl RawCall {
+    /// The `grpc-status` of the call.
+    pub fn grpc_status(&self) -> Option<u32> {
+        self.fields.get("grpc-status")?.to_str().ok()?.parse().ok()
+    }
+}
+
+/// One unary call sent by hand over a new HTTP/2 connection to `addr`
+/// (prior knowledge), with `extra` request fields: for what tonic's
+/// client does not let a test control (it enforces `grpc-timeout` itself).
+pub async fn raw_call(addr: SocketAddr, path: &str, msg: &Msg, extra: &[(&str, &str)]) -> RawCall {
+    use http_body_util::BodyExt;
+    use prost::Message as _;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let encoded = msg.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    let mut req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("a response");
+    let http = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("the whole body");
+    let mut fields = parts.headers;
+    if let Some(t) = collected.trailers() {
+        fields.extend(t.clone());
+    }
+    RawCall {
+        http,
+        fields,
+        body: collected.to_bytes(),
+    }
+}

@@ -278,6 +278,11 @@ impl Conn<'_> {
             Ok(r) => r,
             Err(e) => return Prepared::Refuse(e, go_on),
         };
+        if !routed.service.policy().upstream.is_plain_http1() {
+            // TLS or HTTP/2 to the instances: the general path's clients.
+            tracing::trace!("request to a TLS or HTTP/2 service handed to the general path");
+            return Prepared::Fallback;
+        }
         if routed.upgrade.is_some() {
             // The route allows the upgrade: hyper tunnels it. Any other
             // upgrade request (h2c, say) is served here as plain HTTP/1.1,

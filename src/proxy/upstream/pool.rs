@@ -1,7 +1,8 @@
-//! Upstream connections: dialing an instance and keeping its idle HTTP/1.1
-//! keep-alive connections for reuse. Two kinds are kept apart: hyper client
-//! connections ([`Sender`], for the general path) and plain sockets with
-//! their read buffer ([`RawConn`], for the HTTP/1.1 fast path in [`super::h1`]).
+//! Each instance's kept connections: idle HTTP/1.1 keep-alive connections
+//! for reuse, and its shared HTTP/2 connections ([`H2Set`]). The HTTP/1.1
+//! ones come in two kinds kept apart: hyper client connections ([`Sender`],
+//! for the general path, plain or TLS) and plain sockets with their read
+//! buffer ([`RawConn`], for the HTTP/1.1 fast path in `proxy::h1`).
 //!
 //! Each instance has its own small lock-free pool ([`IdlePool`]), kept in the
 //! attachment slot of the instance's live state ([`pool`]), so a pool never
@@ -13,16 +14,15 @@
 //! else (error, client gone mid-body, upgrade) drops it, which closes it.
 
 use std::any::Any;
-use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use crossbeam_queue::ArrayQueue;
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use super::h2::H2Set;
 
 use crate::clock;
 use crate::proxy::body::UpstreamBody;
@@ -30,12 +30,6 @@ use crate::registry::{Attachment, InstanceState, Lifecycle};
 
 /// The sending half of one upstream HTTP/1.1 connection.
 pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
-
-/// Largest response head accepted from an instance (both codecs).
-pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-/// Read buffer of a fast-path upstream connection.
-const RAW_BUF: usize = 8 * 1024;
 
 /// A fast-path upstream connection: the socket and the bytes read from it
 /// but not yet used.
@@ -77,6 +71,8 @@ impl Pooled for RawConn {
 pub(crate) struct IdlePool {
     queue: LazyQueue<Idle<Sender>>,
     raw: LazyQueue<Idle<RawConn>>,
+    /// The instance's shared HTTP/2 connections.
+    pub(super) h2: H2Set,
 }
 
 /// A bounded queue allocated when first written to.
@@ -154,12 +150,15 @@ impl IdlePool {
         IdlePool {
             queue: LazyQueue::new(max_idle),
             raw: LazyQueue::new(max_idle),
+            h2: H2Set::default(),
         }
     }
 
     /// Number of idle connections held.
     pub(crate) fn len(&self) -> usize {
-        self.queue.get().map_or(0, ArrayQueue::len) + self.raw.get().map_or(0, ArrayQueue::len)
+        self.queue.get().map_or(0, ArrayQueue::len)
+            + self.raw.get().map_or(0, ArrayQueue::len)
+            + self.h2.idle()
     }
 
     /// Keeps `sender` for reuse; closes it when the pool is full.
@@ -207,10 +206,12 @@ impl IdlePool {
         None
     }
 
-    /// Closes every idle connection.
+    /// Closes every idle connection, and lets the HTTP/2 connections
+    /// close once their open streams end.
     pub(crate) fn clear(&self) {
         clear(&self.queue);
         clear(&self.raw);
+        self.h2.clear();
     }
 
     /// Closes connections idle for longer than `max_idle_time`.
@@ -218,6 +219,7 @@ impl IdlePool {
         let oldest_ok = clock::now_ms().saturating_sub(max_idle_time.as_millis() as u64);
         reap(&self.queue, oldest_ok);
         reap(&self.raw, oldest_ok);
+        self.h2.reap(oldest_ok);
     }
 }
 
@@ -249,7 +251,7 @@ pub(crate) fn pool_of(instance: &InstanceState) -> Option<&IdlePool> {
 
 /// Keeps `sender` for the next request to `instance`, unless the instance
 /// has left the registry (then it closes).
-pub(crate) fn keep(instance: &InstanceState, sender: Sender) {
+pub(crate) fn keep_h1(instance: &InstanceState, sender: Sender) {
     if instance.lifecycle() != Lifecycle::Removed {
         if let Some(pool) = pool_of(instance) {
             pool.put(sender);
@@ -271,62 +273,11 @@ pub(crate) fn idle_connections(instance: &InstanceState) -> usize {
     pool_of(instance).map_or(0, IdlePool::len)
 }
 
-/// Why a new connection could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The TCP connect failed (refused, unreachable, ...).
-    #[error("connect failed: {0}")]
-    Io(#[from] io::Error),
-    /// The TCP connect did not finish within the connect timeout.
-    #[error("connect timed out after {0:?}")]
-    Timeout(Duration),
-    /// The HTTP/1.1 handshake failed.
-    #[error("handshake failed: {0}")]
-    Handshake(#[from] hyper::Error),
-}
-
-/// Dials `addr` with `timeout`, for a fast-path exchange.
-pub(crate) async fn connect_raw(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<RawConn, ConnectError> {
-    Ok(RawConn {
-        stream: dial(addr, timeout).await?,
-        buf: BytesMut::with_capacity(RAW_BUF),
-    })
-}
-
-async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(stream) => stream?,
-        Err(_) => return Err(ConnectError::Timeout(timeout)),
-    };
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Dials `addr` and starts an HTTP/1.1 connection on it. The connection is
-/// driven by its own task, which ends when the connection closes.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
-    let stream = dial(addr, timeout).await?;
-    // Response heads over 64 KiB or 128 lines are refused, as on the fast
-    // path.
-    let (sender, conn) = http1::Builder::new()
-        .max_header_size(MAX_RESPONSE_HEAD)
-        .max_headers(crate::proxy::policy::request::MAX_FIELDS)
-        .handshake(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use hyper_util::rt::TokioIo;
 
     #[test]
     fn pool_queues_are_allocated_on_first_use() {

@@ -1,0 +1,256 @@
+//! gRPC through the proxy, with a real gRPC client (tonic's channel) and
+//! real gRPC instances (tonic's server machinery over hyper HTTP/2): unary,
+//! server-streaming and bidirectional calls; calls balanced one by one
+//! over few client connections; the proxy's own errors as gRPC statuses
+//! (no instance, a deadline, an unknown method's route, an instance that
+//! dies mid-stream).
+
+mod support;
+
+use std::collections::HashMap;
+
+use tonic::{Code, Request};
+
+use support::grpc::{client, codec, raw_call, say, GrpcInstance, Msg};
+use support::{within, Proxy};
+
+/// A proxy routing `/echo.Echo/` to service `echo` (h2c) on `instances`.
+async fn proxy(instances: &[&GrpcInstance], extra: &str) -> Proxy {
+    let list: Vec<String> = instances
+        .iter()
+        .map(|i| format!("\"{}\"", i.addr))
+        .collect();
+    Proxy::start(&format!(
+        "[services.echo]\nprotocol = \"h2c\"\ninstances = [{}]\n{extra}\n\
+         [[routes]]\npath = \"/echo.Echo\"\nservice = \"echo\"\n",
+        list.join(", ")
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_spread_evenly_over_instances_from_few_connections() {
+    let a = GrpcInstance::start("a").await;
+    let b = GrpcInstance::start("b").await;
+    let c = GrpcInstance::start("c").await;
+    let proxy = proxy(&[&a, &b, &c], "").await;
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    // Two client connections, 150 calls each, some of them concurrent.
+    let mut tasks = Vec::new();
+    for conn in 0..2 {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut client = client(addr).await;
+            let mut got = Vec::new();
+            for i in 0..150 {
+                let msg = say(&mut client, Msg::text(&format!("{conn}-{i}")), None)
+                    .await
+                    .expect("call");
+                assert_eq!(msg.text, format!("{conn}-{i}"));
+                got.push(msg.instance);
+            }
+            got
+        }));
+    }
+    for t in tasks {
+        for instance in within(30, "calls finish", t).await.unwrap() {
+            *seen.entry(instance).or_default() += 1;
+        }
+    }
+    // Per-call balancing: round-robin gives each of the three a third.
+    for name in ["a", "b", "c"] {
+        let n = seen.get(name).copied().unwrap_or(0);
+        assert!((90..=110).contains(&n), "{name} got {n} of 300: {seen:?}");
+    }
+    // Few upstream connections: multiplexed, not one per call.
+    for i in [&a, &b, &c] {
+        assert!(
+            i.connections() <= 4,
+            "{} connections to {}",
+            i.connections(),
+            i.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_streaming_and_bidirectional_calls_pass_whole() {
+    let a = GrpcInstance::start("a").await;
+    let proxy = proxy(&[&a], "").await;
+    let mut client = client(proxy.addr).await;
+
+    // Server streaming: 1,000 messages, in order.
+    client.ready().await.unwrap();
+    let ask = Msg {
+        n: 1000,
+        ..Msg::default()
+    };
+    let mut stream = client
+        .server_streaming(
+            Request::new(ask),
+            "/echo.Echo/Count".parse().unwrap(),
+            codec(),
+        )
+        .await
+        .expect("stream starts")
+        .into_inner();
+    let mut count = 0u32;
+    while let Some(msg) = within(30, "next message", stream.message())
+        .await
+        .expect("message")
+    {
+        assert_eq!(msg.text, count.to_string());
+        count += 1;
+    }
+    assert_eq!(count, 1000);
+
+    // Bidirectional: each message answered before the next is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+    client.ready().await.unwrap();
+    let mut replies = client
+        .streaming(
+            Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            "/echo.Echo/Chat".parse().unwrap(),
+            codec(),
+        )
+        .await
+        .expect("chat starts")
+        .into_inner();
+    for i in 0..100 {
+        tx.send(Msg::text(&format!("ping {i}"))).await.unwrap();
+        let reply = within(10, "reply", replies.message())
+            .await
+            .expect("reply")
+            .expect("not ended");
+        assert_eq!(reply.text, format!("ping {i}"));
+        assert_eq!(reply.instance, "a");
+    }
+    drop(tx);
+    assert!(within(10, "end", replies.message())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_errors_are_grpc_statuses() {
+    let a = GrpcInstance::start("a").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = Proxy::start(&format!(
+        "[services.echo]\nprotocol = \"h2c\"\ninstances = [\"{}\"]\n\
+         [services.gone]\nprotocol = \"h2c\"\ninstances = [\"{dead}\"]\n\
+         [[routes]]\npath = \"/echo.Echo\"\nservice = \"echo\"\n\
+         [[routes]]\npath = \"/gone.Gone\"\nservice = \"gone\"\n",
+        a.addr
+    ))
+    .await;
+    let mut client = client(proxy.addr).await;
+
+    // A `grpc-timeout` shorter than the instance takes: the proxy ends the
+    // call with DEADLINE_EXCEEDED (sent by hand: tonic's client would give
+    // up by itself at the same moment).
+    let slow = Msg {
+        delay_ms: 3000,
+        ..Msg::text("slow")
+    };
+    let call = within(
+        10,
+        "the proxy's deadline answer",
+        raw_call(
+            proxy.addr,
+            "/echo.Echo/Say",
+            &slow,
+            &[("grpc-timeout", "200m")],
+        ),
+    )
+    .await;
+    assert_eq!(call.http, 200);
+    assert_eq!(call.grpc_status(), Some(4), "{:?}", call.fields);
+    assert!(call.fields.contains_key("grpc-message"));
+
+    // Nothing listens at the instance: UNAVAILABLE, with a message.
+    client.ready().await.unwrap();
+    let status = client
+        .unary::<Msg, Msg, _>(
+            Request::new(Msg::text("x")),
+            "/gone.Gone/Say".parse().unwrap(),
+            codec(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(!status.message().is_empty(), "{status:?}");
+
+    // No route: UNIMPLEMENTED.
+    client.ready().await.unwrap();
+    let status = client
+        .unary::<Msg, Msg, _>(
+            Request::new(Msg::text("x")),
+            "/nothing.Here/Say".parse().unwrap(),
+            codec(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+
+    // The client connection still works after all of that.
+    let msg = say(&mut client, Msg::text("still here"), None)
+        .await
+        .unwrap();
+    assert_eq!(msg.instance, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_instance_is_unavailable_with_a_message() {
+    let proxy = Proxy::start(
+        "[services.echo]\nprotocol = \"h2c\"\n\
+         [[routes]]\npath = \"/echo.Echo\"\nservice = \"echo\"\n",
+    )
+    .await;
+    let mut client = client(proxy.addr).await;
+    let status = say(&mut client, Msg::text("x"), None).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("instance"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_mid_stream_ends_the_call_with_a_status() {
+    let a = GrpcInstance::start("a").await;
+    let proxy = proxy(&[&a], "").await;
+    let mut client = client(proxy.addr).await;
+    client.ready().await.unwrap();
+    let ask = Msg {
+        n: 1000,
+        delay_ms: 20,
+        ..Msg::default()
+    };
+    let mut stream = client
+        .server_streaming(
+            Request::new(ask),
+            "/echo.Echo/Count".parse().unwrap(),
+            codec(),
+        )
+        .await
+        .expect("stream starts")
+        .into_inner();
+    for _ in 0..3 {
+        within(10, "first messages", stream.message())
+            .await
+            .expect("message")
+            .expect("not ended");
+    }
+    a.kill();
+    let status = loop {
+        match within(10, "the stream ends", stream.message()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended as if complete"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(!status.message().is_empty(), "{status:?}");
+}
