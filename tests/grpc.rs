@@ -254,3 +254,83 @@ async fn an_instance_killed_mid_stream_ends_the_call_with_a_status() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(!status.message().is_empty(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_calls_share_a_few_upstream_connections() {
+    let a = GrpcInstance::start("a").await;
+    let proxy = proxy(&[&a], "").await;
+    let client = client(proxy.addr).await;
+    // 1,000 calls at once over one client connection, each held 100 ms by
+    // the instance so that they overlap.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let mut client = client.clone();
+        calls.spawn(async move {
+            let msg = Msg {
+                delay_ms: 100,
+                ..Msg::text(&i.to_string())
+            };
+            say(&mut client, msg, None).await.map(|m| (i, m.text))
+        });
+    }
+    let mut ok = 0;
+    while let Some(done) = within(60, "the calls end", calls.join_next()).await {
+        let (i, text) = done.unwrap().expect("call succeeds");
+        assert_eq!(text, i.to_string());
+        ok += 1;
+    }
+    assert_eq!(ok, 1000);
+    // 100 streams a connection by default, at most 4 connections: the
+    // rest wait in hyper's queue instead of opening more.
+    assert!(
+        (1..=4).contains(&a.connections()),
+        "{} upstream connections",
+        a.connections()
+    );
+    assert_eq!(a.calls(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_going_away_mid_load_loses_no_call() {
+    let a = GrpcInstance::start("a").await;
+    let b = GrpcInstance::start("b").await;
+    let proxy = proxy(&[&a, &b], "").await;
+    let client = client(proxy.addr).await;
+    let mut workers = tokio::task::JoinSet::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for w in 0..8 {
+        let mut client = client.clone();
+        let done_tx = done_tx.clone();
+        workers.spawn(async move {
+            for i in 0..100 {
+                let msg = Msg {
+                    delay_ms: 5,
+                    ..Msg::text(&format!("{w}-{i}"))
+                };
+                let reply = say(&mut client, msg, None).await;
+                let _ = done_tx.send(());
+                let text = reply.map(|m| m.text);
+                assert!(
+                    matches!(&text, Ok(t) if *t == format!("{w}-{i}")),
+                    "call {w}-{i}: {text:?}"
+                );
+            }
+        });
+    }
+    drop(done_tx);
+    // A quarter of the way in, `a` sends GOAWAY on every connection (and
+    // on any new one): its open calls finish, new ones go elsewhere.
+    for _ in 0..200 {
+        within(30, "calls progress", done_rx.recv()).await;
+    }
+    a.goaway();
+    while let Some(w) = within(60, "the workers end", workers.join_next()).await {
+        w.expect("every call answered correctly");
+    }
+    assert!(
+        b.calls() > 400,
+        "b took over: a {} b {}",
+        a.calls(),
+        b.calls()
+    );
+}

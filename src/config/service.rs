@@ -93,6 +93,12 @@ impl Upstream {
         self.tls.is_none() && matches!(self.protocol, Protocol::Http1 | Protocol::Auto)
     }
 
+    /// Whether requests may go over HTTP/2 (`h2c`, `h2`, or `auto` over
+    /// TLS).
+    pub fn may_use_h2(&self) -> bool {
+        self.is_h2_only() || (self.protocol == Protocol::Auto && self.tls.is_some())
+    }
+
     /// HTTP/2 whatever the instance says (`h2c`, `h2`).
     pub fn is_h2_only(&self) -> bool {
         matches!(self.protocol, Protocol::H2c | Protocol::H2)

@@ -98,8 +98,12 @@ type Answered = (
 enum Attempt {
     Answered(Response<Incoming>, Sender),
     /// An HTTP/2 instance did not process the stream (REFUSED_STREAM, or
-    /// a graceful GOAWAY): safe to repeat when it can be rebuilt.
-    Refused(String),
+    /// a graceful GOAWAY): safe to repeat when it can be rebuilt; `replay`
+    /// is its body again when it was kept.
+    Refused {
+        error: String,
+        replay: Option<UpstreamBody>,
+    },
     /// Failed; the request comes back when it was not written.
     Failed {
         request: Option<Request<UpstreamBody>>,
@@ -176,7 +180,7 @@ impl attempt::Exchange for HyperExchange<'_> {
             }
             Attempt::BadHead(detail) => Outcome::BadResponse(detail),
             // Turned into `Failed` by `Proxy::attempt`.
-            Attempt::Refused(error) => Outcome::Failed {
+            Attempt::Refused { error, .. } => Outcome::Failed {
                 error,
                 failure: None,
                 retry: false,
@@ -310,8 +314,11 @@ impl Proxy {
             te_trailers: plan.accepts_trailers,
             upgrade: routed.upgrade.is_some(),
         };
-        let body = UpstreamBody::client(body, self.settings.client_body);
-        let pending = template.first(body, resend_ok);
+        // A body sent to an HTTP/2 instance is kept (up to a limit) in case
+        // the instance refuses the stream unprocessed.
+        let replayable = service.policy().upstream.may_use_h2();
+        let body = UpstreamBody::client(body, self.settings.client_body, replayable);
+        let pending = template.first(body, resend_ok || replayable);
         let mut exchange = HyperExchange {
             proxy: self,
             service: &service,
@@ -386,17 +393,25 @@ impl Proxy {
                 Attempt::Failed { request: None, .. } if resend_ok => {
                     request = template.build(UpstreamBody::Empty)
                 }
-                Attempt::Refused(_) if template.bodyless => {
-                    request = template.build(UpstreamBody::Empty)
-                }
+                // Refused unprocessed on a kept connection (the instance
+                // is rotating it): again on a fresh one.
+                Attempt::Refused { replay, error } => match rebuild(template, replay) {
+                    Some(r) => request = r,
+                    None => {
+                        return Attempt::Failed {
+                            request: None,
+                            error,
+                            failure: None,
+                        }
+                    }
+                },
                 // Written on a kept connection and not safe to repeat: the
                 // instance may have acted on it; report, do not blame it.
                 Attempt::Failed {
                     request: None,
                     error,
                     ..
-                }
-                | Attempt::Refused(error) => {
+                } => {
                     return Attempt::Failed {
                         request: None,
                         error,
@@ -409,13 +424,13 @@ impl Proxy {
         match upstream::open(instance, &dial).await {
             Ok(sender) => match send(sender, request, &wire).await {
                 // Not processed: another instance may take it when it can
-                // be rebuilt; nothing is held against this one.
-                Attempt::Refused(error) => Attempt::Failed {
-                    request: template
-                        .bodyless
-                        .then(|| template.build(UpstreamBody::Empty)),
+                // be rebuilt. A fresh connection that takes no stream is an
+                // instance not taking work: held against it as a failed
+                // connect.
+                Attempt::Refused { error, replay } => Attempt::Failed {
+                    request: rebuild(template, replay),
                     error,
-                    failure: None,
+                    failure: Some(Failure::Connect),
                 },
                 done => done,
             },
@@ -483,6 +498,15 @@ fn request_target(uri: &Uri) -> Cow<'_, str> {
     Cow::Borrowed(uri.path_and_query().map_or("/", |pq| pq.as_str()))
 }
 
+/// The request again after an instance refused it unprocessed: bodyless,
+/// or with its body kept whole.
+fn rebuild(template: &Template, replay: Option<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    if template.bodyless {
+        return Some(template.build(UpstreamBody::Empty));
+    }
+    replay.map(|body| template.build(body))
+}
+
 /// How a request is sent on its connection.
 struct Wire {
     /// The response-header timeout.
@@ -531,9 +555,23 @@ async fn send(mut sender: Sender, mut request: Request<UpstreamBody>, wire: &Wir
             Attempt::BadHead(parse_detail(e.error()))
         }
         Some(Err(mut e)) => {
+            tracing::debug!(error = ?e.error(), "upstream send failed");
             let request = e.take_message();
             if request.is_none() && upstream::unprocessed(e.error()) {
-                return Attempt::Refused(e.into_error().to_string());
+                // The body's task may still be ending: its end makes the
+                // kept copy available.
+                let replay = match &progress {
+                    Some(p) => {
+                        let _ = tokio::time::timeout(REPLAY_WAIT, p.finished()).await;
+                        p.replay()
+                    }
+                    None => None,
+                };
+                tracing::debug!(kept = replay.is_some(), "stream refused unprocessed");
+                return Attempt::Refused {
+                    error: e.into_error().to_string(),
+                    replay,
+                };
             }
             // Not written: nothing reached the instance, so it counts as a
             // connect-class failure; written: reset before a response.
@@ -551,6 +589,10 @@ async fn send(mut sender: Sender, mut request: Request<UpstreamBody>, wire: &Wir
         None => Attempt::TimedOut,
     }
 }
+
+/// Longest wait for a refused request's body to finish sending (it is
+/// being dropped) before giving up on sending it again.
+const REPLAY_WAIT: Duration = Duration::from_millis(100);
 
 /// A short description of a response parse error hyper reports.
 fn parse_detail(e: &hyper::Error) -> &'static str {

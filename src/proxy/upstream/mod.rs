@@ -87,8 +87,14 @@ impl Sender {
 /// Rewrites an HTTP/1.1-shaped request for HTTP/2: the target becomes
 /// absolute (`:scheme`, and `:authority` from `Host`, which is removed),
 /// connection-specific fields go (RFC 9113 section 8.2.2).
+///
+/// Done once: a request that comes back unsent is already rewritten. One
+/// without `Host` (HTTP/1.0) keeps a relative target, which h2 sends with
+/// `:scheme` and no `:authority`.
 fn for_h2(request: &mut Request<UpstreamBody>, tls: bool) {
-    *request.version_mut() = Version::HTTP_2;
+    if request.uri().authority().is_some() {
+        return;
+    }
     let headers = request.headers_mut();
     let authority = headers
         .remove(header::HOST)
@@ -103,6 +109,7 @@ fn for_h2(request: &mut Request<UpstreamBody>, tls: bool) {
         headers.remove(name);
     }
     let Some(authority) = authority else { return };
+    *request.version_mut() = Version::HTTP_2;
     let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
     let mut parts = std::mem::take(request.uri_mut()).into_parts();
     parts.scheme = Some(scheme);
