@@ -94,7 +94,9 @@ type Answered = (
     Vec<(HeaderName, HeaderValue)>,
 );
 
-/// How one attempt on one instance ended.
+/// How one attempt on one instance ended. Lives on the stack for one
+/// attempt: boxing the request would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     Answered(Response<Incoming>, Sender),
     /// An HTTP/2 instance did not process the stream (REFUSED_STREAM, or
