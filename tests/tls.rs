@@ -7,94 +7,13 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
+use support::pki::Pki;
 use support::{wayfinder, within, Backend, ConfigFile, Mode, Proc};
-
-/// A CA and the certificates a test makes with it, in a directory removed
-/// on drop.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir = support::temp_path(tag, ".pki");
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // Named, or OpenSSL clients take a leaf with the same (empty)
-        // issuer and subject for self-signed.
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "wayfinder test CA");
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
-    }
-
-    /// Writes a certificate for `names` as `file.crt` / `file.key`;
-    /// `expired`: valid only in the past.
-    fn leaf(&self, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let (crt, k) = (
-            self.dir.join(format!("{file}.crt")),
-            self.dir.join(format!("{file}.key")),
-        );
-        // Written beside and renamed: the proxy never reads half a file.
-        for (path, text) in [(&crt, cert.pem()), (&k, key.serialize_pem())] {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, path).unwrap();
-        }
-        (crt, k)
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.crt")
-    }
-
-    /// A rustls client trusting the CA.
-    fn connector(&self) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        TlsConnector::from(Arc::new(config))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A running proxy: one plain and one TLS listener, routes for `a.example`
 /// and `*.b.example` to the echo backend, and `/secure` (redirects plain

@@ -13,6 +13,7 @@
 //!   scripted [`raw::RawBackend`]);
 //! - [`attack`]: attack scenarios (a recording, strictly parsing instance,
 //!   LF-tolerant response parsing, HTTP/2 frames by hand, in-flight counts);
+//! - [`pki`]: a CA made at test time and certificates signed by it;
 //! - [`procs`]: ports, temporary files and the processes a test spawns
 //!   (`wayfinder` itself, [`Proc`]; etcd or dnsmasq, [`Daemon`]);
 //! - here: bodies and bounded waits.
@@ -31,6 +32,7 @@ pub mod client;
 pub mod grpc;
 pub mod inst;
 pub mod load;
+pub mod pki;
 pub mod procs;
 pub mod proxy;
 pub mod raw;
