@@ -244,3 +244,65 @@ async fn auto_follows_what_each_instance_chooses() {
         (200, "w HTTP/1.1".to_owned())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_speak_tls_and_http2_as_requests_do() {
+    let pki = Pki::new("up-tls-health");
+    let other = Pki::new("up-tls-health-other");
+    pki.leaf("both", &["127.0.0.1"], false);
+    other.leaf("both", &["127.0.0.1"], false);
+    // An HTTP check over HTTP/2 with TLS (the gRPC instance answers any
+    // path with HTTP 200), and one over HTTP/1.1 with TLS to an instance
+    // whose certificate is not trusted.
+    let g = GrpcInstance::start_tls("g", pki.server_config("both", &[b"h2"], false)).await;
+    let w = H1TlsInstance::start("w", other.server_config("both", &[b"http/1.1"], false)).await;
+    let ca = path(&pki.ca_file());
+    let health = "kind = \"http\"\npath = \"/healthz\"\ninterval = \"100ms\"\n\
+                  unhealthy_threshold = 1\nhealthy_threshold = 1";
+    let proxy = proxy(
+        &format!(
+            "[services.echo]\nprotocol = \"h2\"\ninstances = [\"{}\"]\npanic_threshold = 0\n\
+             tls = {{ ca_file = \"{ca}\" }}\n[services.echo.health]\n{health}",
+            g.addr
+        ),
+        &format!(
+            "[services.web]\ninstances = [\"{}\"]\npanic_threshold = 0\n\
+             tls = {{ ca_file = \"{ca}\" }}\n[services.web.health]\n{health}",
+            w.addr
+        ),
+    )
+    .await;
+    // The trusted instance passes its checks and takes calls.
+    let mut c = client(proxy.addr).await;
+    let mut served = false;
+    for _ in 0..100 {
+        if say(&mut c, Msg::text("x"), None).await.is_ok() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(served, "the h2-over-TLS check passes");
+    assert!(
+        g.calls() >= 2,
+        "checks reached the instance too: {}",
+        g.calls()
+    );
+    // The untrusted one fails its checks: no healthy instance (503), not
+    // a 502 per request.
+    let mut last = 0;
+    for _ in 0..100 {
+        let r = within(10, "GET", get(proxy.addr, "web.example", "/"))
+            .await
+            .unwrap();
+        last = r.status.as_u16();
+        if last == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        last, 503,
+        "the TLS check fails on the untrusted certificate"
+    );
+}

@@ -22,8 +22,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::clock;
-use crate::config::{CheckKind, HealthCheck};
+use crate::config::{CheckKind, HealthCheck, Protocol, Upstream};
 use crate::registry::{Health, InstanceKey, InstanceState, Registry};
+use crate::tls::{Alpn, Negotiated};
 
 /// How often panic-mode flags are refreshed, since ejections end by time
 /// rather than by an event.
@@ -48,6 +49,7 @@ pub fn spawn_supervisor(registry: &Arc<Registry>) -> JoinHandle<()> {
 
 struct Checker {
     check: HealthCheck,
+    upstream: Upstream,
     slow_start: Duration,
     task: JoinHandle<()>,
 }
@@ -79,18 +81,23 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
                     continue;
                 };
                 let slow_start = service.policy().slow_start;
+                let upstream = &service.policy().upstream;
                 for m in service.members() {
                     let key = m.instance.key().clone();
                     let kept = checkers.remove(&key).filter(|c| {
-                        &c.check == check && c.slow_start == slow_start && !c.task.is_finished()
+                        &c.check == check
+                            && &c.upstream == upstream
+                            && c.slow_start == slow_start
+                            && !c.task.is_finished()
                     });
                     let checker = kept.unwrap_or_else(|| Checker {
                         check: check.clone(),
+                        upstream: upstream.clone(),
                         slow_start,
                         task: tokio::spawn(check_loop(
                             registry.clone(),
                             m.instance.clone(),
-                            check.clone(),
+                            (check.clone(), upstream.clone()),
                             slow_start,
                         )),
                     });
@@ -126,7 +133,7 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
 async fn check_loop(
     registry: Weak<Registry>,
     instance: Arc<InstanceState>,
-    check: HealthCheck,
+    (check, upstream): (HealthCheck, Upstream),
     slow_start: Duration,
 ) {
     let mut rng = Jitter::seeded(&instance);
@@ -134,7 +141,7 @@ async fn check_loop(
     tokio::time::sleep(rng.upto(check.jitter.min(check.interval / 4))).await;
     let (mut passes, mut failures) = (0u32, 0u32);
     loop {
-        let outcome = run_check(&check, instance.addr()).await;
+        let outcome = run_check(&check, &upstream, instance.addr()).await;
         let health = instance.health();
         let changed = match outcome.clone() {
             Ok(()) => {
@@ -189,18 +196,65 @@ async fn check_loop(
     }
 }
 
-/// Runs one check against `addr`; `Err` says why it failed.
-pub async fn run_check(check: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
-    match tokio::time::timeout(check.timeout, attempt(check, addr)).await {
+/// Runs one check against `addr`, spoken to as the service's instances
+/// are (`upstream`: plain or TLS, HTTP/1.1 or HTTP/2); `Err` says why it
+/// failed. Over TLS, even a TCP check completes the handshake, so an
+/// instance whose certificate would be refused is not taken as healthy.
+pub async fn run_check(
+    check: &HealthCheck,
+    upstream: &Upstream,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, attempt(check, upstream, addr)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),
     }
 }
 
-async fn attempt(check: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
+async fn attempt(check: &HealthCheck, upstream: &Upstream, addr: SocketAddr) -> Result<(), String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = &upstream.tls else {
+        if matches!(check.kind, CheckKind::Tcp) {
+            return Ok(());
+        }
+        return http_check(
+            check,
+            addr,
+            stream,
+            upstream.protocol == Protocol::H2c,
+            false,
+        )
+        .await;
+    };
+    let alpn = match upstream.protocol {
+        Protocol::Http1 => Alpn::Http1,
+        Protocol::H2 | Protocol::H2c => Alpn::H2,
+        Protocol::Auto => Alpn::Both,
+    };
+    let (stream, negotiated) = tls
+        .connect(addr.ip(), stream, alpn)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    if matches!(check.kind, CheckKind::Tcp) {
+        return Ok(());
+    }
+    http_check(check, addr, stream, negotiated == Negotiated::H2, true).await
+}
+
+/// One HTTP check request over `io`, in HTTP/2 when `h2`.
+async fn http_check<T>(
+    check: &HealthCheck,
+    addr: SocketAddr,
+    io: T,
+    h2: bool,
+    tls: bool,
+) -> Result<(), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let CheckKind::Http {
         method,
         path,
@@ -210,26 +264,44 @@ async fn attempt(check: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
     else {
         return Ok(());
     };
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+    let host = host.clone().unwrap_or_else(|| addr.to_string());
+    let mut req = Request::builder()
+        .method(method.clone())
+        .header(header::USER_AGENT, "wayfinder-health-check");
+    let sent = if h2 {
+        let scheme = if tls { "https" } else { "http" };
+        let req = req
+            .uri(format!("{scheme}://{host}{path}"))
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(io),
+        )
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let sent = sender.send_request(req).await;
+        conn.abort();
+        sent
+    } else {
+        let host = HeaderValue::from_str(&host).map_err(|_| "unusable host".to_owned())?;
+        req = req
+            .uri(path.as_str())
+            .header(header::HOST, host)
+            .header(header::CONNECTION, "close");
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let host = match host {
-        Some(h) => HeaderValue::from_str(h),
-        None => HeaderValue::from_str(&addr.to_string()),
-    }
-    .map_err(|_| "unusable host".to_owned())?;
-    let req = Request::builder()
-        .method(method.clone())
-        .uri(path.as_str())
-        .header(header::HOST, host)
-        .header(header::USER_AGENT, "wayfinder-health-check")
-        .header(header::CONNECTION, "close")
-        .body(Empty::new())
-        .map_err(|e| format!("request: {e}"))?;
-    let result = match sender.send_request(req).await {
+        let conn = tokio::spawn(conn);
+        let sent = sender.send_request(req).await;
+        conn.abort();
+        sent
+    };
+    match sent {
         Ok(resp) => {
             let code = resp.status().as_u16();
             if expect.iter().any(|&(lo, hi)| (lo..=hi).contains(&code)) {
@@ -239,9 +311,7 @@ async fn attempt(check: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
             }
         }
         Err(e) => Err(format!("request: {e}")),
-    };
-    conn.abort();
-    result
+    }
 }
 
 /// A small xorshift generator for check jitter; no need for a crate.
