@@ -38,6 +38,7 @@ mod instance;
 mod preserve;
 pub mod registrations;
 mod schedule;
+pub mod serf;
 mod snapshot;
 mod source;
 mod state;

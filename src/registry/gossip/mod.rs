@@ -32,7 +32,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -641,9 +640,4 @@ impl RegistrationStore for Announced {
     fn save(&self) {
         self.inner.save();
     }
-}
-
-/// Bytes per second sent, for the members view.
-pub fn sent_bytes(t: &Traffic) -> u64 {
-    t.sent_bytes.load(Ordering::Relaxed)
 }
