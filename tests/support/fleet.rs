@@ -29,11 +29,25 @@ pub fn gossip_port() -> ReservedPort {
 pub struct FleetProxy {
     /// The process.
     pub proc: Proc,
-    /// Its listeners.
-    pub at: Listening,
+    /// Reads of its admin API and routing.
+    pub view: ProxyView,
     /// Its gossip address.
     pub gossip: SocketAddr,
     _config: ConfigFile,
+}
+
+impl std::ops::Deref for FleetProxy {
+    type Target = ProxyView;
+    fn deref(&self) -> &ProxyView {
+        &self.view
+    }
+}
+
+/// What a test reads from a running proxy: its admin API and routing.
+#[derive(Debug, Clone)]
+pub struct ProxyView {
+    /// Its listeners.
+    pub at: Listening,
 }
 
 /// How a test proxy gossips.
@@ -91,12 +105,14 @@ impl FleetProxy {
         let at = proc.listening(20).await;
         FleetProxy {
             proc,
-            at,
+            view: ProxyView { at },
             gossip,
             _config: config,
         }
     }
+}
 
+impl ProxyView {
     /// `GET path` on its admin API, as JSON.
     pub async fn admin_json(&self, path: &str) -> Value {
         let r = get(self.at.admin(), "admin", path)
@@ -142,7 +158,7 @@ impl FleetProxy {
     ) -> Duration {
         let mut want: Vec<SocketAddr> = want.to_vec();
         want.sort();
-        let what = format!("{} lists {service} = {want:?}", self.gossip);
+        let what = format!("{} lists {service} = {want:?}", self.at.proxy());
         wait_for(limit, &what, || async {
             self.instances(service)
                 .await
@@ -213,6 +229,8 @@ pub struct SerfAgent {
     pub rpc: SocketAddr,
     /// The process.
     pub daemon: Daemon,
+    /// Its command line (after the binary).
+    pub args: Vec<String>,
 }
 
 /// The serf binary; a missing one fails the test saying how to install it.
@@ -228,25 +246,31 @@ impl SerfAgent {
         for _ in 0..10 {
             let (bind, rpc) = (ReservedPort::tcp_and_udp(), ReservedPort::tcp());
             let (bind_addr, rpc_addr) = (bind.addr(), rpc.addr());
-            let mut cmd = std::process::Command::new(&bin);
-            cmd.arg("agent")
-                .arg(format!("-node={name}"))
-                .arg(format!("-bind={bind_addr}"))
-                .arg(format!("-rpc-addr={rpc_addr}"))
-                .arg("-log-level=info");
+            let mut args = vec![
+                "agent".to_owned(),
+                format!("-node={name}"),
+                format!("-bind={bind_addr}"),
+                format!("-rpc-addr={rpc_addr}"),
+                "-log-level=info".to_owned(),
+            ];
             if let Some(j) = join {
-                cmd.arg(format!("-join={j}"));
+                args.push(format!("-join={j}"));
             }
             for (k, v) in tags {
-                cmd.arg("-tag").arg(format!("{k}={v}"));
+                args.push("-tag".to_owned());
+                args.push(format!("{k}={v}"));
             }
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.args(&args);
             let mut daemon = Daemon::new("serf");
             bind.release();
             rpc.release();
             let started = daemon
                 .try_spawn(
                     cmd,
-                    |log| log.contains("Serf agent running"),
+                    // serf writes its banner to stdout, not to the log: the RPC
+                    // port answering is the sign (it was reserved until now).
+                    |_| true,
                     Duration::from_secs(20),
                     Duration::from_millis(20),
                     || async move { tokio::net::TcpStream::connect(rpc_addr).await.is_ok() },
@@ -259,6 +283,7 @@ impl SerfAgent {
                         bind: bind_addr,
                         rpc: rpc_addr,
                         daemon,
+                        args,
                     }
                 }
                 Err(log) if super::address_in_use(&log) => continue,
@@ -266,6 +291,25 @@ impl SerfAgent {
             }
         }
         panic!("no free ports for serf agent {name} in 10 tries");
+    }
+
+    /// Starts it again (killed before) on the same ports.
+    pub async fn restart(&mut self) {
+        let mut cmd = std::process::Command::new(serf_binary());
+        cmd.args(&self.args);
+        let rpc = self.rpc;
+        self.daemon
+            .try_spawn(
+                cmd,
+                // serf writes its banner to stdout, not to the log: the RPC
+                // port answering is the sign (it was reserved until now).
+                |_| true,
+                Duration::from_secs(20),
+                Duration::from_millis(20),
+                || async move { tokio::net::TcpStream::connect(rpc).await.is_ok() },
+            )
+            .await
+            .unwrap_or_else(|log| panic!("serf agent {} did not restart:\n{log}", self.name));
     }
 
     /// Runs `serf ARGS -rpc-addr=THIS` and checks it succeeded.

@@ -541,9 +541,13 @@ impl Announced {
         })
     }
 
+    fn gone_list(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, SocketAddr, u64)>> {
+        self.gone.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn gone(&self) -> Vec<(Arc<str>, SocketAddr)> {
         let cutoff = clock::now_ms().saturating_sub(GONE_FOR.as_millis() as u64);
-        let mut g = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.gone_list();
         g.retain(|(_, _, at)| *at >= cutoff);
         g.iter().map(|(s, a, _)| (s.clone(), *a)).collect()
     }
@@ -590,14 +594,20 @@ impl RegistrationStore for Announced {
 
     fn deregister<'a>(&'a self, service: &'a str, id: &'a str) -> Pending<'a, ()> {
         Box::pin(async move {
-            let before = self.inner.get(service, id);
+            // Named gone before it leaves the store: the publisher may run
+            // as soon as the local store reports, and must not publish the
+            // removal without its reason.
+            let entry = self
+                .inner
+                .get(service, id)
+                .map(|r| (r.service.clone(), r.address, clock::now_ms()));
+            if let Some(e) = &entry {
+                self.gone_list().push(e.clone());
+            }
             let r = self.inner.deregister(service, id).await;
-            if let (Ok(()), Some(reg)) = (&r, before) {
-                self.gone.lock().unwrap_or_else(|e| e.into_inner()).push((
-                    reg.service.clone(),
-                    reg.address,
-                    clock::now_ms(),
-                ));
+            if let (Err(_), Some((s, a, _))) = (&r, entry) {
+                self.gone_list()
+                    .retain(|(gs, ga, _)| !(*gs == s && *ga == a));
             }
             self.notify(r)
         })
