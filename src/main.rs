@@ -105,7 +105,11 @@ command's code (128 + signal) when it exits by itself or had to be killed; 1 whe
 refuses the registration for good (400, 401, 403, 404: not retried); 2 for a bad command line.
 
 With --docker: SIGTERM, SIGINT and SIGQUIT stop it and leave the registrations to their TTL (a
-registrar started within it takes them over); SIGHUP lists the containers again and reconciles.";
+registrar started within it takes them over); SIGHUP lists the containers again and reconciles.
+
+With --gossip: joins the proxies' gossip fleet ([registry.gossip]) instead of calling an admin API
+and publishes the instance while its check passes; SIGTERM, SIGINT and SIGQUIT publish it draining,
+wait --drain-timeout, then leave the fleet (every proxy removes it) and exit 0.";
 
 #[derive(Debug, clap::Args)]
 struct RegisterArgs {

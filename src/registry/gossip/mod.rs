@@ -280,6 +280,11 @@ impl Gossip {
         if self.settings.join.is_empty() {
             return;
         }
+        let others = resolve(&self.settings.join).await;
+        if !others.is_empty() && others.iter().all(|s| *s == self.settings.advertise) {
+            // Its only seed is itself: the first member, waiting to be joined.
+            return;
+        }
         let mut joined = self.joined.subscribe();
         loop {
             let mut wait = self.settings.interval;
