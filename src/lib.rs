@@ -13,7 +13,7 @@
 //!
 //! ```text
 //!   wayfinder.toml ──▶ config ──▶ registry ◀── sources: the file, registrations (admin),
-//!                                   │            etcd, DNS
+//!                                   │            etcd, DNS, gossip fleet, Serf
 //!                                   │ one immutable Snapshot, swapped whole
 //!                                   ▼
 //!   client ──▶ proxy::server ──▶ router ──▶ balance ──▶ proxy (forward) ──▶ instance

@@ -105,7 +105,11 @@ command's code (128 + signal) when it exits by itself or had to be killed; 1 whe
 refuses the registration for good (400, 401, 403, 404: not retried); 2 for a bad command line.
 
 With --docker: SIGTERM, SIGINT and SIGQUIT stop it and leave the registrations to their TTL (a
-registrar started within it takes them over); SIGHUP lists the containers again and reconciles.";
+registrar started within it takes them over); SIGHUP lists the containers again and reconciles.
+
+With --gossip: joins the proxies' gossip fleet ([registry.gossip]) instead of calling an admin API
+and publishes the instance while its check passes; SIGTERM, SIGINT and SIGQUIT publish it draining,
+wait --drain-timeout, then leave the fleet (every proxy removes it) and exit 0.";
 
 #[derive(Debug, clap::Args)]
 struct RegisterArgs {
@@ -148,7 +152,46 @@ struct RegisterArgs {
     #[arg(last = true)]
     command: Vec<String>,
     #[command(flatten)]
+    gossip: GossipArgs,
+    #[command(flatten)]
     docker: wayfinder::registrar::docker::DockerArgs,
+}
+
+/// `wayfinder register --gossip`: join the gossip fleet instead of calling
+/// an admin API.
+#[derive(Debug, clap::Args)]
+struct GossipArgs {
+    /// Join the gossip fleet ([registry.gossip] of the proxies) and publish
+    /// the instance as this member's state; --registry and --token are not
+    /// used.
+    #[arg(long, conflicts_with_all = ["docker", "command"])]
+    gossip: bool,
+    /// UDP IP:PORT this member gossips on.
+    #[arg(long, requires = "gossip", default_value = "127.0.0.1:7950")]
+    gossip_bind: std::net::SocketAddr,
+    /// IP:PORT the other members reach this one at (default: --gossip-bind).
+    #[arg(long, requires = "gossip")]
+    gossip_advertise: Option<std::net::SocketAddr>,
+    /// A seed member, HOST:PORT (repeatable).
+    #[arg(long = "join", requires = "gossip")]
+    join: Vec<String>,
+    /// The fleet's cluster name.
+    #[arg(long, requires = "gossip", default_value = "wayfinder")]
+    cluster: String,
+    /// The fleet's shared secret (or WAYFINDER_GOSSIP_SECRET).
+    #[arg(
+        long,
+        requires = "gossip",
+        env = "WAYFINDER_GOSSIP_SECRET",
+        hide_env_values = true
+    )]
+    gossip_secret: Option<String>,
+    /// Time between gossip rounds.
+    #[arg(long, requires = "gossip", default_value = "500ms", value_parser = humantime::parse_duration)]
+    gossip_interval: std::time::Duration,
+    /// This member's name (default: SERVICE/ID@ADVERTISE).
+    #[arg(long, requires = "gossip")]
+    member_name: Option<String>,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -298,6 +341,7 @@ fn main() -> ExitCode {
                 (None, true) => Check::Tcp,
                 (None, false) => Check::None,
             };
+            let gossip = args.gossip;
             let opts = Options {
                 registry: args.registry,
                 id: args
@@ -313,6 +357,34 @@ fn main() -> ExitCode {
                 stop_timeout: args.stop_timeout,
                 command: args.command,
             };
+            if gossip.gossip {
+                let advertise = gossip.gossip_advertise.unwrap_or(gossip.gossip_bind);
+                if advertise.ip().is_unspecified() || advertise.port() == 0 {
+                    return fail("--gossip-advertise: other members cannot reach an unspecified address or port 0");
+                }
+                let settings = wayfinder::config::GossipSettings {
+                    name: gossip
+                        .member_name
+                        .unwrap_or_else(|| format!("{}/{}@{advertise}", opts.service, opts.id)),
+                    bind: gossip.gossip_bind,
+                    advertise,
+                    join: gossip.join,
+                    cluster: gossip.cluster,
+                    secret: gossip.gossip_secret,
+                    secret_env: None,
+                    interval: gossip.gossip_interval,
+                    phi_threshold: 8,
+                    retry_join_max: std::time::Duration::from_secs(30),
+                    leave_timeout: std::time::Duration::from_secs(2),
+                    share_ejections: false,
+                };
+                return runtime(None).block_on(async {
+                    match wayfinder::registrar::gossip::run(opts, settings).await {
+                        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                        Err(e) => fail(e),
+                    }
+                });
+            }
             // The registrar runs on this (the main) thread: the command it
             // starts is tied to the thread that started it (see
             // `registrar::exec_child`), and this one lives as long as the

@@ -12,6 +12,7 @@
 //! | `GET /v1/routes` | explicit routes in precedence order, and the conventions |
 //! | `GET /v1/services` | every service and instance with its combined state |
 //! | `GET /v1/sources` | per source: state, last success/error, instances, held-back removals |
+//! | `GET /v1/members` | the gossip fleet: members, their state and what they publish |
 //! | `POST /v1/sources/{source}/release` | apply removals self-preservation held back |
 //! | `GET /v1/registry[?index=N&wait=30s]` | all services' instances (long poll on the snapshot version) |
 //! | `GET /v1/registry/{service}[?healthy=true&index=N&wait=30s]` | one service (long poll on its index) |
@@ -37,6 +38,7 @@
 
 mod discovery;
 mod drain;
+mod members;
 mod params;
 mod registrations;
 mod registry_api;
@@ -78,6 +80,8 @@ pub(crate) struct Admin {
     pub default_ttl: Duration,
     /// The running process: readiness, reloads, the config in effect.
     pub state: Arc<state::RunState>,
+    /// This proxy's membership of a gossip fleet, if any.
+    pub gossip: Option<Arc<crate::registry::gossip::Gossip>>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.
@@ -160,9 +164,12 @@ impl Admin {
             (Method::GET, ["v1", "services"]) => {
                 json(StatusCode::OK, &services::services(&self.registry))
             }
-            (_, ["healthz" | "readyz"] | ["v1", "status" | "config" | "routes" | "services"]) => {
-                method_not_allowed("GET, HEAD")
-            }
+            (Method::GET, ["v1", "members"]) => self.members(),
+            (
+                _,
+                ["healthz" | "readyz"]
+                | ["v1", "status" | "config" | "routes" | "services" | "members"],
+            ) => method_not_allowed("GET, HEAD"),
             (_, ["v1", "sources" | "registry", ..] | ["v1", "services", _, ..]) => {
                 self.registry_call(req, &segments).await
             }
@@ -231,6 +238,7 @@ mod tests {
             auth_reads: false,
             default_ttl: Duration::from_secs(30),
             state: state::RunState::new(&config, None),
+            gossip: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -68,6 +68,8 @@ pub struct Running {
     reload_failed: AtomicBool,
     /// One resolving task per service with a `[services.NAME.dns]` table.
     dns: Mutex<DnsSources>,
+    /// This proxy's membership of a gossip fleet: it leaves at shutdown.
+    gossip: Option<Arc<crate::registry::gossip::Gossip>>,
     /// Tells the server to stop accepting and drain.
     stop: oneshot::Sender<()>,
     /// Ends when the server, the admin API and the background tasks have
@@ -90,6 +92,11 @@ impl Running {
             );
             tokio::time::sleep(pre_stop).await;
             tracing::info!("pre-stop delay over");
+        }
+        if let Some(g) = &self.gossip {
+            // Its registrations leave every proxy explicitly while this
+            // one still serves what is in flight.
+            g.leave().await;
         }
         let _ = self.stop.send(());
         let _ = self.done.await;

@@ -19,7 +19,9 @@ use crate::proxy::server::{self, Listener, ServerSettings};
 use crate::proxy::Proxy;
 use crate::registry::dns::DnsSources;
 use crate::registry::etcd::EtcdStore;
-use crate::registry::registrations::Registrations;
+use crate::registry::gossip::{Announced, Gossip, Role};
+use crate::registry::registrations::{LocalStore, Registrations};
+use crate::registry::serf::SerfSource;
 use crate::registry::Registry;
 use crate::tls::CertStore;
 
@@ -44,6 +46,9 @@ pub enum StartError {
         /// What is wrong with which file.
         source: Box<crate::tls::TlsError>,
     },
+    /// `[registry.gossip]` could not start (its UDP address is taken...).
+    #[error(transparent)]
+    Gossip(#[from] crate::registry::gossip::GossipError),
     /// `registry.state_file` cannot be written (or read).
     #[error("registry.state_file {}: {what}: {source}", path.display())]
     StateFile {
@@ -165,10 +170,28 @@ pub(crate) async fn start_from(
             settings.dial_timeout + settings.request_timeout,
         )
     });
-    let registrations = match &etcd {
-        Some((store, _, _)) => Registrations::with_store(&registry, store.clone()),
-        None => Registrations::new(&registry, config.startup.registry.state_file.clone()),
+    let gossip = match &config.startup.registry.gossip {
+        Some(settings) => Some(Gossip::start(settings, Role::Proxy, Some(&registry)).await?),
+        None => None,
     };
+    let registrations = match (&etcd, &gossip) {
+        (Some((store, _, _)), _) => Registrations::with_store(&registry, store.clone()),
+        (None, Some(g)) => {
+            // This proxy's registrations stay here (TTLs, state file) and
+            // are gossiped to the fleet as this member's.
+            let local = LocalStore::new(&registry, config.startup.registry.state_file.clone());
+            let announced = Announced::new(local);
+            g.spawn_publisher(announced.clone());
+            Registrations::with_store(&registry, announced)
+        }
+        (None, None) => Registrations::new(&registry, config.startup.registry.state_file.clone()),
+    };
+    let serf = config
+        .startup
+        .registry
+        .serf
+        .as_ref()
+        .map(|s| SerfSource::spawn(s, &registry));
     tokio::spawn(registrations.clone().run_expiry());
 
     // The admin API answers from here on: `/readyz` says "starting" until
@@ -181,6 +204,7 @@ pub(crate) async fn start_from(
         auth_reads: config.startup.admin.auth_reads,
         default_ttl: config.startup.registry.default_ttl,
         state: state.clone(),
+        gossip: gossip.clone(),
     };
     let admin_task = admin_listener.map(|l| {
         tokio::spawn(admin::serve(l, admin, async move {
@@ -243,6 +267,9 @@ pub(crate) async fn start_from(
         if let Some(t) = etcd_task {
             t.abort();
         }
+        if let Some(t) = serf {
+            t.abort();
+        }
     });
     state.set_phase(Phase::Ready);
     Ok(Running {
@@ -255,6 +282,7 @@ pub(crate) async fn start_from(
         started: config.clone(),
         reload_failed: AtomicBool::new(false),
         dns: Mutex::new(dns),
+        gossip,
         stop,
         done,
     })

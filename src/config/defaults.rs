@@ -49,6 +49,36 @@ pub(crate) mod etcd {
     pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
+/// `[registry.gossip]`.
+pub(crate) mod gossip {
+    use super::*;
+
+    /// `registry.gossip.bind`.
+    pub(crate) const BIND: SocketAddr = SocketAddr::new(LOOPBACK, 7946);
+    /// `registry.gossip.cluster`.
+    pub(crate) const CLUSTER: &str = "wayfinder";
+    /// `registry.gossip.interval`.
+    pub(crate) const INTERVAL: Duration = Duration::from_millis(500);
+    /// `registry.gossip.phi_threshold`.
+    pub(crate) const PHI_THRESHOLD: u8 = 8;
+    /// `registry.gossip.retry_join_max`.
+    pub(crate) const RETRY_JOIN_MAX: Duration = Duration::from_secs(30);
+    /// `registry.gossip.leave_timeout`.
+    pub(crate) const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Shortest secret accepted, in bytes.
+    pub(crate) const MIN_SECRET: usize = 16;
+}
+
+/// `[registry.serf]`.
+pub(crate) mod serf {
+    use super::*;
+
+    /// `registry.serf.rpc` (the agent's default `-rpc-addr`).
+    pub(crate) const RPC: SocketAddr = SocketAddr::new(LOOPBACK, 7373);
+    /// `registry.serf.retry_max`.
+    pub(crate) const RETRY_MAX: Duration = Duration::from_secs(10);
+}
+
 /// `[timeouts]`.
 pub(crate) mod timeouts {
     use super::*;

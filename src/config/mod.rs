@@ -43,6 +43,7 @@ mod check;
 mod collect;
 pub(crate) mod defaults;
 mod error;
+mod membership;
 mod raw;
 mod serialize;
 mod service;
@@ -99,6 +100,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use error::ConfigError;
+pub use membership::{GossipSettings, SerfSettings};
 pub use service::{
     Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, Protocol, RetryBudget,
     ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, Upstream,

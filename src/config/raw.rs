@@ -91,6 +91,60 @@ pub(crate) struct RawRegistry {
     pub max_hold: Option<Spanned<Dur>>,
     /// The shared registry; absent means registrations stay in this proxy.
     pub etcd: Option<Spanned<RawEtcd>>,
+    /// The gossip fleet; absent means this proxy gossips with no one.
+    pub gossip: Option<Spanned<RawGossip>>,
+    /// A Serf cluster to follow; absent means none.
+    pub serf: Option<Spanned<RawSerf>>,
+}
+
+/// `[registry.gossip]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGossip {
+    /// This member's name. Default `wayfinder@ADVERTISE`.
+    pub name: Option<Spanned<String>>,
+    /// UDP `IP:PORT` to listen on. Default [`d::gossip::BIND`].
+    pub bind: Option<Spanned<String>>,
+    /// `IP:PORT` others reach this member at. Default: `bind` (required
+    /// when `bind` is an unspecified address such as `0.0.0.0`).
+    pub advertise: Option<Spanned<String>>,
+    /// Seeds, `host:port`. Default none (the first member).
+    pub join: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Cluster name. Default [`d::gossip::CLUSTER`].
+    pub cluster: Option<Spanned<String>>,
+    /// Shared secret (or use `secret_env`). Default none (gossip in clear).
+    pub secret: Option<Spanned<String>>,
+    /// Environment variable holding the secret. Default none.
+    pub secret_env: Option<Spanned<String>>,
+    /// Time between gossip rounds. Default [`d::gossip::INTERVAL`].
+    pub interval: Option<Spanned<Dur>>,
+    /// Phi-accrual threshold, 2 to 64. Default [`d::gossip::PHI_THRESHOLD`].
+    pub phi_threshold: Option<Spanned<i64>>,
+    /// Longest wait between join attempts. Default
+    /// [`d::gossip::RETRY_JOIN_MAX`].
+    pub retry_join_max: Option<Spanned<Dur>>,
+    /// How long a leaving member gossips its departure. Default
+    /// [`d::gossip::LEAVE_TIMEOUT`].
+    pub leave_timeout: Option<Spanned<Dur>>,
+    /// `"off"` or `"share"` (publish this proxy's ejections). Default
+    /// `"off"`.
+    pub observations: Option<Spanned<String>>,
+}
+
+/// `[registry.serf]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSerf {
+    /// The agent's RPC `IP:PORT`. Default [`d::serf::RPC`].
+    pub rpc: Option<Spanned<String>>,
+    /// RPC auth key (or use `auth_key_env`). Default none.
+    pub auth_key: Option<Spanned<String>>,
+    /// Environment variable holding the auth key. Default none.
+    pub auth_key_env: Option<Spanned<String>>,
+    /// Prefix of the tags naming instances. Default `""`.
+    pub tag_prefix: Option<Spanned<String>>,
+    /// Longest wait between reconnections. Default [`d::serf::RETRY_MAX`].
+    pub retry_max: Option<Spanned<Dur>>,
 }
 
 /// `[registry.etcd]`.

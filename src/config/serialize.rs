@@ -22,7 +22,8 @@ pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&fmt_duration(*d))
 }
 
-fn fmt_duration(d: Duration) -> String {
+/// A duration as written in the file.
+pub(super) fn fmt_duration(d: Duration) -> String {
     if d.is_zero() {
         "0s".to_owned()
     } else {

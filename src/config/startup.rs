@@ -110,6 +110,8 @@ impl Startup {
         match key {
             "admin.token" => self.admin.token != other.admin.token,
             "registry.etcd" => self.registry.etcd != other.registry.etcd,
+            "registry.gossip" => self.registry.gossip != other.registry.gossip,
+            "registry.serf" => self.registry.serf != other.registry.serf,
             _ => false,
         }
     }
@@ -145,6 +147,10 @@ pub struct RegistrationSettings {
     pub default_ttl: Duration,
     /// `[registry.etcd]`: the shared registry, when several proxies share one.
     pub etcd: Option<EtcdSettings>,
+    /// `[registry.gossip]`: the gossip fleet this proxy is a member of.
+    pub gossip: Option<super::GossipSettings>,
+    /// `[registry.serf]`: the Serf cluster this proxy follows.
+    pub serf: Option<super::SerfSettings>,
 }
 
 /// `[registry.etcd]`: etcd (v3, through its JSON gateway) as the registry

@@ -30,6 +30,7 @@
 mod child;
 mod client;
 pub mod docker;
+pub mod gossip;
 pub mod proxy_health;
 
 use std::collections::BTreeMap;
@@ -112,6 +113,9 @@ pub enum RegistrarError {
     /// The registry refused a call in a way retrying cannot change.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// With `--gossip`: the fleet could not be joined.
+    #[error("{0}")]
+    Gossip(String),
 }
 
 /// A registry answer that retrying cannot change (a bad name, a wrong

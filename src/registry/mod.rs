@@ -24,7 +24,8 @@
 //! - `snapshot.rs`, `instance.rs`, `state.rs`, `schedule.rs`, `attach.rs`:
 //!   what is published, and the live state it points to;
 //! - this file: the handle, the build state and the refresher;
-//! - [`registrations`], [`etcd`], [`dns`]: the sources besides the config.
+//! - [`registrations`], [`etcd`], [`dns`], [`gossip`], [`serf`]: the
+//!   sources besides the config.
 
 mod attach;
 mod build;
@@ -32,10 +33,12 @@ mod diff;
 pub mod dns;
 mod drain;
 pub mod etcd;
+pub mod gossip;
 mod instance;
 mod preserve;
 pub mod registrations;
 mod schedule;
+pub mod serf;
 mod snapshot;
 mod source;
 mod state;

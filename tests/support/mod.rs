@@ -14,6 +14,7 @@
 //! - [`attack`]: attack scenarios (a recording, strictly parsing instance,
 //!   LF-tolerant response parsing, HTTP/2 frames by hand, in-flight counts);
 //! - [`pki`]: a CA made at test time and certificates signed by it;
+//! - [`fleet`]: gossip fleets and Serf agents as real processes;
 //! - [`procs`]: ports, temporary files and the processes a test spawns
 //!   (`wayfinder` itself, [`Proc`]; etcd or dnsmasq, [`Daemon`]);
 //! - here: bodies and bounded waits.
@@ -29,6 +30,7 @@
 pub mod attack;
 pub mod backend;
 pub mod client;
+pub mod fleet;
 pub mod grpc;
 pub mod inst;
 pub mod load;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::{discovery, forwarding};
+use super::{discovery, forwarding, membership};
 use crate::config::check::{duration_or_zero, int, socket_addr, valid_host_chars, Cx};
 use crate::config::defaults;
 use crate::config::raw::{
@@ -188,7 +188,20 @@ pub(super) fn registry(cx: &Cx<'_>, r: &RawRegistry) -> (RegistrySettings, Regis
         }),
         default_ttl: cx.duration_or(&r.default_ttl, "registry.default_ttl", d::DEFAULT_TTL),
         etcd: r.etcd.as_ref().and_then(|e| cx.ok(discovery::etcd(cx, e))),
+        gossip: r
+            .gossip
+            .as_ref()
+            .and_then(|g| cx.ok(membership::gossip(cx, g))),
+        serf: r.serf.as_ref().and_then(|s| cx.ok(membership::serf(cx, s))),
     };
+    if let (Some(g), Some(_)) = (&r.gossip, &r.etcd) {
+        cx.push(cx.err_at(
+            g,
+            "registry.gossip",
+            "not used with [registry.etcd]: the registration API writes to one shared \
+             registry; pick etcd or gossip",
+        ));
+    }
     (reloadable, startup)
 }
 

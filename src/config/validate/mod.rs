@@ -6,6 +6,7 @@
 //! One module per part of the file: [`global`] (the top-level tables),
 //! [`services`] and their [`health`] checks, [`routes`] (which refer to
 //! services), [`discovery`] (`[registry.etcd]` and `[services.NAME.dns]`)
+//! [`membership`] (`[registry.gossip]` and `[registry.serf]`)
 //! and [`forwarding`] (upgrade lists, `proxy.trusted_proxies`, `[http2]`).
 //! They share `check` and the defaults; this module puts their parts
 //! together.
@@ -14,6 +15,7 @@ mod discovery;
 mod forwarding;
 mod global;
 mod health;
+mod membership;
 mod routes;
 mod services;
 mod tls;

@@ -1,0 +1,658 @@
+//! The gossip fleet (`[registry.gossip]`): wayfinder proxies and
+//! `wayfinder register --gossip` agents join one gossip cluster; each
+//! member gossips its own registrations, and every proxy builds its
+//! snapshot from the union, reported under [`GOSSIP_SOURCE`]. No etcd.
+//!
+//! Gossip itself is chitchat's (Quickwit's cluster membership crate):
+//! scuttlebutt anti-entropy replicates each member's key-value state, and
+//! a phi-accrual failure detector declares a member dead when its
+//! heartbeats stop for about `phi_threshold` times their usual interval.
+//! This module adds what wayfinder needs on top:
+//! - [`seal`]: the transport, sealing each datagram with the shared secret;
+//! - [`wire`]: what a member publishes (its instances, whether it is
+//!   leaving, what it withdrew on purpose, what it ejected);
+//! - [`fleet`]: the members as this one sees them, and which removals are
+//!   explicit (left, withdrawn) or implicit (dead: the self-preservation
+//!   guard applies);
+//! - this file: starting, joining the seeds with backoff, following
+//!   chitchat's live set, publishing, leaving, and the registration store
+//!   wrapper that tells the fleet about a proxy's own registrations.
+//!
+//! Shared observations: with `observations = "share"` a proxy also
+//! gossips the instances its passive health has ejected; every member
+//! shows them in `GET /v1/members` with how many proxies agree. They are
+//! advisory: no proxy ejects on another's word (see the README, "Gossip
+//! fleet").
+
+pub mod fleet;
+mod seal;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use chitchat::transport::Transport;
+use chitchat::{
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    NodeState, ProtocolVersion,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub use fleet::{MemberId, MemberState};
+pub use seal::Traffic;
+pub use wire::{Published, PublishedInstance, Role, STATE_KEY};
+
+use self::fleet::{Fleet, Heard};
+use self::seal::SealedTransport;
+use super::registrations::{Pending, RegisterRequest, Registration, RegistrationStore};
+use super::Registry;
+use crate::clock;
+use crate::config::GossipSettings;
+
+/// The source name the fleet's instances are reported under.
+pub const GOSSIP_SOURCE: &str = "gossip";
+
+/// How long a dead or departed member stays listed.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// How long a withdrawal stays in a member's `gone` list.
+const GONE_FOR: Duration = Duration::from_secs(60);
+
+/// Why gossip could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("gossip: {0}")]
+pub struct GossipError(String);
+
+/// A member of the fleet.
+pub struct Gossip {
+    settings: GossipSettings,
+    id: ChitchatId,
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    handle: Mutex<Option<ChitchatHandle>>,
+    registry: Weak<Registry>,
+    fleet: Mutex<Fleet>,
+    traffic: Arc<Traffic>,
+    /// What this member publishes.
+    mine: Mutex<Published>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Becomes true once another member is alive.
+    joined: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Gossip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gossip")
+            .field("name", &self.settings.name)
+            .field("advertise", &self.settings.advertise)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One member, for `GET /v1/members`.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its generation (start time, ms since the epoch).
+    pub generation: u64,
+    /// Its gossip address.
+    pub addr: SocketAddr,
+    /// `alive`, `dead` or `left`.
+    pub state: &'static str,
+    /// Whether this is the member answering.
+    pub this: bool,
+    /// When its state or what it published last changed.
+    pub changed: Option<SystemTime>,
+    /// What it publishes.
+    pub published: Published,
+}
+
+impl Gossip {
+    /// Joins the fleet `settings` describe as a `role`; a proxy passes the
+    /// registry the fleet's instances are reported to.
+    pub async fn start(
+        settings: &GossipSettings,
+        role: Role,
+        registry: Option<&Arc<Registry>>,
+    ) -> Result<Arc<Gossip>, GossipError> {
+        let generation = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let id = ChitchatId::new(settings.name.clone(), generation, settings.advertise);
+        let traffic = Arc::new(Traffic::default());
+        let transport = SealedTransport::new(
+            &settings.cluster,
+            settings.secret.as_deref(),
+            traffic.clone(),
+        );
+        let mine = Published {
+            role,
+            ..Published::default()
+        };
+        let config = ChitchatConfig {
+            chitchat_id: id.clone(),
+            cluster_id: settings.cluster.clone(),
+            gossip_interval: settings.interval,
+            listen_addr: settings.bind,
+            seed_nodes: settings.join.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: f64::from(settings.phi_threshold),
+                sampling_window_size: 1000,
+                max_interval: settings.interval * 20,
+                initial_interval: settings.interval,
+                dead_node_grace_period: FORGET_AFTER,
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V1,
+        };
+        let handle = spawn_chitchat(
+            config,
+            vec![(STATE_KEY.to_owned(), mine.encode())],
+            &transport as &dyn Transport,
+        )
+        .await
+        .map_err(|e| GossipError(format!("{e:#}")))?;
+        let me = Arc::new(Gossip {
+            settings: settings.clone(),
+            id,
+            chitchat: handle.chitchat(),
+            handle: Mutex::new(Some(handle)),
+            registry: registry.map_or_else(Weak::new, Arc::downgrade),
+            fleet: Mutex::new(Fleet::default()),
+            traffic,
+            mine: Mutex::new(mine),
+            tasks: Mutex::new(Vec::new()),
+            joined: tokio::sync::watch::Sender::new(false),
+        });
+        tracing::info!(
+            name = %settings.name,
+            bind = %settings.bind,
+            advertise = %settings.advertise,
+            cluster = %settings.cluster,
+            sealed = settings.secret.is_some(),
+            seeds = ?settings.join,
+            "gossip started"
+        );
+        let follow = tokio::spawn(me.clone().follow());
+        let join = tokio::spawn(me.clone().join_seeds());
+        me.tasks().extend([follow, join]);
+        Ok(me)
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fleet(&self) -> std::sync::MutexGuard<'_, Fleet> {
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mine(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.mine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This member's name.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// The address gossip listens on.
+    pub fn bind(&self) -> SocketAddr {
+        self.settings.bind
+    }
+
+    /// Bytes and datagrams through the gossip socket.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// Waits (at most `limit`) until another member is alive; whether one is.
+    pub async fn wait_joined(&self, limit: Duration) -> bool {
+        let mut rx = self.joined.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|j| *j))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    // === following the fleet ===
+
+    /// Follows chitchat's live set (it changes when a member joins, dies,
+    /// or publishes), and looks again every round so deaths are seen even
+    /// when nothing else changes.
+    async fn follow(self: Arc<Self>) {
+        let mut live = self.chitchat.lock().await.live_nodes_watcher();
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = live.changed() => if r.is_err() { return },
+                _ = tick.tick() => {}
+            }
+            let alive: Vec<Heard> = live
+                .borrow_and_update()
+                .iter()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, state)| heard(id, state))
+                .collect();
+            self.joined.send_if_modified(|j| {
+                let now = !alive.is_empty();
+                let changed = *j != now;
+                *j = now;
+                changed
+            });
+            self.observe(alive);
+        }
+    }
+
+    fn observe(&self, alive: Vec<Heard>) {
+        let now_ms = clock::now_ms();
+        let mut fleet = self.fleet();
+        let change = fleet.observe(alive, SystemTime::now(), now_ms);
+        fleet.prune(now_ms.saturating_sub(FORGET_AFTER.as_millis() as u64));
+        drop(fleet);
+        let Some(registry) = self.registry.upgrade() else {
+            return;
+        };
+        let cause = |s: &super::InstanceSpec| {
+            change
+                .causes
+                .get(&(s.service.clone(), s.addr))
+                .cloned()
+                .unwrap_or_else(|| "no longer published by any gossip member".to_owned())
+        };
+        // Reporting an unchanged set is cheap (nothing is marked dirty) and
+        // keeps the source's last success fresh.
+        registry.report_because(GOSSIP_SOURCE, change.instances, change.removals, &cause);
+    }
+
+    /// Retry-join: until another member is alive, greets every seed, with
+    /// the wait doubling from the gossip interval up to `retry_join_max`
+    /// (chitchat also greets seeds in its rounds; this makes the first
+    /// contact prompt and logs progress). Starts again if the member is
+    /// ever left alone.
+    async fn join_seeds(self: Arc<Self>) {
+        if self.settings.join.is_empty() {
+            return;
+        }
+        let others = resolve(&self.settings.join).await;
+        if !others.is_empty() && others.iter().all(|s| *s == self.settings.advertise) {
+            // Its only seed is itself: the first member, waiting to be joined.
+            return;
+        }
+        let mut joined = self.joined.subscribe();
+        loop {
+            let mut wait = self.settings.interval;
+            let mut attempts = 0u32;
+            while !*joined.borrow_and_update() {
+                let seeds = resolve(&self.settings.join).await;
+                if let Some(h) = self
+                    .handle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                {
+                    for s in seeds.iter().filter(|s| **s != self.settings.advertise) {
+                        let _ = h.gossip(*s);
+                    }
+                } else {
+                    return;
+                }
+                attempts += 1;
+                if attempts == 3 {
+                    tracing::warn!(seeds = ?self.settings.join, retry_max = ?self.settings.retry_join_max, "no gossip seed answers yet; retrying with backoff");
+                }
+                let _ = tokio::time::timeout(wait, joined.changed()).await;
+                wait = (wait * 2).min(self.settings.retry_join_max);
+            }
+            tracing::info!(attempts, "joined the gossip fleet");
+            if joined.wait_for(|j| !*j).await.is_err() {
+                return;
+            }
+            tracing::warn!("no other gossip member is alive; greeting the seeds again");
+        }
+    }
+
+    // === publishing ===
+
+    /// Publishes `instances` as this member's, naming `gone` the ones it
+    /// withdrew on purpose.
+    pub async fn publish(
+        &self,
+        instances: Vec<PublishedInstance>,
+        gone: Vec<(Arc<str>, SocketAddr)>,
+    ) {
+        let value = {
+            let mut mine = self.mine();
+            if mine.instances == instances && mine.gone == gone {
+                return;
+            }
+            mine.instances = instances;
+            mine.gone = gone;
+            mine.encode()
+        };
+        self.set_state(value).await;
+    }
+
+    /// Publishes the instances this proxy ejected now.
+    async fn publish_ejected(&self, ejected: Vec<(Arc<str>, SocketAddr)>) {
+        let value = {
+            let mut mine = self.mine();
+            if mine.ejected == ejected {
+                return;
+            }
+            mine.ejected = ejected;
+            mine.encode()
+        };
+        self.set_state(value).await;
+    }
+
+    async fn set_state(&self, value: String) {
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(STATE_KEY, value);
+    }
+
+    /// Leaves the fleet: publishes that it is leaving with no instances
+    /// (every proxy removes them explicitly), keeps gossiping for
+    /// `leave_timeout` so the news spreads, then stops.
+    pub async fn leave(&self) {
+        let value = {
+            let mut mine = self.mine();
+            mine.leaving = true;
+            mine.gone = mine
+                .instances
+                .drain(..)
+                .map(|i| (i.service, i.address))
+                .collect();
+            mine.encode()
+        };
+        self.set_state(value).await;
+        tracing::info!(linger = ?self.settings.leave_timeout, "leaving the gossip fleet");
+        // Gossip to everyone now rather than wait for the random rounds.
+        let peers: Vec<SocketAddr> = self
+            .fleet()
+            .members()
+            .values()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| m.addr)
+            .collect();
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = &handle {
+            for p in &peers {
+                let _ = h.gossip(*p);
+            }
+        }
+        tokio::time::sleep(self.settings.leave_timeout).await;
+        self.stop_tasks();
+        if let Some(h) = handle {
+            let _ = h.shutdown().await;
+        }
+    }
+
+    fn stop_tasks(&self) {
+        for t in self.tasks().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Stops gossiping at once, without saying goodbye (the others will
+    /// declare this member dead).
+    pub fn abort(&self) {
+        self.stop_tasks();
+        if let Some(h) = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            h.abort();
+        }
+    }
+
+    /// Every member known, this one first.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let mut out = vec![MemberInfo {
+            name: self.id.node_id.clone(),
+            generation: self.id.generation_id,
+            addr: self.settings.advertise,
+            state: if self.mine().leaving { "left" } else { "alive" },
+            this: true,
+            changed: None,
+            published: self.mine().clone(),
+        }];
+        out.extend(
+            self.fleet()
+                .members()
+                .iter()
+                .map(|((name, generation), m)| MemberInfo {
+                    name: name.clone(),
+                    generation: *generation,
+                    addr: m.addr,
+                    state: m.state.as_str(),
+                    this: false,
+                    changed: Some(m.changed),
+                    published: m.published.clone(),
+                }),
+        );
+        out
+    }
+
+    /// Instances alive proxies report ejected, with who reports each.
+    pub fn shared_ejections(&self) -> BTreeMap<(Arc<str>, SocketAddr), Vec<Arc<str>>> {
+        let mut all = self.fleet().ejections();
+        for k in &self.mine().ejected {
+            all.entry(k.clone())
+                .or_default()
+                .push(self.id.node_id.clone());
+        }
+        all
+    }
+
+    /// For a proxy: publishes the registrations of `store` (and, with
+    /// `observations = "share"`, its ejections) whenever they change, until
+    /// the registry is dropped.
+    pub fn spawn_publisher(self: &Arc<Self>, store: Arc<Announced>) {
+        let task = tokio::spawn(self.clone().publish_registrations(store));
+        self.tasks().push(task);
+    }
+
+    async fn publish_registrations(self: Arc<Self>, store: Arc<Announced>) {
+        let Some(mut versions) = self.registry.upgrade().map(|r| r.watch()) else {
+            return;
+        };
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let instances = store
+                .inner
+                .all()
+                .iter()
+                .map(PublishedInstance::from)
+                .collect();
+            self.publish(instances, store.gone()).await;
+            if self.settings.share_ejections {
+                if let Some(registry) = self.registry.upgrade() {
+                    self.publish_ejected(ejected_now(&registry)).await;
+                }
+            }
+            tokio::select! {
+                () = store.changed.notified() => {}
+                r = versions.changed() => if r.is_err() { return },
+                _ = tick.tick() => {}
+            }
+        }
+    }
+}
+
+/// The instances `registry` has ejected now.
+fn ejected_now(registry: &Registry) -> Vec<(Arc<str>, SocketAddr)> {
+    let now = clock::now_ms();
+    let snap = registry.load();
+    let mut out = Vec::new();
+    for s in snap.services() {
+        for m in s.members() {
+            let i = &m.instance;
+            if i.is_ejected(now) {
+                out.push((i.key().service.clone(), i.addr()));
+            }
+        }
+    }
+    out
+}
+
+fn heard(id: &ChitchatId, state: &NodeState) -> Heard {
+    Heard {
+        id: (id.node_id.clone(), id.generation_id),
+        addr: id.gossip_advertise_addr,
+        published: state.get(STATE_KEY).and_then(Published::decode),
+    }
+}
+
+/// The seeds' addresses (host names resolved now; a failing one skipped).
+async fn resolve(seeds: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for s in seeds {
+        if let Ok(addrs) = tokio::net::lookup_host(s.as_str()).await {
+            out.extend(addrs);
+        }
+    }
+    out
+}
+
+// === the proxy's own registrations ===
+
+/// The registration store of a proxy in a fleet: the local store, plus
+/// what the fleet needs to know about its changes (a deregistration is an
+/// explicit removal for every proxy; anything else the publisher reads
+/// from the store).
+#[derive(Debug)]
+pub struct Announced {
+    inner: Arc<dyn RegistrationStore>,
+    /// Deregistered instances and `clock::now_ms()` of each.
+    gone: Mutex<Vec<(Arc<str>, SocketAddr, u64)>>,
+    changed: Notify,
+}
+
+impl Announced {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn RegistrationStore>) -> Arc<Announced> {
+        Arc::new(Announced {
+            inner,
+            gone: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    fn gone_list(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, SocketAddr, u64)>> {
+        self.gone.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn gone(&self) -> Vec<(Arc<str>, SocketAddr)> {
+        let cutoff = clock::now_ms().saturating_sub(GONE_FOR.as_millis() as u64);
+        let mut g = self.gone_list();
+        g.retain(|(_, _, at)| *at >= cutoff);
+        g.iter().map(|(s, a, _)| (s.clone(), *a)).collect()
+    }
+
+    fn notify<T>(
+        &self,
+        r: Result<T, super::registrations::RegistrationError>,
+    ) -> Result<T, super::registrations::RegistrationError> {
+        if r.is_ok() {
+            self.changed.notify_one();
+        }
+        r
+    }
+}
+
+impl RegistrationStore for Announced {
+    fn source_name(&self) -> &'static str {
+        self.inner.source_name()
+    }
+
+    fn register<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        req: RegisterRequest,
+    ) -> Pending<'a, bool> {
+        Box::pin(async move {
+            let address = req.address;
+            let r = self.inner.register(service, id, req).await;
+            if r.is_ok() {
+                // Registered again: no longer gone.
+                self.gone
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|(s, a, _)| !(&**s == service && *a == address));
+            }
+            self.notify(r)
+        })
+    }
+
+    fn heartbeat<'a>(&'a self, service: &'a str, id: &'a str) -> Pending<'a, ()> {
+        self.inner.heartbeat(service, id)
+    }
+
+    fn deregister<'a>(&'a self, service: &'a str, id: &'a str) -> Pending<'a, ()> {
+        Box::pin(async move {
+            // Named gone before it leaves the store: the publisher may run
+            // as soon as the local store reports, and must not publish the
+            // removal without its reason.
+            let entry = self
+                .inner
+                .get(service, id)
+                .map(|r| (r.service.clone(), r.address, clock::now_ms()));
+            if let Some(e) = &entry {
+                self.gone_list().push(e.clone());
+            }
+            let r = self.inner.deregister(service, id).await;
+            if let (Err(_), Some((s, a, _))) = (&r, entry) {
+                self.gone_list()
+                    .retain(|(gs, ga, _)| !(*gs == s && *ga == a));
+            }
+            self.notify(r)
+        })
+    }
+
+    fn set_draining<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        draining: bool,
+    ) -> Pending<'a, Registration> {
+        Box::pin(async move {
+            let r = self.inner.set_draining(service, id, draining).await;
+            self.notify(r)
+        })
+    }
+
+    fn get(&self, service: &str, id: &str) -> Option<Registration> {
+        self.inner.get(service, id)
+    }
+
+    fn all(&self) -> Vec<Registration> {
+        self.inner.all()
+    }
+
+    fn expire(&self, now_ms: u64) -> usize {
+        let n = self.inner.expire(now_ms);
+        if n > 0 {
+            self.changed.notify_one();
+        }
+        n
+    }
+
+    fn run_expiry(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        // The local store's expiry reports to the registry; the publisher
+        // sees the new version and republishes.
+        self.inner.clone().run_expiry()
+    }
+
+    fn save(&self) {
+        self.inner.save();
+    }
+}
