@@ -48,6 +48,8 @@
 //!   atomics.
 //! - [`tls`]: TLS material for both sides: the certificates listeners
 //!   serve, the client configuration towards a service's instances.
+//! - `fuzzing` (feature `fuzzing`, hidden): the fast path's codec and body
+//!   scans on byte strings, for the fuzz targets under `fuzz/`.
 #![forbid(unsafe_code)]
 
 // In the order of the layout above (blank lines keep rustfmt from sorting).
@@ -74,3 +76,7 @@ pub mod demo;
 pub mod clock;
 
 pub mod tls;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;

@@ -1012,6 +1012,13 @@ async fn item4_invalid_targets_and_hosts_are_400() {
             ("Host with a space", "GET /x HTTP/1.1\r\nHost: b.example evil\r\n\r\n"),
             ("Host with path and query", "GET /x HTTP/1.1\r\nHost: b.example/x?y\r\n\r\n"),
             ("Host with user info", "GET /x HTTP/1.1\r\nHost: user:pw@b.example\r\n\r\n"),
+            // Found by the request_head fuzz target: the fast path forwarded
+            // the raw bytes, the hyper path refused them.
+            ("non-ASCII bytes in the target", "GET /x\u{596}y HTTP/1.1\r\nHost: b.example\r\n\r\n"),
+            (
+                "non-ASCII bytes in an absolute-form target",
+                "GET http://a.example/x\u{596}y HTTP/1.1\r\nHost: b.example\r\n\r\n",
+            ),
         ];
         let mut failures = Failures::default();
         for (what, request) in cases {

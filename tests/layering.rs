@@ -36,6 +36,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("app", 8),
     // `wayfinder demo` runs the app with built-in instances.
     ("demo", 9),
+    // The hooks the fuzz targets drive (feature `fuzzing`): nothing imports
+    // them.
+    ("fuzzing", 10),
 ];
 
 /// Edges that go against the layer order, each with the reason it is

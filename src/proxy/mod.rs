@@ -25,6 +25,8 @@ use http::HeaderValue;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;
+#[cfg(feature = "fuzzing")]
+pub(crate) use h1::fuzz as fuzz_hooks;
 pub use upstream::ConnectError;
 
 use crate::config::{Cidr, Config};

@@ -27,27 +27,23 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::body::{Relayed, RequestBody, RequestBodyScan, ResponseBodyScan, BUFFERED_BODY};
 use super::head::{self, HeadError};
 use crate::health::passive::Failure;
 use crate::proxy::attempt::{self, Exchange, Outcome};
 use crate::proxy::error::{ProxyError, BAD_BODY};
 use crate::proxy::forward::{DEBUG_HEADER, SNAPSHOT_HEADER};
-use crate::proxy::policy::chunked::{rechunk, ChunkedScanner};
 use crate::proxy::policy::response::Asked;
 use crate::proxy::policy::Framing;
 use crate::proxy::upstream::{self, RawConn, MAX_RESPONSE_HEAD};
 use crate::proxy::{Client, Proxy};
 use crate::registry::{InstanceState, ServiceEntry};
 
-/// Largest request body the fast path takes; a longer or still-streaming
-/// body sends the connection to the general path, which streams it.
-const BUFFERED_BODY: u64 = 64 * 1024;
-
 /// Least free space offered to a read.
 const READ_SPACE: usize = 4 * 1024;
 
 /// Most interim (1xx) responses relayed before the final one.
-const MAX_INTERIM: usize = 64;
+pub(crate) const MAX_INTERIM: usize = 64;
 
 /// How the fast path let go of a connection.
 #[derive(Debug)]
@@ -307,41 +303,21 @@ impl Conn<'_> {
     /// Reads until the request body is whole in the buffer and appends it
     /// (chunked: checked, with its trailer section filtered) to `out`.
     async fn buffer_body(&mut self, routed: &mut Routed) -> Result<Body, Step> {
-        let start = routed.head_len;
-        let mut chunked = ChunkedScanner::with_trailers(std::mem::take(&mut routed.trailers));
-        let mut scanned = start;
+        let trailers = std::mem::take(&mut routed.trailers);
+        let mut scan = RequestBodyScan::new(routed.body, routed.head_len, trailers);
         // Each pause within the body timeout; after one head timeout of
         // buffering, the general path streams the rest. (Set at the first
         // wait: most requests never wait.)
         let mut deadline = None;
         loop {
-            match routed.body {
-                Framing::Empty | Framing::UntilClose => return Ok(Body::Ready { end: start }),
-                Framing::Length(n) if n > BUFFERED_BODY => return Ok(Body::Fallback),
-                Framing::Length(n) => {
-                    let end = start + n as usize;
-                    if end <= self.buf.len() {
-                        self.out.extend_from_slice(&self.buf[start..end]);
-                        return Ok(Body::Ready { end });
-                    }
+            match scan.step(&self.buf, &mut self.out) {
+                RequestBody::Ready { end } => return Ok(Body::Ready { end }),
+                RequestBody::Fallback => return Ok(Body::Fallback),
+                RequestBody::More => {}
+                RequestBody::Bad(e) => {
+                    tracing::debug!(error = %e, "bad request body");
+                    return Err(self.refuse(&ProxyError::BadRequest(BAD_BODY), true).await);
                 }
-                Framing::Chunked => match chunked.feed(&self.buf[scanned..]) {
-                    Ok(scan) if scan.done => {
-                        // Written out again in canonical form, as hyper
-                        // would: plain sizes, no extensions.
-                        let end = scanned + scan.consumed;
-                        rechunk(&self.buf[start..end], chunked.trailers(), &mut self.out);
-                        return Ok(Body::Ready { end });
-                    }
-                    Ok(_) if (self.buf.len() - start) as u64 > BUFFERED_BODY => {
-                        return Ok(Body::Fallback)
-                    }
-                    Ok(_) => scanned = self.buf.len(),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "bad request body");
-                        return Err(self.refuse(&ProxyError::BadRequest(BAD_BODY), true).await);
-                    }
-                },
             }
             let now = Instant::now();
             let deadline = *deadline.get_or_insert(now + self.header_timeout);
@@ -449,34 +425,23 @@ impl Conn<'_> {
         body: Framing,
         trailers: Vec<Vec<u8>>,
     ) -> Result<bool, Relay> {
-        let mut chunked = ChunkedScanner::with_trailers(trailers);
-        let mut remaining = match body {
-            Framing::Length(n) => n,
-            _ => 0,
-        };
+        let mut scan = ResponseBodyScan::new(body, trailers);
         // The first piece travels with the head.
         let mut pending = true;
         loop {
-            let (pass, consumed, done) = match body {
-                Framing::Empty => (0, 0, true),
-                Framing::Length(_) => {
-                    let take = remaining.min(upstream.buf.len() as u64);
-                    remaining -= take;
-                    (take as usize, take as usize, remaining == 0)
-                }
-                Framing::Chunked => match chunked.feed(&upstream.buf) {
-                    Ok(scan) => (scan.pass, scan.consumed, scan.done),
-                    Err(e) if pending => return Err(Relay::BeforeHead(e.0)),
-                    Err(e) => {
-                        return Err(Relay::Broken(io::Error::new(io::ErrorKind::InvalidData, e)))
-                    }
-                },
-                Framing::UntilClose => (upstream.buf.len(), upstream.buf.len(), false),
+            let Relayed {
+                pass,
+                consumed,
+                done,
+            } = match scan.step(&upstream.buf) {
+                Ok(r) => r,
+                Err(e) if pending => return Err(Relay::BeforeHead(e.0)),
+                Err(e) => return Err(Relay::Broken(io::Error::new(io::ErrorKind::InvalidData, e))),
             };
             if pending {
                 self.resp.extend_from_slice(&upstream.buf[..pass]);
                 if done && body == Framing::Chunked {
-                    self.resp.extend_from_slice(chunked.trailers());
+                    self.resp.extend_from_slice(scan.trailers());
                     self.resp.extend_from_slice(b"\r\n");
                 }
                 send(
@@ -498,7 +463,7 @@ impl Conn<'_> {
                     .await?;
                 }
                 if done && body == Framing::Chunked {
-                    let mut end = chunked.trailers().to_vec();
+                    let mut end = scan.trailers().to_vec();
                     end.extend_from_slice(b"\r\n");
                     send(
                         &mut self.stream,

@@ -13,7 +13,10 @@
 //! Both paths share the routing, balancing, attempt loop, pools and error
 //! answers, so the two behave alike.
 
+mod body;
 mod conn;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod head;
 mod rewind;
 

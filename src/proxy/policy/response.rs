@@ -201,11 +201,12 @@ pub(crate) fn plan<F: Fields + ?Sized>(
         conn.keep_alive && !conn.close
     } && !announces_body;
     // The length the client is told: the body's, `0` for an empty body, the
-    // would-be length for HEAD; none for 204 and 304.
+    // would-be length for HEAD (except on a 204, which never has one, RFC
+    // 9110 section 8.6); none for 204 and 304.
     let mut length = match (body, length) {
         (Framing::Length(n), _) => Some(n),
         (Framing::Empty, _) if !no_body => Some(0),
-        (Framing::Empty, Some((n, _))) if asked.head && !codings.any => Some(n),
+        (Framing::Empty, Some((n, _))) if asked.head && !codings.any && status != 204 => Some(n),
         _ => None,
     };
     let mut chunked_line = kept_codings && body == Framing::Chunked;
@@ -437,6 +438,10 @@ mod tests {
         };
         let (_, out) = parse("HTTP/1.1 200 OK\r\nContent-Length: 05\r\n\r\n", head).unwrap();
         assert_eq!(out, "content-length: 5\r\n");
+        // Found by the response_head fuzz target: a HEAD answered 204 kept
+        // the instance's Content-Length.
+        let (_, out) = parse("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", head).unwrap();
+        assert_eq!(out, "", "no Content-Length on a 204, HEAD or not");
         let err = parse(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             Asked::default(),

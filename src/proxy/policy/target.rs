@@ -84,11 +84,22 @@ pub(crate) fn resolve<'a>(
         .ok()
         .filter(|h| valid_authority(h))
         .ok_or(ProxyError::BadRequest("invalid Host header"))?;
-    // (A plain loop: targets are short, a char searcher costs more.)
-    let target = match target.bytes().position(|b| b == b'#') {
-        Some(i) => &target[..i],
-        None => target,
-    };
+    // One plain pass (targets are short, a char searcher costs more): the
+    // fragment, and any byte no URI has (RFC 3986: visible ASCII only).
+    // httparse lets obs-text through; the instance and the hyper path
+    // (http::Uri) must not be left to read it each their own way.
+    let mut fragment = None;
+    for (i, b) in target.bytes().enumerate() {
+        if !(0x21..=0x7e).contains(&b) {
+            return Err(ProxyError::BadRequest(
+                "request target is not visible ASCII",
+            ));
+        }
+        if b == b'#' && fragment.is_none() {
+            fragment = Some(i);
+        }
+    }
+    let target = fragment.map_or(target, |i| &target[..i]);
     if target.starts_with('/') {
         return Ok(Target {
             authority: host,
