@@ -64,7 +64,9 @@ pub fn pick(service: &ServiceEntry, now_ms: u64, tried: &Tried) -> Option<InFlig
     let slow_start = service.policy().slow_start;
     let retry = !tried.is_empty();
     let member = match service.balance() {
-        Balance::RoundRobin => round_robin(service, retry, eligible, now_ms, slow_start),
+        Balance::RoundRobin | Balance::P2cEwma | Balance::ConsistentHash | Balance::Random => {
+            round_robin(service, retry, eligible, now_ms, slow_start)
+        }
         Balance::LeastConnections => {
             least_connections(service, retry, eligible, now_ms, slow_start)
         }

@@ -47,6 +47,7 @@ mod raw;
 mod serialize;
 mod service;
 mod startup;
+mod traffic;
 mod validate;
 
 /// Helpers shared by the config unit tests.
@@ -107,6 +108,10 @@ pub use startup::{
     AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth, EtcdSettings, ForwardingSettings,
     Http2Settings, Limits, RegistrationSettings, Runtime, Startup, TlsListener,
 };
+pub use traffic::{
+    mix, pair_hash, stable_hash, ConsistentHash, HashKey, P2cEwma, Queue, RequestValue,
+    RouteTraffic, SplitEntry, SubsetBy, TagSet, Tags, Traffic, Zone,
+};
 
 /// A fully validated configuration. [`Config::startup`] holds what the
 /// process reads only when it starts; everything else is what a reload
@@ -135,6 +140,9 @@ pub struct Config {
     /// declared in the file): the global timeouts and attempts, no active
     /// checks, default outlier detection.
     pub default_policy: Arc<ServicePolicy>,
+    /// `[zone]`: this proxy's zone, when set (also in every policy's
+    /// traffic settings).
+    pub zone: Option<Arc<Zone>>,
 }
 
 /// The `[registry]` settings a reload applies.
@@ -201,6 +209,9 @@ pub struct Route {
     pub upgrades: Option<Vec<String>>,
     /// What happens to a plain-HTTP request (`None`: it is served).
     pub require_tls: Option<RequireTls>,
+    /// Which of the service's instances it reaches (`match_tags`,
+    /// `split`, `subset_by`).
+    pub traffic: RouteTraffic,
 }
 
 /// What a route that requires TLS does with a plain-HTTP request.

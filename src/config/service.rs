@@ -74,6 +74,8 @@ pub struct ServicePolicy {
     pub retry_budget: RetryBudget,
     /// How instances are spoken to: protocol and TLS.
     pub upstream: Upstream,
+    /// Balancing settings, limits, subsets and zone.
+    pub traffic: super::traffic::Traffic,
 }
 
 /// `protocol` and `tls` of a service: how the proxy speaks to its
@@ -187,13 +189,35 @@ pub enum Balance {
     RoundRobin,
     /// Fewest in-flight requests (relative to weight), ties rotated.
     LeastConnections,
+    /// Power of two random choices over the peak-EWMA latency times the
+    /// in-flight requests.
+    P2cEwma,
+    /// A hash ring over a request key, with bounded load.
+    ConsistentHash,
+    /// Weighted random.
+    Random,
+}
+
+impl Balance {
+    /// The name it is written with in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConnections => "least_connections",
+            Balance::P2cEwma => "p2c_ewma",
+            Balance::ConsistentHash => "consistent_hash",
+            Balance::Random => "random",
+        }
+    }
 }
 
 /// An instance written in the config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticInstance {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Relative share of traffic, 1 to 1000.
     pub weight: u32,
+    /// Its tags, if any.
+    pub tags: Option<Arc<super::traffic::Tags>>,
 }
