@@ -261,7 +261,13 @@ impl Proxy {
             fields: &fields[..],
         };
         let plan = request::plan(&view, &hop)?;
-        let routed = self.route(&plan.target, plan.upgrade, client.is_tls())?;
+        let routed = self.route(
+            &plan.target,
+            plan.upgrade,
+            client.is_tls(),
+            &fields[..],
+            &client.ip,
+        )?;
         let service = routed.service;
         let path = plan.target.forward(routed.strip);
         let uri =
@@ -301,7 +307,9 @@ impl Proxy {
             },
             client_failed: None,
         };
-        let result = attempt::run_with_deadline(&service, &mut exchange, trail, deadline).await;
+        let result =
+            attempt::run_with_deadline(&service, &routed.choice, &mut exchange, trail, deadline)
+                .await;
         if let Some(e) = exchange.client_failed.take() {
             return Err(e);
         }

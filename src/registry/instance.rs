@@ -10,10 +10,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use super::attach::Slot;
+use super::latency::Latency;
+use super::snapshot::Waiters;
 use super::state::{Health, InstanceKey, Lifecycle, Transition};
 
 /// Live state of one instance, shared by every snapshot that lists it and by
@@ -54,6 +56,10 @@ pub struct InstanceState {
     /// upstream connections), dropped with the state once the instance has
     /// left the registry and its last request has finished.
     attachment: Slot,
+    /// Its response times, for `p2c_ewma`.
+    latency: Latency,
+    /// Its service's queue, woken when one of its requests ends.
+    waiters: OnceLock<Arc<Waiters>>,
 }
 
 impl InstanceState {
@@ -79,7 +85,21 @@ impl InstanceState {
             last_check: Mutex::new(None),
             checked: tokio::sync::Notify::new(),
             attachment: Slot::default(),
+            latency: Latency::default(),
+            waiters: OnceLock::new(),
         }
+    }
+
+    /// Links it to its service's queue (once; an instance belongs to one
+    /// service).
+    pub(crate) fn link_waiters(&self, waiters: &Arc<Waiters>) {
+        let _ = self.waiters.set(waiters.clone());
+    }
+
+    /// Its response-time average (fed by the proxy for `p2c_ewma`).
+    #[inline]
+    pub fn latency(&self) -> &Latency {
+        &self.latency
     }
 
     /// Identity.
@@ -399,6 +419,24 @@ impl InFlightGuard {
         InFlightGuard { instance }
     }
 
+    /// Starts counting a request against `instance` if it has fewer than
+    /// `limit` in flight (0: no limit); `None` when it is at its limit.
+    #[inline]
+    pub fn within(instance: &Arc<InstanceState>, limit: u32) -> Option<Self> {
+        if limit == 0 {
+            return Some(InFlightGuard::new(instance.clone()));
+        }
+        let before = instance.in_flight.fetch_add(1, Relaxed);
+        if before >= limit as usize {
+            instance.in_flight.fetch_sub(1, Relaxed);
+            return None;
+        }
+        instance.requests.fetch_add(1, Relaxed);
+        Some(InFlightGuard {
+            instance: instance.clone(),
+        })
+    }
+
     /// The instance being counted against.
     #[inline]
     pub fn instance(&self) -> &Arc<InstanceState> {
@@ -409,7 +447,12 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     #[inline]
     fn drop(&mut self) {
-        self.instance.in_flight.fetch_sub(1, Relaxed);
+        self.instance
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self.instance.waiters.get() {
+            w.released();
+        }
     }
 }
 

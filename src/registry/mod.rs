@@ -21,8 +21,11 @@
 //!   comparing it with the published one;
 //! - `build.rs`: making the changed services' entries, live state attached
 //!   by identity;
-//! - `snapshot.rs`, `instance.rs`, `state.rs`, `schedule.rs`, `attach.rs`:
-//!   what is published, and the live state it points to;
+//! - `snapshot.rs`, `instance.rs`, `state.rs`, `attach.rs`: what is
+//!   published, and the live state it points to;
+//! - `pool.rs`, `schedule.rs`, `ring.rs`, `latency.rs`: what balancing
+//!   reads: each service's pools (subsets, zone) with their precomputed
+//!   round-robin order and hash ring, and an instance's latency average;
 //! - this file: the handle, the build state and the refresher;
 //! - [`registrations`], [`etcd`], [`dns`]: the sources besides the config.
 
@@ -33,8 +36,11 @@ pub mod dns;
 mod drain;
 pub mod etcd;
 mod instance;
+mod latency;
+mod pool;
 mod preserve;
 pub mod registrations;
+mod ring;
 mod schedule;
 mod snapshot;
 mod source;
@@ -50,9 +56,12 @@ use tokio::sync::Notify;
 pub use attach::{Attachment, Slot};
 pub use drain::DrainError;
 pub use instance::{InFlightGuard, InstanceState};
+pub use latency::Latency;
+pub use pool::{Pool, WHOLE};
 pub use preserve::{HeldBack, HeldInstance, Removals};
+pub use ring::Ring;
 pub use schedule::Schedule;
-pub use snapshot::{Member, ServiceEntry, ServiceLive, Snapshot};
+pub use snapshot::{Member, ServiceEntry, ServiceLive, Snapshot, Waiters};
 pub use source::{static_instances, InstanceSpec, SourceStatus, STATIC_SOURCE};
 pub use state::{Health, InstanceKey, Lifecycle, Transition};
 
