@@ -166,6 +166,14 @@ pub(crate) mod outlier {
     pub(crate) const MAX_EJECTION: Duration = Duration::from_secs(30);
     /// `outlier.max_ejected_percent`.
     pub(crate) const MAX_EJECTED_PERCENT: u8 = 50;
+    /// `outlier.success_rate_min_requests` (0: success-rate detection off).
+    pub(crate) const SUCCESS_RATE_MIN_REQUESTS: u32 = 0;
+    /// `outlier.success_rate_min_instances` (Envoy's default).
+    pub(crate) const SUCCESS_RATE_MIN_INSTANCES: u32 = 5;
+    /// `outlier.success_rate_stdev_factor`, in thousandths (Envoy's 1.9).
+    pub(crate) const SUCCESS_RATE_STDEV_FACTOR_MILLI: u32 = 1900;
+    /// `outlier.success_rate_interval`.
+    pub(crate) const SUCCESS_RATE_INTERVAL: Duration = Duration::from_secs(10);
 }
 
 /// `[services.NAME.retry_budget]`.

@@ -102,7 +102,7 @@ use serde::Serialize;
 pub use error::ConfigError;
 pub use service::{
     Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, Protocol, RetryBudget,
-    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, Upstream,
+    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate, Upstream,
 };
 pub use startup::{
     AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth, EtcdSettings, ForwardingSettings,

@@ -567,6 +567,18 @@ pub(crate) struct RawOutlier {
     /// Most instances ejected at once, in percent. Default
     /// [`d::outlier::MAX_EJECTED_PERCENT`].
     pub max_ejected_percent: Option<Spanned<i64>>,
+    /// Outcomes an instance needs per interval to be judged by success
+    /// rate (0: off). Default [`d::outlier::SUCCESS_RATE_MIN_REQUESTS`].
+    pub success_rate_min_requests: Option<Spanned<i64>>,
+    /// Instances with enough outcomes needed to judge any. Default
+    /// [`d::outlier::SUCCESS_RATE_MIN_INSTANCES`].
+    pub success_rate_min_instances: Option<Spanned<i64>>,
+    /// Standard deviations below the mean that eject. Default
+    /// [`d::outlier::SUCCESS_RATE_STDEV_FACTOR_MILLI`] thousandths.
+    pub success_rate_stdev_factor: Option<Spanned<f64>>,
+    /// How often success rates are compared. Default
+    /// [`d::outlier::SUCCESS_RATE_INTERVAL`].
+    pub success_rate_interval: Option<Spanned<Dur>>,
 }
 
 /// `[services.NAME.retry_budget]`.

@@ -336,13 +336,21 @@ impl Serialize for HealthCheck {
 
 impl Serialize for Outlier {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Outlier", 6)?;
+        let mut m = s.serialize_struct("Outlier", 10)?;
         m.serialize_field("connect_failures", &self.connect_failures)?;
         m.serialize_field("consecutive_failures", &self.consecutive_failures)?;
         m.serialize_field("count_5xx", &self.count_5xx)?;
         m.serialize_field("base_ejection", &Dur(self.base_ejection))?;
         m.serialize_field("max_ejection", &Dur(self.max_ejection))?;
         m.serialize_field("max_ejected_percent", &self.max_ejected_percent)?;
+        let r = &self.success_rate;
+        m.serialize_field("success_rate_min_requests", &r.min_requests)?;
+        m.serialize_field("success_rate_min_instances", &r.min_instances)?;
+        m.serialize_field(
+            "success_rate_stdev_factor",
+            &(f64::from(r.stdev_factor_milli) / 1000.0),
+        )?;
+        m.serialize_field("success_rate_interval", &Dur(r.interval))?;
         m.end()
     }
 }

@@ -170,6 +170,25 @@ pub struct Outlier {
     /// Most of a service's instances ejected at once, in percent (at least
     /// one instance can always be ejected).
     pub max_ejected_percent: u8,
+    /// Ejection of instances whose success rate stands well below their
+    /// peers'.
+    pub success_rate: SuccessRate,
+}
+
+/// Success-rate outlier detection (`outlier.success_rate_*`): every
+/// `interval`, the instances with at least `min_requests` outcomes are
+/// compared; with at least `min_instances` of them, one whose success rate
+/// is below the mean minus `stdev_factor` standard deviations is ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuccessRate {
+    /// Outcomes an instance needs in an interval to be judged (0: off).
+    pub min_requests: u32,
+    /// Instances with enough outcomes needed for any judgement.
+    pub min_instances: u32,
+    /// Standard deviations below the mean, in thousandths.
+    pub stdev_factor_milli: u32,
+    /// How often rates are compared (and counted from zero again).
+    pub interval: Duration,
 }
 
 /// `[services.NAME.retry_budget]`: retries allowed on top of requests.

@@ -101,6 +101,17 @@ pub(crate) async fn run<E: Exchange>(
                     .observe(started.elapsed(), clock::now_ms(), decay);
             }
         }
+        if policy.outlier.success_rate.min_requests > 0 {
+            let ok = match &outcome {
+                Outcome::Answered(_, status) => Some(*status < 500),
+                Outcome::Abandoned => None,
+                Outcome::Failed { failure, .. } => failure.map(|_| false),
+                Outcome::TimedOut | Outcome::BadResponse(_) => Some(false),
+            };
+            if let Some(ok) = ok {
+                instance.count_outcome(ok);
+            }
+        }
         match outcome {
             Outcome::Answered(answer, status) => {
                 if status >= 500 {

@@ -58,6 +58,9 @@ pub struct InstanceState {
     attachment: Slot,
     /// Its response times, for `p2c_ewma`.
     latency: Latency,
+    /// Outcomes since success rates were last compared: successes in the
+    /// low 32 bits, failures in the high 32 (one atomic add per outcome).
+    outcomes: AtomicU64,
     /// Its service's queue, woken when one of its requests ends.
     waiters: OnceLock<Arc<Waiters>>,
 }
@@ -86,6 +89,7 @@ impl InstanceState {
             checked: tokio::sync::Notify::new(),
             attachment: Slot::default(),
             latency: Latency::default(),
+            outcomes: AtomicU64::new(0),
             waiters: OnceLock::new(),
         }
     }
@@ -197,6 +201,19 @@ impl InstanceState {
             0
         };
         (any, connects)
+    }
+
+    /// Counts one outcome for success-rate outlier detection.
+    #[inline]
+    pub fn count_outcome(&self, ok: bool) {
+        self.outcomes
+            .fetch_add(if ok { 1 } else { 1 << 32 }, Relaxed);
+    }
+
+    /// The outcomes counted since the last call: (successes, failures).
+    pub fn take_outcomes(&self) -> (u32, u32) {
+        let v = self.outcomes.swap(0, Relaxed);
+        (v as u32, (v >> 32) as u32)
     }
 
     /// Consecutive failures of any kind since the last success.

@@ -17,7 +17,7 @@ use crate::config::defaults;
 use crate::config::raw::{Dur, RawBalance, RawInstance, RawService};
 use crate::config::{
     check_service_name, Balance, Outlier, ProxySettings, RetryBudget, ServiceConfig, ServicePolicy,
-    ServiceTimeouts, StaticInstance, Timeouts, Upstream,
+    ServiceTimeouts, StaticInstance, SuccessRate, Timeouts, Upstream,
 };
 
 /// The policy of a service that does not set its own: the global
@@ -44,6 +44,12 @@ pub(super) fn default_policy(
             base_ejection: o::BASE_EJECTION,
             max_ejection: o::MAX_EJECTION,
             max_ejected_percent: o::MAX_EJECTED_PERCENT,
+            success_rate: SuccessRate {
+                min_requests: o::SUCCESS_RATE_MIN_REQUESTS,
+                min_instances: o::SUCCESS_RATE_MIN_INSTANCES,
+                stdev_factor_milli: o::SUCCESS_RATE_STDEV_FACTOR_MILLI,
+                interval: o::SUCCESS_RATE_INTERVAL,
+            },
         },
         panic_threshold: s::PANIC_THRESHOLD,
         slow_start: s::SLOW_START,
@@ -219,6 +225,39 @@ fn policy(
             "outlier.max_ejected_percent",
             d.max_ejected_percent,
         ),
+        success_rate: SuccessRate {
+            min_requests: num(
+                &o.success_rate_min_requests,
+                "outlier.success_rate_min_requests",
+                d.success_rate.min_requests,
+                0..=1_000_000,
+            ),
+            min_instances: num(
+                &o.success_rate_min_instances,
+                "outlier.success_rate_min_instances",
+                d.success_rate.min_instances,
+                2..=10_000,
+            ),
+            stdev_factor_milli: match &o.success_rate_stdev_factor {
+                None => d.success_rate.stdev_factor_milli,
+                Some(f) if (0.1..=10.0).contains(f.get_ref()) => {
+                    (f.get_ref() * 1000.0).round() as u32
+                }
+                Some(f) => {
+                    cx.push(cx.err_at(
+                        f,
+                        format!("{key}.outlier.success_rate_stdev_factor"),
+                        format!("{} is out of range 0.1..=10.0", f.get_ref()),
+                    ));
+                    d.success_rate.stdev_factor_milli
+                }
+            },
+            interval: dur(
+                &o.success_rate_interval,
+                "outlier.success_rate_interval",
+                d.success_rate.interval,
+            ),
+        },
     };
     if outlier.max_ejection < outlier.base_ejection {
         let at = o
