@@ -298,3 +298,52 @@ async fn saturated_instances_queue_then_answer_503_with_retry_after() {
         );
     }
 }
+
+/// Issue 17: with `sticky_cookie`, the first answer sets a cookie naming
+/// its instance; requests carrying it stay there (round-robin would
+/// rotate) and get no new cookie; when that instance leaves, the next
+/// answer names another. Both codecs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_keeps_a_client_on_its_instance() {
+    for fast_path in [true, false] {
+        let backends = [
+            Backend::start("s0").await,
+            Backend::start("s1").await,
+            Backend::start("s2").await,
+        ];
+        let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+        let proxy = Proxy::start(&format!(
+            "[proxy]\nfast_path = {fast_path}\n[services.s]\nsticky_cookie = \"wf_sticky\"\ninstances = [{}]\n",
+            list.join(", ")
+        ))
+        .await;
+        let first = proxy.get("s.svc", "/").await.unwrap();
+        let set = first.headers["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            set.starts_with("wf_sticky=") && set.contains("Path=/"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let mut c = H1Client::connect(proxy.addr).await.unwrap();
+        for _ in 0..12 {
+            let req = request("GET", "s.svc", "/")
+                .header("cookie", format!("a=b; {cookie}"))
+                .body(support::empty())
+                .unwrap();
+            let reply = c.request(req).await.unwrap();
+            assert_eq!(reply.text(), first.text(), "fast_path={fast_path}");
+            assert!(reply.headers.get("set-cookie").is_none());
+        }
+        let stuck = backends.iter().find(|b| b.name() == first.text()).unwrap();
+        stuck.stop().await;
+        let req = request("GET", "s.svc", "/")
+            .header("cookie", cookie.clone())
+            .body(support::empty())
+            .unwrap();
+        let moved = send(proxy.addr, req).await.unwrap();
+        assert_eq!(moved.status, StatusCode::OK);
+        assert_ne!(moved.text(), first.text());
+        let renewed = moved.headers["set-cookie"].to_str().unwrap();
+        assert_ne!(renewed.split(';').next().unwrap(), cookie);
+    }
+}

@@ -81,6 +81,8 @@ pub struct Choice {
     pools: [u16; MAX_POOLS],
     len: u8,
     hash: Option<u64>,
+    /// The instance the client's sticky cookie names.
+    sticky: Option<u64>,
     /// A pool was asked for that the service does not have (its subset
     /// has no member): nothing else is tried.
     missing: bool,
@@ -92,6 +94,7 @@ impl Choice {
         pools: [0; MAX_POOLS],
         len: 0,
         hash: None,
+        sticky: None,
         missing: false,
     };
 
@@ -116,6 +119,19 @@ impl Choice {
     #[inline]
     pub fn set_hash(&mut self, hash: u64) {
         self.hash = Some(hash);
+    }
+
+    /// Sets the instance the request's sticky cookie names (its
+    /// [`instance_hash`](crate::registry::instance_hash)).
+    #[inline]
+    pub fn set_sticky(&mut self, id: u64) {
+        self.sticky = Some(id);
+    }
+
+    /// The instance the request's sticky cookie names.
+    #[inline]
+    pub fn sticky(&self) -> Option<u64> {
+        self.sticky
     }
 
     /// The hash of the request's key, if it has one.
@@ -192,6 +208,11 @@ pub fn pick_with(
         saturated: Cell::new(false),
     };
     let pools = service.pools();
+    if let Some(id) = choice.sticky {
+        if let Some(g) = cx.sticky(choice, id) {
+            return Ok(g);
+        }
+    }
     for &i in choice.pools() {
         let Some(pool) = pools.get(i as usize) else {
             continue;
@@ -265,6 +286,23 @@ impl Cx<'_> {
             }
         }
         None
+    }
+
+    /// The member a sticky cookie names, if it is in one of the pools the
+    /// request may use and may take it.
+    #[inline]
+    fn sticky(&self, choice: &Choice, id: u64) -> Option<InFlightGuard> {
+        let pools = self.service.pools();
+        let m = choice
+            .pools()
+            .iter()
+            .filter_map(|&i| pools.get(i as usize))
+            .flat_map(|p| p.members().iter().map(|&i| self.member(i)))
+            .find(|m| m.key_hash == id)?;
+        if !self.usable(m) {
+            return None;
+        }
+        InFlightGuard::within(&m.instance, self.limit)
     }
 
     /// The member at index `i` of the service.

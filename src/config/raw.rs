@@ -361,6 +361,9 @@ pub(crate) struct RawService {
     pub consistent_hash: Option<Spanned<RawHash>>,
     /// Requests one instance may have at once. Default 0 (no limit).
     pub max_in_flight: Option<Spanned<i64>>,
+    /// A cookie the proxy sets to keep a client on its instance. Default
+    /// none.
+    pub sticky_cookie: Option<Spanned<String>>,
     /// Where requests wait when every instance is at `max_in_flight`.
     /// Default: see [`RawQueue`].
     pub queue: Option<Spanned<RawQueue>>,

@@ -104,6 +104,9 @@ pub struct Traffic {
     pub subset_keys: Vec<Arc<str>>,
     /// The proxy's zone (`[zone]`), when set.
     pub zone: Option<Arc<Zone>>,
+    /// `sticky_cookie`: the cookie naming the instance a client sticks
+    /// to, set by the proxy.
+    pub sticky_cookie: Option<String>,
 }
 
 /// `[services.NAME.p2c_ewma]`.

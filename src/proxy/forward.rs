@@ -315,7 +315,9 @@ impl Proxy {
         }
         let ((resp, sender, plan, fields), guard) = result?;
         let asked = exchange.asked;
-        self.relay(
+        let sticky =
+            super::traffic::sticky_cookie(&service, &routed.choice, guard.instance().addr());
+        let mut resp = self.relay(
             resp,
             guard,
             sender,
@@ -323,7 +325,11 @@ impl Proxy {
             client_upgrade,
             asked,
             h2_client,
-        )
+        )?;
+        if let Some(v) = sticky.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut().append(http::header::SET_COOKIE, v);
+        }
+        Ok(resp)
     }
 
     /// One attempt on `instance`: a pooled connection if there is one

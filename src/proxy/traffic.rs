@@ -1,13 +1,14 @@
 //! What a request asks of the balancer, for both codecs: the pools to try
 //! (a header's or cookie's subset, the route's `match_tags` or its split's
 //! share, then the other shares) and, for `consistent_hash`, the hash of
-//! its key (a header, a cookie, the client's address or the path). Read
+//! its key (a header, a cookie, the client's address or the path), and
+//! the instance its sticky cookie names. Read
 //! from the head's fields as either codec holds them, without allocating.
 
 use super::policy::Fields;
 use crate::balance::Choice;
 use crate::config::{pair_hash, stable_hash, Balance, HashKey, RequestValue};
-use crate::registry::ServiceEntry;
+use crate::registry::{instance_hash, ServiceEntry};
 use crate::router::TrafficRule;
 
 /// The choice for a request to `service` on a route with `rule`.
@@ -50,6 +51,11 @@ pub(crate) fn choice<F: Fields + ?Sized>(
             c.then_pool(0);
         }
     }
+    if let Some(name) = &service.policy().traffic.sticky_cookie {
+        if let Some(id) = cookie(fields, name.as_bytes()).and_then(parse_hex) {
+            c.set_sticky(id);
+        }
+    }
     if service.balance() == Balance::ConsistentHash {
         let key = match &service.policy().traffic.hash.key {
             HashKey::Header(name) => header(fields, name.as_bytes()),
@@ -62,6 +68,27 @@ pub(crate) fn choice<F: Fields + ?Sized>(
         }
     }
     c
+}
+
+/// The `Set-Cookie` value that keeps the client on the instance at
+/// `addr`, when `service` has a sticky cookie and the request's did not
+/// already name that instance.
+pub(crate) fn sticky_cookie(
+    service: &ServiceEntry,
+    choice: &Choice,
+    addr: std::net::SocketAddr,
+) -> Option<String> {
+    let name = service.policy().traffic.sticky_cookie.as_ref()?;
+    let id = instance_hash(addr);
+    (choice.sticky() != Some(id)).then(|| format!("{name}={id:016x}; Path=/; HttpOnly"))
+}
+
+/// A cookie value of 16 hex digits.
+fn parse_hex(v: &[u8]) -> Option<u64> {
+    if v.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(v).ok()?, 16).ok()
 }
 
 /// The value `from` names in the request.

@@ -144,6 +144,7 @@ impl BuildState {
         Member {
             instance: state,
             weight: spec.weight,
+            key_hash: super::ring::instance_hash(spec.addr),
             id: spec.id.clone(),
             tags: spec.tags.clone(),
             source: source.clone(),

@@ -59,7 +59,7 @@ pub use instance::{InFlightGuard, InstanceState};
 pub use latency::Latency;
 pub use pool::{Pool, WHOLE};
 pub use preserve::{HeldBack, HeldInstance, Removals};
-pub use ring::Ring;
+pub use ring::{instance_hash, Ring};
 pub use schedule::Schedule;
 pub use snapshot::{Member, ServiceEntry, ServiceLive, Snapshot, Waiters};
 pub use source::{static_instances, InstanceSpec, SourceStatus, STATIC_SOURCE};

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use super::ring::Ring;
 use super::schedule::Schedule;
 use super::snapshot::Member;
-use crate::config::{pair_hash, stable_hash, Balance, Traffic};
+use crate::config::{pair_hash, Balance, Traffic};
 
 /// The key of the pool holding every member.
 pub const WHOLE: u64 = 0;
@@ -45,10 +45,7 @@ impl Pool {
                 .iter()
                 .map(|&i| {
                     let m = &all[i as usize];
-                    (
-                        stable_hash(m.instance.addr().to_string().as_bytes()),
-                        m.weight,
-                    )
+                    (m.key_hash, m.weight)
                 })
                 .collect();
             Ring::new(&ids)

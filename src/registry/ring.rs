@@ -5,7 +5,28 @@
 //! only the keys that landed on its points move (about 1/n of them), each
 //! to the member whose point follows.
 
-use crate::config::mix;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::{mix, stable_hash};
+
+/// The identity of an instance on rings and in sticky cookies: a stable
+/// hash of its IP address and port (no allocation).
+#[inline]
+pub fn instance_hash(addr: SocketAddr) -> u64 {
+    let mut buf = [0u8; 18];
+    let n = match addr.ip() {
+        IpAddr::V4(ip) => {
+            buf[..4].copy_from_slice(&ip.octets());
+            4
+        }
+        IpAddr::V6(ip) => {
+            buf[..16].copy_from_slice(&ip.octets());
+            16
+        }
+    };
+    buf[n..n + 2].copy_from_slice(&addr.port().to_be_bytes());
+    stable_hash(&buf[..n + 2])
+}
 
 /// Points per unit of weight.
 const POINTS_PER_WEIGHT: u64 = 160;

@@ -163,6 +163,9 @@ pub struct Member {
     pub instance: Arc<InstanceState>,
     /// Relative share of traffic.
     pub weight: u32,
+    /// [`instance_hash`](super::instance_hash) of its address: its
+    /// identity on hash rings and in sticky cookies.
+    pub key_hash: u64,
     /// The instance id a source gave, if any.
     pub id: Option<Arc<str>>,
     /// Tags (metadata) a source gave.

@@ -66,6 +66,7 @@ pub(super) fn default_traffic(zone: Option<Arc<Zone>>) -> Traffic {
         subsets: Vec::new(),
         subset_keys: Vec::new(),
         zone,
+        sticky_cookie: None,
     }
 }
 
@@ -121,6 +122,17 @@ pub(super) fn service(
                     format!("{v} is neither 0 (unbounded) nor within 1.0..=100.0: an instance may take at most load_factor times the mean load"),
                 ));
             }
+        }
+    }
+    if let Some(c) = &s.sticky_cookie {
+        if is_token(c.get_ref()) {
+            t.sticky_cookie = Some(c.get_ref().clone());
+        } else {
+            cx.push(cx.err_at(
+                c,
+                format!("{key}.sticky_cookie"),
+                format!("{:?} is not a valid cookie name", c.get_ref()),
+            ));
         }
     }
     t.max_in_flight = cx.int_or(

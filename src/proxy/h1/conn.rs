@@ -36,6 +36,7 @@ use crate::proxy::forward::{DEBUG_HEADER, SNAPSHOT_HEADER};
 use crate::proxy::policy::chunked::{rechunk, ChunkedScanner};
 use crate::proxy::policy::response::Asked;
 use crate::proxy::policy::Framing;
+use crate::proxy::traffic;
 use crate::proxy::upstream::{self, RawConn, MAX_RESPONSE_HEAD};
 use crate::proxy::{Client, Proxy};
 use crate::registry::{InstanceState, ServiceEntry};
@@ -415,6 +416,9 @@ impl Conn<'_> {
             }
         };
         let close = routed.close || answer.body == Framing::UntilClose || *self.stopping.borrow();
+        if let Some(v) = traffic::sticky_cookie(service, &routed.choice, guard.instance().addr()) {
+            header_line(&mut self.resp, "set-cookie", &v);
+        }
         self.extra_headers(trail.as_deref(), close);
         self.resp.extend_from_slice(b"\r\n");
         let body = answer.body;
