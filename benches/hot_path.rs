@@ -17,9 +17,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use wayfinder::balance::{self, Tried};
+use wayfinder::balance::{self, Choice, Tried};
 use wayfinder::clock;
-use wayfinder::config::Config;
+use wayfinder::config::{stable_hash, Config};
 use wayfinder::proxy::headers::request_headers;
 use wayfinder::registry::{InstanceSpec, Registry, Removals};
 
@@ -45,22 +45,96 @@ fn service_config(policy: &str, n: usize) -> Config {
 /// drop of the in-flight guard and the snapshot guard. Round-robin is one
 /// atomic increment; least-connections scans every member (all idle here,
 /// so the rotating tie-break decides), which is why it grows with `n`.
+/// Random draws a slot; p2c_ewma draws two members and compares their
+/// latency (every member has one) times their load; consistent_hash
+/// hashes a 12-byte key (included), binary-searches the ring and, for
+/// its load bound, sums the members' in-flight counts (so it grows with
+/// `n`).
 fn pick(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
-    for policy in ["round_robin", "least_connections"] {
+    for policy in [
+        "round_robin",
+        "least_connections",
+        "random",
+        "p2c_ewma",
+        "consistent_hash",
+    ] {
         for n in [3, 30, 300] {
             let reg = Registry::new(&service_config(policy, n));
+            {
+                let snap = reg.load();
+                let svc = snap.service("s").unwrap();
+                let decay = svc.policy().traffic.p2c.decay;
+                for (i, m) in svc.members().iter().enumerate() {
+                    let took = Duration::from_micros(500 + 10 * i as u64);
+                    m.instance.latency().observe(took, clock::now_ms(), decay);
+                }
+            }
+            let keyed = policy == "consistent_hash";
             group.bench_function(BenchmarkId::new(policy, n), |b| {
                 b.iter(|| {
                     let snap = reg.load();
                     let svc = snap.service(black_box("s")).unwrap();
-                    let guard = balance::pick(svc, clock::now_ms(), &Tried::default());
+                    let guard = if keyed {
+                        let mut choice = Choice::ANY;
+                        choice.set_hash(stable_hash(black_box(b"user-4711-ab")));
+                        balance::pick_with(svc, &choice, clock::now_ms(), &Tried::default()).ok()
+                    } else {
+                        balance::pick(svc, clock::now_ms(), &Tried::default())
+                    };
                     black_box(guard.is_some())
                 })
             });
         }
     }
     group.finish();
+}
+
+/// A request on a canary route, balancing side: the subsets' pools looked
+/// up by fingerprint (one in twenty asks version 2 first, as a 95/5
+/// split would), then a round-robin pick in the chosen subset of a
+/// 30-instance service (half version 1, half version 2), with
+/// `max_in_flight` set (the guard's checked increment).
+fn pick_subset(c: &mut Criterion) {
+    let mut text = String::from(
+        "[admin]\nlisten = \"off\"\n[[routes]]\nservice = \"s\"\n\
+         split = [{ tags = { version = \"1\" }, weight = 95 }, { tags = { version = \"2\" }, weight = 5 }]\n\
+         [services.s]\nmax_in_flight = 1000\ninstances = [\n",
+    );
+    for i in 0..30 {
+        let v = 1 + i % 2;
+        writeln!(
+            text,
+            "  {{ address = \"127.0.0.1:{}\", tags = {{ version = \"{v}\" }} }},",
+            20_000 + i
+        )
+        .unwrap();
+    }
+    text.push_str("]\n");
+    let reg = Registry::new(&parse(&text));
+    let v1 = stable_hash_pair("version", "1");
+    let v2 = stable_hash_pair("version", "2");
+    c.bench_function("pick/split_95_5_limited/30", |b| {
+        let mut turn = 0u32;
+        b.iter(|| {
+            let snap = reg.load();
+            let svc = snap.service(black_box("s")).unwrap();
+            turn = turn.wrapping_add(1);
+            let (first, second) = if turn % 20 == 0 { (v2, v1) } else { (v1, v2) };
+            let mut choice = Choice::ANY;
+            for fp in [first, second] {
+                if let Some(i) = svc.pool_index(fp) {
+                    choice.then_pool(i);
+                }
+            }
+            let guard = balance::pick_with(svc, &choice, clock::now_ms(), &Tried::default());
+            black_box(guard.is_ok())
+        })
+    });
+}
+
+fn stable_hash_pair(k: &str, v: &str) -> u64 {
+    wayfinder::config::pair_hash(k.as_bytes(), v.as_bytes())
 }
 
 // === router match ===
@@ -334,6 +408,7 @@ fn etcd_update(c: &mut Criterion) {
 criterion_group!(
     benches,
     pick,
+    pick_subset,
     router,
     header_rewrite,
     rebuild,

@@ -15,9 +15,10 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::config::{check_service_name, Config, HostMatch, RequireTls};
+use crate::config::{check_service_name, Config, HostMatch, RequireTls, RouteTraffic, SubsetBy};
 
 /// The routing table built from one config.
 #[derive(Debug, PartialEq)]
@@ -41,7 +42,104 @@ struct PathRule {
     service: Arc<str>,
     upgrades: Option<Vec<String>>,
     require_tls: Option<RequireTls>,
+    traffic: Option<TrafficRule>,
 }
+
+/// What a route asks of its service's instances, ready for requests: the
+/// fingerprints of the subsets it names, and the split's rotation.
+#[derive(Debug)]
+pub struct TrafficRule {
+    /// `match_tags`' fingerprint.
+    match_tags: Option<u64>,
+    /// The split: each entry's fingerprint and the end of its range in
+    /// `0..split_total`.
+    split: Box<[(u64, u32)]>,
+    split_total: u32,
+    /// Requests the split has shared so far.
+    cursor: AtomicUsize,
+    /// `subset_by`.
+    subset_by: Option<SubsetBy>,
+    /// As configured (what two rules are compared by).
+    config: RouteTraffic,
+}
+
+/// Steps through a split's range in an order that spreads each share out
+/// (a prime larger than any range, so every position comes once per
+/// round of `split_total` requests).
+const SPLIT_STRIDE: u64 = 1_000_003;
+
+impl TrafficRule {
+    fn new(t: &RouteTraffic) -> Option<TrafficRule> {
+        if t.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        let split = t
+            .split
+            .iter()
+            .map(|e| {
+                end += e.weight;
+                (e.tags.fingerprint, end)
+            })
+            .collect();
+        Some(TrafficRule {
+            match_tags: t.match_tags.as_ref().map(|m| m.fingerprint),
+            split,
+            split_total: end,
+            cursor: AtomicUsize::new(0),
+            subset_by: t.subset_by.clone(),
+            config: t.clone(),
+        })
+    }
+
+    /// The fingerprint of the route's `match_tags`.
+    pub fn match_tags(&self) -> Option<u64> {
+        self.match_tags
+    }
+
+    /// `subset_by`, if set.
+    pub fn subset_by(&self) -> Option<&SubsetBy> {
+        self.subset_by.as_ref()
+    }
+
+    /// Whether the route splits.
+    pub fn splits(&self) -> bool {
+        !self.split.is_empty()
+    }
+
+    /// Takes the split's next turn: calls `each` with the fingerprint of
+    /// the share this request belongs to, then with the others in order
+    /// (where it goes if its share has no instance left). Over every
+    /// `sum of weights` requests each share gets exactly its weight.
+    pub fn split_order(&self, mut each: impl FnMut(u64)) {
+        if self.split.is_empty() || self.split_total == 0 {
+            return;
+        }
+        let total = u64::from(self.split_total);
+        let n = self.cursor.fetch_add(1, Relaxed) as u64 % total;
+        let at = (n * SPLIT_STRIDE % total) as u32;
+        let chosen = self
+            .split
+            .iter()
+            .position(|&(_, end)| at < end)
+            .unwrap_or(0);
+        each(self.split[chosen].0);
+        for (i, &(fp, end)) in self.split.iter().enumerate() {
+            let weight = end - if i == 0 { 0 } else { self.split[i - 1].1 };
+            if i != chosen && weight > 0 {
+                each(fp);
+            }
+        }
+    }
+}
+
+impl PartialEq for TrafficRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config
+    }
+}
+
+impl Eq for TrafficRule {}
 
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,6 +152,8 @@ pub struct RouteTarget<'a> {
     pub(crate) upgrades: &'a [String],
     /// What a plain-HTTP request on this route gets, if not served.
     pub(crate) require_tls: Option<RequireTls>,
+    /// The route's subsets and split, if it has any.
+    pub(crate) traffic: Option<&'a TrafficRule>,
 }
 
 impl RouteTarget<'_> {
@@ -78,6 +178,7 @@ impl Router {
                 service: r.service.clone(),
                 upgrades: r.upgrades.clone(),
                 require_tls: r.require_tls,
+                traffic: TrafficRule::new(&r.traffic),
             };
             match &r.host {
                 HostMatch::Any => any.push(rule),
@@ -124,6 +225,7 @@ impl Router {
                             strip: 0,
                             upgrades: &self.default_upgrades,
                             require_tls: None,
+                            traffic: None,
                         });
                     }
                 }
@@ -138,6 +240,7 @@ impl Router {
                     strip: 1 + name.len(),
                     upgrades: &self.default_upgrades,
                     require_tls: None,
+                    traffic: None,
                 });
             }
         }
@@ -177,6 +280,7 @@ impl Router {
                 },
                 upgrades: r.upgrades.as_deref().unwrap_or(&self.default_upgrades),
                 require_tls: r.require_tls,
+                traffic: r.traffic.as_ref(),
             })
     }
 }

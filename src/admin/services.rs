@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use crate::balance;
 use crate::clock;
-use crate::config::Balance;
 use crate::registry::{Health, HeldBack, Member, Registry, ServiceEntry};
 
 /// The proxy's view of one instance's health, as registration calls and
@@ -229,10 +228,7 @@ pub(crate) fn services(registry: &Registry) -> ServicesView {
         .services()
         .map(|s| ServiceView {
             name: s.name().to_string(),
-            balance: match s.balance() {
-                Balance::RoundRobin => "round_robin",
-                Balance::LeastConnections => "least_connections",
-            },
+            balance: s.balance().name(),
             panic: s.live().in_panic(),
             retries_refused: crate::proxy::retry::refused(s),
             instances: s

@@ -196,6 +196,14 @@ pub(crate) mod outlier {
     pub(crate) const MAX_EJECTION: Duration = Duration::from_secs(30);
     /// `outlier.max_ejected_percent`.
     pub(crate) const MAX_EJECTED_PERCENT: u8 = 50;
+    /// `outlier.success_rate_min_requests` (0: success-rate detection off).
+    pub(crate) const SUCCESS_RATE_MIN_REQUESTS: u32 = 0;
+    /// `outlier.success_rate_min_instances` (Envoy's default).
+    pub(crate) const SUCCESS_RATE_MIN_INSTANCES: u32 = 5;
+    /// `outlier.success_rate_stdev_factor`, in thousandths (Envoy's 1.9).
+    pub(crate) const SUCCESS_RATE_STDEV_FACTOR_MILLI: u32 = 1900;
+    /// `outlier.success_rate_interval`.
+    pub(crate) const SUCCESS_RATE_INTERVAL: Duration = Duration::from_secs(10);
 }
 
 /// `[services.NAME.retry_budget]`.
@@ -238,4 +246,41 @@ pub(crate) mod dns {
     pub(crate) const MAX_REFRESH: Duration = Duration::from_secs(60);
     /// `dns.nxdomain_grace` (zero: empty the set at the first NXDOMAIN).
     pub(crate) const NXDOMAIN_GRACE: Duration = Duration::from_secs(30);
+}
+
+/// `[services.NAME.p2c_ewma]`.
+pub(crate) mod p2c {
+    use super::*;
+
+    /// `p2c_ewma.decay` (Linkerd's default).
+    pub(crate) const DECAY: Duration = Duration::from_secs(10);
+}
+
+/// `[services.NAME.consistent_hash]`.
+pub(crate) mod hash {
+    /// `consistent_hash.key`: `"client_address"`.
+    pub(crate) const KEY: crate::config::HashKey = crate::config::HashKey::ClientAddress;
+    /// `consistent_hash.load_factor` in thousandths (1.25, as in the
+    /// bounded-load paper's experiments).
+    pub(crate) const LOAD_FACTOR_MILLI: u32 = 1250;
+}
+
+/// `[services.NAME.queue]` (and `max_in_flight`).
+pub(crate) mod queue {
+    use super::*;
+
+    /// `max_in_flight` (0: no limit).
+    pub(crate) const MAX_IN_FLIGHT: u32 = 0;
+    /// `queue.size` (0: nobody waits).
+    pub(crate) const SIZE: u32 = 0;
+    /// `queue.timeout`.
+    pub(crate) const TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+/// `[zone]`.
+pub(crate) mod zone {
+    /// `zone.tag`.
+    pub(crate) const TAG: &str = "zone";
+    /// `zone.min_available_percent`.
+    pub(crate) const MIN_AVAILABLE_PERCENT: u8 = 70;
 }

@@ -48,6 +48,7 @@ mod raw;
 mod serialize;
 mod service;
 mod startup;
+mod traffic;
 mod validate;
 
 /// Helpers shared by the config unit tests.
@@ -103,11 +104,15 @@ pub use error::ConfigError;
 pub use membership::{GossipSettings, SerfSettings};
 pub use service::{
     Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, Protocol, RetryBudget,
-    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, Upstream,
+    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate, Upstream,
 };
 pub use startup::{
     AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth, EtcdSettings, ForwardingSettings,
     Http2Settings, Limits, RegistrationSettings, Runtime, Startup, TlsListener,
+};
+pub use traffic::{
+    mix, pair_hash, stable_hash, ConsistentHash, HashKey, P2cEwma, Queue, RequestValue,
+    RouteTraffic, SplitEntry, SubsetBy, TagSet, Tags, Traffic, Zone,
 };
 
 /// A fully validated configuration. [`Config::startup`] holds what the
@@ -137,6 +142,9 @@ pub struct Config {
     /// declared in the file): the global timeouts and attempts, no active
     /// checks, default outlier detection.
     pub default_policy: Arc<ServicePolicy>,
+    /// `[zone]`: this proxy's zone, when set (also in every policy's
+    /// traffic settings).
+    pub zone: Option<Arc<Zone>>,
 }
 
 /// The `[registry]` settings a reload applies.
@@ -203,6 +211,9 @@ pub struct Route {
     pub upgrades: Option<Vec<String>>,
     /// What happens to a plain-HTTP request (`None`: it is served).
     pub require_tls: Option<RequireTls>,
+    /// Which of the service's instances it reaches (`match_tags`,
+    /// `split`, `subset_by`).
+    pub traffic: RouteTraffic,
 }
 
 /// What a route that requires TLS does with a plain-HTTP request.

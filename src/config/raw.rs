@@ -46,6 +46,22 @@ pub(crate) struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub services: BTreeMap<String, Spanned<RawService>>,
+    /// This proxy's zone. Default none (no zone preference).
+    pub zone: Option<Spanned<RawZone>>,
+}
+
+/// `[zone]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawZone {
+    /// This proxy's zone. Required.
+    pub name: Spanned<String>,
+    /// The instance tag naming an instance's zone. Default
+    /// [`d::zone::TAG`].
+    pub tag: Option<Spanned<String>>,
+    /// Percent of the zone's instances that must be available to keep
+    /// traffic in the zone. Default [`d::zone::MIN_AVAILABLE_PERCENT`].
+    pub min_available_percent: Option<Spanned<i64>>,
 }
 
 /// `[admin]`
@@ -329,6 +345,34 @@ pub(crate) struct RawRoute {
     /// Plain-HTTP requests: `"redirect"` (308 to https) or `"refuse"`
     /// (403). Default: served.
     pub require_tls: Option<RawRequireTls>,
+    /// Only instances carrying these tags. Default: every instance.
+    pub match_tags: Option<Spanned<BTreeMap<String, String>>>,
+    /// Requests shared between subsets by weight. Default none.
+    pub split: Option<Spanned<Vec<Spanned<RawSplit>>>>,
+    /// A request header or cookie naming the subset. Default none.
+    pub subset_by: Option<Spanned<RawSubsetBy>>,
+}
+
+/// `{ tags = { version = "2" }, weight = 5 }` in a route's `split`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSplit {
+    /// The subset's tags. Required.
+    pub tags: Spanned<BTreeMap<String, String>>,
+    /// Its relative share, 0 to 10000. Required.
+    pub weight: Spanned<i64>,
+}
+
+/// `{ header = "x-version", tag = "version" }` or `{ cookie = ..., tag = ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSubsetBy {
+    /// The request header whose value names the subset.
+    pub header: Option<Spanned<String>>,
+    /// The cookie whose value names the subset.
+    pub cookie: Option<Spanned<String>>,
+    /// The instance tag compared with that value. Required.
+    pub tag: Spanned<String>,
 }
 
 /// One `[services.NAME]` table.
@@ -365,6 +409,49 @@ pub(crate) struct RawService {
     pub protocol: Option<Spanned<RawProtocol>>,
     /// TLS towards instances: `true`, or a table. Default none.
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    /// `balance = "p2c_ewma"` settings. Default: see [`RawP2c`].
+    pub p2c_ewma: Option<Spanned<RawP2c>>,
+    /// `balance = "consistent_hash"` settings. Default: see [`RawHash`].
+    pub consistent_hash: Option<Spanned<RawHash>>,
+    /// Requests one instance may have at once. Default 0 (no limit).
+    pub max_in_flight: Option<Spanned<i64>>,
+    /// A cookie the proxy sets to keep a client on its instance. Default
+    /// none.
+    pub sticky_cookie: Option<Spanned<String>>,
+    /// Where requests wait when every instance is at `max_in_flight`.
+    /// Default: see [`RawQueue`].
+    pub queue: Option<Spanned<RawQueue>>,
+}
+
+/// `[services.NAME.p2c_ewma]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawP2c {
+    /// Time constant of the latency average. Default [`d::p2c::DECAY`].
+    pub decay: Option<Spanned<Dur>>,
+}
+
+/// `[services.NAME.consistent_hash]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHash {
+    /// `"header:NAME"`, `"cookie:NAME"`, `"client_address"` or `"path"`.
+    /// Default [`d::hash::KEY`].
+    pub key: Option<Spanned<String>>,
+    /// Bounded load: at most this times the mean load per instance, 1.0
+    /// or more; 0 is unbounded. Default [`d::hash::LOAD_FACTOR_MILLI`]
+    /// thousandths.
+    pub load_factor: Option<Spanned<f64>>,
+}
+
+/// `[services.NAME.queue]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    /// Requests that may wait at once. Default [`d::queue::SIZE`].
+    pub size: Option<Spanned<i64>>,
+    /// Longest wait. Default [`d::queue::TIMEOUT`].
+    pub timeout: Option<Spanned<Dur>>,
 }
 
 /// `protocol` of a service.
@@ -537,6 +624,18 @@ pub(crate) struct RawOutlier {
     /// Most instances ejected at once, in percent. Default
     /// [`d::outlier::MAX_EJECTED_PERCENT`].
     pub max_ejected_percent: Option<Spanned<i64>>,
+    /// Outcomes an instance needs per interval to be judged by success
+    /// rate (0: off). Default [`d::outlier::SUCCESS_RATE_MIN_REQUESTS`].
+    pub success_rate_min_requests: Option<Spanned<i64>>,
+    /// Instances with enough outcomes needed to judge any. Default
+    /// [`d::outlier::SUCCESS_RATE_MIN_INSTANCES`].
+    pub success_rate_min_instances: Option<Spanned<i64>>,
+    /// Standard deviations below the mean that eject. Default
+    /// [`d::outlier::SUCCESS_RATE_STDEV_FACTOR_MILLI`] thousandths.
+    pub success_rate_stdev_factor: Option<Spanned<f64>>,
+    /// How often success rates are compared. Default
+    /// [`d::outlier::SUCCESS_RATE_INTERVAL`].
+    pub success_rate_interval: Option<Spanned<Dur>>,
 }
 
 /// `[services.NAME.retry_budget]`.
@@ -557,6 +656,9 @@ pub(crate) struct RawRetryBudget {
 pub(crate) enum RawBalance {
     RoundRobin,
     LeastConnections,
+    P2cEwma,
+    ConsistentHash,
+    Random,
 }
 
 /// `"127.0.0.1:9001"` or `{ address = "127.0.0.1:9001", weight = 2 }`.
@@ -595,4 +697,6 @@ pub(crate) struct RawInstanceTable {
     /// Relative share of traffic, 1 to 1000. Default
     /// [`d::service::WEIGHT`].
     pub weight: Option<i64>,
+    /// Tags (metadata): `{ version = "2", zone = "a" }`. Default none.
+    pub tags: Option<BTreeMap<String, String>>,
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::ser::{SerializeMap, SerializeStruct, Serializer};
 use serde::Serialize;
 
+use super::traffic::{HashKey, RequestValue, RouteTraffic, TagSet, Traffic, Zone};
 use super::{
     Balance, CheckKind, Config, DnsDiscovery, DnsKind, HealthCheck, HostMatch, Outlier, Route,
     ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance,
@@ -102,6 +103,7 @@ impl Serialize for Config {
         m.serialize_field("http2", &st.http2)?;
         m.serialize_field("routes", &self.routes)?;
         m.serialize_field("services", &self.services)?;
+        m.serialize_field("zone", &self.zone.as_deref())?;
         m.end()
     }
 }
@@ -125,24 +127,123 @@ impl Serialize for Route {
         m.serialize_field("service", &*self.service)?;
         m.serialize_field("upgrades", &self.upgrades)?;
         m.serialize_field("require_tls", &self.require_tls)?;
+        route_traffic(&mut m, &self.traffic)?;
         m.end()
     }
 }
 
+fn route_traffic<M: SerializeStruct>(m: &mut M, t: &RouteTraffic) -> Result<(), M::Error> {
+    m.serialize_field("match_tags", &t.match_tags)?;
+    let split: Vec<_> = t
+        .split
+        .iter()
+        .map(|e| SplitOut {
+            tags: &e.tags,
+            weight: e.weight,
+        })
+        .collect();
+    m.serialize_field("split", &split)?;
+    m.serialize_field(
+        "subset_by",
+        &t.subset_by.as_ref().map(|sb| {
+            let mut out = serde_json::Map::new();
+            let (k, v) = match &sb.from {
+                RequestValue::Header(h) => ("header", h),
+                RequestValue::Cookie(c) => ("cookie", c),
+            };
+            out.insert(k.into(), v.clone().into());
+            out.insert("tag".into(), sb.tag.to_string().into());
+            out
+        }),
+    )
+}
+
+#[derive(Serialize)]
+struct SplitOut<'a> {
+    tags: &'a TagSet,
+    weight: u32,
+}
+
+impl Serialize for TagSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.tags.serialize(s)
+    }
+}
+
+impl Serialize for HashKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HashKey::Header(h) => s.collect_str(&format_args!("header:{h}")),
+            HashKey::Cookie(c) => s.collect_str(&format_args!("cookie:{c}")),
+            HashKey::ClientAddress => s.serialize_str("client_address"),
+            HashKey::Path => s.serialize_str("path"),
+        }
+    }
+}
+
+impl Serialize for Zone {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("Zone", 3)?;
+        m.serialize_field("name", &self.name)?;
+        m.serialize_field("tag", &self.tag)?;
+        m.serialize_field("min_available_percent", &self.min_available_percent)?;
+        m.end()
+    }
+}
+
+/// A service's traffic keys, as in `[services.NAME]` (the subsets and
+/// zone come from the routes and `[zone]`, and show there).
+fn traffic_entries<M: SerializeMap>(m: &mut M, t: &Traffic) -> Result<(), M::Error> {
+    #[derive(Serialize)]
+    struct P2c {
+        decay: Dur,
+    }
+    #[derive(Serialize)]
+    struct Hash<'a> {
+        key: &'a HashKey,
+        load_factor: f64,
+    }
+    #[derive(Serialize)]
+    struct Queue {
+        size: u32,
+        timeout: Dur,
+    }
+    m.serialize_entry(
+        "p2c_ewma",
+        &P2c {
+            decay: Dur(t.p2c.decay),
+        },
+    )?;
+    m.serialize_entry(
+        "consistent_hash",
+        &Hash {
+            key: &t.hash.key,
+            load_factor: f64::from(t.hash.load_factor_milli) / 1000.0,
+        },
+    )?;
+    m.serialize_entry("max_in_flight", &t.max_in_flight)?;
+    m.serialize_entry("sticky_cookie", &t.sticky_cookie)?;
+    m.serialize_entry(
+        "queue",
+        &Queue {
+            size: t.queue.size,
+            timeout: Dur(t.queue.timeout),
+        },
+    )
+}
+
 impl Serialize for Balance {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match self {
-            Balance::RoundRobin => "round_robin",
-            Balance::LeastConnections => "least_connections",
-        })
+        s.serialize_str(self.name())
     }
 }
 
 impl Serialize for StaticInstance {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Instance", 2)?;
+        let mut m = s.serialize_struct("Instance", 3)?;
         m.serialize_field("address", &self.addr.to_string())?;
         m.serialize_field("weight", &self.weight)?;
+        m.serialize_field("tags", &self.tags)?;
         m.end()
     }
 }
@@ -168,7 +269,8 @@ fn policy_entries<M: SerializeMap>(m: &mut M, p: &ServicePolicy) -> Result<(), M
     m.serialize_entry("outlier", &p.outlier)?;
     m.serialize_entry("retry_budget", &p.retry_budget)?;
     m.serialize_entry("protocol", &p.upstream.protocol)?;
-    m.serialize_entry("tls", &p.upstream.tls.as_ref().map(|t| t.settings()))
+    m.serialize_entry("tls", &p.upstream.tls.as_ref().map(|t| t.settings()))?;
+    traffic_entries(m, &p.traffic)
 }
 
 impl Serialize for ServicePolicy {
@@ -236,13 +338,21 @@ impl Serialize for HealthCheck {
 
 impl Serialize for Outlier {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Outlier", 6)?;
+        let mut m = s.serialize_struct("Outlier", 10)?;
         m.serialize_field("connect_failures", &self.connect_failures)?;
         m.serialize_field("consecutive_failures", &self.consecutive_failures)?;
         m.serialize_field("count_5xx", &self.count_5xx)?;
         m.serialize_field("base_ejection", &Dur(self.base_ejection))?;
         m.serialize_field("max_ejection", &Dur(self.max_ejection))?;
         m.serialize_field("max_ejected_percent", &self.max_ejected_percent)?;
+        let r = &self.success_rate;
+        m.serialize_field("success_rate_min_requests", &r.min_requests)?;
+        m.serialize_field("success_rate_min_instances", &r.min_instances)?;
+        m.serialize_field(
+            "success_rate_stdev_factor",
+            &(f64::from(r.stdev_factor_milli) / 1000.0),
+        )?;
+        m.serialize_field("success_rate_interval", &Dur(r.interval))?;
         m.end()
     }
 }

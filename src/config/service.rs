@@ -74,6 +74,8 @@ pub struct ServicePolicy {
     pub retry_budget: RetryBudget,
     /// How instances are spoken to: protocol and TLS.
     pub upstream: Upstream,
+    /// Balancing settings, limits, subsets and zone.
+    pub traffic: super::traffic::Traffic,
 }
 
 /// `protocol` and `tls` of a service: how the proxy speaks to its
@@ -186,6 +188,25 @@ pub struct Outlier {
     /// Most of a service's instances ejected at once, in percent (at least
     /// one instance can always be ejected).
     pub max_ejected_percent: u8,
+    /// Ejection of instances whose success rate stands well below their
+    /// peers'.
+    pub success_rate: SuccessRate,
+}
+
+/// Success-rate outlier detection (`outlier.success_rate_*`): every
+/// `interval`, the instances with at least `min_requests` outcomes are
+/// compared; with at least `min_instances` of them, one whose success rate
+/// is below the mean minus `stdev_factor` standard deviations is ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuccessRate {
+    /// Outcomes an instance needs in an interval to be judged (0: off).
+    pub min_requests: u32,
+    /// Instances with enough outcomes needed for any judgement.
+    pub min_instances: u32,
+    /// Standard deviations below the mean, in thousandths.
+    pub stdev_factor_milli: u32,
+    /// How often rates are compared (and counted from zero again).
+    pub interval: Duration,
 }
 
 /// `[services.NAME.retry_budget]`: retries allowed on top of requests.
@@ -205,13 +226,35 @@ pub enum Balance {
     RoundRobin,
     /// Fewest in-flight requests (relative to weight), ties rotated.
     LeastConnections,
+    /// Power of two random choices over the peak-EWMA latency times the
+    /// in-flight requests.
+    P2cEwma,
+    /// A hash ring over a request key, with bounded load.
+    ConsistentHash,
+    /// Weighted random.
+    Random,
+}
+
+impl Balance {
+    /// The name it is written with in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConnections => "least_connections",
+            Balance::P2cEwma => "p2c_ewma",
+            Balance::ConsistentHash => "consistent_hash",
+            Balance::Random => "random",
+        }
+    }
 }
 
 /// An instance written in the config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticInstance {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Relative share of traffic, 1 to 1000.
     pub weight: u32,
+    /// Its tags, if any.
+    pub tags: Option<Arc<super::traffic::Tags>>,
 }

@@ -66,6 +66,8 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
     let mut refresh = tokio::time::interval(PANIC_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = true;
+    // When each service's success rates were last compared.
+    let mut judged: HashMap<Arc<str>, u64> = HashMap::new();
     loop {
         let Some(reg) = registry.upgrade() else {
             return;
@@ -114,6 +116,14 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
         if sweep {
             for service in snap.services() {
                 super::panic::update(service, now);
+                let every = service.policy().outlier.success_rate;
+                if every.min_requests > 0 {
+                    let last = judged.entry(service.name().clone()).or_insert(now);
+                    if now.saturating_sub(*last) >= every.interval.as_millis() as u64 {
+                        *last = now;
+                        super::success_rate::evaluate(service, now);
+                    }
+                }
             }
         }
         drop(snap);

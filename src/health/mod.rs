@@ -4,6 +4,8 @@
 //!   eject an instance for a time that doubles with each consecutive
 //!   ejection (capped); a cap on the share of a service's instances ejected
 //!   at once keeps one bad signal from emptying a service.
+//! - [`success_rate`]: outlier detection by comparison: an instance whose
+//!   success rate stands well below its peers' is ejected too.
 //! - [`active`]: periodic HTTP or TCP checks per instance, run by background
 //!   tasks that a supervisor starts and stops as snapshots change; an
 //!   instance changes state only after `healthy_threshold` passes or
@@ -18,5 +20,6 @@
 pub mod active;
 pub mod panic;
 pub mod passive;
+pub mod success_rate;
 
 pub use active::spawn_supervisor;

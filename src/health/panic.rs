@@ -8,7 +8,8 @@
 //! through [`Registry::reassess_with`](crate::registry::Registry::reassess_with))
 //! for every service it rebuilds. Health transitions call it too, and the
 //! supervisor sweeps every service periodically, since ejections end by
-//! time rather than by an event.
+//! time rather than by an event. The same calls keep the zone preference
+//! of `[zone]` up to date ([`crate::balance::zone`]).
 
 use crate::registry::{Health, ServiceEntry};
 
@@ -32,6 +33,8 @@ pub fn update(service: &ServiceEntry, now_ms: u64) -> bool {
     }
     let panic = threshold > 0 && counted > 0 && available * 100 < threshold * counted;
     let was = service.live().set_panic(panic);
+    // Zone preference follows the same events (and yields to panic mode).
+    crate::balance::zone::reassess(service, now_ms);
     if panic != was {
         if panic {
             tracing::warn!(service = %service.name(), available, of = counted, threshold_percent = threshold, "panic mode: too few instances available, ignoring health");

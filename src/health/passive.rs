@@ -88,7 +88,7 @@ pub fn on_failure(
 }
 
 /// `base` doubled per consecutive ejection after the first, capped at `max`.
-fn ejection_length(base: Duration, max: Duration, streak: u32) -> Duration {
+pub(super) fn ejection_length(base: Duration, max: Duration, streak: u32) -> Duration {
     base.saturating_mul(1u32 << (streak.saturating_sub(1)).min(20))
         .min(max)
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use super::error::ProxyError;
 use super::retry;
-use crate::balance::{self, Tried};
+use crate::balance::{queue, Choice, Tried, Unpicked};
 use crate::clock;
+use crate::config::Balance;
 use crate::health::passive::{self, Failure};
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
 
@@ -59,10 +60,13 @@ pub(crate) trait Exchange {
 /// comes with the in-flight guard of the instance that gave it.
 pub(crate) async fn run<E: Exchange>(
     service: &Arc<ServiceEntry>,
+    choice: &Choice,
     exchange: &mut E,
     trail: &mut Option<String>,
 ) -> Result<(E::Answer, InFlightGuard), ProxyError> {
     let policy = service.policy();
+    // Response times feed the latency average only where it is used.
+    let timed = service.balance() == Balance::P2cEwma;
     let mut tried = Tried::default();
     let mut last_error: Option<String> = None;
     for n in 1..=policy.max_attempts {
@@ -73,13 +77,42 @@ pub(crate) async fn run<E: Exchange>(
             ));
             break;
         }
-        let Some(guard) = balance::pick(service, clock::now_ms(), &tried) else {
-            break;
+        let guard = match queue::acquire(service, choice, &tried).await {
+            Ok(guard) => guard,
+            Err(Unpicked::Unavailable) => break,
+            Err(Unpicked::Saturated) => {
+                let timeout = policy.traffic.queue.timeout;
+                return Err(ProxyError::Saturated {
+                    service: service.name().clone(),
+                    retry_after: Duration::from_secs(timeout.as_secs().max(1)),
+                });
+            }
         };
         tried.add(guard.instance());
         let instance = guard.instance();
         let addr = instance.addr();
-        match exchange.attempt(instance).await {
+        let started = timed.then(tokio::time::Instant::now);
+        let outcome = exchange.attempt(instance).await;
+        if let Some(started) = started {
+            if matches!(outcome, Outcome::Answered(..) | Outcome::TimedOut) {
+                let decay = policy.traffic.p2c.decay;
+                instance
+                    .latency()
+                    .observe(started.elapsed(), clock::now_ms(), decay);
+            }
+        }
+        if policy.outlier.success_rate.min_requests > 0 {
+            let ok = match &outcome {
+                Outcome::Answered(_, status) => Some(*status < 500),
+                Outcome::Abandoned => None,
+                Outcome::Failed { failure, .. } => failure.map(|_| false),
+                Outcome::TimedOut | Outcome::BadResponse(_) => Some(false),
+            };
+            if let Some(ok) = ok {
+                instance.count_outcome(ok);
+            }
+        }
+        match outcome {
             Outcome::Answered(answer, status) => {
                 if status >= 500 {
                     passive::on_failure(service, instance, Failure::Status5xx, clock::now_ms());
@@ -145,11 +178,12 @@ pub(crate) async fn run<E: Exchange>(
 /// shorter.
 pub(crate) async fn run_with_deadline<E: Exchange>(
     service: &Arc<ServiceEntry>,
+    choice: &Choice,
     exchange: &mut E,
     trail: &mut Option<String>,
     caller: Option<Duration>,
 ) -> Result<(E::Answer, InFlightGuard), ProxyError> {
-    let run = run(service, exchange, trail);
+    let run = run(service, choice, exchange, trail);
     let deadline = match (service.policy().timeouts.request, caller) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

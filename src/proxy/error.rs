@@ -99,6 +99,16 @@ pub enum ProxyError {
         /// Why none is available, with counts by state.
         why: String,
     },
+    /// Every instance that could take the request is at its
+    /// `max_in_flight`, and the service's queue is full or the wait timed
+    /// out.
+    #[error("every instance of service {service:?} is at its max_in_flight; retry after {}s", retry_after.as_secs())]
+    Saturated {
+        /// The service.
+        service: Arc<str>,
+        /// What `Retry-After` says.
+        retry_after: Duration,
+    },
     /// Every attempt failed before an instance answered.
     #[error("service {service:?} unreachable: {detail}")]
     Unreachable {
@@ -157,7 +167,9 @@ impl ProxyError {
             ProxyError::TlsRedirect { .. } => StatusCode::PERMANENT_REDIRECT,
             ProxyError::TlsRequired => StatusCode::FORBIDDEN,
             ProxyError::NoRoute { .. } | ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoInstance { .. } | ProxyError::Saturated { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Unreachable { .. } | ProxyError::BadResponse { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -202,6 +214,12 @@ impl ProxyError {
                 h.insert(header::LOCATION, v);
             }
         }
+        if let ProxyError::Saturated { retry_after, .. } = &self {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs()),
+            );
+        }
         if self.closes_connection() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -235,6 +253,9 @@ impl ProxyError {
         }
         if let ProxyError::TlsRedirect { location } = self {
             let _ = write!(out, "location: {location}\r\n");
+        }
+        if let ProxyError::Saturated { retry_after, .. } = self {
+            let _ = write!(out, "retry-after: {}\r\n", retry_after.as_secs());
         }
         extra(out);
         if close || self.closes_connection() {

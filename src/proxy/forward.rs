@@ -283,7 +283,13 @@ impl Proxy {
             fields: &fields[..],
         };
         let plan = request::plan(&view, &hop)?;
-        let routed = self.route(&plan.target, plan.upgrade, client.is_tls())?;
+        let routed = self.route(
+            &plan.target,
+            plan.upgrade,
+            client.is_tls(),
+            &fields[..],
+            &client.ip,
+        )?;
         let service = routed.service;
         if routed.upgrade.is_some() && service.policy().upstream.is_h2_only() {
             return Err(ProxyError::UpgradeUnsupported {
@@ -333,13 +339,17 @@ impl Proxy {
             },
             client_failed: None,
         };
-        let result = attempt::run_with_deadline(&service, &mut exchange, trail, deadline).await;
+        let result =
+            attempt::run_with_deadline(&service, &routed.choice, &mut exchange, trail, deadline)
+                .await;
         if let Some(e) = exchange.client_failed.take() {
             return Err(e);
         }
         let ((resp, sender, plan, fields), guard) = result?;
         let asked = exchange.asked;
-        self.relay(
+        let sticky =
+            super::traffic::sticky_cookie(&service, &routed.choice, guard.instance().addr());
+        let mut resp = self.relay(
             resp,
             guard,
             sender,
@@ -347,7 +357,11 @@ impl Proxy {
             client_upgrade,
             asked,
             h2_client,
-        )
+        )?;
+        if let Some(v) = sticky.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut().append(http::header::SET_COOKIE, v);
+        }
+        Ok(resp)
     }
 
     /// One attempt on `instance`: a kept connection (or HTTP/2 stream) if

@@ -58,6 +58,7 @@ pub(crate) fn status_of(e: &ProxyError) -> u8 {
         | ProxyError::UnknownService(_)
         | ProxyError::MethodNotAllowed(_) => UNIMPLEMENTED,
         ProxyError::NoInstance { .. }
+        | ProxyError::Saturated { .. }
         | ProxyError::Unreachable { .. }
         | ProxyError::BadResponse { .. } => UNAVAILABLE,
         ProxyError::ClientGone | ProxyError::ClientTimeout(_) => CANCELLED,

@@ -16,6 +16,7 @@ pub(crate) mod policy;
 pub mod retry;
 mod route;
 pub mod server;
+pub(crate) mod traffic;
 pub(crate) mod upstream;
 
 use std::sync::Arc;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use super::error::ProxyError;
 use super::policy::request::protocol_name;
 use super::policy::target::Target;
+use super::policy::Fields;
 use super::Proxy;
+use crate::balance::Choice;
 use crate::config::RequireTls;
 use crate::registry::ServiceEntry;
 
@@ -42,17 +44,22 @@ pub(crate) struct Routed<'a> {
     /// The upgrade to forward: what the client asked for, if the route
     /// allows it.
     pub upgrade: Option<&'a [u8]>,
+    /// What the request asks of the balancer (subsets, hash key).
+    pub choice: Choice,
 }
 
 impl Proxy {
     /// Routes a request for `target` that asked to upgrade to `upgrade`;
     /// `tls`: it came over TLS (a route that requires TLS redirects or
-    /// refuses it otherwise).
-    pub(crate) fn route<'a>(
+    /// refuses it otherwise). `fields` and `client_ip` give what the
+    /// route's subsets and the service's hash key read.
+    pub(crate) fn route<'a, F: Fields + ?Sized>(
         &self,
         target: &Target<'_>,
         upgrade: Option<&'a [u8]>,
         tls: bool,
+        fields: &F,
+        client_ip: &str,
     ) -> Result<Routed<'a>, ProxyError> {
         let snapshot = self.registry.load();
         let path = target.path();
@@ -75,6 +82,7 @@ impl Proxy {
             return Err(ProxyError::UnknownService(to.service.into_owned()));
         };
         let upgrade = upgrade.filter(|u| to.allows_upgrade(protocol_name(u)));
+        let choice = super::traffic::choice(service, to.traffic, fields, path, client_ip);
         Ok(Routed {
             service: service.clone(),
             strip: if target.path_and_query == "*" {
@@ -83,6 +91,7 @@ impl Proxy {
                 to.strip
             },
             upgrade,
+            choice,
         })
     }
 }

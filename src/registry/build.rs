@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
 use super::diff::{Placed, Shape};
-use super::schedule::Schedule;
+use super::pool;
 use super::snapshot::{Member, ServiceEntry, ServiceLive, Snapshot};
 use super::{BuildState, Health, InstanceKey, InstanceState, Registry};
 use crate::clock;
@@ -65,26 +65,27 @@ impl BuildState {
             if let Some(entry) = old_entry {
                 left.extend(entry.members().iter().map(|m| m.instance.key().clone()));
             }
-            let members: Box<[Member]> = specs
-                .iter()
-                .map(|p| {
-                    let member = self.member(name, policy, p, now, first_build);
-                    placed.insert(member.instance.key().clone());
-                    member
-                })
-                .collect();
-            let schedule = Schedule::new(members.iter().map(|m| m.weight));
             let service_live = self
                 .service_live
                 .entry(name.clone())
                 .or_insert_with(|| Arc::new(ServiceLive::new(now)))
                 .clone();
+            let members: Box<[Member]> = specs
+                .iter()
+                .map(|p| {
+                    let member = self.member(name, policy, p, now, first_build);
+                    member.instance.link_waiters(service_live.waiters());
+                    placed.insert(member.instance.key().clone());
+                    member
+                })
+                .collect();
+            let pools = pool::build(&members, &policy.traffic, *balance, service_live.turn());
             let entry = ServiceEntry {
                 name: name.clone(),
                 balance: *balance,
                 policy: policy.clone(),
                 members,
-                schedule,
+                pools,
                 live: service_live,
                 // Its content changed with this version.
                 index: self.version,
@@ -143,6 +144,7 @@ impl BuildState {
         Member {
             instance: state,
             weight: spec.weight,
+            key_hash: super::ring::instance_hash(spec.addr),
             id: spec.id.clone(),
             tags: spec.tags.clone(),
             source: source.clone(),

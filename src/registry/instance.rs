@@ -10,10 +10,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use super::attach::Slot;
+use super::latency::Latency;
+use super::snapshot::Waiters;
 use super::state::{Health, InstanceKey, Lifecycle, Transition};
 
 /// Live state of one instance, shared by every snapshot that lists it and by
@@ -54,6 +56,13 @@ pub struct InstanceState {
     /// upstream connections), dropped with the state once the instance has
     /// left the registry and its last request has finished.
     attachment: Slot,
+    /// Its response times, for `p2c_ewma`.
+    latency: Latency,
+    /// Outcomes since success rates were last compared: successes in the
+    /// low 32 bits, failures in the high 32 (one atomic add per outcome).
+    outcomes: AtomicU64,
+    /// Its service's queue, woken when one of its requests ends.
+    waiters: OnceLock<Arc<Waiters>>,
 }
 
 impl InstanceState {
@@ -79,7 +88,22 @@ impl InstanceState {
             last_check: Mutex::new(None),
             checked: tokio::sync::Notify::new(),
             attachment: Slot::default(),
+            latency: Latency::default(),
+            outcomes: AtomicU64::new(0),
+            waiters: OnceLock::new(),
         }
+    }
+
+    /// Links it to its service's queue (once; an instance belongs to one
+    /// service).
+    pub(crate) fn link_waiters(&self, waiters: &Arc<Waiters>) {
+        let _ = self.waiters.set(waiters.clone());
+    }
+
+    /// Its response-time average (fed by the proxy for `p2c_ewma`).
+    #[inline]
+    pub fn latency(&self) -> &Latency {
+        &self.latency
     }
 
     /// Identity.
@@ -177,6 +201,19 @@ impl InstanceState {
             0
         };
         (any, connects)
+    }
+
+    /// Counts one outcome for success-rate outlier detection.
+    #[inline]
+    pub fn count_outcome(&self, ok: bool) {
+        self.outcomes
+            .fetch_add(if ok { 1 } else { 1 << 32 }, Relaxed);
+    }
+
+    /// The outcomes counted since the last call: (successes, failures).
+    pub fn take_outcomes(&self) -> (u32, u32) {
+        let v = self.outcomes.swap(0, Relaxed);
+        (v as u32, (v >> 32) as u32)
     }
 
     /// Consecutive failures of any kind since the last success.
@@ -399,6 +436,24 @@ impl InFlightGuard {
         InFlightGuard { instance }
     }
 
+    /// Starts counting a request against `instance` if it has fewer than
+    /// `limit` in flight (0: no limit); `None` when it is at its limit.
+    #[inline]
+    pub fn within(instance: &Arc<InstanceState>, limit: u32) -> Option<Self> {
+        if limit == 0 {
+            return Some(InFlightGuard::new(instance.clone()));
+        }
+        let before = instance.in_flight.fetch_add(1, Relaxed);
+        if before >= limit as usize {
+            instance.in_flight.fetch_sub(1, Relaxed);
+            return None;
+        }
+        instance.requests.fetch_add(1, Relaxed);
+        Some(InFlightGuard {
+            instance: instance.clone(),
+        })
+    }
+
     /// The instance being counted against.
     #[inline]
     pub fn instance(&self) -> &Arc<InstanceState> {
@@ -409,7 +464,12 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     #[inline]
     fn drop(&mut self) {
-        self.instance.in_flight.fetch_sub(1, Relaxed);
+        self.instance
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self.instance.waiters.get() {
+            w.released();
+        }
     }
 }
 

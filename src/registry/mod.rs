@@ -21,8 +21,11 @@
 //!   comparing it with the published one;
 //! - `build.rs`: making the changed services' entries, live state attached
 //!   by identity;
-//! - `snapshot.rs`, `instance.rs`, `state.rs`, `schedule.rs`, `attach.rs`:
-//!   what is published, and the live state it points to;
+//! - `snapshot.rs`, `instance.rs`, `state.rs`, `attach.rs`: what is
+//!   published, and the live state it points to;
+//! - `pool.rs`, `schedule.rs`, `ring.rs`, `latency.rs`: what balancing
+//!   reads: each service's pools (subsets, zone) with their precomputed
+//!   round-robin order and hash ring, and an instance's latency average;
 //! - this file: the handle, the build state and the refresher;
 //! - [`registrations`], [`etcd`], [`dns`], [`gossip`], [`serf`]: the
 //!   sources besides the config.
@@ -35,8 +38,11 @@ mod drain;
 pub mod etcd;
 pub mod gossip;
 mod instance;
+mod latency;
+mod pool;
 mod preserve;
 pub mod registrations;
+mod ring;
 mod schedule;
 pub mod serf;
 mod snapshot;
@@ -53,9 +59,12 @@ use tokio::sync::Notify;
 pub use attach::{Attachment, Slot};
 pub use drain::DrainError;
 pub use instance::{InFlightGuard, InstanceState};
+pub use latency::Latency;
+pub use pool::{Pool, WHOLE};
 pub use preserve::{HeldBack, HeldInstance, Removals};
+pub use ring::{instance_hash, Ring};
 pub use schedule::Schedule;
-pub use snapshot::{Member, ServiceEntry, ServiceLive, Snapshot};
+pub use snapshot::{Member, ServiceEntry, ServiceLive, Snapshot, Waiters};
 pub use source::{static_instances, InstanceSpec, SourceStatus, STATIC_SOURCE};
 pub use state::{Health, InstanceKey, Lifecycle, Transition};
 

@@ -4,7 +4,7 @@
 //! publication (only the atomics inside the live state change).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,6 +13,7 @@ use crate::router::Router;
 
 use super::attach::Slot;
 use super::instance::InstanceState;
+use super::pool::Pool;
 use super::schedule::Schedule;
 
 /// One published view of the registry.
@@ -84,15 +85,17 @@ impl Snapshot {
     }
 }
 
-/// A service as published: its policy, its members and the precomputed
-/// round-robin schedule over them.
+/// A service as published: its policy, its members and the pools a pick
+/// chooses among (the whole service first, then its subsets), each with
+/// its precomputed round-robin schedule and hash ring.
 #[derive(Debug)]
 pub struct ServiceEntry {
     pub(super) name: Arc<str>,
     pub(super) balance: Balance,
     pub(super) policy: Arc<ServicePolicy>,
     pub(super) members: Box<[Member]>,
-    pub(super) schedule: Schedule,
+    /// Never empty: `pools[0]` holds every member.
+    pub(super) pools: Box<[Pool]>,
     pub(super) live: Arc<ServiceLive>,
     /// Snapshot version at which this service's content last changed.
     pub(super) index: u64,
@@ -135,7 +138,21 @@ impl ServiceEntry {
     /// The weighted round-robin order over [`ServiceEntry::members`].
     #[inline]
     pub fn schedule(&self) -> &Schedule {
-        &self.schedule
+        self.pools[0].schedule()
+    }
+
+    /// Its pools: every member first, then the subsets its routes select.
+    #[inline]
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// The index of the pool whose members carry the tags with this
+    /// fingerprint ([`TagSet`](crate::config::TagSet)), if the service
+    /// keeps one.
+    #[inline]
+    pub fn pool_index(&self, key: u64) -> Option<usize> {
+        self.pools.iter().position(|p| p.key() == key)
     }
 }
 
@@ -146,6 +163,9 @@ pub struct Member {
     pub instance: Arc<InstanceState>,
     /// Relative share of traffic.
     pub weight: u32,
+    /// [`instance_hash`](super::instance_hash) of its address: its
+    /// identity on hash rings and in sticky cookies.
+    pub key_hash: u64,
     /// The instance id a source gave, if any.
     pub id: Option<Arc<str>>,
     /// Tags (metadata) a source gave.
@@ -169,6 +189,8 @@ pub struct Member {
 pub struct ServiceLive {
     cursor: AtomicUsize,
     panic: AtomicBool,
+    /// Requests waiting for an instance below its `max_in_flight`.
+    waiters: Arc<Waiters>,
     /// `clock::now_ms()` when the service appeared.
     since_ms: u64,
     attachment: Slot,
@@ -180,6 +202,7 @@ impl ServiceLive {
         ServiceLive {
             cursor: AtomicUsize::new(0),
             panic: AtomicBool::new(false),
+            waiters: Arc::new(Waiters::default()),
             since_ms: now_ms,
             attachment: Slot::default(),
         }
@@ -193,6 +216,13 @@ impl ServiceLive {
     /// What a higher layer attached to this service (see [`Slot`]).
     pub fn attachment(&self) -> &Slot {
         &self.attachment
+    }
+
+    /// The requests waiting for one of its instances to drop below its
+    /// `max_in_flight`.
+    #[inline]
+    pub fn waiters(&self) -> &Arc<Waiters> {
+        &self.waiters
     }
 
     /// Takes the next turn of the rotation: the cursor's position, which
@@ -220,5 +250,51 @@ impl ServiceLive {
     /// it was on.
     pub fn set_panic(&self, on: bool) -> bool {
         self.panic.swap(on, Relaxed)
+    }
+}
+
+/// Requests of one service waiting for an instance below its
+/// `max_in_flight`: how many, and the signal an instance's finished
+/// request gives them (every instance of the service holds this, so the
+/// end of a request costs one load when nobody waits).
+#[derive(Debug, Default)]
+pub struct Waiters {
+    count: AtomicUsize,
+    signal: tokio::sync::Notify,
+}
+
+impl Waiters {
+    /// Joins the wait if fewer than `max` wait; whether it did (then
+    /// [`Waiters::leave`] must follow).
+    pub fn join(&self, max: usize) -> bool {
+        let before = self.count.fetch_add(1, SeqCst);
+        if before >= max {
+            self.count.fetch_sub(1, SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Leaves the wait.
+    pub fn leave(&self) {
+        self.count.fetch_sub(1, SeqCst);
+    }
+
+    /// Requests waiting now.
+    pub fn waiting(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+
+    /// What a waiter awaits (create it, `enable` it, then check again).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.signal.notified()
+    }
+
+    /// An instance finished a request: wakes one waiter, if any.
+    #[inline]
+    pub fn released(&self) {
+        if self.count.load(SeqCst) > 0 {
+            self.signal.notify_one();
+        }
     }
 }

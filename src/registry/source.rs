@@ -92,7 +92,7 @@ pub fn static_instances(config: &Config) -> Vec<InstanceSpec> {
                 addr: i.addr,
                 weight: i.weight,
                 id: None,
-                tags: None,
+                tags: i.tags.clone(),
                 draining: false,
             })
         })

@@ -19,6 +19,7 @@ mod membership;
 mod routes;
 mod services;
 mod tls;
+mod traffic;
 mod upstream;
 
 use std::path::Path;
@@ -60,9 +61,11 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
     let conventions = global::conventions(cx, &raw.conventions);
     let (proxy, forwarding) = global::proxy(cx, &raw.proxy);
     let http2 = forwarding::http2(cx, &raw.http2);
-    let default_policy = services::default_policy(&timeouts, &proxy);
-    let services = services::services(cx, &raw.services, &default_policy);
+    let zone = traffic::zone(cx, &raw.zone);
+    let default_policy = services::default_policy(&timeouts, &proxy, zone.clone());
+    let mut services = services::services(cx, &raw.services, &default_policy);
     let routes = routes::routes(cx, &raw.routes, &services);
+    traffic::attach_subsets(&mut services, &routes);
     Config {
         startup: Startup {
             listen,
@@ -82,6 +85,7 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
         routes,
         services,
         default_policy: Arc::new(default_policy),
+        zone,
     }
 }
 
@@ -244,7 +248,7 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
         let (line, key, _) = err("[limits]\nmax_connections = \"many\"\n");
         assert_eq!((line, key.as_str()), (2, "limits.max_connections"));
         let (line, key, msg) =
-            err("[services.a]\nbalance = \"random\"\ninstances = [\"127.0.0.1:1\"]\n");
+            err("[services.a]\nbalance = \"fastest\"\ninstances = [\"127.0.0.1:1\"]\n");
         assert_eq!((line, key.as_str()), (2, "services.a.balance"));
         assert!(msg.contains("round_robin"), "{msg}");
     }

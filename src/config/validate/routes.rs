@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use super::forwarding;
+use super::{forwarding, traffic};
 use crate::config::check::{valid_host_chars, Cx};
 use crate::config::defaults;
 use crate::config::raw::{RawRequireTls, RawRoute};
@@ -105,6 +105,7 @@ fn route(
         ));
     };
     let upgrades = forwarding::upgrades(cx, &r.upgrades, &format!("{key}.upgrades"))?;
+    let traffic = traffic::route(cx, r, &key)?;
     Ok(Route {
         host,
         path,
@@ -115,6 +116,7 @@ fn route(
             RawRequireTls::Redirect => RequireTls::Redirect,
             RawRequireTls::Refuse => RequireTls::Refuse,
         }),
+        traffic,
     })
 }
 

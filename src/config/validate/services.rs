@@ -11,19 +11,23 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{discovery, health, upstream};
+use super::{discovery, health, traffic, upstream};
 use crate::config::check::{duration, duration_or_zero, Cx};
 use crate::config::defaults;
 use crate::config::raw::{Dur, RawBalance, RawInstance, RawService};
 use crate::config::{
     check_service_name, Balance, Outlier, ProxySettings, RetryBudget, ServiceConfig, ServicePolicy,
-    ServiceTimeouts, StaticInstance, Timeouts, Upstream,
+    ServiceTimeouts, StaticInstance, SuccessRate, Timeouts, Upstream,
 };
 
 /// The policy of a service that does not set its own: the global
 /// `[timeouts]` and `proxy.max_attempts`, no active checks, and the
 /// defaults of the other tables.
-pub(super) fn default_policy(timeouts: &Timeouts, proxy: &ProxySettings) -> ServicePolicy {
+pub(super) fn default_policy(
+    timeouts: &Timeouts,
+    proxy: &ProxySettings,
+    zone: Option<Arc<crate::config::Zone>>,
+) -> ServicePolicy {
     use defaults::{outlier as o, retry_budget as b, service as s};
     ServicePolicy {
         max_attempts: proxy.max_attempts,
@@ -40,6 +44,12 @@ pub(super) fn default_policy(timeouts: &Timeouts, proxy: &ProxySettings) -> Serv
             base_ejection: o::BASE_EJECTION,
             max_ejection: o::MAX_EJECTION,
             max_ejected_percent: o::MAX_EJECTED_PERCENT,
+            success_rate: SuccessRate {
+                min_requests: o::SUCCESS_RATE_MIN_REQUESTS,
+                min_instances: o::SUCCESS_RATE_MIN_INSTANCES,
+                stdev_factor_milli: o::SUCCESS_RATE_STDEV_FACTOR_MILLI,
+                interval: o::SUCCESS_RATE_INTERVAL,
+            },
         },
         panic_threshold: s::PANIC_THRESHOLD,
         slow_start: s::SLOW_START,
@@ -48,6 +58,7 @@ pub(super) fn default_policy(timeouts: &Timeouts, proxy: &ProxySettings) -> Serv
             min_per_second: b::MIN_PER_SECOND,
         },
         upstream: Upstream::default(),
+        traffic: traffic::default_traffic(zone),
     }
 }
 
@@ -66,16 +77,20 @@ pub(super) fn services(
         }
         let s = svc.get_ref();
         let name: Arc<str> = Arc::from(name.as_str());
+        let balance = match s.balance {
+            None | Some(RawBalance::RoundRobin) => Balance::RoundRobin,
+            Some(RawBalance::LeastConnections) => Balance::LeastConnections,
+            Some(RawBalance::P2cEwma) => Balance::P2cEwma,
+            Some(RawBalance::ConsistentHash) => Balance::ConsistentHash,
+            Some(RawBalance::Random) => Balance::Random,
+        };
         out.insert(
             name.clone(),
             ServiceConfig {
                 name,
-                balance: match s.balance {
-                    None | Some(RawBalance::RoundRobin) => Balance::RoundRobin,
-                    Some(RawBalance::LeastConnections) => Balance::LeastConnections,
-                },
+                balance,
                 instances: instances(cx, s, &key),
-                policy: Arc::new(policy(cx, s, &key, defaults)),
+                policy: Arc::new(policy(cx, s, &key, defaults, balance)),
                 dns: s
                     .dns
                     .as_ref()
@@ -107,9 +122,9 @@ fn instances(cx: &Cx<'_>, s: &RawService, key: &str) -> Vec<StaticInstance> {
     let mut out: Vec<StaticInstance> = Vec::with_capacity(raw.len());
     for (i, inst) in raw.iter().enumerate() {
         let ikey = format!("{key}.instances[{i}]");
-        let (addr, weight) = match inst.get_ref() {
-            RawInstance::Address(a) => (a, None),
-            RawInstance::Table(t) => (&t.address, t.weight),
+        let (addr, weight, tags) = match inst.get_ref() {
+            RawInstance::Address(a) => (a, None, None),
+            RawInstance::Table(t) => (&t.address, t.weight, t.tags.as_ref()),
         };
         let Ok(addr) = addr.parse::<SocketAddr>() else {
             cx.push(cx.err_at(
@@ -143,13 +158,23 @@ fn instances(cx: &Cx<'_>, s: &RawService, key: &str) -> Vec<StaticInstance> {
             ));
             continue;
         }
-        out.push(StaticInstance { addr, weight });
+        out.push(StaticInstance {
+            addr,
+            weight,
+            tags: tags.map(|t| Arc::new(t.clone())),
+        });
     }
     out
 }
 
 /// A service's policy: its own settings over the defaults.
-fn policy(cx: &Cx<'_>, s: &RawService, key: &str, defaults: &ServicePolicy) -> ServicePolicy {
+fn policy(
+    cx: &Cx<'_>,
+    s: &RawService,
+    key: &str,
+    defaults: &ServicePolicy,
+    balance: Balance,
+) -> ServicePolicy {
     let dur = |v: &Option<Spanned<Dur>>, name: &str, default: Duration| {
         cx.duration_or(v, &format!("{key}.{name}"), default)
     };
@@ -200,6 +225,39 @@ fn policy(cx: &Cx<'_>, s: &RawService, key: &str, defaults: &ServicePolicy) -> S
             "outlier.max_ejected_percent",
             d.max_ejected_percent,
         ),
+        success_rate: SuccessRate {
+            min_requests: num(
+                &o.success_rate_min_requests,
+                "outlier.success_rate_min_requests",
+                d.success_rate.min_requests,
+                0..=1_000_000,
+            ),
+            min_instances: num(
+                &o.success_rate_min_instances,
+                "outlier.success_rate_min_instances",
+                d.success_rate.min_instances,
+                2..=10_000,
+            ),
+            stdev_factor_milli: match &o.success_rate_stdev_factor {
+                None => d.success_rate.stdev_factor_milli,
+                Some(f) if (0.1..=10.0).contains(f.get_ref()) => {
+                    (f.get_ref() * 1000.0).round() as u32
+                }
+                Some(f) => {
+                    cx.push(cx.err_at(
+                        f,
+                        format!("{key}.outlier.success_rate_stdev_factor"),
+                        format!("{} is out of range 0.1..=10.0", f.get_ref()),
+                    ));
+                    d.success_rate.stdev_factor_milli
+                }
+            },
+            interval: dur(
+                &o.success_rate_interval,
+                "outlier.success_rate_interval",
+                d.success_rate.interval,
+            ),
+        },
     };
     if outlier.max_ejection < outlier.base_ejection {
         let at = o
@@ -253,6 +311,7 @@ fn policy(cx: &Cx<'_>, s: &RawService, key: &str, defaults: &ServicePolicy) -> S
         slow_start: duration_or_zero(&s.slow_start, defaults.slow_start),
         retry_budget,
         upstream: upstream::upstream(cx, s, key),
+        traffic: traffic::service(cx, s, key, balance, defaults.traffic.zone.clone()),
     }
 }
 

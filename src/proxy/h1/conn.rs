@@ -29,12 +29,14 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::{Relayed, RequestBody, RequestBodyScan, ResponseBodyScan, BUFFERED_BODY};
 use super::head::{self, HeadError};
+use crate::balance::Choice;
 use crate::health::passive::Failure;
 use crate::proxy::attempt::{self, Exchange, Outcome};
 use crate::proxy::error::{ProxyError, BAD_BODY};
 use crate::proxy::forward::{DEBUG_HEADER, SNAPSHOT_HEADER};
 use crate::proxy::policy::response::Asked;
 use crate::proxy::policy::Framing;
+use crate::proxy::traffic;
 use crate::proxy::upstream::{self, RawConn, MAX_RESPONSE_HEAD};
 use crate::proxy::{Client, Proxy};
 use crate::registry::{InstanceState, ServiceEntry};
@@ -127,6 +129,8 @@ struct Conn<'a> {
 /// A routed request whose upstream head is in `Conn::out`.
 struct Routed {
     service: Arc<ServiceEntry>,
+    /// What the request asks of the balancer.
+    choice: Choice,
     head_len: usize,
     body: Framing,
     close: bool,
@@ -270,7 +274,13 @@ impl Conn<'_> {
         // An error answer cannot skip a body it has not read: close after.
         let plan = &head.plan;
         let go_on = (!plan.close && plan.body == Framing::Empty).then_some(head.len);
-        let routed = match self.proxy.route(&plan.target, plan.upgrade, false) {
+        let routed = match self.proxy.route(
+            &plan.target,
+            plan.upgrade,
+            false,
+            head.fields(),
+            &self.client.ip,
+        ) {
             Ok(r) => r,
             Err(e) => return Prepared::Refuse(e, go_on),
         };
@@ -291,6 +301,7 @@ impl Conn<'_> {
         head.write_upstream(&target, &hop, &mut self.out);
         Prepared::Routed(Routed {
             service: routed.service,
+            choice: routed.choice,
             head_len: head.len,
             body: plan.body,
             close: plan.close,
@@ -370,7 +381,9 @@ impl Conn<'_> {
             watch_limit: settings.max_header_bytes + BUFFERED_BODY as usize,
             send_timeout: settings.client_send,
         };
-        let result = attempt::run_with_deadline(service, &mut exchange, &mut trail, None).await;
+        let result =
+            attempt::run_with_deadline(service, &routed.choice, &mut exchange, &mut trail, None)
+                .await;
         if exchange.client_gone {
             tracing::debug!(service = %service.name(), "client closed its connection while waiting; request cancelled");
             return Step::Close;
@@ -384,6 +397,9 @@ impl Conn<'_> {
             }
         };
         let close = routed.close || answer.body == Framing::UntilClose || *self.stopping.borrow();
+        if let Some(v) = traffic::sticky_cookie(service, &routed.choice, guard.instance().addr()) {
+            header_line(&mut self.resp, "set-cookie", &v);
+        }
         self.extra_headers(trail.as_deref(), close);
         self.resp.extend_from_slice(b"\r\n");
         let body = answer.body;

@@ -132,13 +132,18 @@ fn header_lines(buf: &[u8]) -> usize {
     lines.saturating_sub(1)
 }
 
-impl RequestHead<'_, '_> {
+impl<'b> RequestHead<'_, 'b> {
     /// The trailer fields the request declares (empty without `Trailer`).
     pub(crate) fn declared_trailers(&self) -> Vec<Vec<u8>> {
         if self.plan.trailer_lines == 0 {
             return Vec::new();
         }
         fields::declared_trailers(self.headers, self.plan.trailer_lines)
+    }
+
+    /// The received header lines.
+    pub(crate) fn fields(&self) -> &[Header<'b>] {
+        self.headers
     }
 
     /// Whether the exchange may be repeated on another instance after it
