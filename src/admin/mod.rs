@@ -6,6 +6,7 @@
 //! | call | what |
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process serves |
+//! | `GET /metrics` | Prometheus text format, or OpenMetrics by `Accept` |
 //! | `GET /readyz` | `200 ready`; `503 starting` until the registry is loaded, `503 draining` from SIGTERM/SIGINT on |
 //! | `GET /v1/status` | version, uptime, readiness, snapshot version and age, last reload, settings waiting for a restart |
 //! | `GET /v1/config` | the config in effect, secrets redacted |
@@ -37,6 +38,7 @@
 
 mod discovery;
 mod drain;
+pub(crate) mod metrics;
 mod params;
 mod registrations;
 mod registry_api;
@@ -78,6 +80,8 @@ pub(crate) struct Admin {
     pub default_ttl: Duration,
     /// The running process: readiness, reloads, the config in effect.
     pub state: Arc<state::RunState>,
+    /// What `GET /metrics` encodes (see [`metrics::registry`]).
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.
@@ -150,6 +154,18 @@ impl Admin {
                     &format!("{}\n", phase.as_str()),
                 ),
             },
+            (Method::GET, ["metrics"]) => {
+                let accept = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let (body, content_type) = metrics::render(&self.metrics, accept);
+                let mut resp = text(StatusCode::OK, &body);
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                resp
+            }
             (Method::GET, ["v1", "status"]) => {
                 json(StatusCode::OK, &status::status(&self.state, &self.registry))
             }
@@ -160,9 +176,11 @@ impl Admin {
             (Method::GET, ["v1", "services"]) => {
                 json(StatusCode::OK, &services::services(&self.registry))
             }
-            (_, ["healthz" | "readyz"] | ["v1", "status" | "config" | "routes" | "services"]) => {
-                method_not_allowed("GET, HEAD")
-            }
+            (
+                _,
+                ["healthz" | "readyz" | "metrics"]
+                | ["v1", "status" | "config" | "routes" | "services"],
+            ) => method_not_allowed("GET, HEAD"),
             (_, ["v1", "sources" | "registry", ..] | ["v1", "services", _, ..]) => {
                 self.registry_call(req, &segments).await
             }
@@ -226,6 +244,7 @@ mod tests {
         let registry = Registry::new(&config);
         let admin = Admin {
             registrations: Registrations::new(&registry, None),
+            metrics: Arc::new(metrics::registry(registry.clone())),
             registry,
             token: None,
             auth_reads: false,

@@ -104,8 +104,9 @@ pub use service::{
     ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, Upstream,
 };
 pub use startup::{
-    AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth, EtcdSettings, ForwardingSettings,
-    Http2Settings, Limits, RegistrationSettings, Runtime, Startup, TlsListener,
+    AccessLogFormat, AccessLogSettings, AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth,
+    EtcdSettings, ForwardingSettings, Http2Settings, Limits, MetricsSettings, RegistrationSettings,
+    Runtime, Startup, TlsListener,
 };
 
 /// A fully validated configuration. [`Config::startup`] holds what the

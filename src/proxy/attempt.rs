@@ -14,7 +14,18 @@ use super::retry;
 use crate::balance::{self, Tried};
 use crate::clock;
 use crate::health::passive::{self, Failure};
+use crate::registry::stats::{self, AttemptFailure};
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
+
+/// What the attempts of one request came to, for the metrics and the
+/// access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tally {
+    /// Attempts made (instances tried).
+    pub attempts: u32,
+    /// From sending to the instance that answered to its response head.
+    pub upstream: Option<Duration>,
+}
 
 /// Whether `method` may be repeated with the same effect as one request
 /// (RFC 9110 section 9.2.2): only these are resent after being written.
@@ -61,8 +72,10 @@ pub(crate) async fn run<E: Exchange>(
     service: &Arc<ServiceEntry>,
     exchange: &mut E,
     trail: &mut Option<String>,
+    tally: &mut Tally,
 ) -> Result<(E::Answer, InFlightGuard), ProxyError> {
     let policy = service.policy();
+    let counting = stats::enabled();
     let mut tried = Tried::default();
     let mut last_error: Option<String> = None;
     for n in 1..=policy.max_attempts {
@@ -79,8 +92,22 @@ pub(crate) async fn run<E: Exchange>(
         tried.add(guard.instance());
         let instance = guard.instance();
         let addr = instance.addr();
-        match exchange.attempt(instance).await {
+        tally.attempts = n;
+        if n > 1 && counting {
+            service.live().stats().retried();
+        }
+        let sent = tokio::time::Instant::now();
+        let outcome = exchange.attempt(instance).await;
+        if counting {
+            count_failure(instance, &outcome);
+        }
+        match outcome {
             Outcome::Answered(answer, status) => {
+                let ttfb = sent.elapsed();
+                tally.upstream = Some(ttfb);
+                if counting {
+                    service.live().stats().upstream_ttfb.observe(ttfb);
+                }
                 if status >= 500 {
                     passive::on_failure(service, instance, Failure::Status5xx, clock::now_ms());
                 } else {
@@ -148,8 +175,9 @@ pub(crate) async fn run_with_deadline<E: Exchange>(
     exchange: &mut E,
     trail: &mut Option<String>,
     caller: Option<Duration>,
+    tally: &mut Tally,
 ) -> Result<(E::Answer, InFlightGuard), ProxyError> {
-    let run = run(service, exchange, trail);
+    let run = run(service, exchange, trail, tally);
     let deadline = match (service.policy().timeouts.request, caller) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -165,6 +193,22 @@ pub(crate) async fn run_with_deadline<E: Exchange>(
                 })
             }),
     }
+}
+
+/// Counts a failed attempt against its instance.
+#[inline]
+fn count_failure<A>(instance: &InstanceState, outcome: &Outcome<A>) {
+    let how = match outcome {
+        Outcome::Answered(..) | Outcome::Abandoned => return,
+        Outcome::TimedOut => AttemptFailure::Timeout,
+        Outcome::BadResponse(_) => AttemptFailure::Reset,
+        Outcome::Failed {
+            failure: Some(Failure::Connect),
+            ..
+        } => AttemptFailure::Connect,
+        Outcome::Failed { .. } => AttemptFailure::Reset,
+    };
+    instance.stats().failed(how);
 }
 
 /// Why no instance of `service` can take a request: how many it has, and

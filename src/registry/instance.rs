@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use super::attach::Slot;
 use super::state::{Health, InstanceKey, Lifecycle, Transition};
+use super::stats::InstanceStats;
 
 /// Live state of one instance, shared by every snapshot that lists it and by
 /// every request in flight to it. The request path only reads and bumps
@@ -54,6 +55,8 @@ pub struct InstanceState {
     /// upstream connections), dropped with the state once the instance has
     /// left the registry and its last request has finished.
     attachment: Slot,
+    /// Its answers and failures, for the metrics.
+    stats: InstanceStats,
 }
 
 impl InstanceState {
@@ -79,6 +82,7 @@ impl InstanceState {
             last_check: Mutex::new(None),
             checked: tokio::sync::Notify::new(),
             attachment: Slot::default(),
+            stats: InstanceStats::default(),
         }
     }
 
@@ -97,6 +101,12 @@ impl InstanceState {
     #[inline]
     pub fn attachment(&self) -> &Slot {
         &self.attachment
+    }
+
+    /// Its answers and failures, for the metrics.
+    #[inline]
+    pub fn stats(&self) -> &InstanceStats {
+        &self.stats
     }
 
     /// Requests dispatched and not yet finished (response body done or failed).
@@ -325,6 +335,7 @@ impl InstanceState {
     /// Records (and logs) a change of health: an active check's verdict or
     /// a passive ejection and its end.
     pub fn note_health(&self, to: &'static str, reason: String) {
+        self.stats.health_changed();
         self.note_transition(to, reason.clone());
         *self
             .health_transition

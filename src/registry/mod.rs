@@ -22,7 +22,8 @@
 //! - `build.rs`: making the changed services' entries, live state attached
 //!   by identity;
 //! - `snapshot.rs`, `instance.rs`, `state.rs`, `schedule.rs`, `attach.rs`:
-//!   what is published, and the live state it points to;
+//!   what is published, and the live state it points to; `stats.rs`: the
+//!   counters and histograms kept with that live state for the metrics;
 //! - this file: the handle, the build state and the refresher;
 //! - [`registrations`], [`etcd`], [`dns`]: the sources besides the config.
 
@@ -39,6 +40,7 @@ mod schedule;
 mod snapshot;
 mod source;
 mod state;
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -77,6 +79,8 @@ pub struct Registry {
     /// The input generation the last rebuild took in (see
     /// [`Registry::settled`]).
     settled: tokio::sync::watch::Sender<u64>,
+    /// How long rebuilds take, for the metrics.
+    rebuilds: stats::RebuildStats,
 }
 
 /// What a higher layer derives from a service's members and keeps in its
@@ -148,6 +152,7 @@ impl Registry {
             changed: Arc::new(Notify::new()),
             published: tokio::sync::watch::Sender::new(0),
             settled: tokio::sync::watch::Sender::new(0),
+            rebuilds: stats::RebuildStats::default(),
         });
         registry.rebuild();
         registry
@@ -171,6 +176,11 @@ impl Registry {
     /// The current snapshot as an owned `Arc`, for long-lived readers.
     pub fn load_full(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// How long published rebuilds took.
+    pub fn rebuild_stats(&self) -> &stats::RebuildStats {
+        &self.rebuilds
     }
 
     /// A receiver that sees the version of every snapshot published.
@@ -244,6 +254,7 @@ impl Registry {
 
     /// [`Registry::rebuild`]; also returns the input generation it took in.
     fn rebuild_inner(&self) -> (bool, u64) {
+        let started = tokio::time::Instant::now();
         let mut st = self.lock();
         let generation = st.inputs;
         let dirty = std::mem::replace(&mut st.dirty, Dirty::Services(BTreeSet::new()));
@@ -279,6 +290,7 @@ impl Registry {
         );
         st.published = Some(shape);
         self.published.send_replace(st.version);
+        self.rebuilds.record(started.elapsed());
         (true, generation)
     }
 

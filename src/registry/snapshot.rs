@@ -14,6 +14,7 @@ use crate::router::Router;
 use super::attach::Slot;
 use super::instance::InstanceState;
 use super::schedule::Schedule;
+use super::stats::ServiceStats;
 
 /// One published view of the registry.
 #[derive(Debug)]
@@ -172,6 +173,7 @@ pub struct ServiceLive {
     /// `clock::now_ms()` when the service appeared.
     since_ms: u64,
     attachment: Slot,
+    stats: ServiceStats,
 }
 
 impl ServiceLive {
@@ -182,7 +184,14 @@ impl ServiceLive {
             panic: AtomicBool::new(false),
             since_ms: now_ms,
             attachment: Slot::default(),
+            stats: ServiceStats::default(),
         }
+    }
+
+    /// Its request latencies, retries and own answers, for the metrics.
+    #[inline]
+    pub fn stats(&self) -> &ServiceStats {
+        &self.stats
     }
 
     /// When the service appeared (`clock::now_ms()` scale).

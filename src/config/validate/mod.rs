@@ -14,6 +14,7 @@ mod discovery;
 mod forwarding;
 mod global;
 mod health;
+mod observe;
 mod routes;
 mod services;
 mod tls;
@@ -58,6 +59,8 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
     let conventions = global::conventions(cx, &raw.conventions);
     let (proxy, forwarding) = global::proxy(cx, &raw.proxy);
     let http2 = forwarding::http2(cx, &raw.http2);
+    let metrics = observe::metrics(&raw.metrics);
+    let access_log = observe::access_log(cx, &raw.access_log);
     let default_policy = services::default_policy(&timeouts, &proxy);
     let services = services::services(cx, &raw.services, &default_policy);
     let routes = routes::routes(cx, &raw.routes, &services);
@@ -72,6 +75,8 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
             proxy: forwarding,
             http2,
             tls,
+            metrics,
+            access_log,
         },
         registry,
         timeouts,
