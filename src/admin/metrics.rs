@@ -118,10 +118,6 @@ fn v<'a>(s: impl Into<Cow<'a, str>>) -> Value<'a> {
 
 type Labels<'a, const N: usize> = [(&'static str, Value<'a>); N];
 
-fn no_labels() -> Labels<'static, 0> {
-    []
-}
-
 /// Writes one family of counters or gauges.
 fn family<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
@@ -149,7 +145,11 @@ fn single(
     ty: MetricType,
     value: f64,
 ) -> fmt::Result {
-    family(enc, name, help, ty, [(no_labels(), value)])
+    let mut m = enc.encode_descriptor(name, help, None, ty)?;
+    match ty {
+        MetricType::Counter => m.encode_counter::<NoLabelSet, f64, f64>(&value, None),
+        _ => m.encode_gauge(&value),
+    }
 }
 
 fn histograms<'a, L: EncodeLabelSet + 'a>(
@@ -448,12 +448,14 @@ impl Collector for Wayfinder {
             age.as_secs_f64(),
         )?;
         let rebuilds = self.registry.rebuild_stats();
-        histograms(
-            &mut enc,
+        let (sum, count, buckets) = rebuilds.duration.read();
+        enc.encode_descriptor(
             "wayfinder_snapshot_rebuild_seconds",
             "Duration of each rebuild that published a snapshot.",
-            [(no_labels(), &rebuilds.duration)],
-        )?;
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         let sources = self.registry.sources();
         let mut states = Vec::new();
         for s in &sources {

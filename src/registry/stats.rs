@@ -53,18 +53,17 @@ impl Histogram {
         self.sum_us.fetch_add(us, Relaxed);
     }
 
-    /// The sum in seconds, the count, and the cumulative count at each
-    /// bucket's upper bound in seconds (+Inf last), as exposition formats
-    /// want them.
+    /// The sum in seconds, the count, and each bucket's own count with its
+    /// upper bound in seconds (`f64::MAX` standing for +Inf, last), as
+    /// `prometheus-client`'s encoder takes them (it sums them up itself).
     pub fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let mut total = 0;
         let mut buckets = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {
-            total += c.load(Relaxed);
-            let bound = BUCKETS_US
-                .get(i)
-                .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
-            buckets.push((bound, total));
+            let n = c.load(Relaxed);
+            total += n;
+            let bound = BUCKETS_US.get(i).map_or(f64::MAX, |&us| us as f64 / 1e6);
+            buckets.push((bound, n));
         }
         (self.sum_us.load(Relaxed) as f64 / 1e6, total, buckets)
     }
@@ -207,7 +206,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
+    fn histogram_buckets_count_their_own() {
         let h = Histogram::default();
         h.observe(Duration::from_micros(200));
         h.observe(Duration::from_millis(3));
@@ -216,9 +215,9 @@ mod tests {
         assert_eq!(count, 3);
         assert!((sum - 60.0032).abs() < 1e-9, "{sum}");
         assert_eq!(buckets[0], (0.0005, 1));
-        assert_eq!(buckets[3], (0.005, 2));
-        assert_eq!(buckets[13], (10.0, 2));
-        assert_eq!(buckets[14], (f64::INFINITY, 3));
+        assert_eq!(buckets[3], (0.005, 1));
+        assert_eq!(buckets[13], (10.0, 0));
+        assert_eq!(buckets[14], (f64::MAX, 1));
     }
 
     #[test]
