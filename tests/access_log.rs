@@ -97,13 +97,16 @@ async fn json_lines_and_request_ids_on_both_codecs() {
     let r = get_with(proxy, &[]).await;
     let made = r.headers["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(made.len(), 32, "{made}");
-    assert_eq!(received(&r, "x-request-id"), [made.clone()]);
+    assert_eq!(received(&r, "x-request-id"), std::slice::from_ref(&made));
 
     // 3. An unusable one (a space in it) is replaced, not forwarded.
     let r = get_with(proxy, &[("x-request-id", "two words")]).await;
     let replaced = r.headers["x-request-id"].to_str().unwrap().to_owned();
     assert_ne!(replaced, "two words");
-    assert_eq!(received(&r, "x-request-id"), [replaced.clone()]);
+    assert_eq!(
+        received(&r, "x-request-id"),
+        std::slice::from_ref(&replaced)
+    );
 
     // 4. HTTP/1.0 (the hyper codec), with an id.
     let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
@@ -218,4 +221,52 @@ async fn text_lines_by_default() {
     );
     assert!(line.contains(" upstream=0."), "{line}");
     let _ = std::fs::remove_file(&log);
+}
+
+/// The process log (`--log-format`): JSON lines, journald's priority
+/// prefixes, and plain text without colour codes when stderr is not a
+/// terminal (here a pipe).
+#[tokio::test]
+async fn process_log_formats() {
+    let config = "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"off\"\n";
+    let file = ConfigFile::new("log-format", config);
+    let path = file.path.to_str().unwrap();
+    for format in ["text", "json", "journald"] {
+        let mut proc = Proc::spawn(wayfinder(&[
+            "--log-format",
+            format,
+            "run",
+            "--config",
+            path,
+        ]));
+        proc.wait_log(20, "wayfinder listening").await;
+        proc.signal(Signal::SIGTERM);
+        proc.wait(30, "wayfinder stops").await;
+        let log = proc.log();
+        assert!(
+            !log.contains('\x1b'),
+            "{format}: no ANSI codes in a pipe:\n{log}"
+        );
+        let line = log
+            .lines()
+            .find(|l| l.contains("wayfinder listening"))
+            .unwrap();
+        match format {
+            "json" => {
+                let v: Value = serde_json::from_str(line).expect("a JSON line");
+                assert_eq!(v["level"], "INFO");
+                assert_eq!(v["fields"]["message"], "wayfinder listening");
+                for l in log.lines() {
+                    serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                }
+            }
+            "journald" => {
+                assert!(
+                    line.starts_with("<6>wayfinder::app::start: wayfinder listening"),
+                    "{line}"
+                );
+            }
+            _ => assert!(line.contains(" INFO "), "{line}"),
+        }
+    }
 }
