@@ -7,6 +7,8 @@
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process serves |
 //! | `GET /metrics` | Prometheus text format, or OpenMetrics by `Accept` |
+//! | `GET /`, `GET /dashboard` | the dashboard page (embedded, no external assets) |
+//! | `GET /v1/dashboard[?index=N&wait=1s]` | what the page shows, long-polled |
 //! | `GET /readyz` | `200 ready`; `503 starting` until the registry is loaded, `503 draining` from SIGTERM/SIGINT on |
 //! | `GET /v1/status` | version, uptime, readiness, snapshot version and age, last reload, settings waiting for a restart |
 //! | `GET /v1/config` | the config in effect, secrets redacted |
@@ -36,6 +38,7 @@
 //! state, written by `app`); `params` decodes request parameters and
 //! `respond` writes the answers.
 
+mod dashboard;
 mod discovery;
 mod drain;
 pub(crate) mod metrics;
@@ -154,6 +157,8 @@ impl Admin {
                     &format!("{}\n", phase.as_str()),
                 ),
             },
+            (Method::GET, [""] | ["dashboard"]) => self.dashboard_page(),
+            (Method::GET, ["v1", "dashboard"]) => self.dashboard_state(&req).await,
             (Method::GET, ["metrics"]) => {
                 let accept = req
                     .headers()
@@ -178,8 +183,8 @@ impl Admin {
             }
             (
                 _,
-                ["healthz" | "readyz" | "metrics"]
-                | ["v1", "status" | "config" | "routes" | "services"],
+                ["healthz" | "readyz" | "metrics" | "dashboard" | ""]
+                | ["v1", "status" | "config" | "routes" | "services" | "dashboard"],
             ) => method_not_allowed("GET, HEAD"),
             (_, ["v1", "sources" | "registry", ..] | ["v1", "services", _, ..]) => {
                 self.registry_call(req, &segments).await
