@@ -529,18 +529,21 @@ fn parse_detail(e: &hyper::Error) -> &'static str {
 /// protocols. The request stays counted in flight while the tunnel is open.
 async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guard: InFlightGuard, sender: Sender) {
     let addr = guard.instance().addr();
+    let service = guard.instance().key().service.clone();
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         (c, u) => {
-            tracing::debug!(instance = %addr, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
+            tracing::debug!(%service, instance = %addr, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
             return;
         }
     };
     drop(sender);
     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(instance = %addr, up, down, "tunnel closed"),
-        Err(e) => tracing::debug!(instance = %addr, error = %e, "tunnel ended with an error"),
+        Ok((up, down)) => tracing::debug!(%service, instance = %addr, up, down, "tunnel closed"),
+        Err(e) => {
+            tracing::debug!(%service, instance = %addr, error = %e, "tunnel ended with an error")
+        }
     }
     drop(guard);
 }

@@ -453,7 +453,7 @@ impl Conn<'_> {
             Err(Relay::BeforeHead(detail)) => {
                 // Nothing reached the client yet: it gets a proper 502.
                 let instance = guard.instance();
-                tracing::debug!(instance = %instance.addr(), detail, "bad response body");
+                tracing::debug!(service = %service.name(), instance = %instance.addr(), detail, "bad response body");
                 let e = ProxyError::BadResponse {
                     service: service.name().clone(),
                     addr: instance.addr(),
@@ -465,7 +465,7 @@ impl Conn<'_> {
                 return step;
             }
             Err(Relay::Broken(e)) => {
-                tracing::debug!(instance = %guard.instance().addr(), error = %e, "response relay ended early");
+                tracing::debug!(service = %service.name(), instance = %guard.instance().addr(), error = %e, "response relay ended early");
                 self.done(Some(service), Some(guard.instance()), answer.status, tally);
                 return Step::Close;
             }
