@@ -37,6 +37,18 @@ struct Cli {
     /// syntax. An unknown level is refused (exit 2).
     #[arg(long, global = true, default_value = "info", value_name = "LEVEL", value_parser = parse_log_filter)]
     log_level: String,
+    /// Log line format: `text` (human-readable; colour only on a
+    /// terminal), `json` (one JSON object per line, for log shippers) or
+    /// `journald` (`<N>` priority prefixes and no timestamp, for systemd's
+    /// journal, which adds its own).
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        value_name = "FORMAT",
+        env = "WAYFINDER_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -267,7 +279,7 @@ fn main() -> ExitCode {
     if let Command::RegisterExec { parent, command } = &cli.command {
         return ExitCode::from(wayfinder::registrar::exec_child(*parent, command));
     }
-    if let Err(e) = logging::init(&cli.log_level) {
+    if let Err(e) = logging::init(&cli.log_level, cli.log_format) {
         eprintln!("wayfinder: {e}");
         return ExitCode::from(USAGE_ERROR);
     }

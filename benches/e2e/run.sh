@@ -19,6 +19,10 @@
 #   wf-swap  the same, while a registration is added or removed every
 #            100 ms through the admin API instead (each one a snapshot
 #            rebuild and swap); the summary counts them
+#   wf-nomet round-robin with request counting off ([metrics] enabled =
+#            false): wf-rr / wf-nomet is the CPU cost of the metrics
+#   wf-log   round-robin with the access log on (text, to a file in the
+#            temp dir) and request ids: wf-log / wf-rr is its CPU cost
 #
 # Settings (environment):
 #   N=3            rounds
@@ -485,11 +489,12 @@ TMP=$(mktemp -d /tmp/wayfinder-e2e.XXXXXX)
 chmod 755 "$TMP" # nginx workers drop to an unprivileged user
 printf '%s\n' "$WRK_LUA" >"$TMP/result.lua"
 
-pick_ports 13
+pick_ports 15
 B=("${PORTS[@]:0:3}")
 P_NGINX=${PORTS[3]} P_HAPROXY=${PORTS[4]} P_WF_RR=${PORTS[5]} P_WF_LC=${PORTS[6]}
 P_WF_2W=${PORTS[7]} P_WF_10K=${PORTS[8]} P_WF_SWAP=${PORTS[9]} P_WF_ADMIN=${PORTS[10]}
 P_WF_ADMIN_10K=${PORTS[11]} P_WF_BASE=${PORTS[12]}
+P_WF_NOMET=${PORTS[13]} P_WF_LOG=${PORTS[14]}
 log "backends on ${B[*]}; nginx $P_NGINX, haproxy $P_HAPROXY, wayfinder rr $P_WF_RR, lc $P_WF_LC"
 
 declare -A PID PORT
@@ -514,7 +519,13 @@ write_wayfinder wf-lc least_connections "$P_WF_LC" off "${B[@]}"
 write_wayfinder wf-2w round_robin "$P_WF_2W" off "${B[@]}"
 write_wayfinder_10k wf-10k "$P_WF_10K" "$P_WF_ADMIN_10K" "${B[@]}"
 write_wayfinder_10k wf-swap "$P_WF_SWAP" "$P_WF_ADMIN" "${B[@]}"
-for name in wf-rr wf-lc wf-10k wf-swap; do
+write_wayfinder wf-nomet round_robin "$P_WF_NOMET" off "${B[@]}"
+printf '\n[metrics]\nenabled = false\n' >>"$TMP/wf-nomet.toml"
+write_wayfinder wf-log round_robin "$P_WF_LOG" off "${B[@]}"
+printf '\n[access_log]\nenabled = true\npath = "%s"\n' "$TMP/access.log" >>"$TMP/wf-log.toml"
+# Request ids go in [proxy], which must come before the service tables.
+sed -i 's/^\[admin\]$/[proxy]\nrequest_id = true\n\n[admin]/' "$TMP/wf-log.toml"
+for name in wf-rr wf-lc wf-10k wf-swap wf-nomet wf-log; do
     start "$name" "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 \
         "$WAYFINDER_BIN" --log-level warn run --config "$TMP/$name.toml"
     PID[$name]=$STARTED
@@ -524,8 +535,9 @@ start wf-2w "$PROXY_CPU,$WRK_CPU" env TOKIO_WORKER_THREADS=2 \
 PID[wf-2w]=$STARTED
 PORT[wf-rr]=$P_WF_RR PORT[wf-lc]=$P_WF_LC PORT[wf-2w]=$P_WF_2W
 PORT[wf-10k]=$P_WF_10K PORT[wf-swap]=$P_WF_SWAP
+PORT[wf-nomet]=$P_WF_NOMET PORT[wf-log]=$P_WF_LOG
 
-CONFIGS=(direct nginx haproxy wf-rr wf-lc wf-2w wf-10k wf-swap)
+CONFIGS=(direct nginx haproxy wf-rr wf-lc wf-2w wf-10k wf-swap wf-nomet wf-log)
 if [[ -n ${BASELINE_BIN:-} ]]; then
     [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
     write_wayfinder wf-base round_robin "$P_WF_BASE" off "${B[@]}"
@@ -547,7 +559,7 @@ done
 
 # Tokio names its workers "tokio-rt-worker" (older releases:
 # "tokio-runtime-worker", cut to 15 characters in comm).
-for name in wf-rr wf-lc wf-10k wf-swap; do
+for name in wf-rr wf-lc wf-10k wf-swap wf-nomet wf-log; do
     workers=$(cat /proc/"${PID[$name]}"/task/*/comm 2>/dev/null |
         grep -cE '^tokio-(rt-worker|runtime-w)' || true)
     if [[ $workers != 1 ]]; then
@@ -620,7 +632,7 @@ errors / responses that were not 2xx or 3xx. Ratios divide req/s and cpuus/rq by
 HAProxy's and direct's medians.
 EOF
 # Rows left out by ONLY count as missing ("-") in the summary.
-for cfg in direct nginx haproxy wf-rr wf-lc wf-2w wf-10k wf-swap wf-base; do
+for cfg in direct nginx haproxy wf-rr wf-lc wf-2w wf-10k wf-swap wf-base wf-nomet wf-log; do
     RPS[$cfg]=${RPS[$cfg]:-0} CPU[$cfg]=${CPU[$cfg]:-0}
 done
 swaps=$(wc -l <"$TMP/swaps")
@@ -636,4 +648,6 @@ echo "  2 workers vs 1 (req/s):        $(ratio "${RPS[wf-2w]}" "${RPS[wf-rr]}") 
 echo "  10k registry vs 3 (req/s):     $(ratio "${RPS[wf-10k]}" "${RPS[wf-rr]}")"
 echo "  p99@$LAT_CONNS during swaps vs none:  $(ratio "$(median wf-swap "$LAT_CONNS" 5)" "$(median wf-10k "$LAT_CONNS" 5)") (target < 1.10); p99@$CONNS: $(ratio "$(median wf-swap "$CONNS" 5)" "$(median wf-10k "$CONNS" 5)")"
 [[ -z ${BASELINE_BIN:-} ]] || echo "  CPU/request vs the baseline build: $(ratio "${CPU[wf-rr]}" "${CPU[wf-base]}") (wf-rr / wf-base, same run)"
+echo "  CPU/request, metrics on vs off:  $(ratio "${CPU[wf-rr]}" "${CPU[wf-nomet]}") (wf-rr / wf-nomet, target <= 1.03)"
+echo "  CPU/request, access log on vs off: $(ratio "${CPU[wf-log]}" "${CPU[wf-rr]}") (wf-log / wf-rr; $(wc -l <"$TMP/access.log" 2>/dev/null || echo 0) lines written)"
 echo "  swaps during wf-swap runs:    $swaps in ${swap_s}s ($(awk -v n="$swaps" -v t="$swap_s" 'BEGIN { printf "%.0f", (n > 0 ? t * 1000 / n : 0) }') ms apart)"

@@ -6,6 +6,9 @@
 //! | call | what |
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process serves |
+//! | `GET /metrics` | Prometheus text format, or OpenMetrics by `Accept` |
+//! | `GET /`, `GET /dashboard` | the dashboard page (embedded, no external assets) |
+//! | `GET /v1/dashboard[?index=N&wait=1s]` | what the page shows, long-polled |
 //! | `GET /readyz` | `200 ready`; `503 starting` until the registry is loaded, `503 draining` from SIGTERM/SIGINT on |
 //! | `GET /v1/status` | version, uptime, readiness, snapshot version and age, last reload, settings waiting for a restart |
 //! | `GET /v1/config` | the config in effect, secrets redacted |
@@ -36,9 +39,11 @@
 //! state, written by `app`); `params` decodes request parameters and
 //! `respond` writes the answers.
 
+mod dashboard;
 mod discovery;
 mod drain;
 mod members;
+pub(crate) mod metrics;
 mod params;
 mod registrations;
 mod registry_api;
@@ -82,6 +87,8 @@ pub(crate) struct Admin {
     pub state: Arc<state::RunState>,
     /// This proxy's membership of a gossip fleet, if any.
     pub gossip: Option<Arc<crate::registry::gossip::Gossip>>,
+    /// What `GET /metrics` encodes (see [`metrics::registry`]).
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.
@@ -154,6 +161,20 @@ impl Admin {
                     &format!("{}\n", phase.as_str()),
                 ),
             },
+            (Method::GET, [""] | ["dashboard"]) => self.dashboard_page(),
+            (Method::GET, ["v1", "dashboard"]) => self.dashboard_state(&req).await,
+            (Method::GET, ["metrics"]) => {
+                let accept = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let (body, content_type) = metrics::render(&self.metrics, accept);
+                let mut resp = text(StatusCode::OK, &body);
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                resp
+            }
             (Method::GET, ["v1", "status"]) => {
                 json(StatusCode::OK, &status::status(&self.state, &self.registry))
             }
@@ -167,8 +188,8 @@ impl Admin {
             (Method::GET, ["v1", "members"]) => self.members(),
             (
                 _,
-                ["healthz" | "readyz"]
-                | ["v1", "status" | "config" | "routes" | "services" | "members"],
+                ["healthz" | "readyz" | "metrics" | "dashboard" | ""]
+                | ["v1", "status" | "config" | "routes" | "services" | "members" | "dashboard"],
             ) => method_not_allowed("GET, HEAD"),
             (_, ["v1", "sources" | "registry", ..] | ["v1", "services", _, ..]) => {
                 self.registry_call(req, &segments).await
@@ -233,6 +254,7 @@ mod tests {
         let registry = Registry::new(&config);
         let admin = Admin {
             registrations: Registrations::new(&registry, None),
+            metrics: Arc::new(metrics::registry(registry.clone())),
             registry,
             token: None,
             auth_reads: false,

@@ -210,6 +210,9 @@ pub(crate) struct InstanceView {
     pub in_flight: usize,
     /// Requests dispatched since it appeared.
     pub requests: u64,
+    /// Requests it answered with a 5xx, and attempts on it that failed
+    /// (connect failures, timeouts, resets), since it appeared.
+    pub errors: u64,
     /// Failures since the last success.
     pub consecutive_failures: u32,
     /// Idle pooled connections.
@@ -256,6 +259,11 @@ pub(crate) fn services(registry: &Registry) -> ServicesView {
                     }),
                     in_flight: m.instance.in_flight(),
                     requests: m.instance.requests(),
+                    errors: {
+                        let s = m.instance.stats();
+                        let (c, t, r) = s.failures();
+                        s.responses()[4] + c + t + r
+                    },
                     consecutive_failures: m.instance.consecutive_failures(),
                     idle_connections: crate::proxy::upstream::idle_connections(&m.instance),
                     h2_connections: crate::proxy::upstream::h2_connections(&m.instance).0,

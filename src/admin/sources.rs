@@ -15,7 +15,7 @@ use crate::proxy::ProxyBody;
 
 /// `GET /v1/sources` entry.
 #[derive(Debug, Serialize)]
-struct SourceInfo {
+pub(super) struct SourceInfo {
     name: String,
     state: &'static str,
     last_success_ago_s: Option<f64>,
@@ -41,6 +41,11 @@ struct HeldEntry {
 impl Admin {
     /// `GET /v1/sources`.
     pub(super) fn sources(&self) -> Response<ProxyBody> {
+        json(StatusCode::OK, &self.source_list())
+    }
+
+    /// Every source's entry, as `GET /v1/sources` lists them.
+    pub(super) fn source_list(&self) -> Vec<SourceInfo> {
         let now = SystemTime::now();
         let ago = |t: SystemTime| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64());
         let now_ms = clock::now_ms();
@@ -72,6 +77,6 @@ impl Admin {
                     .collect(),
             })
             .collect();
-        json(StatusCode::OK, &list)
+        list
     }
 }

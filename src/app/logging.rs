@@ -1,10 +1,29 @@
 //! The log output of `wayfinder`: to stderr, filtered by `RUST_LOG` or
 //! `--log-level` (levels checked, so a mistyped one is refused instead of
-//! silencing every line), in colour only on a terminal.
+//! silencing every line), as text (in colour only on a terminal), JSON
+//! lines or journald's priority-prefixed lines (`--log-format`).
 
+use std::fmt;
 use std::io::IsTerminal;
 
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines with a timestamp; colour only on a terminal.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`,
+    /// `target`, `spans`).
+    Json,
+    /// `<N>` syslog priority prefix, target and fields, no timestamp and
+    /// no colour: what systemd's journal reads from a service's stderr.
+    Journald,
+}
 
 /// The log levels accepted, for error messages.
 const LOG_LEVELS: &str = "error, warn (or warning), info, debug, trace or off";
@@ -60,9 +79,10 @@ fn log_level(word: &str) -> Result<&'static str, String> {
     })
 }
 
-/// Logs to stderr, filtered by RUST_LOG when it is set and not empty, else
-/// by `--log-level`. Colour only on a terminal, and not with NO_COLOR.
-pub fn init(log_level: &str) -> Result<(), String> {
+/// Logs to stderr in `format`, filtered by RUST_LOG when it is set and not
+/// empty, else by `--log-level`. Colour only on a terminal, and not with
+/// NO_COLOR.
+pub fn init(log_level: &str, format: LogFormat) -> Result<(), String> {
     let spec = match std::env::var("RUST_LOG") {
         Ok(v) if v.trim().is_empty() => log_level.to_owned(),
         Ok(v) => filter(&v).map_err(|e| format!("RUST_LOG: {e}"))?,
@@ -76,12 +96,47 @@ pub fn init(log_level: &str) -> Result<(), String> {
         .map_err(|e| format!("log filter {spec:?}: {e}"))?;
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(colour).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Journald => builder.with_ansi(false).event_format(Journald).init(),
+    }
     Ok(())
+}
+
+/// Lines for systemd's journal: `<6>wayfinder::app: message key=value`
+/// (sd-daemon(3) priority prefixes; the journal adds the time).
+struct Journald;
+
+impl<S, N> FormatEvent<S, N> for Journald
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        write!(writer, "<{}>{}: ", priority(*meta.level()), meta.target())?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// The syslog priority of a level: err, warning, info, debug.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Starting the process: checks the state file, binds every listener
 //! (so a taken port fails the start with the address named), then starts
-//! the registry, its sources, the admin API, health checks, the proxy
-//! server and the idle-connection reaper, and reports ready.
+//! the registry, its sources, the admin API, health checks, the access
+//! log, the proxy server and the idle-connection reaper, and reports
+//! ready.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,8 @@ use tokio::sync::oneshot;
 use super::Running;
 use crate::admin;
 use crate::admin::state::{Phase, RunState};
-use crate::config::Config;
+use crate::config::{AccessLogFormat, Config};
+use crate::proxy::access_log::{AccessLog, Format, Target};
 use crate::proxy::server::{self, Listener, ServerSettings};
 use crate::proxy::Proxy;
 use crate::registry::dns::DnsSources;
@@ -49,6 +51,14 @@ pub enum StartError {
     /// `[registry.gossip]` could not start (its UDP address is taken...).
     #[error(transparent)]
     Gossip(#[from] crate::registry::gossip::GossipError),
+    /// `access_log.path` cannot be opened for appending.
+    #[error("access_log.path {}: {source}", path.display())]
+    AccessLog {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// `registry.state_file` cannot be written (or read).
     #[error("registry.state_file {}: {what}: {source}", path.display())]
     StateFile {
@@ -158,6 +168,8 @@ pub(crate) async fn start_from(
         tracing::warn!("{warning}");
     }
     let state = RunState::new(config, file.map(Path::to_owned));
+    crate::registry::stats::set_enabled(config.startup.metrics.enabled);
+    let access_log = start_access_log(config)?;
 
     let registry = Registry::new(config);
     tokio::spawn(registry.clone().run_refresher());
@@ -205,6 +217,7 @@ pub(crate) async fn start_from(
         default_ttl: config.startup.registry.default_ttl,
         state: state.clone(),
         gossip: gossip.clone(),
+        metrics: Arc::new(admin::metrics::registry(registry.clone())),
     };
     let admin_task = admin_listener.map(|l| {
         tokio::spawn(admin::serve(l, admin, async move {
@@ -233,9 +246,12 @@ pub(crate) async fn start_from(
     };
     let dns = DnsSources::start(&registry, config);
     let health = crate::health::spawn_supervisor(&registry);
-    let proxy = Arc::new(
-        Proxy::new(registry.clone(), config).with_https_port(listen_tls.first().map(|a| a.port())),
-    );
+    let mut proxy =
+        Proxy::new(registry.clone(), config).with_https_port(listen_tls.first().map(|a| a.port()));
+    if let Some(log) = access_log {
+        proxy = proxy.with_access_log(log);
+    }
+    let proxy = Arc::new(proxy);
     let snap = registry.load();
     tracing::info!(
         listen = ?listen,
@@ -286,6 +302,43 @@ pub(crate) async fn start_from(
         stop,
         done,
     })
+}
+
+/// Starts the access log's writer when `[access_log]` is on; a log file
+/// is reopened on SIGUSR1 (after logrotate moved it).
+fn start_access_log(config: &Config) -> Result<Option<AccessLog>, StartError> {
+    let settings = &config.startup.access_log;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let target = match &settings.path {
+        Some(p) => Target::File(p.clone()),
+        None => Target::Stdout,
+    };
+    let format = match settings.format {
+        AccessLogFormat::Text => Format::Text,
+        AccessLogFormat::Json => Format::Json,
+    };
+    let log = AccessLog::start(target, format, settings.queue).map_err(|source| {
+        StartError::AccessLog {
+            path: settings.path.clone().unwrap_or_default(),
+            source,
+        }
+    })?;
+    if settings.path.is_some() {
+        if let Ok(mut usr1) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        {
+            let log = log.clone();
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    log.reopen();
+                }
+            });
+        }
+    }
+    Ok(Some(log))
 }
 
 /// Closes pooled upstream connections idle for longer than `idle`, checking

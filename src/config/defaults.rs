@@ -137,6 +137,28 @@ pub(crate) mod proxy {
     pub(crate) const UPGRADES: &[&str] = &["websocket"];
     /// `proxy.fast_path`.
     pub(crate) const FAST_PATH: bool = true;
+    /// `proxy.request_id`.
+    pub(crate) const REQUEST_ID: bool = false;
+    /// `proxy.request_id_header`.
+    pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
+}
+
+/// `[metrics]`.
+pub(crate) mod metrics {
+    /// `metrics.enabled`.
+    pub(crate) const ENABLED: bool = true;
+}
+
+/// `[access_log]`.
+pub(crate) mod access_log {
+    /// `access_log.enabled`.
+    pub(crate) const ENABLED: bool = false;
+    /// `access_log.path`.
+    pub(crate) const PATH: &str = "stdout";
+    /// `access_log.format`.
+    pub(crate) const FORMAT: &str = "text";
+    /// `access_log.queue`.
+    pub(crate) const QUEUE: usize = 8192;
 }
 
 /// `[http2]`.

@@ -107,8 +107,9 @@ pub use service::{
     ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate, Upstream,
 };
 pub use startup::{
-    AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth, EtcdSettings, ForwardingSettings,
-    Http2Settings, Limits, RegistrationSettings, Runtime, Startup, TlsListener,
+    AccessLogFormat, AccessLogSettings, AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth,
+    EtcdSettings, ForwardingSettings, Http2Settings, Limits, MetricsSettings, RegistrationSettings,
+    Runtime, Startup, TlsListener,
 };
 pub use traffic::{
     mix, pair_hash, stable_hash, ConsistentHash, HashKey, P2cEwma, Queue, RequestValue,

@@ -39,6 +39,10 @@ pub(crate) struct RawConfig {
     pub proxy: RawProxy,
     #[serde(default)]
     pub http2: RawHttp2,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
     /// TLS listeners. Default none.
     #[serde(default)]
     pub tls: Vec<RawTls>,
@@ -268,6 +272,34 @@ pub(crate) struct RawProxy {
     /// Serve plain HTTP/1.1 on the fast path; false sends every request
     /// through hyper (for diagnosis). Default [`d::proxy::FAST_PATH`].
     pub fast_path: Option<bool>,
+    /// Keep or make a request id, forward it and return it. Default
+    /// [`d::proxy::REQUEST_ID`].
+    pub request_id: Option<bool>,
+    /// The header carrying it. Default [`d::proxy::REQUEST_ID_HEADER`].
+    pub request_id_header: Option<Spanned<String>>,
+}
+
+/// `[metrics]`: `GET /metrics` on the admin listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    /// Count requests. Default [`d::metrics::ENABLED`].
+    pub enabled: Option<bool>,
+}
+
+/// `[access_log]`: one line per request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    /// Default [`d::access_log::ENABLED`].
+    pub enabled: Option<bool>,
+    /// `"stdout"` or a file path. Default [`d::access_log::PATH`].
+    pub path: Option<Spanned<String>>,
+    /// `"text"` or `"json"`. Default [`d::access_log::FORMAT`].
+    pub format: Option<Spanned<String>>,
+    /// Lines queued for the writer before new ones are dropped. Default
+    /// [`d::access_log::QUEUE`].
+    pub queue: Option<Spanned<i64>>,
 }
 
 /// `[http2]`: HTTP/2 client connections.

@@ -73,7 +73,7 @@ struct Table<'a, A: Serialize, B: Serialize> {
 impl Serialize for Config {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let st = &self.startup;
-        let mut m = s.serialize_struct("Config", 11)?;
+        let mut m = s.serialize_struct("Config", 13)?;
         m.serialize_field("listen", &st.listen)?;
         m.serialize_field("admin", &st.admin)?;
         m.serialize_field(
@@ -101,6 +101,8 @@ impl Serialize for Config {
             },
         )?;
         m.serialize_field("http2", &st.http2)?;
+        m.serialize_field("metrics", &st.metrics)?;
+        m.serialize_field("access_log", &st.access_log)?;
         m.serialize_field("routes", &self.routes)?;
         m.serialize_field("services", &self.services)?;
         m.serialize_field("zone", &self.zone.as_deref())?;
@@ -373,6 +375,17 @@ impl Serialize for DnsDiscovery {
         m.serialize_entry("max_refresh", &Dur(self.max_refresh))?;
         m.serialize_entry("nxdomain_grace", &Dur(self.nxdomain_grace))?;
         m.end()
+    }
+}
+
+/// `access_log.path`: the file, or `"stdout"`.
+pub(super) fn log_path<S: Serializer>(
+    path: &Option<std::path::PathBuf>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(p) => s.collect_str(&p.display()),
+        None => s.serialize_str("stdout"),
     }
 }
 

@@ -37,6 +37,41 @@ pub struct Startup {
     /// `[[tls]]`: the TLS listeners (their certificate files are read
     /// again when they change, without a restart).
     pub tls: Vec<TlsListener>,
+    /// `[metrics]`.
+    pub metrics: MetricsSettings,
+    /// `[access_log]`.
+    pub access_log: AccessLogSettings,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricsSettings {
+    /// Whether requests are counted (`GET /metrics` answers either way).
+    pub enabled: bool,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessLogSettings {
+    /// Whether requests are logged.
+    pub enabled: bool,
+    /// The file lines are appended to; `None`: standard output.
+    #[serde(serialize_with = "serialize::log_path")]
+    pub path: Option<PathBuf>,
+    /// How lines are written.
+    pub format: AccessLogFormat,
+    /// Lines queued for the writer before new ones are dropped.
+    pub queue: usize,
+}
+
+/// `access_log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// Common Log Format fields, then `key=value` pairs.
+    Text,
+    /// JSON lines.
+    Json,
 }
 
 /// One `[[tls]]` table.
@@ -75,7 +110,7 @@ impl Startup {
     }
 
     /// Each table (and `listen`) by its name in the file, in file order.
-    fn tables(&self) -> [(&'static str, Value); 9] {
+    fn tables(&self) -> [(&'static str, Value); 11] {
         // No `..`: a new field is a compile error here until it is listed.
         let Startup {
             listen,
@@ -87,6 +122,8 @@ impl Startup {
             proxy,
             http2,
             tls,
+            metrics,
+            access_log,
         } = self;
         fn v<T: Serialize>(x: &T) -> Value {
             serde_json::to_value(x).expect("settings serialize")
@@ -101,6 +138,8 @@ impl Startup {
             ("proxy", v(proxy)),
             ("http2", v(http2)),
             ("tls", v(tls)),
+            ("metrics", v(metrics)),
+            ("access_log", v(access_log)),
         ]
     }
 
@@ -260,6 +299,10 @@ pub struct ForwardingSettings {
     pub forwarded: bool,
     /// Whether plain HTTP/1.1 takes the fast path.
     pub fast_path: bool,
+    /// Whether requests get an id (kept or made), forwarded and returned.
+    pub request_id: bool,
+    /// The header carrying it.
+    pub request_id_header: String,
 }
 
 /// An address block: `10.0.0.0/8`, `::1/128`.

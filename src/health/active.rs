@@ -188,7 +188,7 @@ async fn check_loop(
                         "{failures} consecutive checks failed, last: {reason}"
                     ));
                 } else if health == Health::Healthy {
-                    tracing::debug!(instance = %instance.addr(), %reason, failures, "health check failed");
+                    tracing::debug!(service = %instance.key().service, instance = %instance.addr(), %reason, failures, "health check failed");
                 }
                 remove
             }

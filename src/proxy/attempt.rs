@@ -15,7 +15,18 @@ use crate::balance::{queue, Choice, Tried, Unpicked};
 use crate::clock;
 use crate::config::Balance;
 use crate::health::passive::{self, Failure};
+use crate::registry::stats::{self, AttemptFailure};
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
+
+/// What the attempts of one request came to, for the metrics and the
+/// access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tally {
+    /// Attempts made (instances tried).
+    pub attempts: u32,
+    /// From sending to the instance that answered to its response head.
+    pub upstream: Option<Duration>,
+}
 
 /// Whether `method` may be repeated with the same effect as one request
 /// (RFC 9110 section 9.2.2): only these are resent after being written.
@@ -63,10 +74,12 @@ pub(crate) async fn run<E: Exchange>(
     choice: &Choice,
     exchange: &mut E,
     trail: &mut Option<String>,
+    tally: &mut Tally,
 ) -> Result<(E::Answer, InFlightGuard), ProxyError> {
     let policy = service.policy();
     // Response times feed the latency average only where it is used.
     let timed = service.balance() == Balance::P2cEwma;
+    let counting = stats::enabled();
     let mut tried = Tried::default();
     let mut last_error: Option<String> = None;
     for n in 1..=policy.max_attempts {
@@ -91,15 +104,20 @@ pub(crate) async fn run<E: Exchange>(
         tried.add(guard.instance());
         let instance = guard.instance();
         let addr = instance.addr();
-        let started = timed.then(tokio::time::Instant::now);
+        tally.attempts = n;
+        if n > 1 && counting {
+            service.live().stats().retried();
+        }
+        let sent = tokio::time::Instant::now();
         let outcome = exchange.attempt(instance).await;
-        if let Some(started) = started {
-            if matches!(outcome, Outcome::Answered(..) | Outcome::TimedOut) {
-                let decay = policy.traffic.p2c.decay;
-                instance
-                    .latency()
-                    .observe(started.elapsed(), clock::now_ms(), decay);
-            }
+        if counting {
+            count_failure(instance, &outcome);
+        }
+        if timed && matches!(outcome, Outcome::Answered(..) | Outcome::TimedOut) {
+            let decay = policy.traffic.p2c.decay;
+            instance
+                .latency()
+                .observe(sent.elapsed(), clock::now_ms(), decay);
         }
         if policy.outlier.success_rate.min_requests > 0 {
             let ok = match &outcome {
@@ -114,6 +132,11 @@ pub(crate) async fn run<E: Exchange>(
         }
         match outcome {
             Outcome::Answered(answer, status) => {
+                let ttfb = sent.elapsed();
+                tally.upstream = Some(ttfb);
+                if counting {
+                    service.live().stats().upstream_ttfb.observe(ttfb);
+                }
                 if status >= 500 {
                     passive::on_failure(service, instance, Failure::Status5xx, clock::now_ms());
                 } else {
@@ -182,8 +205,9 @@ pub(crate) async fn run_with_deadline<E: Exchange>(
     exchange: &mut E,
     trail: &mut Option<String>,
     caller: Option<Duration>,
+    tally: &mut Tally,
 ) -> Result<(E::Answer, InFlightGuard), ProxyError> {
-    let run = run(service, choice, exchange, trail);
+    let run = run(service, choice, exchange, trail, tally);
     let deadline = match (service.policy().timeouts.request, caller) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -199,6 +223,22 @@ pub(crate) async fn run_with_deadline<E: Exchange>(
                 })
             }),
     }
+}
+
+/// Counts a failed attempt against its instance.
+#[inline]
+fn count_failure<A>(instance: &InstanceState, outcome: &Outcome<A>) {
+    let how = match outcome {
+        Outcome::Answered(..) | Outcome::Abandoned => return,
+        Outcome::TimedOut => AttemptFailure::Timeout,
+        Outcome::BadResponse(_) => AttemptFailure::Reset,
+        Outcome::Failed {
+            failure: Some(Failure::Connect),
+            ..
+        } => AttemptFailure::Connect,
+        Outcome::Failed { .. } => AttemptFailure::Reset,
+    };
+    instance.stats().failed(how);
 }
 
 /// Why no instance of `service` can take a request: how many it has, and

@@ -32,6 +32,7 @@ use super::body::{ProxyBody, TrackedBody, UpstreamBody};
 use super::error::{ProxyError, BAD_BODY};
 use super::grpc;
 use super::headers::{self, MapWriter};
+use super::observe::{self, Pending};
 use super::policy::request::{self, RequestView};
 use super::policy::response::{self, Asked, Kind, ResponsePlan, ResponseView};
 use super::upstream::{self, Sender};
@@ -208,13 +209,40 @@ impl Proxy {
     /// Answers one client request: the instance's response, or the
     /// proxy's own error response.
     pub async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
+        self.handle_observed(req, client).await.0
+    }
+
+    /// [`Proxy::handle`], and what the metrics and the access log need
+    /// once the response body has gone out.
+    pub(crate) async fn handle_observed(
+        &self,
+        req: Request<Incoming>,
+        client: &Client,
+    ) -> (Response<ProxyBody>, Pending) {
+        let mut rec = Pending {
+            started: observe::start(self),
+            protocol: match req.version() {
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_2 => "HTTP/2",
+                _ => "HTTP/1.1",
+            },
+            ..Pending::default()
+        };
+        if self.settings.access_log.is_some() {
+            rec.logged = format!("{} {}", req.method(), request_target(req.uri()));
+            rec.method_len = req.method().as_str().len();
+        }
         let mut trail = self.settings.debug_header.then(String::new);
         let grpc = grpc::is_grpc(req.headers());
         let grpc_deadline = grpc.then(|| grpc::timeout(req.headers())).flatten();
-        let mut resp = match self.forward(req, client, &mut trail, grpc_deadline).await {
+        let mut resp = match self
+            .forward(req, client, &mut trail, grpc_deadline, &mut rec)
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "request failed");
+                rec.instance = None;
                 if grpc {
                     grpc::error_response(&e)
                 } else {
@@ -222,6 +250,15 @@ impl Proxy {
                 }
             }
         };
+        rec.status = resp.status().as_u16();
+        if let (Some(name), Some(id)) = (self.settings.request_id, &rec.request_id) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_bytes(id.as_bytes()),
+            ) {
+                resp.headers_mut().insert(n, v);
+            }
+        }
         if let Some(value) = trail
             .filter(|t| !t.is_empty())
             .and_then(|t| HeaderValue::from_str(&t).ok())
@@ -233,7 +270,7 @@ impl Proxy {
                 resp.headers_mut().insert(SNAPSHOT_HEADER.clone(), v);
             }
         }
-        resp
+        (resp, rec)
     }
 
     /// The `x-wayfinder-snapshot` value: current snapshot version and age.
@@ -251,6 +288,7 @@ impl Proxy {
         client: &Client,
         trail: &mut Option<String>,
         deadline: Option<Duration>,
+        rec: &mut Pending,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
@@ -283,6 +321,8 @@ impl Proxy {
             fields: &fields[..],
         };
         let plan = request::plan(&view, &hop)?;
+        rec.request_id = plan.request_id;
+        rec.bytes_in = size as u64 + body.size_hint().exact().unwrap_or(0);
         let routed = self.route(
             &plan.target,
             plan.upgrade,
@@ -291,6 +331,7 @@ impl Proxy {
             &client.ip,
         )?;
         let service = routed.service;
+        rec.service = Some(service.clone());
         if routed.upgrade.is_some() && service.policy().upstream.is_h2_only() {
             return Err(ProxyError::UpgradeUnsupported {
                 service: Arc::clone(service.name()),
@@ -339,13 +380,20 @@ impl Proxy {
             },
             client_failed: None,
         };
-        let result =
-            attempt::run_with_deadline(&service, &routed.choice, &mut exchange, trail, deadline)
-                .await;
+        let result = attempt::run_with_deadline(
+            &service,
+            &routed.choice,
+            &mut exchange,
+            trail,
+            deadline,
+            &mut rec.tally,
+        )
+        .await;
         if let Some(e) = exchange.client_failed.take() {
             return Err(e);
         }
         let ((resp, sender, plan, fields), guard) = result?;
+        rec.instance = Some(guard.instance().clone());
         let asked = exchange.asked;
         let sticky =
             super::traffic::sticky_cookie(&service, &routed.choice, guard.instance().addr());
@@ -625,18 +673,21 @@ fn parse_detail(e: &hyper::Error) -> &'static str {
 /// protocols. The request stays counted in flight while the tunnel is open.
 async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guard: InFlightGuard, sender: Sender) {
     let addr = guard.instance().addr();
+    let service = guard.instance().key().service.clone();
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         (c, u) => {
-            tracing::debug!(instance = %addr, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
+            tracing::debug!(%service, instance = %addr, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
             return;
         }
     };
     drop(sender);
     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(instance = %addr, up, down, "tunnel closed"),
-        Err(e) => tracing::debug!(instance = %addr, error = %e, "tunnel ended with an error"),
+        Ok((up, down)) => tracing::debug!(%service, instance = %addr, up, down, "tunnel closed"),
+        Err(e) => {
+            tracing::debug!(%service, instance = %addr, error = %e, "tunnel ended with an error")
+        }
     }
     drop(guard);
 }

@@ -64,6 +64,7 @@ pub fn request_headers(src: &HeaderMap, client_ip: &str) -> Result<HeaderMap, Pr
         via: b"1.1 wayfinder",
         forwarded: false,
         max_uri_bytes: 8192,
+        request_id: None,
     };
     let view = RequestView {
         method: "GET",

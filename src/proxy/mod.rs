@@ -5,6 +5,7 @@
 //! ([`upstream`]). It reads the registry snapshot once per request and takes
 //! no lock on the way.
 
+pub mod access_log;
 mod attempt;
 pub mod body;
 pub mod error;
@@ -12,6 +13,7 @@ mod forward;
 mod grpc;
 mod h1;
 pub mod headers;
+pub mod observe;
 pub(crate) mod policy;
 pub mod retry;
 mod route;
@@ -76,11 +78,17 @@ pub(crate) struct Settings {
     /// `http2.keepalive_interval` and `keepalive_timeout`, for shared
     /// upstream connections too.
     pub h2_keepalive: (Duration, Duration),
+    /// The request id header (lowercase), when request ids are on.
+    pub request_id: Option<&'static [u8]>,
+    /// Where finished requests are logged, when the access log is on.
+    pub access_log: Option<access_log::AccessLog>,
 }
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// The client's address.
+    peer: std::net::SocketAddr,
     /// The client's IP, formatted once per connection.
     ip: Box<str>,
     /// The client is one of `proxy.trusted_proxies`.
@@ -94,6 +102,7 @@ impl Client {
     pub fn new(peer: std::net::SocketAddr, proxy: &Proxy) -> Client {
         let ip = peer.ip();
         Client {
+            peer,
             ip: ip.to_string().into_boxed_str(),
             trusted: proxy
                 .settings
@@ -102,6 +111,11 @@ impl Client {
                 .any(|net| net.contains(ip)),
             tls: false,
         }
+    }
+
+    /// The client's address.
+    pub(crate) fn peer(&self) -> std::net::SocketAddr {
+        self.peer
     }
 
     /// Whether the connection is TLS.
@@ -129,6 +143,7 @@ impl Client {
             via: via.as_bytes(),
             forwarded: settings.forwarded,
             max_uri_bytes: settings.max_uri_bytes,
+            request_id: settings.request_id,
         }
     }
 }
@@ -169,8 +184,28 @@ impl Proxy {
                     config.startup.http2.keepalive_interval,
                     config.startup.http2.keepalive_timeout,
                 ),
+                request_id: config.startup.proxy.request_id.then(|| {
+                    // Once per proxy built: the policy writes header names
+                    // as static bytes.
+                    &*Box::leak(
+                        config
+                            .startup
+                            .proxy
+                            .request_id_header
+                            .to_ascii_lowercase()
+                            .into_bytes()
+                            .into_boxed_slice(),
+                    )
+                }),
+                access_log: None,
             },
         }
+    }
+
+    /// Logs every finished request to `log`.
+    pub fn with_access_log(mut self, log: access_log::AccessLog) -> Proxy {
+        self.settings.access_log = Some(log);
+        self
     }
 
     /// Where a route that requires TLS redirects plain requests: the port

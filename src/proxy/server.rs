@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::observe::{Connection, Pending};
 use super::policy::request::MAX_FIELDS;
 use super::{h1, Client, Proxy};
 use crate::config::{Config, Http2Settings};
@@ -242,6 +243,7 @@ async fn accept_loop(
         let settings = settings.clone();
         if let Some(acceptor) = acceptor.clone() {
             tokio::spawn(async move {
+                let mut counted = Connection::open(true);
                 let handshake = acceptor.accept(stream);
                 let tls =
                     match tokio::time::timeout(settings.client_header_timeout, handshake).await {
@@ -256,15 +258,17 @@ async fn accept_loop(
                         }
                     };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                counted.set_h2(h2);
                 let client = Client::new(peer, &proxy).over_tls();
                 let state = Arc::new((proxy, client));
                 let io = h1::Rewind::new(tls, bytes::Bytes::new(), settings.client_send);
                 serve_general(io, h2, state, &builder, &mut stop, peer, &settings).await;
-                drop((permit, alive));
+                drop((permit, alive, counted));
             });
             continue;
         }
         tokio::spawn(async move {
+            let mut counted = Connection::open(false);
             let client = Client::new(peer, &proxy);
             let state = Arc::new((proxy, client));
             let ended = if settings.fast_path {
@@ -282,9 +286,10 @@ async fn accept_loop(
             if let h1::Ended::Fallback(stream, read) = ended {
                 let io = h1::Rewind::new(stream, read.freeze(), settings.client_send);
                 let h2 = io.is_h2_preface();
+                counted.set_h2(h2);
                 serve_general(io, h2, state, &builder, &mut stop, peer, &settings).await;
             }
-            drop((permit, alive));
+            drop((permit, alive, counted));
         });
     }
 }
@@ -312,10 +317,13 @@ async fn serve_general<S>(
         let state = state.clone();
         let active = counter.start();
         async move {
-            let resp = state.0.handle(req, &state.1).await;
+            let (resp, pending) = state.0.handle_observed(req, &state.1).await;
             Ok::<_, Infallible>(resp.map(|body| Counted {
                 body,
                 _active: active,
+                pending: Some(pending),
+                sent: 0,
+                state,
             }))
         }
     });
@@ -409,10 +417,22 @@ impl Activity {
 }
 
 /// A response body that keeps its request counted as in progress on its
-/// connection until it is dropped.
+/// connection until it is dropped, and then finishes it (metrics, access
+/// log) with the bytes it carried.
 struct Counted {
     body: super::ProxyBody,
     _active: Active,
+    pending: Option<Pending>,
+    sent: u64,
+    state: Arc<(Arc<Proxy>, Client)>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.state.0.finish(p.done(&self.state.1, self.sent));
+        }
+    }
 }
 
 impl http_body::Body for Counted {
@@ -423,7 +443,13 @@ impl http_body::Body for Counted {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.sent += data.len() as u64;
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -17,6 +17,7 @@ use super::attach::Slot;
 use super::latency::Latency;
 use super::snapshot::Waiters;
 use super::state::{Health, InstanceKey, Lifecycle, Transition};
+use super::stats::InstanceStats;
 
 /// Live state of one instance, shared by every snapshot that lists it and by
 /// every request in flight to it. The request path only reads and bumps
@@ -63,6 +64,8 @@ pub struct InstanceState {
     outcomes: AtomicU64,
     /// Its service's queue, woken when one of its requests ends.
     waiters: OnceLock<Arc<Waiters>>,
+    /// Its answers and failures, for the metrics.
+    stats: InstanceStats,
 }
 
 impl InstanceState {
@@ -91,6 +94,7 @@ impl InstanceState {
             latency: Latency::default(),
             outcomes: AtomicU64::new(0),
             waiters: OnceLock::new(),
+            stats: InstanceStats::default(),
         }
     }
 
@@ -121,6 +125,12 @@ impl InstanceState {
     #[inline]
     pub fn attachment(&self) -> &Slot {
         &self.attachment
+    }
+
+    /// Its answers and failures, for the metrics.
+    #[inline]
+    pub fn stats(&self) -> &InstanceStats {
+        &self.stats
     }
 
     /// Requests dispatched and not yet finished (response body done or failed).
@@ -362,6 +372,7 @@ impl InstanceState {
     /// Records (and logs) a change of health: an active check's verdict or
     /// a passive ejection and its end.
     pub fn note_health(&self, to: &'static str, reason: String) {
+        self.stats.health_changed();
         self.note_transition(to, reason.clone());
         *self
             .health_transition

@@ -22,7 +22,8 @@
 //! - `build.rs`: making the changed services' entries, live state attached
 //!   by identity;
 //! - `snapshot.rs`, `instance.rs`, `state.rs`, `attach.rs`: what is
-//!   published, and the live state it points to;
+//!   published, and the live state it points to; `stats.rs`: the counters
+//!   and histograms kept with that live state for the metrics;
 //! - `pool.rs`, `schedule.rs`, `ring.rs`, `latency.rs`: what balancing
 //!   reads: each service's pools (subsets, zone) with their precomputed
 //!   round-robin order and hash ring, and an instance's latency average;
@@ -48,6 +49,7 @@ pub mod serf;
 mod snapshot;
 mod source;
 mod state;
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -89,6 +91,8 @@ pub struct Registry {
     /// The input generation the last rebuild took in (see
     /// [`Registry::settled`]).
     settled: tokio::sync::watch::Sender<u64>,
+    /// How long rebuilds take, for the metrics.
+    rebuilds: stats::RebuildStats,
 }
 
 /// What a higher layer derives from a service's members and keeps in its
@@ -160,6 +164,7 @@ impl Registry {
             changed: Arc::new(Notify::new()),
             published: tokio::sync::watch::Sender::new(0),
             settled: tokio::sync::watch::Sender::new(0),
+            rebuilds: stats::RebuildStats::default(),
         });
         registry.rebuild();
         registry
@@ -183,6 +188,11 @@ impl Registry {
     /// The current snapshot as an owned `Arc`, for long-lived readers.
     pub fn load_full(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// How long published rebuilds took.
+    pub fn rebuild_stats(&self) -> &stats::RebuildStats {
+        &self.rebuilds
     }
 
     /// A receiver that sees the version of every snapshot published.
@@ -256,6 +266,7 @@ impl Registry {
 
     /// [`Registry::rebuild`]; also returns the input generation it took in.
     fn rebuild_inner(&self) -> (bool, u64) {
+        let started = tokio::time::Instant::now();
         let mut st = self.lock();
         let generation = st.inputs;
         let dirty = std::mem::replace(&mut st.dirty, Dirty::Services(BTreeSet::new()));
@@ -291,6 +302,7 @@ impl Registry {
         );
         st.published = Some(shape);
         self.published.send_replace(st.version);
+        self.rebuilds.record(started.elapsed());
         (true, generation)
     }
 

@@ -15,6 +15,7 @@ use super::attach::Slot;
 use super::instance::InstanceState;
 use super::pool::Pool;
 use super::schedule::Schedule;
+use super::stats::ServiceStats;
 
 /// One published view of the registry.
 #[derive(Debug)]
@@ -194,6 +195,7 @@ pub struct ServiceLive {
     /// `clock::now_ms()` when the service appeared.
     since_ms: u64,
     attachment: Slot,
+    stats: ServiceStats,
 }
 
 impl ServiceLive {
@@ -205,7 +207,14 @@ impl ServiceLive {
             waiters: Arc::new(Waiters::default()),
             since_ms: now_ms,
             attachment: Slot::default(),
+            stats: ServiceStats::default(),
         }
+    }
+
+    /// Its request latencies, retries and own answers, for the metrics.
+    #[inline]
+    pub fn stats(&self) -> &ServiceStats {
+        &self.stats
     }
 
     /// When the service appeared (`clock::now_ms()` scale).

@@ -364,6 +364,38 @@ pub(super) fn proxy(cx: &Cx<'_>, p: &RawProxy) -> (ProxySettings, ForwardingSett
         ),
         forwarded: p.forwarded.unwrap_or(d::FORWARDED),
         fast_path: p.fast_path.unwrap_or(d::FAST_PATH),
+        request_id: p.request_id.unwrap_or(d::REQUEST_ID),
+        request_id_header: match &p.request_id_header {
+            None => d::REQUEST_ID_HEADER.to_owned(),
+            Some(v) => {
+                let name = v.get_ref().to_ascii_lowercase();
+                let ok = http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                    && !matches!(
+                        name.as_str(),
+                        "host"
+                            | "connection"
+                            | "content-length"
+                            | "transfer-encoding"
+                            | "te"
+                            | "upgrade"
+                            | "via"
+                            | "forwarded"
+                            | "keep-alive"
+                            | "trailer"
+                            | "proxy-connection"
+                    )
+                    && !name.starts_with("x-forwarded-");
+                if !ok {
+                    cx.push(cx.err_at(
+                        v,
+                        "proxy.request_id_header",
+                        "use a header name of its own, e.g. \"x-request-id\" \
+                         (not one the proxy manages)",
+                    ));
+                }
+                name
+            }
+        },
     };
     (reloadable, startup)
 }

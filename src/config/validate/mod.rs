@@ -16,6 +16,7 @@ mod forwarding;
 mod global;
 mod health;
 mod membership;
+mod observe;
 mod routes;
 mod services;
 mod tls;
@@ -62,6 +63,8 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
     let (proxy, forwarding) = global::proxy(cx, &raw.proxy);
     let http2 = forwarding::http2(cx, &raw.http2);
     let zone = traffic::zone(cx, &raw.zone);
+    let metrics = observe::metrics(&raw.metrics);
+    let access_log = observe::access_log(cx, &raw.access_log);
     let default_policy = services::default_policy(&timeouts, &proxy, zone.clone());
     let mut services = services::services(cx, &raw.services, &default_policy);
     let routes = routes::routes(cx, &raw.routes, &services);
@@ -77,6 +80,8 @@ fn build(cx: &Cx<'_>, raw: RawConfig) -> Config {
             proxy: forwarding,
             http2,
             tls,
+            metrics,
+            access_log,
         },
         registry,
         timeouts,

@@ -31,9 +31,11 @@ use super::body::{Relayed, RequestBody, RequestBodyScan, ResponseBodyScan, BUFFE
 use super::head::{self, HeadError};
 use crate::balance::Choice;
 use crate::health::passive::Failure;
-use crate::proxy::attempt::{self, Exchange, Outcome};
+use crate::proxy::attempt::{self, Exchange, Outcome, Tally};
 use crate::proxy::error::{ProxyError, BAD_BODY};
 use crate::proxy::forward::{DEBUG_HEADER, SNAPSHOT_HEADER};
+use crate::proxy::observe::{self, Done};
+use crate::proxy::policy::request_id::RequestId;
 use crate::proxy::policy::response::Asked;
 use crate::proxy::policy::Framing;
 use crate::proxy::traffic;
@@ -80,6 +82,12 @@ pub(crate) async fn serve(
         response_timer: Box::pin(tokio::time::sleep(header_timeout)),
         stopping: stop.clone(),
         head_request: false,
+        started: None,
+        request_id: None,
+        logged: String::new(),
+        method_len: 0,
+        bytes_in: 0,
+        sent: 0,
     };
     // One wait for shutdown for the whole connection, polled only between
     // requests.
@@ -124,6 +132,18 @@ struct Conn<'a> {
     stopping: watch::Receiver<bool>,
     /// The current request is a HEAD: answers carry no body.
     head_request: bool,
+    /// When the current request was routed, if metrics or the access log
+    /// want it.
+    started: Option<Instant>,
+    /// The current request's id, when ids are on.
+    request_id: Option<RequestId>,
+    /// The current request's method, a space and its target, for the
+    /// access log (kept only when it is on; the buffer is reused).
+    logged: String,
+    method_len: usize,
+    /// Bytes of the current request (head and body) and of its answer.
+    bytes_in: u64,
+    sent: u64,
 }
 
 /// A routed request whose upstream head is in `Conn::out`.
@@ -155,6 +175,7 @@ enum Prepared {
 /// `Conn::resp`.
 #[derive(Debug, Clone)]
 struct Answer {
+    status: u16,
     body: Framing,
     reusable: bool,
     /// Trailer fields that may reach the client (declared by the response,
@@ -191,6 +212,10 @@ impl Conn<'_> {
             .as_mut()
             .reset(Instant::now() + self.header_timeout);
         self.head_request = false;
+        self.request_id = None;
+        self.logged.clear();
+        self.method_len = 0;
+        self.sent = 0;
         let mut routed = loop {
             if !self.buf.is_empty() {
                 match self.prepare() {
@@ -227,6 +252,8 @@ impl Conn<'_> {
             Err(step) => return step,
         };
         self.buf.advance(end);
+        self.bytes_in = end as u64;
+        self.started = observe::start(self.proxy);
         self.forward(routed).await
     }
 
@@ -264,6 +291,13 @@ impl Conn<'_> {
             Err(HeadError::Refuse(e)) => return Prepared::Refuse(e, None),
         };
         self.head_request = head.method == "HEAD";
+        self.request_id = head.plan.request_id;
+        if settings.access_log.is_some() {
+            self.logged.push_str(head.method);
+            self.logged.push(' ');
+            self.method_len = head.method.len();
+            self.logged.push_str(head.plan.target.path_and_query);
+        }
         if head.len > settings.max_header_bytes {
             let e = ProxyError::HeadersTooLarge {
                 size: head.len,
@@ -381,11 +415,19 @@ impl Conn<'_> {
             watch_limit: settings.max_header_bytes + BUFFERED_BODY as usize,
             send_timeout: settings.client_send,
         };
-        let result =
-            attempt::run_with_deadline(service, &routed.choice, &mut exchange, &mut trail, None)
-                .await;
+        let mut tally = Tally::default();
+        let result = attempt::run_with_deadline(
+            service,
+            &routed.choice,
+            &mut exchange,
+            &mut trail,
+            None,
+            &mut tally,
+        )
+        .await;
         if exchange.client_gone {
             tracing::debug!(service = %service.name(), "client closed its connection while waiting; request cancelled");
+            self.done(Some(service), None, 499, tally);
             return Step::Close;
         }
         let ((mut upstream, answer), guard) = match result {
@@ -393,7 +435,9 @@ impl Conn<'_> {
             Err(e) => {
                 tracing::debug!(error = %e, "request failed");
                 let close = routed.close || *self.stopping.borrow();
-                return self.answer_error(&e, trail.as_deref(), close).await;
+                let step = self.answer_error(&e, trail.as_deref(), close).await;
+                self.done(Some(service), None, e.status().as_u16(), tally);
+                return step;
             }
         };
         let close = routed.close || answer.body == Framing::UntilClose || *self.stopping.borrow();
@@ -411,20 +455,24 @@ impl Conn<'_> {
             Err(Relay::BeforeHead(detail)) => {
                 // Nothing reached the client yet: it gets a proper 502.
                 let instance = guard.instance();
-                tracing::debug!(instance = %instance.addr(), detail, "bad response body");
+                tracing::debug!(service = %service.name(), instance = %instance.addr(), detail, "bad response body");
                 let e = ProxyError::BadResponse {
                     service: service.name().clone(),
                     addr: instance.addr(),
                     detail,
                 };
                 drop(guard);
-                return self.answer_error(&e, trail.as_deref(), true).await;
+                let step = self.answer_error(&e, trail.as_deref(), true).await;
+                self.done(Some(service), None, 502, tally);
+                return step;
             }
             Err(Relay::Broken(e)) => {
-                tracing::debug!(instance = %guard.instance().addr(), error = %e, "response relay ended early");
+                tracing::debug!(service = %service.name(), instance = %guard.instance().addr(), error = %e, "response relay ended early");
+                self.done(Some(service), Some(guard.instance()), answer.status, tally);
                 return Step::Close;
             }
         }
+        self.done(Some(service), Some(guard.instance()), answer.status, tally);
         drop(guard);
         if close {
             Step::Close
@@ -442,6 +490,8 @@ impl Conn<'_> {
         trailers: Vec<Vec<u8>>,
     ) -> Result<bool, Relay> {
         let mut scan = ResponseBodyScan::new(body, trailers);
+        // Bytes out are body bytes, as on the hyper path.
+        let head_len = self.resp.len() as u64;
         // The first piece travels with the head.
         let mut pending = true;
         loop {
@@ -467,6 +517,7 @@ impl Conn<'_> {
                     self.proxy.settings.client_send,
                 )
                 .await?;
+                self.sent += self.resp.len() as u64 - head_len;
                 pending = false;
             } else {
                 if pass > 0 {
@@ -477,6 +528,7 @@ impl Conn<'_> {
                         self.proxy.settings.client_send,
                     )
                     .await?;
+                    self.sent += pass as u64;
                 }
                 if done && body == Framing::Chunked {
                     let mut end = scan.trailers().to_vec();
@@ -488,6 +540,7 @@ impl Conn<'_> {
                         self.proxy.settings.client_send,
                     )
                     .await?;
+                    self.sent += end.len() as u64;
                 }
             }
             upstream.buf.advance(consumed);
@@ -510,7 +563,34 @@ impl Conn<'_> {
     /// Answers the current request with `e` itself.
     async fn refuse(&mut self, e: &ProxyError, close: bool) -> Step {
         tracing::debug!(error = %e, "request refused");
-        self.answer_error(e, None, close).await
+        let step = self.answer_error(e, None, close).await;
+        self.done(None, None, e.status().as_u16(), Tally::default());
+        step
+    }
+
+    /// Counts and logs the current request.
+    fn done(
+        &self,
+        service: Option<&ServiceEntry>,
+        instance: Option<&InstanceState>,
+        status: u16,
+        tally: Tally,
+    ) {
+        let (method, target) = self.logged.split_at(self.method_len);
+        self.proxy.finish(Done {
+            service,
+            instance,
+            status,
+            started: self.started,
+            tally,
+            bytes_in: self.bytes_in,
+            bytes_out: self.sent,
+            request_id: self.request_id.as_ref(),
+            method: if method.is_empty() { "-" } else { method },
+            target: target.get(1..).unwrap_or("-"),
+            protocol: "HTTP/1.1",
+            client: self.client,
+        });
     }
 
     /// Writes and sends the whole error answer for `e`.
@@ -528,6 +608,9 @@ impl Conn<'_> {
             self.proxy.settings.client_send,
         )
         .await;
+        if sent.is_ok() && !self.head_request {
+            self.sent += e.body_text().len() as u64;
+        }
         match sent {
             Ok(()) if !close => Step::Next,
             _ => Step::Close,
@@ -551,6 +634,12 @@ impl Conn<'_> {
         }
         if self.proxy.settings.snapshot_header {
             header_line(out, SNAPSHOT_HEADER.as_str(), &self.proxy.snapshot_value());
+        }
+        if let (Some(name), Some(id)) = (self.proxy.settings.request_id, &self.request_id) {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
 }
@@ -840,6 +929,7 @@ async fn response_head(
                         Vec::new()
                     };
                     let answer = Answer {
+                        status: h.status,
                         body: h.plan.body,
                         reusable: h.plan.reusable,
                         trailers,

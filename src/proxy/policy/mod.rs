@@ -9,6 +9,7 @@
 //! - [`target`]: request targets and `Host`;
 //! - [`request`]: request framing, trust in forwarding fields, upgrades,
 //!   and what the proxy adds;
+//! - [`request_id`]: the request id, kept or made;
 //! - [`response`]: response status and framing, what travels back;
 //! - [`chunked`]: the strict chunked-body scanner both directions use on
 //!   the fast path.
@@ -30,10 +31,12 @@ pub(crate) mod test_util {
         via: b"1.1 wayfinder",
         forwarded: false,
         max_uri_bytes: 8192,
+        request_id: None,
     };
 }
 pub(crate) mod fields;
 pub(crate) mod request;
+pub(crate) mod request_id;
 pub(crate) mod response;
 pub(crate) mod target;
 

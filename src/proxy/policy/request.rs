@@ -18,6 +18,7 @@
 
 use super::super::error::ProxyError;
 use super::fields::{self, classify, ConnectionTokens, Name};
+use super::request_id::{self, RequestId};
 use super::target::{self, Target};
 use super::{Fields, Framing, HeadWriter};
 
@@ -57,6 +58,9 @@ pub(crate) struct Hop<'a> {
     pub forwarded: bool,
     /// `limits.max_uri_bytes`.
     pub max_uri_bytes: usize,
+    /// The request id header (`proxy.request_id_header`, lowercase), when
+    /// request ids are on.
+    pub request_id: Option<&'static [u8]>,
 }
 
 /// Most header lines a request may have (one bit each in [`RequestPlan::skip`]).
@@ -94,6 +98,10 @@ pub(crate) struct RequestPlan<'a> {
     /// The `Trailer` lines: the trailer fields the request declares (only
     /// those are forwarded, as hyper's encoder does).
     pub trailer_lines: u128,
+    /// The request's id (kept or made), when request ids are on.
+    pub request_id: Option<RequestId>,
+    /// The id was made here: its line is added to the forwarded head.
+    write_request_id: bool,
 }
 
 /// Checks a request head and decides how it is forwarded.
@@ -121,9 +129,16 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
     let (mut skip, mut xff, mut fwd) = (0u128, 0u128, 0u128);
     let (mut length_lines, mut coding_lines) = (0u128, 0u128);
     let (mut xfp, mut xfh) = (0u128, 0u128);
+    let mut id_lines = 0u128;
     for i in 0..n {
         let (name, value) = (fields.name(i), fields.value(i));
         let class = classify(name);
+        if hop
+            .request_id
+            .is_some_and(|id| class == Name::Other && name.eq_ignore_ascii_case(id))
+        {
+            id_lines |= 1 << i;
+        }
         let bit = 1u128 << i;
         if class.always_dropped() {
             skip |= bit;
@@ -243,6 +258,12 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
     if !hop.trusted || hop.forwarded {
         skip |= fwd;
     }
+    let id = hop
+        .request_id
+        .map(|_| request_id::decide(id_lines, |i| fields.value(i)));
+    if let Some(d) = &id {
+        skip |= d.skip;
+    }
     let both_framings = coding != Coding::None && length.is_some();
     let close = both_framings
         || match req.version {
@@ -269,6 +290,8 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
         framing_line,
         accepts_trailers,
         trailer_lines,
+        request_id: id.map(|d| d.id),
+        write_request_id: id.is_some_and(|d| d.made),
     })
 }
 
@@ -450,6 +473,11 @@ impl RequestPlan<'_> {
             });
         }
         w.field(b"via", hop.via);
+        if let (true, Some(name), Some(id)) =
+            (self.write_request_id, hop.request_id, &self.request_id)
+        {
+            w.field(name, id.as_bytes());
+        }
         if let Some(protocol) = upgrade {
             w.field(b"connection", b"upgrade");
             w.field(b"upgrade", protocol);

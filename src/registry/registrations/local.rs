@@ -217,6 +217,9 @@ impl LocalStore {
             self.prune_expired();
             return 0;
         }
+        super::COUNTS
+            .expired
+            .fetch_add(lapsed.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut why: HashMap<(Arc<str>, SocketAddr), String> = HashMap::new();
         let mut expired = Vec::with_capacity(lapsed.len());
         for k in &lapsed {

@@ -29,6 +29,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -193,6 +194,25 @@ pub trait RegistrationStore: Send + Sync + fmt::Debug {
     fn save(&self) {}
 }
 
+/// Registration events since the process started, for the metrics.
+#[derive(Debug)]
+pub struct Counts {
+    /// New registrations (not renewals or updates).
+    pub registered: AtomicU64,
+    /// Deregistrations.
+    pub deregistered: AtomicU64,
+    /// Registrations removed because their TTL lapsed (this proxy's own
+    /// store; an etcd store's leases lapse in etcd).
+    pub expired: AtomicU64,
+}
+
+/// The process's registration counts.
+pub static COUNTS: Counts = Counts {
+    registered: AtomicU64::new(0),
+    deregistered: AtomicU64::new(0),
+    expired: AtomicU64::new(0),
+};
+
 /// The registrations, shared by the admin API and the expiry task: one
 /// interface over whichever [`RegistrationStore`] keeps them.
 #[derive(Debug)]
@@ -233,7 +253,11 @@ impl Registrations {
         id: &str,
         req: RegisterRequest,
     ) -> Result<bool, RegistrationError> {
-        self.store.register(service, id, req).await
+        let new = self.store.register(service, id, req).await?;
+        if new {
+            COUNTS.registered.fetch_add(1, Relaxed);
+        }
+        Ok(new)
     }
 
     /// Renews the TTL of `id`. An expired registration is not renewed (it
@@ -245,7 +269,9 @@ impl Registrations {
     /// Removes `id`: no new requests reach it, requests in flight finish.
     /// An expired registration whose removal is held back is removed now.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<(), RegistrationError> {
-        self.store.deregister(service, id).await
+        self.store.deregister(service, id).await?;
+        COUNTS.deregistered.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// Marks `id` draining (or not): it stays listed but takes no new

@@ -268,3 +268,47 @@ fn client_intent() {
     .unwrap();
     assert!(plan.expect_continue);
 }
+
+#[test]
+fn request_ids_are_kept_or_made_once() {
+    let hop = Hop {
+        request_id: Some(b"x-request-id"),
+        ..HOP
+    };
+    // Kept: forwarded as received, nothing added.
+    let (plan, out) = forward(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: abc-1\r\ntraceparent: 00-aa-bb-01\r\n\r\n",
+        &hop,
+    )
+    .unwrap();
+    assert_eq!(plan.request_id.unwrap().as_bytes(), b"abc-1");
+    assert_eq!(out.matches("abc-1").count(), 1, "{out}");
+    assert!(out.contains("traceparent: 00-aa-bb-01\r\n"), "{out}");
+    // Missing: made and added.
+    let (plan, out) = forward("GET / HTTP/1.1\r\nHost: a\r\n\r\n", &hop).unwrap();
+    let id = plan.request_id.unwrap();
+    assert!(
+        out.contains(&format!("x-request-id: {}\r\n", id.as_str())),
+        "{out}"
+    );
+    // Two lines: both dropped, one made.
+    let (plan, out) = forward(
+        "GET / HTTP/1.1\r\nHost: a\r\nx-request-id: a\r\nX-Request-ID: b\r\n\r\n",
+        &hop,
+    )
+    .unwrap();
+    assert_eq!(
+        out.to_ascii_lowercase().matches("x-request-id").count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(plan.request_id.unwrap().as_bytes().len(), 32);
+    // Off: no id, the line passes as any other.
+    let (plan, out) = forward(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: a b\r\n\r\n",
+        &HOP,
+    )
+    .unwrap();
+    assert!(plan.request_id.is_none());
+    assert!(out.contains("X-Request-Id: a b\r\n"));
+}
