@@ -5,6 +5,10 @@
 #
 #   benches/callgrind.sh [BIN ...]     # default: target/release/wayfinder
 #   CONNS=8 REQUESTS=20000 benches/callgrind.sh old/wayfinder target/release/wayfinder
+#   EXTRA=$'[metrics]\nenabled = false' benches/callgrind.sh   # config tables appended
+#
+# The cost of a setting is two runs of the same binary, one with EXTRA:
+# e.g. metrics on (the default) against EXTRA='[metrics] enabled = false'.
 #
 # For each binary: one nginx instance answering "hello" on loopback, the
 # proxy (one worker thread) under `valgrind --tool=callgrind` with
@@ -85,6 +89,7 @@ listen = "off"
 worker_threads = 1
 [services.bench]
 instances = ["127.0.0.1:$BPORT"]
+${EXTRA:-}
 EOF
     out="$TMP/cg-$port.out"
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \

@@ -594,6 +594,10 @@ for cfg in "${CONFIGS[@]}"; do
     CPU[$cfg]=$(median "$cfg" "$CONNS" 6)
 done
 us() { printf '%.0fus' "$1"; }
+# Rows left out by ONLY count as missing ("-") in the summary.
+for cfg in direct nginx haproxy wf-rr wf-lc wf-2w wf-10k wf-swap wf-base wf-nomet wf-log; do
+    RPS[$cfg]=${RPS[$cfg]:-0} CPU[$cfg]=${CPU[$cfg]:-0}
+done
 
 echo
 echo "wayfinder e2e: N=$N rounds of ${DUR_S}s runs, medians. Proxies pinned to CPU $PROXY_CPU" \
@@ -631,10 +635,6 @@ session (nginx: master + worker). errs s/h are totals over all recorded runs: so
 errors / responses that were not 2xx or 3xx. Ratios divide req/s and cpuus/rq by nginx's,
 HAProxy's and direct's medians.
 EOF
-# Rows left out by ONLY count as missing ("-") in the summary.
-for cfg in direct nginx haproxy wf-rr wf-lc wf-2w wf-10k wf-swap wf-base wf-nomet wf-log; do
-    RPS[$cfg]=${RPS[$cfg]:-0} CPU[$cfg]=${CPU[$cfg]:-0}
-done
 swaps=$(wc -l <"$TMP/swaps")
 swap_s=$((N * 2 * DUR_S))
 echo

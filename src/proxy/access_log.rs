@@ -1,10 +1,11 @@
-//! The access log: one line per request, written by a task of its own so
+//! The access log: one line per request, written by a thread of its own so
 //! the request path never waits on a disk or a pipe. A finished request
 //! hands its [`Entry`] to a bounded channel with `try_send`; when the
 //! channel is full the line is dropped and counted
-//! (`wayfinder_access_log_dropped_total`), never waited for. The writer
-//! batches what is queued, flushes when the queue is empty, and reopens
-//! its file on [`AccessLog::reopen`] (SIGUSR1, for logrotate).
+//! (`wayfinder_access_log_dropped_total`), never waited for. The writer,
+//! a thread of its own, batches what is queued, flushes when the queue is
+//! empty, and reopens its file before the next line after
+//! [`AccessLog::reopen`] (SIGUSR1, for logrotate).
 //!
 //! Formats (`access_log.format`):
 //! - `text`: the Common Log Format's fields, then `key=value` pairs:
@@ -18,11 +19,11 @@
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use super::policy::request_id::RequestId;
 
@@ -73,18 +74,20 @@ pub(crate) struct Entry {
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     tx: mpsc::Sender<Entry>,
-    reopen: Arc<Notify>,
+    reopen: Arc<AtomicBool>,
 }
 
 impl AccessLog {
-    /// Starts the writer task (on the current runtime) writing to `target`
-    /// in `format`, with room for `queue` lines. Fails when the file cannot
-    /// be opened.
+    /// Starts the writer thread writing to `target` in `format`, with room
+    /// for `queue` lines. Fails when the file cannot be opened.
     pub fn start(target: Target, format: Format, queue: usize) -> io::Result<AccessLog> {
         let out = open(&target)?;
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let reopen = Arc::new(Notify::new());
-        tokio::spawn(write_lines(rx, out, target, format, reopen.clone()));
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
+        std::thread::Builder::new()
+            .name("access-log".to_owned())
+            .spawn(move || write_lines(rx, out, target, format, flag))?;
         Ok(AccessLog { tx, reopen })
     }
 
@@ -97,9 +100,9 @@ impl AccessLog {
         }
     }
 
-    /// Reopens the file (after logrotate moved it).
+    /// Reopens the file (after logrotate moved it) before the next line.
     pub fn reopen(&self) {
-        self.reopen.notify_one();
+        self.reopen.store(true, Relaxed);
     }
 }
 
@@ -115,33 +118,20 @@ fn open(target: &Target) -> io::Result<Box<dyn Write + Send>> {
     })
 }
 
-/// The writer: formats queued entries into a buffer and writes it when
-/// the queue runs dry (or the buffer is large).
-async fn write_lines(
+/// The writer, a thread of its own (blocking writes never hold up the
+/// runtime): waits for a line, formats it and whatever else is queued into
+/// one buffer, writes and flushes it. Ends when every sender is gone.
+fn write_lines(
     mut rx: mpsc::Receiver<Entry>,
-    out: Box<dyn Write + Send>,
+    mut out: Box<dyn Write + Send>,
     target: Target,
     format: Format,
-    reopen: Arc<Notify>,
+    reopen: Arc<AtomicBool>,
 ) {
-    let mut out = Some(out);
     let mut buf = Vec::with_capacity(64 * 1024);
-    loop {
-        let entry = tokio::select! {
-            e = rx.recv() => match e {
-                Some(e) => e,
-                None => break,
-            },
-            () = reopen.notified() => {
-                match open(&target) {
-                    Ok(o) => out = Some(o),
-                    Err(e) => tracing::warn!(error = %e, "access log not reopened; writing to the old file"),
-                }
-                continue;
-            }
-        };
+    while let Some(first) = rx.blocking_recv() {
         let mut n = 0u64;
-        let mut next = Some(entry);
+        let mut next = Some(first);
         while let Some(e) = next.take() {
             write_entry(&mut buf, &e, format);
             n += 1;
@@ -149,32 +139,26 @@ async fn write_lines(
                 next = rx.try_recv().ok();
             }
         }
-        if let Some(mut o) = out.take() {
-            // Blocking writes, off the runtime's workers: a slow disk
-            // delays lines, and a full queue drops them; requests never
-            // wait.
-            let done = tokio::task::spawn_blocking(move || {
-                let r = o.write_all(&buf).and_then(|()| o.flush());
-                (o, buf, r)
-            })
-            .await;
-            let Ok((o, b, written)) = done else { return };
-            (out, buf) = (Some(o), b);
-            match written {
-                Ok(()) => {
-                    WRITTEN.fetch_add(n, Relaxed);
-                }
+        if reopen.swap(false, Relaxed) {
+            match open(&target) {
+                Ok(o) => out = o,
                 Err(e) => {
-                    DROPPED.fetch_add(n, Relaxed);
-                    tracing::warn!(error = %e, "access log write failed");
+                    tracing::warn!(error = %e, "access log not reopened; writing to the old file")
                 }
+            }
+        }
+        match out.write_all(&buf).and_then(|()| out.flush()) {
+            Ok(()) => {
+                WRITTEN.fetch_add(n, Relaxed);
+            }
+            Err(e) => {
+                DROPPED.fetch_add(n, Relaxed);
+                tracing::warn!(error = %e, "access log write failed");
             }
         }
         buf.clear();
     }
-    if let Some(o) = out.as_mut() {
-        let _ = o.flush();
-    }
+    let _ = out.flush();
 }
 
 /// Appends one line for `e` in `format`.
