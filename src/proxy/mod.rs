@@ -15,6 +15,7 @@ mod h1;
 pub mod headers;
 pub mod observe;
 pub(crate) mod policy;
+pub mod request_body;
 pub mod retry;
 mod route;
 pub mod server;

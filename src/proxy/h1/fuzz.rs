@@ -106,6 +106,8 @@ pub fn request(input: &[u8], arrivals: &[usize], hop: Hop) -> Request {
         via,
         forwarded: hop.forwarded,
         max_uri_bytes: limits::MAX_URI_BYTES,
+        // Off, as by default: a made-up id would differ run to run.
+        request_id: None,
     };
     let max_header_bytes = limits::MAX_HEADER_BYTES;
     let refused = |e: ProxyError| Request::Refused {

@@ -25,7 +25,7 @@ use hyper::client::conn::http2;
 
 use super::ConnectError;
 use crate::clock;
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::request_body::UpstreamBody;
 
 /// The sending half of one upstream HTTP/2 connection.
 pub(crate) type H2Sender = http2::SendRequest<UpstreamBody>;

@@ -37,7 +37,7 @@ pub(crate) use self::h2::H2Stream;
 pub(crate) use pool::{idle_connections, keep_raw, pool, pool_of, RawConn};
 
 use crate::config::{Protocol, Upstream};
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::request_body::UpstreamBody;
 use crate::registry::InstanceState;
 use crate::tls::{Alpn, Negotiated};
 

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use super::h2::H2Set;
 
 use crate::clock;
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::request_body::UpstreamBody;
 use crate::registry::{Attachment, InstanceState, Lifecycle};
 
 /// The sending half of one upstream HTTP/1.1 connection.
