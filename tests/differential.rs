@@ -598,6 +598,11 @@ fn table() -> Vec<Case> {
             &b"GET / HTTP/1.1\r\nHost: c.svc\r\nX-Name: caf\xe9 \xff\r\n\r\n"[..],
         ),
         case("UTF-8 in the request target", "GET /caf\u{e9} HTTP/1.1\r\nHost: c.svc\r\n\r\n"),
+        case(
+            "obs-text in an absolute-form target",
+            &b"GET http://c.svc/caf\xe9 HTTP/1.1\r\nHost: c.svc\r\n\r\n"[..],
+        )
+        .intended(HYPER_REFUSES, error_text),
         case("fragment in the request target", get("/a#frag")),
         case("tab in the request target", get("/a\tb"))
         .intended(HYPER_REFUSES, error_text),

@@ -18,9 +18,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tonic::Code;
 
+use std::time::Duration;
 use support::grpc::{client, say, GrpcInstance, Msg};
 use support::pki::Pki;
-use support::{full, get, within, Proxy};
+
+use support::{full, get, wait_for, within, Proxy};
 
 /// An HTTP/1.1 instance over TLS answering `200 "<name> <version>"`.
 struct H1TlsInstance {
@@ -273,16 +275,16 @@ async fn health_checks_speak_tls_and_http2_as_requests_do() {
     )
     .await;
     // The trusted instance passes its checks and takes calls.
-    let mut c = client(proxy.addr).await;
-    let mut served = false;
-    for _ in 0..100 {
-        if say(&mut c, Msg::text("x"), None).await.is_ok() {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(served, "the h2-over-TLS check passes");
+    let c = client(proxy.addr).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the h2-over-TLS check passes",
+        || {
+            let mut c = c.clone();
+            async move { say(&mut c, Msg::text("x"), None).await.is_ok() }
+        },
+    )
+    .await;
     assert!(
         g.calls() >= 2,
         "checks reached the instance too: {}",
@@ -290,19 +292,16 @@ async fn health_checks_speak_tls_and_http2_as_requests_do() {
     );
     // The untrusted one fails its checks: no healthy instance (503), not
     // a 502 per request.
-    let mut last = 0;
-    for _ in 0..100 {
-        let r = within(10, "GET", get(proxy.addr, "web.example", "/"))
-            .await
-            .unwrap();
-        last = r.status.as_u16();
-        if last == 503 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        last, 503,
-        "the TLS check fails on the untrusted certificate"
-    );
+    let addr = proxy.addr;
+    wait_for(
+        Duration::from_secs(10),
+        "the TLS check fails on the untrusted certificate",
+        || async move {
+            let r = within(10, "GET", get(addr, "web.example", "/"))
+                .await
+                .unwrap();
+            r.status.as_u16() == 503
+        },
+    )
+    .await;
 }
