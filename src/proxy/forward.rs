@@ -583,7 +583,10 @@ struct Wire {
 
 /// Sends `request` on `sender` and waits for the response head. The
 /// response-header timeout starts once the request body has been sent, so a
-/// slow upload is not cut short by it.
+/// slow upload is not cut short by it; while the body is being sent, a
+/// whole timeout in which the connection took none of it, without waiting
+/// on the client, ends the attempt too (a request queued behind an
+/// instance's stream limit, or an instance that stopped reading).
 async fn send(mut sender: Sender, mut request: Request<UpstreamBody>, wire: &Wire) -> Attempt {
     let progress = request.body().progress();
     if wire.te_trailers && sender.is_h2() {
@@ -595,7 +598,18 @@ async fn send(mut sender: Sender, mut request: Request<UpstreamBody>, wire: &Wir
     let sent = sender.send(request, wire.tls);
     let timer = async {
         if let Some(p) = &progress {
-            p.finished().await;
+            let mut seen = p.moves();
+            loop {
+                tokio::select! {
+                    () = p.finished() => break,
+                    () = tokio::time::sleep(timeout) => {}
+                }
+                let now = p.moves();
+                if now == seen && !p.awaiting_client() {
+                    return;
+                }
+                seen = now;
+            }
         }
         tokio::time::sleep(timeout).await;
     };

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -150,6 +150,10 @@ pub struct Progress {
     done: AtomicBool,
     timed_out: AtomicBool,
     failed: AtomicBool,
+    /// Frames handed to the connection so far.
+    moves: AtomicU64,
+    /// The last poll waited on the client (no frame from it yet).
+    awaiting_client: AtomicBool,
     notify: Notify,
     /// A recorded body, once its attempt dropped it. Locked once when the
     /// body is dropped and once more if it is sent again: never contended.
@@ -181,6 +185,21 @@ impl Progress {
     /// decoder failed on it): the client's fault, not the instance's.
     pub fn client_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// Frames handed to the connection so far.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
+    }
+
+    /// Whether sending waits on the client, not on the connection.
+    pub fn awaiting_client(&self) -> bool {
+        self.awaiting_client.load(Ordering::Relaxed)
+    }
+
+    fn moved(&self) {
+        self.moves.fetch_add(1, Ordering::Relaxed);
+        self.awaiting_client.store(false, Ordering::Relaxed);
     }
 
     fn finish(&self) {
@@ -229,8 +248,11 @@ impl Body for UpstreamBody {
                         r.complete = ended;
                         r.frames.push(copy(&frame));
                     }
-                    if let (true, Some(p)) = (ended, &progress) {
-                        p.finish();
+                    if let Some(p) = &progress {
+                        p.moved();
+                        if ended {
+                            p.finish();
+                        }
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -241,6 +263,12 @@ impl Body for UpstreamBody {
                     return Poll::Ready(None);
                 };
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Some(p) = progress {
+                    match &polled {
+                        Poll::Pending => p.awaiting_client.store(true, Ordering::Relaxed),
+                        _ => p.moved(),
+                    }
+                }
                 match &polled {
                     Poll::Pending => {
                         if timer.as_mut().poll(cx).is_ready() {

@@ -205,15 +205,24 @@ pub struct GrpcInstance {
 impl GrpcInstance {
     /// Serves HTTP/2 by prior knowledge (h2c).
     pub async fn start(name: &str) -> GrpcInstance {
-        GrpcInstance::serve(name, None).await
+        GrpcInstance::serve(name, None, None).await
+    }
+
+    /// Serves h2c, with at most `max` concurrent streams per connection.
+    pub async fn start_limited(name: &str, max: u32) -> GrpcInstance {
+        GrpcInstance::serve(name, None, Some(max)).await
     }
 
     /// Serves HTTP/2 over TLS with `config` (its ALPN should offer `h2`).
     pub async fn start_tls(name: &str, config: Arc<rustls::ServerConfig>) -> GrpcInstance {
-        GrpcInstance::serve(name, Some(tokio_rustls::TlsAcceptor::from(config))).await
+        GrpcInstance::serve(name, Some(tokio_rustls::TlsAcceptor::from(config)), None).await
     }
 
-    async fn serve(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> GrpcInstance {
+    async fn serve(
+        name: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        max_streams: Option<u32>,
+    ) -> GrpcInstance {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let name: Arc<str> = Arc::from(name);
@@ -241,8 +250,9 @@ impl GrpcInstance {
                         let service = hyper::service::service_fn(move |req| {
                             dispatch(name.clone(), calls.clone(), req)
                         });
-                        let builder =
+                        let mut builder =
                             hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                        builder.max_concurrent_streams(max_streams);
                         macro_rules! run {
                             ($io:expr) => {{
                                 let conn = builder.serve_connection(TokioIo::new($io), service);

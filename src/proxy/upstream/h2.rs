@@ -10,13 +10,14 @@
 //! anyway (hyper queues it until the instance's own stream limit allows).
 //!
 //! A connection the instance closes or sends GOAWAY on stops taking new
-//! streams (hyper reports it closed); its open streams finish, and the next
+//! streams (hyper reports it closed; a GOAWAY is noticed as it is read,
+//! see [`goaway`](super::goaway)); its open streams finish, and the next
 //! request dials a fresh connection. When the instance leaves or turns
 //! unhealthy the set is emptied ([`H2Set::clear`]): each connection closes
 //! once its last stream ends. A connection with no stream for longer than
 //! the upstream idle timeout is closed by the reaper.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,18 +31,39 @@ use crate::proxy::request_body::UpstreamBody;
 /// The sending half of one upstream HTTP/2 connection.
 pub(crate) type H2Sender = http2::SendRequest<UpstreamBody>;
 
+/// A new HTTP/2 connection: its sender, and the flag its
+/// [`GoAwayWatch`](super::goaway::GoAwayWatch) raises at the instance's
+/// GOAWAY.
+#[derive(Debug)]
+pub(crate) struct H2Dialed {
+    pub sender: H2Sender,
+    pub going_away: Arc<AtomicBool>,
+}
+
 /// One HTTP/2 connection and the streams open on it.
 #[derive(Debug)]
 struct H2Conn {
     sender: H2Sender,
+    going_away: Arc<AtomicBool>,
     streams: AtomicUsize,
     /// When the last stream ended (clock ms).
     idle_since: AtomicU64,
 }
 
 impl H2Conn {
+    fn new(dialed: H2Dialed) -> Arc<Self> {
+        Arc::new(H2Conn {
+            sender: dialed.sender,
+            going_away: dialed.going_away,
+            streams: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(clock::now_ms()),
+        })
+    }
+
+    /// Whether the connection takes new streams: not closed, and the
+    /// instance has not sent GOAWAY on it.
     fn is_open(&self) -> bool {
-        !self.sender.is_closed()
+        !self.sender.is_closed() && !self.going_away.load(Ordering::Acquire)
     }
 
     /// A stream, if the connection has fewer than `max` open.
@@ -133,7 +155,7 @@ impl H2Set {
         dial: F,
     ) -> Result<H2Stream, ConnectError>
     where
-        F: std::future::Future<Output = Result<H2Sender, ConnectError>>,
+        F: std::future::Future<Output = Result<H2Dialed, ConnectError>>,
     {
         let _dialing = tokio::time::timeout(wait, self.dialing.lock())
             .await
@@ -156,11 +178,7 @@ impl H2Set {
                 return Ok(least.stream());
             }
         }
-        let conn = Arc::new(H2Conn {
-            sender: dial.await?,
-            streams: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(clock::now_ms()),
-        });
+        let conn = H2Conn::new(dial.await?);
         let stream = conn.stream();
         live.push(conn);
         self.conns.store(Arc::new(live));
@@ -169,12 +187,8 @@ impl H2Set {
 
     /// Adds a connection dialed elsewhere (`auto` over TLS, where the
     /// instance chose HTTP/2) and takes a stream on it.
-    pub(crate) fn adopt(&self, sender: H2Sender) -> H2Stream {
-        let conn = Arc::new(H2Conn {
-            sender,
-            streams: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(clock::now_ms()),
-        });
+    pub(crate) fn adopt(&self, dialed: H2Dialed) -> H2Stream {
+        let conn = H2Conn::new(dialed);
         let stream = conn.stream();
         self.conns.rcu(|conns| {
             let mut next: Vec<_> = conns.iter().filter(|c| c.is_open()).cloned().collect();
@@ -242,7 +256,7 @@ mod tests {
 
     /// A client connection over an in-memory pipe whose far end is a real
     /// HTTP/2 server that never answers (so streams stay open).
-    async fn sender() -> (H2Sender, tokio::task::JoinHandle<()>) {
+    async fn sender() -> (H2Dialed, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(async move {
             let service = hyper::service::service_fn(|_req| async {
@@ -253,12 +267,13 @@ mod tests {
                 .serve_connection(TokioIo::new(server), service)
                 .await;
         });
+        let (io, going_away) = super::super::goaway::GoAwayWatch::new(client);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake::<_, UpstreamBody>(TokioIo::new(client))
+            .handshake::<_, UpstreamBody>(TokioIo::new(io))
             .await
             .unwrap();
         tokio::spawn(conn);
-        (sender, server)
+        (H2Dialed { sender, going_away }, server)
     }
 
     #[tokio::test]
@@ -306,6 +321,65 @@ mod tests {
         assert_eq!(set.len(), 1, "the idle one closed, the busy one kept");
         assert_eq!(set.streams(), 1);
         drop(busy);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_instance_sends_goaway_on_takes_no_new_stream() {
+        // A real HTTP/2 server that holds its first request and then shuts
+        // down gracefully: GOAWAY, the held stream still open, so hyper
+        // does not report the connection closed yet.
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+        let held_tx = std::sync::Mutex::new(Some(held_tx));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req| {
+                if let Some(tx) = held_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop_rx => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+        let (io, going_away) = super::super::goaway::GoAwayWatch::new(client);
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, UpstreamBody>(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let set = H2Set::default();
+        let mut held = set.adopt(H2Dialed { sender, going_away });
+        let request = http::Request::builder()
+            .uri("http://x/")
+            .body(UpstreamBody::Empty)
+            .unwrap();
+        let pending = tokio::spawn(async move {
+            let r = held.sender.send_request(request).await;
+            (held, r)
+        });
+        tokio::time::timeout(Duration::from_secs(5), held_rx)
+            .await
+            .expect("the server got the request")
+            .unwrap();
+        assert!(set.reuse(10).is_some(), "open before GOAWAY");
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while set.reuse(10).is_some() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("no new stream once GOAWAY is read");
+        assert!(!pending.is_finished(), "the held stream is still open");
+        pending.abort();
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@
 //! one, bounded by the connect timeout (TCP and TLS handshake together).
 //! What is kept per instance lives in [`pool`].
 
+mod goaway;
 mod h2;
 mod pool;
 
@@ -231,11 +232,11 @@ pub(crate) async fn open(
             match negotiated {
                 Negotiated::Http1 => Ok(Sender::H1(h1_handshake(stream, addr).await?)),
                 Negotiated::H2 => {
-                    let sender = h2_handshake(stream, addr, dial).await?;
+                    let dialed = h2_handshake(stream, addr, dial).await?;
                     let set = &pool(instance, dial.max_idle)
                         .ok_or(ConnectError::NoPool)?
                         .h2;
-                    Ok(Sender::H2(set.adopt(sender)))
+                    Ok(Sender::H2(set.adopt(dialed)))
                 }
             }
         }
@@ -324,15 +325,16 @@ where
 }
 
 /// Starts HTTP/2 on `io` (its preface and settings; the handshake itself
-/// completes in the connection's task).
+/// completes in the connection's task), watched for the instance's GOAWAY.
 async fn h2_handshake<T>(
     io: T,
     addr: SocketAddr,
     dial: &Dial<'_>,
-) -> Result<self::h2::H2Sender, ConnectError>
+) -> Result<self::h2::H2Dialed, ConnectError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (io, going_away) = goaway::GoAwayWatch::new(io);
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_RESPONSE_HEAD as u32)
@@ -352,7 +354,7 @@ where
             tracing::debug!(upstream = %addr, error = ?e, "upstream HTTP/2 connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok(self::h2::H2Dialed { sender, going_away })
 }
 
 /// Whether an HTTP/2 error says the instance did not process the stream
