@@ -14,7 +14,7 @@ use tonic::{Code, Request};
 use std::time::Duration;
 use support::grpc::{client, codec, raw_call, say, GrpcInstance, Msg};
 
-use support::{within, Proxy};
+use support::{within, AdminProxy, Proxy};
 
 /// A proxy routing `/echo.Echo/` to service `echo` (h2c) on `instances`.
 async fn proxy(instances: &[&GrpcInstance], extra: &str) -> Proxy {
@@ -290,6 +290,36 @@ async fn a_thousand_concurrent_calls_share_a_few_upstream_connections() {
         a.connections()
     );
     assert_eq!(a.calls(), 1000);
+}
+
+// A service whose config does not write `protocol` speaks what its
+// instances' registrations declare (`protocol`, kept as the `protocol` tag); a
+// declaration the config contradicts or cannot carry is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_declares_that_its_instance_speaks_h2c() {
+    let a = GrpcInstance::start("a").await;
+    let proxy = AdminProxy::start(
+        "",
+        "[services.echo]\n[services.plain]\nprotocol = \"http1\"\n\
+         [[routes]]\npath = \"/echo.Echo\"\nservice = \"echo\"\n",
+    )
+    .await;
+    let body = |protocol: &str| format!(r#"{{"address": "{}", "protocol": "{protocol}"}}"#, a.addr);
+    for (service, protocol, why) in [
+        ("echo", "h3", "is not"),
+        ("echo", "h2", "no tls in the config"),
+        ("plain", "h2c", "as its config writes"),
+    ] {
+        let reply = proxy.api.register(service, "a", &body(protocol)).await;
+        assert_eq!(reply.status, 400, "{service} {protocol}: {}", reply.text());
+        assert!(reply.text().contains(why), "{}", reply.text());
+    }
+    let reply = proxy.api.register("echo", "a", &body("h2c")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.json()["tags"]["protocol"], "h2c");
+    let mut client = client(proxy.proxy).await;
+    let msg = within(10, "the call", say(&mut client, Msg::text("hi"), None)).await;
+    assert_eq!(msg.expect("answered over h2c").instance, "a");
 }
 
 // A call queued behind the instance's stream limit (one stream, one

@@ -16,6 +16,7 @@ use super::respond::{json, read_body, text};
 use super::services::{HeldView, ProxyHealth};
 use super::Admin;
 use crate::clock;
+use crate::config::{Protocol, PROTOCOL_TAG};
 use crate::proxy::ProxyBody;
 use crate::registry::registrations::{RegisterRequest, Registration, RegistrationError};
 use crate::registry::Health;
@@ -30,6 +31,9 @@ struct RegisterBody {
     address: String,
     weight: Option<u32>,
     tags: Option<BTreeMap<String, String>>,
+    /// The protocol the instance speaks (`http1`, `h2c`, `h2`, `auto`):
+    /// kept as its `protocol` tag.
+    protocol: Option<String>,
     ttl: Option<String>,
     /// `"healthy"`: the registrant's own check passed, so the instance
     /// starts healthy instead of waiting for the proxy's first check.
@@ -145,6 +149,10 @@ impl Admin {
                 "tags: at most 64, keys 1-128 bytes, values up to 1024 bytes\n",
             );
         }
+        let tags = match self.with_protocol(service, tags, raw.protocol) {
+            Ok(tags) => tags,
+            Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
+        };
         let started = clock::now_ms();
         let request = RegisterRequest {
             address,
@@ -182,6 +190,58 @@ impl Admin {
             }
             Err(e) => error(&e),
         }
+    }
+
+    /// `tags` with the registration's declared protocol (the `protocol`
+    /// field, or the tag of that name) checked against the service's
+    /// config: a protocol the config writes differently, or one its `tls`
+    /// setting cannot carry, is refused.
+    fn with_protocol(
+        &self,
+        service: &str,
+        mut tags: BTreeMap<String, String>,
+        field: Option<String>,
+    ) -> Result<BTreeMap<String, String>, String> {
+        if let Some(value) = field {
+            match tags.get(PROTOCOL_TAG) {
+                Some(tag) if *tag != value => {
+                    return Err(format!(
+                        "protocol: {value:?} differs from tags.protocol {tag:?}\n"
+                    ))
+                }
+                _ => tags.insert(PROTOCOL_TAG.to_owned(), value),
+            };
+        }
+        let Some(value) = tags.get(PROTOCOL_TAG) else {
+            return Ok(tags);
+        };
+        let Some(protocol) = Protocol::from_tag(value) else {
+            return Err(format!(
+                "protocol: {value:?} is not \"http1\", \"h2c\", \"h2\" or \"auto\"\n"
+            ));
+        };
+        let config = self.state.config();
+        let policy = config
+            .services
+            .get(service)
+            .map_or(&config.default_policy, |s| &s.policy);
+        let up = &policy.upstream;
+        if up.protocol_written && up.protocol != protocol {
+            return Err(format!(
+                "protocol: service {service:?} speaks {:?} as its config writes; \
+                 {value:?} cannot be declared\n",
+                up.protocol.as_str()
+            ));
+        }
+        if !up.fits(protocol) {
+            let why = if up.tls.is_some() {
+                "the service's instances are reached over TLS (use \"h2\" or \"auto\")"
+            } else {
+                "the service has no tls in the config (use \"h2c\" for plain HTTP/2)"
+            };
+            return Err(format!("protocol: {value:?} is not possible: {why}\n"));
+        }
+        Ok(tags)
     }
 
     async fn wait_routable(&self, service: &str, address: SocketAddr, started: u64) {

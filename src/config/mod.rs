@@ -105,6 +105,7 @@ pub use membership::{GossipSettings, SerfSettings};
 pub use service::{
     Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, Protocol, RetryBudget,
     ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate, Upstream,
+    PROTOCOL_TAG,
 };
 pub use startup::{
     AccessLogFormat, AccessLogSettings, AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth,

@@ -82,8 +82,11 @@ pub struct ServicePolicy {
 /// instances.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Upstream {
-    /// The protocol, as written.
+    /// The protocol, as written (or as the instances' registrations
+    /// declare it, when the file does not write it).
     pub protocol: Protocol,
+    /// `protocol` is written in the file: registrations cannot change it.
+    pub protocol_written: bool,
     /// TLS towards the instances (`tls = true`, a `tls` table, or implied
     /// by `protocol = "h2"`), loaded; `None` is plain TCP.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
@@ -105,7 +108,46 @@ impl Upstream {
     pub fn is_h2_only(&self) -> bool {
         matches!(self.protocol, Protocol::H2c | Protocol::H2)
     }
+
+    /// Whether instances may be spoken to with `protocol` over this
+    /// upstream's TLS setting: `h2c` and `http1` without TLS, `h2`, `auto`
+    /// and `http1` with it.
+    pub fn fits(&self, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::Http1 => true,
+            Protocol::H2c => self.tls.is_none(),
+            Protocol::H2 | Protocol::Auto => self.tls.is_some(),
+        }
+    }
 }
+
+impl Protocol {
+    /// The name as written in the config and in tags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
+            Protocol::Auto => "auto",
+        }
+    }
+
+    /// The value of a registration's `protocol` tag.
+    pub fn from_tag(value: &str) -> Option<Protocol> {
+        match value {
+            "http1" => Some(Protocol::Http1),
+            "h2c" => Some(Protocol::H2c),
+            "h2" => Some(Protocol::H2),
+            "auto" => Some(Protocol::Auto),
+            _ => None,
+        }
+    }
+}
+
+/// The tag by which a registration declares the protocol its instance
+/// speaks (`http1`, `h2c`, `h2`, `auto`), for services whose config does
+/// not write `protocol`.
+pub const PROTOCOL_TAG: &str = "protocol";
 
 /// `protocol`: what the proxy speaks to a service's instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

@@ -430,6 +430,7 @@ impl Proxy {
             // An upgrade needs an HTTP/1.1 connection of its own.
             http1_only = Upstream {
                 protocol: Protocol::Http1,
+                protocol_written: true,
                 tls: policy.upstream.tls.clone(),
             };
             &http1_only

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use super::preserve::{HeldBack, HeldMap};
 use super::source::{self, InstanceSpec, SourceEntry};
 use super::{BuildState, InstanceKey};
-use crate::config::{Balance, ServicePolicy};
+use crate::config::{Balance, Protocol, ServicePolicy, PROTOCOL_TAG};
 use crate::router::Router;
 
 /// What the next rebuild must look at again.
@@ -131,6 +131,49 @@ impl PartialEq for Placed {
 /// Sorts one service's placed instances by address and keeps one per
 /// address: the earliest source's, held back only if every source that
 /// lists it holds it; then marks the operator's drains.
+/// `policy`, or a copy speaking the protocol the members' registrations
+/// declare with their `protocol` tag, when the config does not write the
+/// service's `protocol`. Members without the tag do not count; members that
+/// disagree, or declare a protocol the service's `tls` setting cannot carry
+/// (`h2c` with TLS, `h2` without), leave the policy as it is, with a
+/// warning.
+fn declared_protocol(
+    service: &Arc<str>,
+    policy: &Arc<ServicePolicy>,
+    members: &[Placed],
+) -> Arc<ServicePolicy> {
+    if policy.upstream.protocol_written {
+        return policy.clone();
+    }
+    let mut declared: Option<(&str, Protocol)> = None;
+    for m in members {
+        let Some(value) = m.spec.tags.as_ref().and_then(|t| t.get(PROTOCOL_TAG)) else {
+            continue;
+        };
+        let Some(protocol) = Protocol::from_tag(value).filter(|p| policy.upstream.fits(*p)) else {
+            tracing::warn!(%service, instance = %m.spec.addr, value = %value, tls = policy.upstream.tls.is_some(),
+                "protocol tag ignored: not http1, h2c, h2 or auto, or not possible with the service's tls setting");
+            return policy.clone();
+        };
+        match declared {
+            Some((_, p)) if p != protocol => {
+                tracing::warn!(%service, first = declared.map_or("", |d| d.0), other = %value,
+                    "instances declare different protocols: the service's own is used");
+                return policy.clone();
+            }
+            _ => declared = Some((value, protocol)),
+        }
+    }
+    match declared {
+        Some((_, protocol)) if protocol != policy.upstream.protocol => {
+            let mut next = ServicePolicy::clone(policy);
+            next.upstream.protocol = protocol;
+            Arc::new(next)
+        }
+        _ => policy.clone(),
+    }
+}
+
 fn settle(
     service: &Arc<str>,
     members: &mut Vec<Placed>,
@@ -193,8 +236,9 @@ impl BuildState {
             }
             flush(&mut run);
         }
-        for (name, (_, _, members)) in services.iter_mut() {
+        for (name, (_, policy, members)) in services.iter_mut() {
             settle(name, members, &self.operator_drains);
+            *policy = declared_protocol(name, policy, members);
         }
         Shape {
             router: self.router.clone(),
@@ -220,11 +264,13 @@ impl BuildState {
             );
         }
         settle(name, &mut members, &self.operator_drains);
-        match self.policies.get(name) {
-            Some((balance, policy)) => Some((*balance, policy.clone(), members)),
-            None if members.is_empty() => None,
-            None => Some((Balance::default(), self.default_policy.clone(), members)),
-        }
+        let (balance, policy) = match self.policies.get(name) {
+            Some((balance, policy)) => (*balance, policy),
+            None if members.is_empty() => return None,
+            None => (Balance::default(), &self.default_policy),
+        };
+        let policy = declared_protocol(name, policy, &members);
+        Some((balance, policy, members))
     }
 
     /// Brings the published `shape` up to date for the services in

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::diff::changed_services;
 use super::*;
+use crate::config::Protocol;
 
 fn config(text: &str) -> Config {
     Config::parse(text, Path::new("t.toml")).unwrap()
@@ -544,4 +545,64 @@ async fn failing_source_turns_stale_after_max_staleness() {
     assert_eq!(reg.load().service("a").unwrap().members().len(), 1);
     reg.update_source("dns", vec![spec("a", 1)]);
     assert_eq!(state(&reg), "ok");
+}
+
+#[test]
+fn instances_declare_the_protocol_of_a_service_whose_config_does_not() {
+    let reg = Registry::new(&config(
+        "[services.a]\n[services.w]\nprotocol = \"http1\"\n",
+    ));
+    let tagged = |service: &str, port: u16, protocol: &str| {
+        let mut s = spec(service, port);
+        let tags = [("protocol".to_owned(), protocol.to_owned())];
+        s.tags = Some(Arc::new(tags.into_iter().collect()));
+        s
+    };
+    let protocol = |reg: &Registry, service: &str| {
+        reg.load()
+            .service(service)
+            .unwrap()
+            .policy()
+            .upstream
+            .protocol
+    };
+    // Declared by every tagged instance (an untagged one does not count),
+    // on a configured service and on one only registrations name.
+    reg.update_source(
+        "api",
+        vec![
+            tagged("a", 1, "h2c"),
+            spec("a", 2),
+            tagged("b", 3, "h2c"),
+            tagged("w", 4, "h2c"),
+        ],
+    );
+    reg.rebuild();
+    assert_eq!(protocol(&reg, "a"), Protocol::H2c);
+    assert_eq!(protocol(&reg, "b"), Protocol::H2c);
+    assert_eq!(protocol(&reg, "w"), Protocol::Http1, "the config writes it");
+    // Instances that disagree, or declare what plain TCP cannot carry,
+    // leave the service's own protocol.
+    reg.update_source(
+        "api",
+        vec![
+            tagged("a", 1, "h2c"),
+            tagged("a", 2, "http1"),
+            tagged("b", 3, "h2"),
+        ],
+    );
+    reg.rebuild();
+    assert_eq!(protocol(&reg, "a"), Protocol::Http1);
+    assert_eq!(protocol(&reg, "b"), Protocol::Http1);
+    // Incremental rebuilds (one service changed) apply it too.
+    reg.update_source(
+        "api",
+        vec![
+            tagged("a", 1, "h2c"),
+            tagged("a", 2, "h2c"),
+            tagged("b", 3, "h2"),
+        ],
+    );
+    reg.rebuild();
+    assert_eq!(protocol(&reg, "a"), Protocol::H2c);
 }

@@ -38,6 +38,7 @@ pub(super) fn upstream(cx: &Cx<'_>, s: &RawService, key: &str) -> Upstream {
     let Some(table) = table else {
         return Upstream {
             protocol,
+            protocol_written: s.protocol.is_some(),
             tls: None,
         };
     };
@@ -57,6 +58,7 @@ pub(super) fn upstream(cx: &Cx<'_>, s: &RawService, key: &str) -> Upstream {
     });
     Upstream {
         protocol,
+        protocol_written: s.protocol.is_some(),
         tls: tls.map(Arc::new),
     }
 }
