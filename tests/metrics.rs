@@ -132,6 +132,15 @@ async fn counts_what_the_proxy_did() {
     assert_eq!(per(&a_addr) + per(&b_addr), 10.0);
     assert_eq!(per(&a_addr), a.hits() as f64);
     assert_eq!(total(&s, "wayfinder_requests_total", &web), 10.0);
+    assert_eq!(
+        total(
+            &s,
+            "wayfinder_requests_total",
+            &[("service", "web"), ("method", "GET")]
+        ),
+        10.0,
+        "counted by method"
+    );
     // The failed service: answered by the proxy itself (instance ""), its
     // one instance refusing connections.
     assert_eq!(

@@ -27,7 +27,7 @@ use prometheus_client::metrics::MetricType;
 
 use crate::proxy::{access_log, observe, retry};
 use crate::registry::registrations::COUNTS;
-use crate::registry::stats::{Histogram, CLASSES};
+use crate::registry::stats::{Histogram, CLASSES, METHODS};
 use crate::registry::{Health, Lifecycle, Registry, ServiceEntry};
 
 mod process;
@@ -117,6 +117,31 @@ fn v<'a>(s: impl Into<Cow<'a, str>>) -> Value<'a> {
 }
 
 type Labels<'a, const N: usize> = [(&'static str, Value<'a>); N];
+
+/// Adds the non-zero request counts of one instance (or, with `instance`
+/// empty, of the proxy's own answers) by method and status class.
+fn by_method<'a>(
+    out: &mut Vec<(Labels<'a, 4>, f64)>,
+    service: &'a str,
+    instance: &'a str,
+    counts: [[u64; 5]; 8],
+) {
+    for (method, classes) in METHODS.iter().zip(counts) {
+        for (class, n) in CLASSES.iter().zip(classes) {
+            if n > 0 {
+                out.push((
+                    [
+                        ("service", v(service)),
+                        ("instance", v(instance)),
+                        ("method", v(*method)),
+                        ("code", v(*class)),
+                    ],
+                    n as f64,
+                ));
+            }
+        }
+    }
+}
 
 /// Writes one family of counters or gauges.
 fn family<L: EncodeLabelSet>(
@@ -214,39 +239,27 @@ impl Collector for Wayfinder {
         )?;
 
         // === requests ===
-        let mut requests: Vec<(Labels<'_, 3>, f64)> = Vec::new();
+        let mut requests: Vec<(Labels<'_, 4>, f64)> = Vec::new();
         for (s, addrs) in &members {
             for (m, addr) in s.members().iter().zip(addrs) {
-                for (class, n) in CLASSES.iter().zip(m.instance.stats().responses()) {
-                    if n > 0 {
-                        requests.push((
-                            [
-                                ("service", v(&**s.name())),
-                                ("instance", v(addr.as_str())),
-                                ("code", v(*class)),
-                            ],
-                            n as f64,
-                        ));
-                    }
-                }
+                by_method(
+                    &mut requests,
+                    s.name(),
+                    addr,
+                    m.instance.stats().responses_by_method(),
+                );
             }
-            for (class, n) in CLASSES.iter().zip(s.live().stats().local_responses()) {
-                if n > 0 {
-                    requests.push((
-                        [
-                            ("service", v(&**s.name())),
-                            ("instance", v("")),
-                            ("code", v(*class)),
-                        ],
-                        n as f64,
-                    ));
-                }
-            }
+            by_method(
+                &mut requests,
+                s.name(),
+                "",
+                s.live().stats().local_responses_by_method(),
+            );
         }
         family(
             &mut enc,
             "wayfinder_requests",
-            "Requests by service, answering instance (empty: answered by the proxy) and status class.",
+            "Requests by service, answering instance (empty: answered by the proxy), method (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, other) and status class.",
             Counter,
             requests,
         )?;

@@ -39,6 +39,7 @@ use super::upstream::{self, Sender};
 use super::{Client, Proxy};
 use crate::config::{Protocol, Upstream};
 use crate::health::passive::Failure;
+use crate::registry::stats;
 use crate::registry::{InFlightGuard, InstanceState, ServiceEntry};
 
 /// Response header listing the attempts behind a response, when
@@ -226,6 +227,7 @@ impl Proxy {
                 Version::HTTP_2 => "HTTP/2",
                 _ => "HTTP/1.1",
             },
+            method_index: stats::method_index(req.method().as_str()),
             ..Pending::default()
         };
         if self.settings.access_log.is_some() {

@@ -99,7 +99,10 @@ pub(crate) struct Done<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub request_id: Option<&'a RequestId>,
+    /// The method as logged (`-` when the access log is off).
     pub method: &'a str,
+    /// The method's [`stats::method_index`], for the metrics.
+    pub method_index: usize,
     pub target: &'a str,
     pub protocol: &'static str,
     pub client: &'a Client,
@@ -117,9 +120,10 @@ impl Proxy {
                     if let Some(took) = took {
                         s.duration.observe(took);
                     }
+                    let method = done.method_index;
                     match instance {
-                        Some(i) => i.stats().answered(done.status),
-                        None => s.answered_locally(done.status),
+                        Some(i) => i.stats().answered(method, done.status),
+                        None => s.answered_locally(method, done.status),
                     }
                 }
                 (None, _) => {
@@ -172,6 +176,8 @@ pub(crate) struct Pending {
     /// Method, a space and target, when the access log is on.
     pub logged: String,
     pub method_len: usize,
+    /// The method's [`stats::method_index`].
+    pub method_index: usize,
     pub protocol: &'static str,
 }
 
@@ -189,6 +195,7 @@ impl Pending {
             bytes_out,
             request_id: self.request_id.as_ref(),
             method: if method.is_empty() { "-" } else { method },
+            method_index: self.method_index,
             target: target.get(1..).unwrap_or("-"),
             protocol: self.protocol,
             client,

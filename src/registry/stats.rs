@@ -78,11 +78,54 @@ pub fn class_index(status: u16) -> usize {
 /// The label of each class index.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The `method` label's values: the common methods, and `other` for any
+/// other (so a client cannot grow the label set).
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+
+/// [`METHODS`]' `other`.
+pub const METHOD_OTHER: usize = 7;
+
+/// Index of `method` in [`METHODS`].
+#[inline]
+pub fn method_index(method: &str) -> usize {
+    match method {
+        "GET" => 0,
+        "HEAD" => 1,
+        "POST" => 2,
+        "PUT" => 3,
+        "DELETE" => 4,
+        "PATCH" => 5,
+        "OPTIONS" => 6,
+        _ => METHOD_OTHER,
+    }
+}
+
+/// Answers counted by method ([`METHODS`]) and status class ([`CLASSES`]).
+#[derive(Debug, Default)]
+struct Answers([[AtomicU64; 5]; 8]);
+
+impl Answers {
+    #[inline]
+    fn count(&self, method: usize, status: u16) {
+        self.0[method][class_index(status)].fetch_add(1, Relaxed);
+    }
+
+    fn by_method(&self) -> [[u64; 5]; 8] {
+        std::array::from_fn(|m| std::array::from_fn(|c| self.0[m][c].load(Relaxed)))
+    }
+
+    fn by_class(&self) -> [u64; 5] {
+        std::array::from_fn(|c| self.0.iter().map(|m| m[c].load(Relaxed)).sum())
+    }
+}
+
 /// What one instance has seen: answers it gave by status class, and the
 /// ways its attempts failed.
 #[derive(Debug, Default)]
 pub struct InstanceStats {
-    responses: [AtomicU64; 5],
+    responses: Answers,
     connect_failures: AtomicU64,
     timeouts: AtomicU64,
     resets: AtomicU64,
@@ -101,10 +144,11 @@ pub enum AttemptFailure {
 }
 
 impl InstanceStats {
-    /// Counts one request this instance answered with `status`.
+    /// Counts one request (its [`method_index`]) this instance answered
+    /// with `status`.
     #[inline]
-    pub fn answered(&self, status: u16) {
-        self.responses[class_index(status)].fetch_add(1, Relaxed);
+    pub fn answered(&self, method: usize, status: u16) {
+        self.responses.count(method, status);
     }
 
     /// Counts one failed attempt.
@@ -125,7 +169,12 @@ impl InstanceStats {
 
     /// Requests answered, by status class ([`CLASSES`]).
     pub fn responses(&self) -> [u64; 5] {
-        std::array::from_fn(|i| self.responses[i].load(Relaxed))
+        self.responses.by_class()
+    }
+
+    /// Requests answered, by method ([`METHODS`]) and status class.
+    pub fn responses_by_method(&self) -> [[u64; 5]; 8] {
+        self.responses.by_method()
     }
 
     /// Failed attempts: connect failures, timeouts, resets.
@@ -151,15 +200,16 @@ pub struct ServiceStats {
     pub duration: Histogram,
     /// From sending a request to an instance to its response head.
     pub upstream_ttfb: Histogram,
-    local: [AtomicU64; 5],
+    local: Answers,
     retries: AtomicU64,
 }
 
 impl ServiceStats {
-    /// Counts one request the proxy answered itself with `status`.
+    /// Counts one request (its [`method_index`]) the proxy answered itself
+    /// with `status`.
     #[inline]
-    pub fn answered_locally(&self, status: u16) {
-        self.local[class_index(status)].fetch_add(1, Relaxed);
+    pub fn answered_locally(&self, method: usize, status: u16) {
+        self.local.count(method, status);
     }
 
     /// Counts one retry (an attempt after the first).
@@ -170,7 +220,12 @@ impl ServiceStats {
 
     /// Requests the proxy answered itself, by status class.
     pub fn local_responses(&self) -> [u64; 5] {
-        std::array::from_fn(|i| self.local[i].load(Relaxed))
+        self.local.by_class()
+    }
+
+    /// Requests the proxy answered itself, by method and status class.
+    pub fn local_responses_by_method(&self) -> [[u64; 5]; 8] {
+        self.local.by_method()
     }
 
     /// Retries made.

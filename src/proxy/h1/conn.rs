@@ -41,6 +41,7 @@ use crate::proxy::policy::Framing;
 use crate::proxy::traffic;
 use crate::proxy::upstream::{self, RawConn, MAX_RESPONSE_HEAD};
 use crate::proxy::{Client, Proxy};
+use crate::registry::stats::{self, METHOD_OTHER};
 use crate::registry::{InstanceState, ServiceEntry};
 
 /// Least free space offered to a read.
@@ -85,6 +86,7 @@ pub(crate) async fn serve(
         started: None,
         request_id: None,
         logged: String::new(),
+        method_index: METHOD_OTHER,
         method_len: 0,
         bytes_in: 0,
         sent: 0,
@@ -140,6 +142,8 @@ struct Conn<'a> {
     /// The current request's method, a space and its target, for the
     /// access log (kept only when it is on; the buffer is reused).
     logged: String,
+    /// The current request's method, as [`stats::method_index`] counts it.
+    method_index: usize,
     method_len: usize,
     /// Bytes of the current request (head and body) and of its answer.
     bytes_in: u64,
@@ -215,6 +219,7 @@ impl Conn<'_> {
         self.request_id = None;
         self.logged.clear();
         self.method_len = 0;
+        self.method_index = METHOD_OTHER;
         self.sent = 0;
         let mut routed = loop {
             if !self.buf.is_empty() {
@@ -291,6 +296,7 @@ impl Conn<'_> {
             Err(HeadError::Refuse(e)) => return Prepared::Refuse(e, None),
         };
         self.head_request = head.method == "HEAD";
+        self.method_index = stats::method_index(head.method);
         self.request_id = head.plan.request_id;
         if settings.access_log.is_some() {
             self.logged.push_str(head.method);
@@ -587,6 +593,7 @@ impl Conn<'_> {
             bytes_out: self.sent,
             request_id: self.request_id.as_ref(),
             method: if method.is_empty() { "-" } else { method },
+            method_index: self.method_index,
             target: target.get(1..).unwrap_or("-"),
             protocol: "HTTP/1.1",
             client: self.client,
