@@ -82,7 +82,6 @@ write_nginx() {
         echo "        keepalive_requests 1000000;"
         echo "    }"
         cat <<EOF
-    http2_max_requests 1000000;
     ssl_certificate $TMP/pki/server.crt;
     ssl_certificate_key $TMP/pki/server.key;
     ssl_protocols TLSv1.2 TLSv1.3;
