@@ -21,6 +21,8 @@
 #   N=3 DURATION=5s WARMUP=2s CONNS=64 LAT_CONNS=8 PROXY_CPU=0 WRK_CPU=1
 #   DELAY_US=1000  the fast instances' delay
 #   SLOW=10        the slow instance's delay, in multiples of DELAY_US
+#   SHORT_DECAY=1s the decay of row wf-p2c-d (p2c_ewma with a shorter
+#                  memory than the default 10s; "" drops the row)
 #   WAYFINDER_BIN, BACKEND_BIN   use these binaries instead of building
 #   ONLY="nginx-lc haproxy-lc wf-p2c"  run only these rows
 #   KEEP_TMP=1     keep the temp dir
@@ -38,6 +40,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 WRK_CPU=${WRK_CPU:-1}
 DELAY_US=${DELAY_US:-1000}
 SLOW=${SLOW:-10}
+SHORT_DECAY=${SHORT_DECAY-1s}
 
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BODY=hello
@@ -120,6 +123,9 @@ instances = [${list%, }]
 EOF
     if [[ $balance == consistent_hash ]]; then
         printf '[services.bench.consistent_hash]\nkey = "header:x-user"\n' >>"$TMP/$name.toml"
+    fi
+    if [[ $name == wf-p2c-d ]]; then
+        printf '[services.bench.p2c_ewma]\ndecay = "%s"\n' "$SHORT_DECAY" >>"$TMP/$name.toml"
     fi
 }
 
@@ -212,11 +218,12 @@ TMP=$(mktemp -d /tmp/wayfinder-slow.XXXXXX)
 chmod 755 "$TMP" # nginx workers drop to an unprivileged user
 printf '%s\n' "$WRK_LUA" >"$TMP/result.lua"
 
-pick_ports 9
+pick_ports 10
 B=("${PORTS[@]:0:3}")
 declare -A PID PORT
 PORT[nginx-lc]=${PORTS[3]} PORT[haproxy-lc]=${PORTS[4]}
 PORT[wf-rr]=${PORTS[5]} PORT[wf-lc]=${PORTS[6]} PORT[wf-p2c]=${PORTS[7]} PORT[wf-ch]=${PORTS[8]}
+PORT[wf-p2c-d]=${PORTS[9]}
 log "instances on ${B[*]} (the last one ${SLOW}x slower)"
 
 for i in 0 1 2; do
@@ -232,15 +239,18 @@ PID[nginx-lc]=$STARTED
 write_haproxy_lc "${PORT[haproxy-lc]}" "${B[@]}"
 start haproxy-lc "$PROXY_CPU" haproxy -db -f "$TMP/haproxy-lc.cfg"
 PID[haproxy-lc]=$STARTED
-declare -A POLICY=([wf-rr]=round_robin [wf-lc]=least_connections [wf-p2c]=p2c_ewma [wf-ch]=consistent_hash)
-for name in wf-rr wf-lc wf-p2c wf-ch; do
+declare -A POLICY=([wf-rr]=round_robin [wf-lc]=least_connections [wf-p2c]=p2c_ewma
+    [wf-ch]=consistent_hash [wf-p2c-d]=p2c_ewma)
+WF_ROWS=(wf-rr wf-lc wf-p2c wf-ch)
+[[ -z $SHORT_DECAY ]] || WF_ROWS+=(wf-p2c-d)
+for name in "${WF_ROWS[@]}"; do
     write_wayfinder "$name" "${POLICY[$name]}" "${PORT[$name]}" "${B[@]}"
     start "$name" "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 \
         "$WAYFINDER_BIN" --log-level warn run --config "$TMP/$name.toml"
     PID[$name]=$STARTED
 done
 
-CONFIGS=(nginx-lc haproxy-lc wf-rr wf-lc wf-p2c wf-ch)
+CONFIGS=(nginx-lc haproxy-lc "${WF_ROWS[@]}")
 if [[ -n ${ONLY:-} ]]; then
     wanted=()
     for cfg in "${CONFIGS[@]}"; do
@@ -321,3 +331,5 @@ Targets (issue 17):
   p2c_ewma p99 vs the better peer: $(ratio "$(median wf-p2c "$CONNS" 5)" "$BEST99") at $CONNS connections, $(ratio "$(median wf-p2c "$LAT_CONNS" 5)" "$BEST99L") at $LAT_CONNS (target <= 0.50)
   p2c_ewma CPU/request vs round_robin: $(ratio "$(median wf-p2c "$CONNS" 6)" "$CPU_RR") (target <= 1.05)
 EOF
+[[ -z $SHORT_DECAY || " ${CONFIGS[*]} " != *" wf-p2c-d "* ]] ||
+    echo "  p2c_ewma with decay $SHORT_DECAY (wf-p2c-d), p99 vs the better peer: $(ratio "$(median wf-p2c-d "$CONNS" 5)" "$BEST99") at $CONNS connections, $(ratio "$(median wf-p2c-d "$LAT_CONNS" 5)" "$BEST99L") at $LAT_CONNS"
