@@ -72,12 +72,21 @@ build_backend() {
 }
 
 # The 1-minute load average and the machine's core count, for the header.
-load_note() { echo "load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"; }
+load_note() { echo "load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores${NICE:+ (bench at nice $NICE)}"; }
 
 # === processes ===
 
 TMP=""
 PIDS=()
+
+# NICE=-10 (for example) runs every server and load tool of the bench at
+# that niceness, so that other work on a shared machine takes less of
+# their cores (negative values need root). Unset: the default priority.
+NICE_CMD=()
+if [[ -n ${NICE:-} ]]; then
+    [[ $NICE =~ ^-?[0-9]+$ ]] || die "NICE must be a number: $NICE"
+    NICE_CMD=(nice -n "$NICE")
+fi
 
 cleanup() {
     local pid
@@ -108,7 +117,7 @@ trap 'exit 130' INT TERM
 start() {
     local name=$1 cpu=$2
     shift 2
-    taskset -c "$cpu" "$@" >"$TMP/$name.log" 2>&1 &
+    taskset -c "$cpu" "${NICE_CMD[@]}" "$@" >"$TMP/$name.log" 2>&1 &
     STARTED=$!
     PIDS+=("$STARTED")
 }

@@ -220,7 +220,7 @@ run_test() {
             url="http://127.0.0.1:${H2C[$proxy]}$GRPC_PATH"
             extra=(-d "$TMP/grpc.bin" -H 'content-type: application/grpc' -H 'te: trailers')
         fi
-        timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" \
+        timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" "${NICE_CMD[@]}" \
             h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D"$dur" "${extra[@]}" "$url" \
             >"$out" 2>&1 || die "h2load failed: $test against $proxy (see $out)"
         ;;
@@ -228,7 +228,7 @@ run_test() {
         local mode=-new i spids=()
         [[ $test == tls-resume ]] && mode=-reuse
         for i in $(seq "$HS_PROCS"); do
-            timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" \
+            timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" "${NICE_CMD[@]}" \
                 openssl s_time -connect "127.0.0.1:${TLS[$proxy]}" "$mode" -time "$dur" -www / \
                 >"$out.$i" 2>&1 &
             spids+=($!)

@@ -226,7 +226,7 @@ run_wrk() {
     fi
     t0=$(cpu_ticks "$pid")
     pc0=$(core_ticks "$PROXY_CPU") wc0=$(core_ticks "$WRK_CPU")
-    timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" \
+    timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" "${NICE_CMD[@]}" \
         wrk -t1 -c"$conns" -d"${dur}s" --latency -s "$TMP/result.lua" \
         "http://127.0.0.1:$port/" >"$out" 2>&1 || die "wrk failed against $cfg (see $out)"
     if [[ -n $churn_pid ]]; then

@@ -169,7 +169,7 @@ run_wrk() {
     f0=$(($(served 0) + $(served 1))) s0=$(served 2)
     t0=$(cpu_ticks "$pid")
     pc0=$(core_ticks "$PROXY_CPU") wc0=$(core_ticks "$WRK_CPU")
-    timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" \
+    timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" "${NICE_CMD[@]}" \
         wrk -t1 -c"$conns" -d"${dur}s" -s "$TMP/result.lua" \
         "http://127.0.0.1:$port/" >"$out" 2>&1 || die "wrk failed against $cfg (see $out)"
     t1=$(cpu_ticks "$pid")
@@ -201,7 +201,7 @@ calibrate() {
     local i out line
     for i in 0 1 2; do
         out="$TMP/wrk-instance$i.txt"
-        timeout -k 5 $((WARM_S + 30)) taskset -c "$WRK_CPU" \
+        timeout -k 5 $((WARM_S + 30)) taskset -c "$WRK_CPU" "${NICE_CMD[@]}" \
             wrk -t1 -c"$LAT_CONNS" -d"${WARM_S}s" -s "$TMP/result.lua" \
             "http://127.0.0.1:${B[$i]}/" >"$out" 2>&1 || die "wrk failed against instance $i"
         line=$(grep '^WRKRESULT' "$out") || die "no wrk result for instance $i"
