@@ -13,7 +13,8 @@
 #
 # Same method as run.sh: proxies pinned to PROXY_CPU with one worker each,
 # wrk -t1 and the instances on WRK_CPU; N interleaved rounds, each slot one
-# run at CONNS and one at LAT_CONNS connections; medians. Every request
+# run at CONNS and one at LAT_CONNS connections; medians. Row wf-p2c-d is
+# p2c_ewma with a shorter decay (SHORT_DECAY). Every request
 # carries `x-user: u<k>` (k cycling over 1,000 values, the same for every
 # row), the key of consistent_hash.
 #
@@ -297,7 +298,7 @@ CPU_RR=$(median wf-rr "$CONNS" 6)
 echo
 echo "wayfinder slow-instance scenario: N=$N rounds of ${DUR_S}s runs, medians. Instances:" \
     "2 x ${DELAY_US}us and 1 x $((DELAY_US * SLOW))us delay; alone at $LAT_CONNS connections their" \
-    "p50 was ${INST_P50[0]}/${INST_P50[1]}/${INST_P50[2]}us. Proxies pinned to CPU $PROXY_CPU (1 worker)," \
+    "p50 was ${INST_P50[0]}/${INST_P50[1]}/${INST_P50[2]}us, p99 ${INST_P99[0]}/${INST_P99[1]}/${INST_P99[2]}us. Proxies pinned to CPU $PROXY_CPU (1 worker)," \
     "wrk -t1 and the instances on CPU $WRK_CPU. $LOAD_BEFORE before, $LOAD_AFTER after."
 fmt='%-10s %9s %5s %8s %5s %5s %8s %8s %8s %8s %7s %7s %8s %8s %8s %7s\n'
 # shellcheck disable=SC2059
