@@ -63,7 +63,9 @@ impl Service<Request<Msg>> for Say {
     }
 }
 
-async fn grpc(req: hyper::Request<Incoming>) -> Result<hyper::Response<tonic::body::Body>, Infallible> {
+async fn grpc(
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<tonic::body::Body>, Infallible> {
     let mut grpc = tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
     Ok(match req.uri().path() {
         "/bench.Echo/Say" => grpc.unary(Say, req).await,
@@ -146,7 +148,8 @@ fn main() {
                 });
             } else {
                 tokio::spawn(async move {
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let service = hyper::service::service_fn(move |req| hello(delay, req));
                     let _ = builder.serve_connection(io, service).await;
                 });
