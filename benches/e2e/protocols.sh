@@ -33,6 +33,8 @@
 #   HS_PROCS=4                 parallel s_time clients
 #   TESTS="h2c h2tls grpc tls-full tls-resume"   run only these
 #   WAYFINDER_BIN, BACKEND_BIN, KEEP_TMP=1
+#   NICE=-10       run the servers and load tools at this niceness (shared
+#                  machines; negative values need root)
 #
 # Only loopback is used; every wait and run is bounded; on exit only the
 # processes this script started are stopped, by PID.

@@ -39,6 +39,8 @@
 #   ONLY="direct nginx haproxy wf-rr wf-base"
 #                  run only these rows (default: all)
 #   KEEP_TMP=1     keep the temp dir (configs, logs, raw wrk output)
+#   NICE=-10       run the servers and load tools at this niceness (shared
+#                  machines; negative values need root)
 #
 # Only loopback is used. Every wait and every run is bounded by `timeout`.
 # On exit, only the processes this script started are stopped.

@@ -27,6 +27,8 @@
 #   WAYFINDER_BIN, BACKEND_BIN   use these binaries instead of building
 #   ONLY="nginx-lc haproxy-lc wf-p2c"  run only these rows
 #   KEEP_TMP=1     keep the temp dir
+#   NICE=-10       run the servers and load tools at this niceness (shared
+#                  machines; negative values need root)
 #
 # Only loopback is used; every wait and run is bounded; on exit only the
 # processes this script started are stopped, by PID.
