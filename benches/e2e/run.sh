@@ -39,6 +39,8 @@
 #   ONLY="direct nginx haproxy wf-rr wf-base"
 #                  run only these rows (default: all)
 #   KEEP_TMP=1     keep the temp dir (configs, logs, raw wrk output)
+#   NICE=-10       run the servers and load tools at this niceness (shared
+#                  machines; negative values need root)
 #
 # Only loopback is used. Every wait and every run is bounded by `timeout`.
 # On exit, only the processes this script started are stopped.
@@ -53,202 +55,11 @@ PROXY_CPU=${PROXY_CPU:-0}
 WRK_CPU=${WRK_CPU:-1}
 BACKEND_CPU=${BACKEND_CPU:-$WRK_CPU}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-export PATH="$PATH:/usr/sbin:/sbin"
-CLK_TCK=$(getconf CLK_TCK)
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BODY=hello # 5 bytes
 
-log() { printf '[e2e] %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-secs() { # "5s" or "5" -> 5
-    local v=${1%s}
-    [[ $v =~ ^[0-9]+$ ]] || die "not a whole number of seconds: $1"
-    echo "$v"
-}
 DUR_S=$(secs "$DURATION")
 WARM_S=$(secs "$WARMUP")
-
-# === tools ===
-
-install_tools() {
-    local missing=()
-    command -v nginx >/dev/null || missing+=(nginx-light)
-    command -v haproxy >/dev/null || missing+=(haproxy)
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v taskset >/dev/null || missing+=(util-linux)
-    ((${#missing[@]})) || return 0
-    local sudo_cmd=()
-    [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
-    log "installing missing tools with apt-get: ${missing[*]}"
-    timeout 300 "${sudo_cmd[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 600 "${sudo_cmd[@]}" \
-        apt-get install -y -qq "${missing[@]}" >&2
-}
-
-build_wayfinder() {
-    if [[ -n ${WAYFINDER_BIN:-} ]]; then
-        [[ -x $WAYFINDER_BIN ]] || die "WAYFINDER_BIN=$WAYFINDER_BIN is not executable"
-        return
-    fi
-    log "building wayfinder (cargo build --release)"
-    (cd "$ROOT" && timeout 1800 cargo build --release) >&2 ||
-        die "cargo build --release failed"
-    local target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
-    WAYFINDER_BIN=$target_dir/release/wayfinder
-}
-
-# === processes ===
-
-TMP=""
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        # Bounded wait, then force.
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    if [[ -n $TMP && -d $TMP ]]; then
-        if [[ -n ${KEEP_TMP:-} ]]; then
-            log "kept $TMP"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start NAME CPU CMD...: starts CMD pinned to CPU, output to $TMP/NAME.log;
-# sets STARTED to its PID (taskset and env exec, so it is CMD's own PID).
-start() {
-    local name=$1 cpu=$2
-    shift 2
-    taskset -c "$cpu" "$@" >"$TMP/$name.log" 2>&1 &
-    STARTED=$!
-    PIDS+=("$STARTED")
-}
-
-# The PID and its children (nginx's workers), for CPU and memory totals.
-tree_pids() {
-    echo "$1"
-    ps -o pid= --ppid "$1" 2>/dev/null || true
-}
-
-# utime + stime of a process tree, in clock ticks.
-cpu_ticks() {
-    local total=0 pid stat rest
-    for pid in $(tree_pids "$1"); do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        rest=${stat##*) } # fields from the 3rd (state) on
-        read -r -a f <<<"$rest"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-
-# "busy total" clock ticks of core $1 since boot (busy: all but idle and
-# iowait; guest time is already inside user).
-core_ticks() {
-    awk -v cpu="cpu$1" '$1 == cpu {
-        t = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9
-        print t - $5 - $6, t }' /proc/stat
-}
-
-# Peak resident set (VmHWM) of a process tree, in KiB.
-peak_rss_kib() {
-    local total=0 pid kib
-    for pid in $(tree_pids "$1"); do
-        kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
-        total=$((total + ${kib:-0}))
-    done
-    echo "$total"
-}
-
-# === ports and readiness ===
-
-used_ports() {
-    local _ local_addr
-    for f in /proc/net/tcp /proc/net/tcp6; do
-        [[ -r $f ]] || continue
-        while read -r _ local_addr _; do
-            echo $((16#${local_addr##*:}))
-        done < <(tail -n +2 "$f")
-    done
-}
-
-# Picks $1 free loopback ports from a random high base, skipping any port
-# with a socket on it now.
-pick_ports() {
-    local want=$1 port used
-    used=" $(used_ports | sort -un | tr '\n' ' ') "
-    port=$((20000 + RANDOM % 30000))
-    PORTS=()
-    while ((${#PORTS[@]} < want)); do
-        [[ $used == *" $port "* ]] || PORTS+=("$port")
-        port=$((port + 1))
-    done
-}
-
-# GET / on 127.0.0.1:$1; prints the status line and the body.
-http_get() {
-    # shellcheck disable=SC2016 # $1 is expanded by the inner bash
-    timeout 2 bash -c '
-        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        printf "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n" >&3
-        cat <&3' _ "$1" 2>/dev/null | tr -d '\r' | sed -n '1p;$p'
-}
-
-# Waits (at most 10 s) until 127.0.0.1:$2 answers 200 with the backend
-# body, while process $3 is alive.
-wait_ready() {
-    local name=$1 port=$2 pid=$3 out
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || {
-            cat "$TMP/$name.log" >&2
-            die "$name exited during start-up (log above)"
-        }
-        out=$(http_get "$port" || true)
-        if [[ $out == "HTTP/1."?" 200"*$'\n'"$BODY" ]]; then
-            return
-        fi
-        sleep 0.1
-    done
-    cat "$TMP/$name.log" >&2
-    die "$name on port $port not ready after 10 s (last answer: ${out:-none})"
-}
-
-# === configs ===
-
-nginx_common() { # $1 = name
-    cat <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/$1.pid;
-error_log $TMP/$1.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
-    # Every temp path in the temp dir, so a non-root user can run nginx.
-    client_body_temp_path $TMP/$1-tmp/body;
-    proxy_temp_path $TMP/$1-tmp/proxy;
-    fastcgi_temp_path $TMP/$1-tmp/fastcgi;
-    scgi_temp_path $TMP/$1-tmp/scgi;
-    uwsgi_temp_path $TMP/$1-tmp/uwsgi;
-EOF
-}
 
 write_backend() { # $1 = name, $2 = port
     mkdir -p "$TMP/$1-tmp"
@@ -417,7 +228,7 @@ run_wrk() {
     fi
     t0=$(cpu_ticks "$pid")
     pc0=$(core_ticks "$PROXY_CPU") wc0=$(core_ticks "$WRK_CPU")
-    timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" \
+    timeout -k 5 $((dur + 30)) taskset -c "$WRK_CPU" "${NICE_CMD[@]}" \
         wrk -t1 -c"$conns" -d"${dur}s" --latency -s "$TMP/result.lua" \
         "http://127.0.0.1:$port/" >"$out" 2>&1 || die "wrk failed against $cfg (see $out)"
     if [[ -n $churn_pid ]]; then
@@ -448,38 +259,6 @@ run_wrk() {
     log "$(printf '%-8s c=%-3s %s' "$cfg" "$conns" "$(tail -n1 "$TMP/results" | cut -d' ' -f3-)")"
 }
 
-# Warns when the two cores are busy before the runs start: other processes
-# there make every number noisy.
-check_idle() {
-    local a b busy
-    a="$(core_ticks "$PROXY_CPU") $(core_ticks "$WRK_CPU")"
-    sleep 1
-    b="$(core_ticks "$PROXY_CPU") $(core_ticks "$WRK_CPU")"
-    busy=$(awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
-        printf "%.0f", ((y[1] - x[1]) + (y[3] - x[3])) / ((y[2] - x[2]) + (y[4] - x[4])) * 100 }')
-    if ((busy > 10)); then
-        log "WARNING: cores $PROXY_CPU and $WRK_CPU are already ${busy}% busy before the runs"
-        log "WARNING: (other processes); expect noisy numbers - see the other% column"
-    fi
-}
-
-# median CONFIG CONNS COLUMN over the recorded runs.
-median() {
-    awk -v c="$1" -v n="$2" -v k="$3" '$1 == c && $2 == n { print $k }' "$TMP/results" |
-        sort -g | awk '{ a[NR] = $1 } END {
-            if (NR == 0) { print "nan"; exit }
-            print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'
-}
-# (max - min) / median of a column, in percent: the run-to-run spread.
-spread() {
-    awk -v c="$1" -v n="$2" -v k="$3" -v m="$4" '$1 == c && $2 == n {
-            v = $k; if (seen++ == 0) lo = hi = v; if (v < lo) lo = v; if (v > hi) hi = v }
-        END { printf "%.1f", (m > 0 ? (hi - lo) / m * 100 : 0) }' "$TMP/results"
-}
-total() {
-    awk -v c="$1" -v k="$2" '$1 == c { t += $k } END { print t + 0 }' "$TMP/results"
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 # === main ===
 
