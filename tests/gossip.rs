@@ -18,25 +18,7 @@ use support::{full, request, send, wait_for, Backend};
 const SPREAD: Duration = Duration::from_secs(20);
 
 async fn fleet_of(n: usize, opts: FleetOptions) -> Vec<FleetProxy> {
-    let first = FleetProxy::start("proxy-0", &opts).await;
-    let seed = first.gossip;
-    let mut all = vec![first];
-    for i in 1..n {
-        let o = FleetOptions {
-            join: vec![seed],
-            ..opts.clone()
-        };
-        all.push(FleetProxy::start(&format!("proxy-{i}"), &o).await);
-    }
-    for p in &all {
-        wait_for(SPREAD, "every proxy sees every other", || async {
-            p.admin_json("/v1/members").await["members"]
-                .as_array()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
-        })
-        .await;
-    }
-    all
+    support::fleet::start_fleet(n, opts).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 //! its PID when dropped).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -61,6 +61,27 @@ pub struct FleetOptions {
     pub interval: &'static str,
     /// `registry.self_preservation_percent`.
     pub preserve: u8,
+    /// `registry.max_staleness`, if not the default.
+    pub max_staleness: Option<&'static str>,
+    /// Where it runs: loopback (the default) or a namespace of its own.
+    pub place: Place,
+}
+
+/// Where a [`FleetProxy`] runs.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// On loopback, every port picked at run time.
+    Loopback,
+    /// In network namespace `ns` (see [`super::netns`]): its proxy and
+    /// admin API listen on `listen` (port 0), gossip binds `gossip`.
+    Namespace {
+        /// The namespace.
+        ns: String,
+        /// The address its listeners bind.
+        listen: IpAddr,
+        /// Its gossip address.
+        gossip: SocketAddr,
+    },
 }
 
 impl Default for FleetOptions {
@@ -70,6 +91,8 @@ impl Default for FleetOptions {
             secret: Some(SECRET.to_owned()),
             interval: "100ms",
             preserve: 50,
+            max_staleness: None,
+            place: Place::Loopback,
         }
     }
 }
@@ -77,18 +100,27 @@ impl Default for FleetOptions {
 impl FleetProxy {
     /// Starts proxy `name` with `opts` and waits until it listens.
     pub async fn start(name: &str, opts: &FleetOptions) -> FleetProxy {
-        let port = gossip_port();
-        let gossip = port.addr();
+        let (port, gossip, listen) = match &opts.place {
+            Place::Loopback => {
+                let port = gossip_port();
+                let gossip = port.addr();
+                (Some(port), gossip, IpAddr::V4(Ipv4Addr::LOCALHOST))
+            }
+            Place::Namespace { gossip, listen, .. } => (None, *gossip, *listen),
+        };
         let join: Vec<String> = opts.join.iter().map(|a| format!("\"{a}\"")).collect();
         let secret = opts
             .secret
             .as_ref()
             .map_or(String::new(), |s| format!("secret = \"{s}\"\n"));
+        let staleness = opts
+            .max_staleness
+            .map_or(String::new(), |s| format!("max_staleness = \"{s}\"\n"));
         let text = format!(
-            "listen = [\"127.0.0.1:0\"]\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\
+            "listen = [\"{listen}:0\"]\n\
+             [admin]\nlisten = \"{listen}:0\"\n\
              [timeouts]\nshutdown_drain = \"2s\"\n\
-             [registry]\nself_preservation_percent = {}\n\
+             [registry]\nself_preservation_percent = {}\n{staleness}\
              [registry.gossip]\nname = \"{name}\"\nbind = \"{gossip}\"\njoin = [{}]\n\
              interval = \"{}\"\nleave_timeout = \"500ms\"\nretry_join_max = \"1s\"\n{secret}",
             opts.preserve,
@@ -96,12 +128,23 @@ impl FleetProxy {
             opts.interval,
         );
         let config = ConfigFile::new(name, &text);
-        port.release();
-        let proc = Proc::spawn(wayfinder(&[
-            "run",
-            "--config",
-            config.path.to_str().expect("utf-8 path"),
-        ]));
+        let path = config.path.to_str().expect("utf-8 path");
+        let cmd = match &opts.place {
+            Place::Loopback => wayfinder(&["run", "--config", path]),
+            Place::Namespace { ns, .. } => {
+                // `ip netns exec` execs the binary: the PID is wayfinder's.
+                let mut cmd = tokio::process::Command::new(super::netns::ip_binary());
+                cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_wayfinder")])
+                    .args(["run", "--config", path])
+                    .env_remove("RUST_LOG")
+                    .env("NO_COLOR", "1");
+                cmd
+            }
+        };
+        if let Some(port) = port {
+            port.release();
+        }
+        let proc = Proc::spawn(cmd);
         let at = proc.listening(20).await;
         FleetProxy {
             proc,
@@ -110,6 +153,31 @@ impl FleetProxy {
             _config: config,
         }
     }
+}
+
+/// Starts `n` loopback proxies (`proxy-0` ... ), all joining through the
+/// first, and waits until each sees all `n` alive.
+pub async fn start_fleet(n: usize, opts: FleetOptions) -> Vec<FleetProxy> {
+    let spread = Duration::from_secs(30);
+    let first = FleetProxy::start("proxy-0", &opts).await;
+    let seed = first.gossip;
+    let mut all = vec![first];
+    for i in 1..n {
+        let o = FleetOptions {
+            join: vec![seed],
+            ..opts.clone()
+        };
+        all.push(FleetProxy::start(&format!("proxy-{i}"), &o).await);
+    }
+    for p in &all {
+        wait_for(spread, "every proxy sees every other", || async {
+            p.admin_json("/v1/members").await["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
+        })
+        .await;
+    }
+    all
 }
 
 impl ProxyView {
@@ -242,6 +310,16 @@ impl SerfAgent {
     /// Starts agent `name` with `tags`, joining `join` if given, and waits
     /// until its RPC answers.
     pub async fn start(name: &str, tags: &[(&str, String)], join: Option<SocketAddr>) -> SerfAgent {
+        SerfAgent::start_with(name, tags, join, &[]).await
+    }
+
+    /// [`SerfAgent::start`] with `extra` arguments (e.g. `-rpc-auth=KEY`).
+    pub async fn start_with(
+        name: &str,
+        tags: &[(&str, String)],
+        join: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> SerfAgent {
         let bin = serf_binary();
         for _ in 0..10 {
             let (bind, rpc) = (ReservedPort::tcp_and_udp(), ReservedPort::tcp());
@@ -256,6 +334,7 @@ impl SerfAgent {
             if let Some(j) = join {
                 args.push(format!("-join={j}"));
             }
+            args.extend(extra.iter().map(|a| (*a).to_owned()));
             for (k, v) in tags {
                 args.push("-tag".to_owned());
                 args.push(format!("{k}={v}"));

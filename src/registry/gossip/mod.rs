@@ -259,6 +259,14 @@ impl Gossip {
         let Some(registry) = self.registry.upgrade() else {
             return;
         };
+        if change.cut_off {
+            // Keep the last good set: a failing source, then stale.
+            registry.source_failed(
+                GOSSIP_SOURCE,
+                "no other gossip member answers (cut off from the fleet?)".to_owned(),
+            );
+            return;
+        }
         let cause = |s: &super::InstanceSpec| {
             change
                 .causes
