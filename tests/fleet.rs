@@ -22,7 +22,13 @@ const SPREAD: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_proxies_and_ten_agents() {
-    let proxies = start_fleet(5, FleetOptions::default()).await;
+    // One attempt per request: a request sent to an instance that has
+    // stopped fails the client instead of being retried elsewhere.
+    let opts = FleetOptions {
+        max_attempts: Some(1),
+        ..FleetOptions::default()
+    };
+    let proxies = start_fleet(5, opts).await;
     let seed = proxies[0].gossip;
 
     // A registration through each proxy is routable through every proxy.
@@ -57,9 +63,12 @@ async fn five_proxies_and_ten_agents() {
         v
     };
     let mut addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    // A drain timeout long enough for the draining state to reach every
+    // proxy on a busy machine (gossip there can take seconds instead of a
+    // few 100 ms rounds); the registrar's default is 30 s.
     let mut agents: Vec<Agent> = addrs
         .iter()
-        .map(|a| Agent::start("api", *a, seed, SECRET))
+        .map(|a| Agent::start_draining("api", *a, seed, SECRET, "4s"))
         .collect();
     for p in &proxies {
         p.wait_instances("api", &addrs, SPREAD).await;
@@ -101,7 +110,13 @@ async fn five_proxies_and_ten_agents() {
     for l in loads {
         let samples = l.finish().await;
         let errs = errors(&samples);
-        assert!(errs.is_empty(), "{} client errors: {errs:?}", errs.len());
+        assert!(
+            errs.is_empty(),
+            "{} client errors: {errs:?}; api-0 {}, api-1 {}",
+            errs.len(),
+            backends[0].addr,
+            backends[1].addr
+        );
         seen_leaving |= samples
             .iter()
             .any(|s| matches!(&s.result, Ok((_, b)) if b == "api-1"));

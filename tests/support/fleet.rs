@@ -63,6 +63,9 @@ pub struct FleetOptions {
     pub preserve: u8,
     /// `registry.max_staleness`, if not the default.
     pub max_staleness: Option<&'static str>,
+    /// `proxy.max_attempts`, if not the default (1: a request sent to an
+    /// instance that is gone is a client error, not a retry).
+    pub max_attempts: Option<u8>,
     /// Where it runs: loopback (the default) or a namespace of its own.
     pub place: Place,
 }
@@ -92,6 +95,7 @@ impl Default for FleetOptions {
             interval: "100ms",
             preserve: 50,
             max_staleness: None,
+            max_attempts: None,
             place: Place::Loopback,
         }
     }
@@ -116,8 +120,11 @@ impl FleetProxy {
         let staleness = opts
             .max_staleness
             .map_or(String::new(), |s| format!("max_staleness = \"{s}\"\n"));
+        let attempts = opts
+            .max_attempts
+            .map_or(String::new(), |n| format!("[proxy]\nmax_attempts = {n}\n"));
         let text = format!(
-            "listen = [\"{listen}:0\"]\n\
+            "listen = [\"{listen}:0\"]\n{attempts}\
              [admin]\nlisten = \"{listen}:0\"\n\
              [timeouts]\nshutdown_drain = \"2s\"\n\
              [registry]\nself_preservation_percent = {}\n{staleness}\
@@ -252,6 +259,17 @@ impl Agent {
     /// Starts an agent publishing `address` as an instance of `service`,
     /// joining through `seed`, sealing with `secret`.
     pub fn start(service: &str, address: SocketAddr, seed: SocketAddr, secret: &str) -> Agent {
+        Agent::start_draining(service, address, seed, secret, "500ms")
+    }
+
+    /// [`Agent::start`] with `--drain-timeout drain`.
+    pub fn start_draining(
+        service: &str,
+        address: SocketAddr,
+        seed: SocketAddr,
+        secret: &str,
+        drain: &str,
+    ) -> Agent {
         let port = gossip_port();
         let gossip = port.addr();
         port.release();
@@ -271,7 +289,7 @@ impl Agent {
             "--ttl",
             "3s",
             "--drain-timeout",
-            "500ms",
+            drain,
         ]);
         cmd.env("WAYFINDER_GOSSIP_SECRET", secret);
         Agent {
