@@ -178,6 +178,9 @@ async fn an_agent_with_rpc_auth_is_followed_with_its_key_and_refuses_a_wrong_one
     serf_binary();
     let web = Backend::start("web-1").await;
     let key = "serf-rpc-key-0123456789";
+    // serf takes the RPC key from a JSON config file only (`rpc_auth`); it
+    // reads a file named with -config-file whatever its extension.
+    let serf_config = ConfigFile::new("serf-agent", &format!("{{\"rpc_auth\": \"{key}\"}}"));
     let n1 = SerfAgent::start_with(
         "n1",
         &[
@@ -185,7 +188,7 @@ async fn an_agent_with_rpc_auth_is_followed_with_its_key_and_refuses_a_wrong_one
             ("port", web.addr.port().to_string()),
         ],
         None,
-        &[&format!("-rpc-auth={key}")],
+        &[&format!("-config-file={}", serf_config.path.display())],
     )
     .await;
 
@@ -220,6 +223,7 @@ async fn an_agent_with_rpc_auth_is_followed_with_its_key_and_refuses_a_wrong_one
     })
     .await;
     let (_, error) = serf_source(&wrong).await;
+    println!("a wrong key: {error}");
     assert!(
         error.contains("refused auth") && error.contains("Invalid authentication token"),
         "{error}"
@@ -233,6 +237,7 @@ async fn an_agent_with_rpc_auth_is_followed_with_its_key_and_refuses_a_wrong_one
     })
     .await;
     let (_, error) = serf_source(&none).await;
+    println!("no key: {error}");
     assert!(error.contains("Authentication required"), "{error}");
     drop(wrong.proc);
     drop(none.proc);
