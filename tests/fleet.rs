@@ -124,9 +124,11 @@ async fn five_proxies_and_ten_agents() {
     assert!(seen_leaving, "the leaving instance took requests before");
     wait_for(SPREAD, "the agent is listed as left", || async {
         let m = proxies[4].admin_json("/v1/members").await;
-        m["members"].as_array().unwrap().iter().any(|m| {
-            m["address"] == agents[1].gossip.to_string() && m["state"] == "left"
-        })
+        m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["address"] == agents[1].gossip.to_string() && m["state"] == "left")
     })
     .await;
 }

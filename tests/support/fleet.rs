@@ -270,6 +270,19 @@ impl Agent {
         secret: &str,
         drain: &str,
     ) -> Agent {
+        Agent::spawn(service, address, seed, secret, drain, "100ms")
+    }
+
+    /// [`Agent::start`] with `--drain-timeout drain` and
+    /// `--gossip-interval interval`.
+    pub fn spawn(
+        service: &str,
+        address: SocketAddr,
+        seed: SocketAddr,
+        secret: &str,
+        drain: &str,
+        interval: &str,
+    ) -> Agent {
         let port = gossip_port();
         let gossip = port.addr();
         port.release();
@@ -281,7 +294,7 @@ impl Agent {
             "--join",
             &seed.to_string(),
             "--gossip-interval",
-            "100ms",
+            interval,
             "--service",
             service,
             "--address",

@@ -103,7 +103,15 @@ impl Partitionable {
             let c = me.ctl_net;
             ip(&["addr", "add", &format!("10.{c}.{i}.1/30"), "dev", &root_end]);
             ip(&["link", "set", &root_end, "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("10.{c}.{i}.2/30"), "dev", "ctl"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.{c}.{i}.2/30"),
+                "dev",
+                "ctl",
+            ]);
             ip(&["-n", &ns, "link", "set", "ctl", "up"]);
             // The test's addresses (the instances' among them) via ctl.
             ip(&[
