@@ -283,6 +283,19 @@ impl Agent {
         drain: &str,
         interval: &str,
     ) -> Agent {
+        Agent::wrapping(service, address, seed, secret, drain, interval, &[])
+    }
+
+    /// [`Agent::spawn`] wrapping `command` (after `--`; none if empty).
+    pub fn wrapping(
+        service: &str,
+        address: SocketAddr,
+        seed: SocketAddr,
+        secret: &str,
+        drain: &str,
+        interval: &str,
+        command: &[&str],
+    ) -> Agent {
         let port = gossip_port();
         let gossip = port.addr();
         port.release();
@@ -304,6 +317,9 @@ impl Agent {
             "--drain-timeout",
             drain,
         ]);
+        if !command.is_empty() {
+            cmd.arg("--").args(command);
+        }
         cmd.env("WAYFINDER_GOSSIP_SECRET", secret);
         Agent {
             proc: Proc::spawn(cmd),
