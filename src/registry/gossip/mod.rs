@@ -61,6 +61,9 @@ pub const GOSSIP_SOURCE: &str = "gossip";
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// How long a withdrawal stays in a member's `gone` list.
 const GONE_FOR: Duration = Duration::from_secs(60);
+/// After a message arrives, the wait before reading the fleet's state:
+/// chitchat applies it on its own task, and a burst arrives together.
+const ARRIVAL_SETTLE: Duration = Duration::from_millis(10);
 
 /// Why gossip could not start.
 #[derive(Debug, thiserror::Error)]
@@ -222,24 +225,46 @@ impl Gossip {
 
     // === following the fleet ===
 
-    /// Follows chitchat's live set (it changes when a member joins, dies,
-    /// or publishes), and looks again every round so deaths are seen even
-    /// when nothing else changes.
+    /// Follows chitchat's live set (it changes when a member joins or dies,
+    /// and chitchat reports it once per round) and what the live members
+    /// publish, read again soon after each message arrives: a change pushed
+    /// by its member applies here at once, not at this member's next round.
+    /// Looks every round too, so deaths are seen when nothing arrives.
     async fn follow(self: Arc<Self>) {
         let mut live = self.chitchat.lock().await.live_nodes_watcher();
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The live members and the version of each one's state last read.
+        let mut seen: Vec<(ChitchatId, u64)> = Vec::new();
         loop {
-            tokio::select! {
-                r = live.changed() => if r.is_err() { return },
-                _ = tick.tick() => {}
-            }
-            let alive: Vec<Heard> = live
-                .borrow_and_update()
-                .iter()
-                .filter(|(id, _)| **id != self.id)
-                .map(|(id, state)| heard(id, state))
-                .collect();
+            let arrived = tokio::select! {
+                r = live.changed() => if r.is_err() { return } else { false },
+                _ = tick.tick() => false,
+                () = self.traffic.arrived.notified() => {
+                    // Let chitchat apply it (and what arrives with it).
+                    tokio::time::sleep(ARRIVAL_SETTLE).await;
+                    true
+                }
+            };
+            live.borrow_and_update();
+            let alive: Vec<Heard> = {
+                let chitchat = self.chitchat.lock().await;
+                let now: Vec<(ChitchatId, u64)> = chitchat
+                    .live_nodes()
+                    .filter(|id| **id != self.id)
+                    .filter_map(|id| Some((id.clone(), chitchat.node_state(id)?.max_version())))
+                    .collect();
+                // Most messages change nothing (heartbeats): skip those.
+                if arrived && now == seen {
+                    continue;
+                }
+                seen = now;
+                chitchat
+                    .live_nodes()
+                    .filter(|id| **id != self.id)
+                    .filter_map(|id| Some(heard(id, chitchat.node_state(id)?)))
+                    .collect()
+            };
             self.joined.send_if_modified(|j| {
                 let now = !alive.is_empty();
                 let changed = *j != now;
