@@ -222,6 +222,9 @@ enum Event {
 
 impl Supervisor {
     /// Installs the signal handlers, then starts `opts.command` if any.
+    // Called once per run, returning the registrar's own error (as `run`
+    // does): its size costs nothing here.
+    #[allow(clippy::result_large_err)]
     fn start(opts: &Options) -> Result<Supervisor, RegistrarError> {
         // Before the child starts: from here on no signal ends us unhandled.
         let signals = Signals::new().map_err(RegistrarError::Signals)?;
