@@ -175,8 +175,8 @@ struct RegisterArgs {
 struct GossipArgs {
     /// Join the gossip fleet ([registry.gossip] of the proxies) and publish
     /// the instance as this member's state; --registry and --token are not
-    /// used.
-    #[arg(long, conflicts_with_all = ["docker", "command"])]
+    /// used. A command after `--` is started and stopped as without it.
+    #[arg(long, conflicts_with = "docker")]
     gossip: bool,
     /// UDP IP:PORT this member gossips on.
     #[arg(long, requires = "gossip", default_value = "127.0.0.1:7950")]

@@ -18,25 +18,7 @@ use support::{full, request, send, wait_for, Backend};
 const SPREAD: Duration = Duration::from_secs(20);
 
 async fn fleet_of(n: usize, opts: FleetOptions) -> Vec<FleetProxy> {
-    let first = FleetProxy::start("proxy-0", &opts).await;
-    let seed = first.gossip;
-    let mut all = vec![first];
-    for i in 1..n {
-        let o = FleetOptions {
-            join: vec![seed],
-            ..opts.clone()
-        };
-        all.push(FleetProxy::start(&format!("proxy-{i}"), &o).await);
-    }
-    for p in &all {
-        wait_for(SPREAD, "every proxy sees every other", || async {
-            p.admin_json("/v1/members").await["members"]
-                .as_array()
-                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
-        })
-        .await;
-    }
-    all
+    support::fleet::start_fleet(n, opts).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,4 +179,38 @@ async fn a_member_with_a_wrong_secret_or_none_cannot_join_or_inject() {
         "the clear one is alone: {members}"
     );
     drop(wrong);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_wrapping_a_command_leaves_when_it_exits_and_stops_it_when_stopped() {
+    let proxies = fleet_of(1, FleetOptions::default()).await;
+    let p = &proxies[0];
+    let seed = p.gossip;
+    let wrap = |addr, command: &[&str]| {
+        Agent::wrapping("svc", addr, seed, SECRET, "200ms", "100ms", command)
+    };
+
+    // The command exits by itself (code 3): the agent leaves at once, so
+    // even the service's last instance goes (explicitly), and exits 3.
+    let b = Backend::start("svc-1").await;
+    let mut agent = wrap(b.addr, &["sh", "-c", "sleep 1; exit 3"]);
+    p.wait_instances("svc", &[b.addr], SPREAD).await;
+    let status = agent.proc.wait(20, "agent after its command exited").await;
+    assert_eq!(status.code(), Some(3), "{}", agent.proc.log());
+    p.wait_instances("svc", &[], SPREAD).await;
+
+    // SIGTERM: drains, leaves, then stops the command (SIGTERM to its
+    // group); a clean stop exits 0.
+    let mut agent = wrap(b.addr, &["sleep", "60"]);
+    p.wait_instances("svc", &[b.addr], SPREAD).await;
+    agent.proc.signal(Signal::SIGTERM);
+    let status = agent.proc.wait(20, "agent stopping").await;
+    assert!(status.success(), "{}", agent.proc.log());
+    let log = agent.proc.log();
+    let left = log.find("left the gossip fleet").expect("left");
+    let stopped = log
+        .find("the service stopped")
+        .expect("stopped its command");
+    assert!(left < stopped, "leaves before stopping the service:\n{log}");
+    p.wait_instances("svc", &[], SPREAD).await;
 }

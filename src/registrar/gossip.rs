@@ -10,18 +10,26 @@
 //! implicitly, under the self-preservation guard. SIGTERM, SIGINT or
 //! SIGQUIT: publish the instance draining, wait `--drain-timeout` for the
 //! proxies to stop sending it new requests and finish those in flight,
-//! then leave the fleet (an explicit removal) and exit 0.
+//! then leave the fleet (an explicit removal), stop the command if it
+//! wraps one, and exit 0.
+//!
+//! Wrapping a command (`-- CMD ARGS`) works as without `--gossip` (see
+//! [`super::child`]): started first, in a process group of its own, and
+//! stopped after leaving; when it exits by itself the agent leaves at once
+//! (its instance goes everywhere, explicitly) and exits with its code.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{check, CheckChange, CheckLog, Options, RegistrarError, Sig, Signals};
+use super::{check, exit_code, CheckChange, CheckLog, Ending, Options, RegistrarError, Supervisor};
 use crate::config::GossipSettings;
 use crate::registry::gossip::{Gossip, PublishedInstance, Role};
 
-/// Runs the agent until a stop signal; the exit code.
+/// Runs the agent until a stop signal or the command's exit; the exit
+/// code (as without `--gossip`, see [`super::run`]).
 pub async fn run(opts: Options, settings: GossipSettings) -> Result<i32, RegistrarError> {
-    let mut signals = Signals::new().map_err(RegistrarError::Signals)?;
+    let mut sup = Supervisor::start(&opts)?;
+    // A failure to join drops `sup`, and with it the command's group.
     let gossip = Gossip::start(&settings, Role::Agent, None)
         .await
         .map_err(|e| RegistrarError::Gossip(e.to_string()))?;
@@ -37,8 +45,11 @@ pub async fn run(opts: Options, settings: GossipSettings) -> Result<i32, Registr
     let interval = (opts.ttl / 3).max(Duration::from_millis(50));
     let mut log = CheckLog::default();
     let mut published = false;
-    let stop = loop {
-        let checked = check(&opts).await;
+    let ending = loop {
+        let checked = match sup.until(check(&opts)).await {
+            Ok(c) => c,
+            Err(ending) => break ending,
+        };
         if let Some(change) = log.observe(&checked) {
             match change {
                 CheckChange::Passing { .. } => {
@@ -60,26 +71,60 @@ pub async fn run(opts: Options, settings: GossipSettings) -> Result<i32, Registr
             }
             _ => {}
         }
-        tokio::select! {
-            sig = signals.recv() => if let Sig::Stop(name) = sig { break name },
-            () = tokio::time::sleep(interval) => {}
+        if let Err(ending) = sup.until(tokio::time::sleep(interval)).await {
+            break ending;
         }
     };
-    tracing::info!(signal = stop, drain = ?opts.drain_timeout, "stopping: draining, then leaving the fleet");
-    if published {
-        let draining = PublishedInstance {
-            draining: true,
-            ..instance
-        };
-        gossip.publish(vec![draining], Vec::new()).await;
-        tokio::select! {
-            () = tokio::time::sleep(opts.drain_timeout) => {}
-            sig = signals.recv() => if let Sig::Stop(name) = sig {
-                tracing::warn!(signal = name, "stop signal again: not waiting any longer");
-            },
+    match ending {
+        Ending::Stop(signal) => {
+            tracing::info!(signal, drain = ?opts.drain_timeout, "stopping: draining, then leaving the fleet");
+            if published {
+                let draining = PublishedInstance {
+                    draining: true,
+                    ..instance
+                };
+                gossip.publish(vec![draining], Vec::new()).await;
+                sup.unless_stopped_again(tokio::time::sleep(opts.drain_timeout))
+                    .await;
+            }
+            gossip.leave().await;
+            tracing::info!("left the gossip fleet");
+            let Some(child) = sup.child.as_mut() else {
+                return Ok(0);
+            };
+            let stopped = child
+                .stop(opts.stop_timeout)
+                .await
+                .map_err(RegistrarError::Wait)?;
+            let code = exit_code(true, stopped.status);
+            if code == 0 {
+                tracing::info!(status = %stopped.status, "the service stopped");
+            } else {
+                tracing::warn!(status = %stopped.status, forced = stopped.forced, "the service did not stop cleanly");
+            }
+            Ok(code)
+        }
+        Ending::Exited(status) => {
+            tracing::warn!(%status, "the service exited; leaving the fleet");
+            gossip.leave().await;
+            // The same stop signal can reach it and us at once (systemd
+            // signals the whole control group): then it was a stop.
+            let asked = sup.stop_pending().await;
+            if let Some(child) = sup.child.as_mut() {
+                child.reap_group(opts.stop_timeout).await;
+            }
+            Ok(exit_code(asked, status))
+        }
+        Ending::WaitFailed(e) => {
+            gossip.leave().await;
+            // Dropping the child SIGKILLs its group.
+            sup.child = None;
+            Err(RegistrarError::Wait(e))
+        }
+        // Nothing is refused here: no registry calls.
+        Ending::Refused(refusal) => {
+            gossip.leave().await;
+            Err(refusal.into())
         }
     }
-    gossip.leave().await;
-    tracing::info!("left the gossip fleet");
-    Ok(0)
 }

@@ -162,19 +162,7 @@ enum Failure {
 /// thread that outlives the child (see [`exec_child`]): in `block_on` on
 /// the main thread.
 pub async fn run(opts: Options) -> Result<i32, RegistrarError> {
-    // Before the child starts: from here on no signal ends us unhandled.
-    let signals = Signals::new().map_err(RegistrarError::Signals)?;
-    let child = if opts.command.is_empty() {
-        None
-    } else {
-        let child = Child::spawn(&opts.command).map_err(|source| RegistrarError::Spawn {
-            command: opts.command.join(" "),
-            source,
-        })?;
-        tracing::info!(pid = child.pid(), command = %opts.command.join(" "), "started the service");
-        Some(child)
-    };
-    let mut sup = Supervisor { signals, child };
+    let mut sup = Supervisor::start(&opts)?;
     let mut agent = Agent::new(&opts);
     let ending = agent.supervise(&mut sup).await;
     agent.finish(&mut sup, ending).await
@@ -233,6 +221,26 @@ enum Event {
 }
 
 impl Supervisor {
+    /// Installs the signal handlers, then starts `opts.command` if any.
+    // Called once per run, returning the registrar's own error (as `run`
+    // does): its size costs nothing here.
+    #[allow(clippy::result_large_err)]
+    fn start(opts: &Options) -> Result<Supervisor, RegistrarError> {
+        // Before the child starts: from here on no signal ends us unhandled.
+        let signals = Signals::new().map_err(RegistrarError::Signals)?;
+        let child = if opts.command.is_empty() {
+            None
+        } else {
+            let child = Child::spawn(&opts.command).map_err(|source| RegistrarError::Spawn {
+                command: opts.command.join(" "),
+                source,
+            })?;
+            tracing::info!(pid = child.pid(), command = %opts.command.join(" "), "started the service");
+            Some(child)
+        };
+        Ok(Supervisor { signals, child })
+    }
+
     /// Runs `work` to completion unless a stop signal or the child's exit
     /// comes first (SIGHUP is handled on the way).
     async fn until<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Ending> {

@@ -6,7 +6,7 @@
 //! its PID when dropped).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -61,6 +61,30 @@ pub struct FleetOptions {
     pub interval: &'static str,
     /// `registry.self_preservation_percent`.
     pub preserve: u8,
+    /// `registry.max_staleness`, if not the default.
+    pub max_staleness: Option<&'static str>,
+    /// `proxy.max_attempts`, if not the default (1: a request sent to an
+    /// instance that is gone is a client error, not a retry).
+    pub max_attempts: Option<u8>,
+    /// Where it runs: loopback (the default) or a namespace of its own.
+    pub place: Place,
+}
+
+/// Where a [`FleetProxy`] runs.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// On loopback, every port picked at run time.
+    Loopback,
+    /// In network namespace `ns` (see [`super::netns`]): its proxy and
+    /// admin API listen on `listen` (port 0), gossip binds `gossip`.
+    Namespace {
+        /// The namespace.
+        ns: String,
+        /// The address its listeners bind.
+        listen: IpAddr,
+        /// Its gossip address.
+        gossip: SocketAddr,
+    },
 }
 
 impl Default for FleetOptions {
@@ -70,6 +94,9 @@ impl Default for FleetOptions {
             secret: Some(SECRET.to_owned()),
             interval: "100ms",
             preserve: 50,
+            max_staleness: None,
+            max_attempts: None,
+            place: Place::Loopback,
         }
     }
 }
@@ -77,18 +104,30 @@ impl Default for FleetOptions {
 impl FleetProxy {
     /// Starts proxy `name` with `opts` and waits until it listens.
     pub async fn start(name: &str, opts: &FleetOptions) -> FleetProxy {
-        let port = gossip_port();
-        let gossip = port.addr();
+        let (port, gossip, listen) = match &opts.place {
+            Place::Loopback => {
+                let port = gossip_port();
+                let gossip = port.addr();
+                (Some(port), gossip, IpAddr::V4(Ipv4Addr::LOCALHOST))
+            }
+            Place::Namespace { gossip, listen, .. } => (None, *gossip, *listen),
+        };
         let join: Vec<String> = opts.join.iter().map(|a| format!("\"{a}\"")).collect();
         let secret = opts
             .secret
             .as_ref()
             .map_or(String::new(), |s| format!("secret = \"{s}\"\n"));
+        let staleness = opts
+            .max_staleness
+            .map_or(String::new(), |s| format!("max_staleness = \"{s}\"\n"));
+        let attempts = opts
+            .max_attempts
+            .map_or(String::new(), |n| format!("[proxy]\nmax_attempts = {n}\n"));
         let text = format!(
-            "listen = [\"127.0.0.1:0\"]\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\
+            "listen = [\"{listen}:0\"]\n{attempts}\
+             [admin]\nlisten = \"{listen}:0\"\n\
              [timeouts]\nshutdown_drain = \"2s\"\n\
-             [registry]\nself_preservation_percent = {}\n\
+             [registry]\nself_preservation_percent = {}\n{staleness}\
              [registry.gossip]\nname = \"{name}\"\nbind = \"{gossip}\"\njoin = [{}]\n\
              interval = \"{}\"\nleave_timeout = \"500ms\"\nretry_join_max = \"1s\"\n{secret}",
             opts.preserve,
@@ -96,12 +135,23 @@ impl FleetProxy {
             opts.interval,
         );
         let config = ConfigFile::new(name, &text);
-        port.release();
-        let proc = Proc::spawn(wayfinder(&[
-            "run",
-            "--config",
-            config.path.to_str().expect("utf-8 path"),
-        ]));
+        let path = config.path.to_str().expect("utf-8 path");
+        let cmd = match &opts.place {
+            Place::Loopback => wayfinder(&["run", "--config", path]),
+            Place::Namespace { ns, .. } => {
+                // `ip netns exec` execs the binary: the PID is wayfinder's.
+                let mut cmd = tokio::process::Command::new(super::netns::ip_binary());
+                cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_wayfinder")])
+                    .args(["run", "--config", path])
+                    .env_remove("RUST_LOG")
+                    .env("NO_COLOR", "1");
+                cmd
+            }
+        };
+        if let Some(port) = port {
+            port.release();
+        }
+        let proc = Proc::spawn(cmd);
         let at = proc.listening(20).await;
         FleetProxy {
             proc,
@@ -110,6 +160,31 @@ impl FleetProxy {
             _config: config,
         }
     }
+}
+
+/// Starts `n` loopback proxies (`proxy-0` ... ), all joining through the
+/// first, and waits until each sees all `n` alive.
+pub async fn start_fleet(n: usize, opts: FleetOptions) -> Vec<FleetProxy> {
+    let spread = Duration::from_secs(30);
+    let first = FleetProxy::start("proxy-0", &opts).await;
+    let seed = first.gossip;
+    let mut all = vec![first];
+    for i in 1..n {
+        let o = FleetOptions {
+            join: vec![seed],
+            ..opts.clone()
+        };
+        all.push(FleetProxy::start(&format!("proxy-{i}"), &o).await);
+    }
+    for p in &all {
+        wait_for(spread, "every proxy sees every other", || async {
+            p.admin_json("/v1/members").await["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().filter(|m| m["state"] == "alive").count() == n)
+        })
+        .await;
+    }
+    all
 }
 
 impl ProxyView {
@@ -184,6 +259,43 @@ impl Agent {
     /// Starts an agent publishing `address` as an instance of `service`,
     /// joining through `seed`, sealing with `secret`.
     pub fn start(service: &str, address: SocketAddr, seed: SocketAddr, secret: &str) -> Agent {
+        Agent::start_draining(service, address, seed, secret, "500ms")
+    }
+
+    /// [`Agent::start`] with `--drain-timeout drain`.
+    pub fn start_draining(
+        service: &str,
+        address: SocketAddr,
+        seed: SocketAddr,
+        secret: &str,
+        drain: &str,
+    ) -> Agent {
+        Agent::spawn(service, address, seed, secret, drain, "100ms")
+    }
+
+    /// [`Agent::start`] with `--drain-timeout drain` and
+    /// `--gossip-interval interval`.
+    pub fn spawn(
+        service: &str,
+        address: SocketAddr,
+        seed: SocketAddr,
+        secret: &str,
+        drain: &str,
+        interval: &str,
+    ) -> Agent {
+        Agent::wrapping(service, address, seed, secret, drain, interval, &[])
+    }
+
+    /// [`Agent::spawn`] wrapping `command` (after `--`; none if empty).
+    pub fn wrapping(
+        service: &str,
+        address: SocketAddr,
+        seed: SocketAddr,
+        secret: &str,
+        drain: &str,
+        interval: &str,
+        command: &[&str],
+    ) -> Agent {
         let port = gossip_port();
         let gossip = port.addr();
         port.release();
@@ -195,7 +307,7 @@ impl Agent {
             "--join",
             &seed.to_string(),
             "--gossip-interval",
-            "100ms",
+            interval,
             "--service",
             service,
             "--address",
@@ -203,8 +315,11 @@ impl Agent {
             "--ttl",
             "3s",
             "--drain-timeout",
-            "500ms",
+            drain,
         ]);
+        if !command.is_empty() {
+            cmd.arg("--").args(command);
+        }
         cmd.env("WAYFINDER_GOSSIP_SECRET", secret);
         Agent {
             proc: Proc::spawn(cmd),
@@ -242,6 +357,16 @@ impl SerfAgent {
     /// Starts agent `name` with `tags`, joining `join` if given, and waits
     /// until its RPC answers.
     pub async fn start(name: &str, tags: &[(&str, String)], join: Option<SocketAddr>) -> SerfAgent {
+        SerfAgent::start_with(name, tags, join, &[]).await
+    }
+
+    /// [`SerfAgent::start`] with `extra` arguments (e.g. `-rpc-auth=KEY`).
+    pub async fn start_with(
+        name: &str,
+        tags: &[(&str, String)],
+        join: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> SerfAgent {
         let bin = serf_binary();
         for _ in 0..10 {
             let (bind, rpc) = (ReservedPort::tcp_and_udp(), ReservedPort::tcp());
@@ -256,6 +381,7 @@ impl SerfAgent {
             if let Some(j) = join {
                 args.push(format!("-join={j}"));
             }
+            args.extend(extra.iter().map(|a| (*a).to_owned()));
             for (k, v) in tags {
                 args.push("-tag".to_owned());
                 args.push(format!("{k}={v}"));

@@ -15,6 +15,7 @@
 //!   LF-tolerant response parsing, HTTP/2 frames by hand, in-flight counts);
 //! - [`pki`]: a CA made at test time and certificates signed by it;
 //! - [`fleet`]: gossip fleets and Serf agents as real processes;
+//! - [`netns`]: network namespaces a test creates to partition a fleet;
 //! - [`procs`]: ports, temporary files and the processes a test spawns
 //!   (`wayfinder` itself, [`Proc`]; etcd or dnsmasq, [`Daemon`]);
 //! - here: bodies and bounded waits.
@@ -34,6 +35,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod inst;
 pub mod load;
+pub mod netns;
 pub mod pki;
 pub mod procs;
 pub mod proxy;

@@ -74,6 +74,9 @@ pub struct Heard {
 #[derive(Debug, Default)]
 pub struct Fleet {
     members: BTreeMap<MemberId, MemberRecord>,
+    /// Every other member went silent at once (none left gracefully) and
+    /// none has been heard since.
+    cut_off: bool,
 }
 
 /// What a change means for the registry.
@@ -85,6 +88,11 @@ pub struct Change {
     pub removals: Removals,
     /// Why each implicit removal happened, by (service, address).
     pub causes: BTreeMap<(Arc<str>, SocketAddr), String>,
+    /// This member hears from no other since every alive one went silent
+    /// together: it cannot tell its own network failing (a partition) from
+    /// all the others dying, so its last set should stay (the source
+    /// failing, then stale) rather than be removed.
+    pub cut_off: bool,
 }
 
 impl Fleet {
@@ -98,6 +106,17 @@ impl Fleet {
     pub fn observe(&mut self, alive: Vec<Heard>, now: SystemTime, now_ms: u64) -> Change {
         let before = self.instance_owners();
         let heard: BTreeSet<MemberId> = alive.iter().map(|h| h.id.clone()).collect();
+        let any_alive = self.members.values().any(|m| m.state == MemberState::Alive);
+        let was_cut_off = self.cut_off;
+        self.cut_off = alive.is_empty() && (any_alive || self.cut_off);
+        if self.cut_off && !was_cut_off {
+            tracing::warn!(
+                members = self.members.len(),
+                "no other gossip member answers: cut off from the fleet? keeping the last set"
+            );
+        } else if was_cut_off && !self.cut_off {
+            tracing::info!(members = alive.len(), "hearing from the fleet again");
+        }
         for h in alive {
             let published = h.published.unwrap_or_default();
             let state = if published.leaving {
@@ -201,6 +220,7 @@ impl Fleet {
             }
         }
         Change {
+            cut_off: self.cut_off,
             instances,
             removals: if explicit.is_empty() {
                 Removals::Implicit
@@ -307,6 +327,38 @@ mod tests {
             Removals::Only(vec![(Arc::from("api"), addr(1))])
         );
         assert_eq!(f.members()[&(Arc::from("a"), 1)].state, MemberState::Left);
+    }
+
+    #[test]
+    fn silence_of_every_member_at_once_is_a_cut_off_until_one_is_heard() {
+        let mut f = Fleet::default();
+        let t = SystemTime::now();
+        // Alone from the start (the first member): not cut off.
+        assert!(!f.observe(vec![], t, 0).cut_off);
+        let both = || {
+            vec![
+                heard("a", agent(vec![inst("api", 1)])),
+                heard("b", agent(vec![inst("api", 2)])),
+            ]
+        };
+        assert!(!f.observe(both(), t, 1).cut_off);
+        // Both silent together: cut off, and still while nobody answers.
+        assert!(f.observe(vec![], t, 2).cut_off);
+        assert!(f.observe(vec![], t, 3).cut_off);
+        assert_eq!(f.members()[&(Arc::from("a"), 1)].state, MemberState::Dead);
+        // Healed: the union again.
+        let c = f.observe(both(), t, 4);
+        assert!(!c.cut_off);
+        assert_eq!(c.instances.len(), 2);
+        // The last other member leaving on purpose is no cut-off.
+        let mut f = Fleet::default();
+        f.observe(vec![heard("a", agent(vec![inst("api", 1)]))], t, 0);
+        let leaving = Published {
+            leaving: true,
+            ..agent(vec![])
+        };
+        f.observe(vec![heard("a", leaving)], t, 1);
+        assert!(!f.observe(vec![], t, 2).cut_off);
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub const GOSSIP_SOURCE: &str = "gossip";
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// How long a withdrawal stays in a member's `gone` list.
 const GONE_FOR: Duration = Duration::from_secs(60);
+/// After a message arrives, the wait before reading the fleet's state:
+/// chitchat applies it on its own task, and a burst arrives together.
+const ARRIVAL_SETTLE: Duration = Duration::from_millis(10);
 
 /// Why gossip could not start.
 #[derive(Debug, thiserror::Error)]
@@ -222,24 +225,46 @@ impl Gossip {
 
     // === following the fleet ===
 
-    /// Follows chitchat's live set (it changes when a member joins, dies,
-    /// or publishes), and looks again every round so deaths are seen even
-    /// when nothing else changes.
+    /// Follows chitchat's live set (it changes when a member joins or dies,
+    /// and chitchat reports it once per round) and what the live members
+    /// publish, read again soon after each message arrives: a change pushed
+    /// by its member applies here at once, not at this member's next round.
+    /// Looks every round too, so deaths are seen when nothing arrives.
     async fn follow(self: Arc<Self>) {
         let mut live = self.chitchat.lock().await.live_nodes_watcher();
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The live members and the version of each one's state last read.
+        let mut seen: Vec<(ChitchatId, u64)> = Vec::new();
         loop {
-            tokio::select! {
-                r = live.changed() => if r.is_err() { return },
-                _ = tick.tick() => {}
-            }
-            let alive: Vec<Heard> = live
-                .borrow_and_update()
-                .iter()
-                .filter(|(id, _)| **id != self.id)
-                .map(|(id, state)| heard(id, state))
-                .collect();
+            let arrived = tokio::select! {
+                r = live.changed() => if r.is_err() { return } else { false },
+                _ = tick.tick() => false,
+                () = self.traffic.arrived.notified() => {
+                    // Let chitchat apply it (and what arrives with it).
+                    tokio::time::sleep(ARRIVAL_SETTLE).await;
+                    true
+                }
+            };
+            live.borrow_and_update();
+            let alive: Vec<Heard> = {
+                let chitchat = self.chitchat.lock().await;
+                let now: Vec<(ChitchatId, u64)> = chitchat
+                    .live_nodes()
+                    .filter(|id| **id != self.id)
+                    .filter_map(|id| Some((id.clone(), chitchat.node_state(id)?.max_version())))
+                    .collect();
+                // Most messages change nothing (heartbeats): skip those.
+                if arrived && now == seen {
+                    continue;
+                }
+                seen = now;
+                chitchat
+                    .live_nodes()
+                    .filter(|id| **id != self.id)
+                    .filter_map(|id| Some(heard(id, chitchat.node_state(id)?)))
+                    .collect()
+            };
             self.joined.send_if_modified(|j| {
                 let now = !alive.is_empty();
                 let changed = *j != now;
@@ -259,6 +284,14 @@ impl Gossip {
         let Some(registry) = self.registry.upgrade() else {
             return;
         };
+        if change.cut_off {
+            // Keep the last good set: a failing source, then stale.
+            registry.source_failed(
+                GOSSIP_SOURCE,
+                "no other gossip member answers (cut off from the fleet?)".to_owned(),
+            );
+            return;
+        }
         let cause = |s: &super::InstanceSpec| {
             change
                 .causes
@@ -352,12 +385,39 @@ impl Gossip {
         self.set_state(value).await;
     }
 
+    /// Sets what this member publishes and pushes it to every alive member
+    /// at once: each then has it after one exchange, instead of after the
+    /// O(log members) rounds random gossip takes, so a change reaches a
+    /// fleet of any size within about one round (the receiver applies it
+    /// at its next round). Costs one exchange per member per change.
     async fn set_state(&self, value: String) {
         self.chitchat
             .lock()
             .await
             .self_node_state()
             .set(STATE_KEY, value);
+        self.push_to_alive();
+    }
+
+    /// Starts a gossip exchange with every alive member now.
+    fn push_to_alive(&self) {
+        let peers: Vec<SocketAddr> = self
+            .fleet()
+            .members()
+            .values()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| m.addr)
+            .collect();
+        if let Some(h) = self
+            .handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            for p in &peers {
+                let _ = h.gossip(*p);
+            }
+        }
     }
 
     /// Leaves the fleet: publishes that it is leaving with no instances
@@ -374,22 +434,10 @@ impl Gossip {
                 .collect();
             mine.encode()
         };
+        // Pushed to every alive member now (set_state).
         self.set_state(value).await;
         tracing::info!(linger = ?self.settings.leave_timeout, "leaving the gossip fleet");
-        // Gossip to everyone now rather than wait for the random rounds.
-        let peers: Vec<SocketAddr> = self
-            .fleet()
-            .members()
-            .values()
-            .filter(|m| m.state == MemberState::Alive)
-            .map(|m| m.addr)
-            .collect();
         let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = &handle {
-            for p in &peers {
-                let _ = h.gossip(*p);
-            }
-        }
         tokio::time::sleep(self.settings.leave_timeout).await;
         self.stop_tasks();
         if let Some(h) = handle {

@@ -44,6 +44,8 @@ pub struct Traffic {
     pub rejected: AtomicU64,
     /// Messages too large to send sealed (dropped).
     pub oversized: AtomicU64,
+    /// Woken when a gossip message has been handed to chitchat.
+    pub(super) arrived: tokio::sync::Notify,
 }
 
 /// Opens sockets that seal (with a key) or pass in clear.
@@ -211,6 +213,7 @@ async fn receive(
         match relay {
             Ok(r) => {
                 let _ = r.send_to(plain, inner).await;
+                traffic.arrived.notify_one();
             }
             Err(e) => tracing::warn!(error = %e, "gossip: no relay socket"),
         }
