@@ -668,6 +668,21 @@ pub(crate) struct RawOutlier {
     /// How often success rates are compared. Default
     /// [`d::outlier::SUCCESS_RATE_INTERVAL`].
     pub success_rate_interval: Option<Spanned<Dur>>,
+    /// Timed responses an instance needs per interval to be judged by
+    /// latency (0: off). Default [`d::outlier::LATENCY_MIN_REQUESTS`].
+    pub latency_min_requests: Option<Spanned<i64>>,
+    /// Instances with enough responses needed to judge any. Default
+    /// [`d::outlier::LATENCY_MIN_INSTANCES`].
+    pub latency_min_instances: Option<Spanned<i64>>,
+    /// Times the others' median p99 that ejects. Default
+    /// [`d::outlier::LATENCY_FACTOR_MILLI`] thousandths.
+    pub latency_factor: Option<Spanned<f64>>,
+    /// A p99 at or below this never ejects. Default
+    /// [`d::outlier::LATENCY_FLOOR`].
+    pub latency_floor: Option<Spanned<Dur>>,
+    /// How often p99s are compared. Default
+    /// [`d::outlier::LATENCY_INTERVAL`].
+    pub latency_interval: Option<Spanned<Dur>>,
 }
 
 /// `[services.NAME.retry_budget]`.

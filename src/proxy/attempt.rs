@@ -119,6 +119,11 @@ pub(crate) async fn run<E: Exchange>(
                 .latency()
                 .observe(sent.elapsed(), clock::now_ms(), decay);
         }
+        if policy.outlier.latency.min_requests > 0
+            && matches!(outcome, Outcome::Answered(..) | Outcome::TimedOut)
+        {
+            instance.latency_window().record(sent.elapsed());
+        }
         if policy.outlier.success_rate.min_requests > 0 {
             let ok = match &outcome {
                 Outcome::Answered(_, status) => Some(*status < 500),

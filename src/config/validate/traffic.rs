@@ -419,6 +419,28 @@ mod tests {
     }
 
     #[test]
+    fn latency_outlier_keys_parse_and_errors_name_their_key() {
+        let c = parse(&format!(
+            "{SVC}[services.a.outlier]\nlatency_min_requests = 50\nlatency_min_instances = 2\n\
+             latency_factor = 2.5\nlatency_floor = \"5ms\"\nlatency_interval = \"2s\"\n"
+        ))
+        .unwrap();
+        let l = c.services["a"].policy.outlier.latency;
+        assert_eq!((l.min_requests, l.min_instances, l.factor_milli), (50, 2, 2500));
+        assert_eq!((l.floor.as_millis(), l.interval.as_secs()), (5, 2));
+        assert_eq!(c.default_policy.outlier.latency.min_requests, 0, "off by default");
+        for (bad, key) in [
+            ("latency_factor = 1.0", "services.a.outlier.latency_factor"),
+            ("latency_min_instances = 1", "services.a.outlier.latency_min_instances"),
+            ("latency_min_requests = -1", "services.a.outlier.latency_min_requests"),
+            ("latency_interval = \"0s\"", "services.a.outlier.latency_interval"),
+        ] {
+            let (line, k, _) = err(&format!("{SVC}[services.a.outlier]\n{bad}\n"));
+            assert_eq!((line, k.as_str()), (4, key), "{bad}");
+        }
+    }
+
+    #[test]
     fn zone_reaches_every_policy() {
         let c = parse(&format!(
             "[zone]\nname = \"a\"\nmin_available_percent = 50\n{SVC}"
