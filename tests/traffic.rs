@@ -347,3 +347,107 @@ async fn sticky_cookie_keeps_a_client_on_its_instance() {
         assert_ne!(renewed.split(';').next().unwrap(), cookie);
     }
 }
+
+/// GETs for `host` from `workers` keep-alive connections until `stop` is
+/// set; returns how many each worker sent.
+fn load_until(
+    addr: SocketAddr,
+    host: &'static str,
+    workers: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    (0..workers)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = H1Client::connect(addr).await.expect("connect");
+                let mut sent = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply = c.get(host, "/").await.expect("request");
+                    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect()
+}
+
+/// The `GET /v1/services` entry of the instance at `addr` of `service`.
+async fn instance_view(api: &support::Api, service: &str, addr: SocketAddr) -> serde_json::Value {
+    let doc = api.json("/v1/services").await;
+    let services = doc["services"].as_array().expect("services");
+    let s = services
+        .iter()
+        .find(|s| s["name"] == service)
+        .expect("the service");
+    s["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["address"] == addr.to_string())
+        .cloned()
+        .expect("the instance")
+}
+
+/// Issue 17: latency outlier detection on real instances. One of three
+/// answers after 100 ms, the others at once: the slow one is ejected for
+/// its p99 (the reason says so, the metric shows it), the fast ones are
+/// not, and traffic keeps flowing to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_outlier_ejects_the_slow_instance_only() {
+    let fast1 = Backend::start("fast1").await;
+    let fast2 = Backend::start("fast2").await;
+    let slow = Backend::builder("slow")
+        .delay(Duration::from_millis(100))
+        .start()
+        .await;
+    // A floor of 40 ms: a fast instance's jitter on a loaded machine
+    // never counts.
+    let mut proxy = support::AdminProxy::start(
+        "",
+        &format!(
+            "[services.s]\ninstances = [\"{}\", \"{}\", \"{}\"]\n[services.s.outlier]\n\
+             latency_min_requests = 5\nlatency_interval = \"500ms\"\nlatency_floor = \"40ms\"\n\
+             base_ejection = \"30s\"\n",
+            fast1.addr, fast2.addr, slow.addr
+        ),
+    )
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = load_until(proxy.proxy, "s.svc", 4, &stop);
+    let api = proxy.api.clone();
+    support::wait_for(Duration::from_secs(20), "the slow instance ejected", || {
+        let api = api.clone();
+        async move {
+            !instance_view(&api, "s", slow.addr).await["ejected_for_ms"].is_null()
+        }
+    })
+    .await;
+    let ejected = instance_view(&api, "s", slow.addr).await;
+    let reason = ejected["last_transition"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("p99 latency"), "{ejected}");
+    assert!(ejected["latency_p99_ms"].as_f64().unwrap_or(0.0) >= 100.0, "{ejected}");
+    // Requests go on, to the fast ones only.
+    let before = (fast1.hits() + fast2.hits(), slow.hits());
+    wait_until(10, "more requests to the fast instances", || {
+        fast1.hits() + fast2.hits() > before.0 + 50
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        within(10, "load worker", w).await.unwrap();
+    }
+    assert!(slow.hits() <= before.1 + 4, "ejected, yet {} more requests", slow.hits() - before.1);
+    for fast in [&fast1, &fast2] {
+        let v = instance_view(&api, "s", fast.addr).await;
+        assert!(v["ejected_for_ms"].is_null() && v["ejections"] == 0, "{v}");
+    }
+    let metrics = api.get("/metrics").await.text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("wayfinder_instance_ejected") && l.contains(&slow.addr.to_string()))
+        .unwrap_or_else(|| panic!("no wayfinder_instance_ejected line for {}", slow.addr));
+    assert!(line.ends_with(" 1") || line.ends_with(" 1.0"), "{line}");
+    proxy.shutdown().await;
+}
