@@ -450,6 +450,9 @@ pub(crate) struct RawService {
     /// A cookie the proxy sets to keep a client on its instance. Default
     /// none.
     pub sticky_cookie: Option<Spanned<String>>,
+    /// A safe request without a body still waiting this long gets a
+    /// second attempt on another instance. Default none (no hedging).
+    pub hedge_after: Option<Spanned<Dur>>,
     /// Where requests wait when every instance is at `max_in_flight`.
     /// Default: see [`RawQueue`].
     pub queue: Option<Spanned<RawQueue>>,

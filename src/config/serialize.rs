@@ -225,6 +225,7 @@ fn traffic_entries<M: SerializeMap>(m: &mut M, t: &Traffic) -> Result<(), M::Err
     )?;
     m.serialize_entry("max_in_flight", &t.max_in_flight)?;
     m.serialize_entry("sticky_cookie", &t.sticky_cookie)?;
+    m.serialize_entry("hedge_after", &t.hedge_after.map(Dur))?;
     m.serialize_entry(
         "queue",
         &Queue {

@@ -107,6 +107,9 @@ pub struct Traffic {
     /// `sticky_cookie`: the cookie naming the instance a client sticks
     /// to, set by the proxy.
     pub sticky_cookie: Option<String>,
+    /// `hedge_after`: a safe request without a body still waiting this
+    /// long gets a second attempt on another instance (`None`: never).
+    pub hedge_after: Option<Duration>,
 }
 
 /// `[services.NAME.p2c_ewma]`.

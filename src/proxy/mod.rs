@@ -12,6 +12,7 @@ pub mod error;
 mod forward;
 mod grpc;
 mod h1;
+mod hedge;
 pub mod headers;
 pub mod observe;
 pub(crate) mod policy;

@@ -4,6 +4,8 @@
 //! its key (a header, a cookie, the client's address or the path), and
 //! the instance its sticky cookie names. Read
 //! from the head's fields as either codec holds them, without allocating.
+//! Also whether a request may be hedged ([`hedge_after`]), which both
+//! codecs ask: the fast path hands such requests to hyper's, which hedges.
 
 use super::policy::Fields;
 use crate::balance::Choice;
@@ -68,6 +70,19 @@ pub(crate) fn choice<F: Fields + ?Sized>(
         }
     }
     c
+}
+
+/// After how long a request to `service` with `method` gets a second
+/// attempt beside a first one still waiting: only when the service sets
+/// `hedge_after`, the method is safe (GET, HEAD, OPTIONS, TRACE: sending
+/// it twice at once changes nothing) and the request has no body.
+pub(crate) fn hedge_after(
+    service: &ServiceEntry,
+    method: &str,
+    bodyless: bool,
+) -> Option<std::time::Duration> {
+    let after = service.policy().traffic.hedge_after?;
+    (bodyless && matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")).then_some(after)
 }
 
 /// The `Set-Cookie` value that keeps the client on the instance at

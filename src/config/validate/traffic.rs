@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -67,6 +68,7 @@ pub(super) fn default_traffic(zone: Option<Arc<Zone>>) -> Traffic {
         subset_keys: Vec::new(),
         zone,
         sticky_cookie: None,
+        hedge_after: None,
     }
 }
 
@@ -134,6 +136,14 @@ pub(super) fn service(
                 format!("{:?} is not a valid cookie name", c.get_ref()),
             ));
         }
+    }
+    if s.hedge_after.is_some() {
+        t.hedge_after = cx.ok(duration(
+            cx,
+            &s.hedge_after,
+            &format!("{key}.hedge_after"),
+            Duration::ZERO,
+        ));
     }
     t.max_in_flight = cx.int_or(
         &s.max_in_flight,
