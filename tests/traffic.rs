@@ -451,3 +451,60 @@ async fn latency_outlier_ejects_the_slow_instance_only() {
     assert!(line.ends_with(" 1") || line.ends_with(" 1.0"), "{line}");
     proxy.shutdown().await;
 }
+
+/// Issue 17: hedging on real instances. One instance holds every request
+/// (a closed gate), the other answers at once; with `hedge_after`, every
+/// GET is answered by the fast one (the held attempt is cancelled, as the
+/// debug header shows), on a connection that starts on the fast path;
+/// a POST is never hedged: the one sent to the held instance waits for
+/// its response timeout and gets 504, and the fast instance never sees a
+/// copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedged_gets_finish_at_the_fast_instance_and_posts_are_never_hedged() {
+    let gate = Gate::new();
+    let held = Backend::builder("held").gated(&gate).start().await;
+    let fast = Backend::start("fast").await;
+    let proxy = Proxy::start(&format!(
+        "[proxy]\ndebug_header = true\n\
+         [services.s]\ninstances = [\"{}\", \"{}\"]\nhedge_after = \"20ms\"\n\
+         [services.s.timeouts]\nresponse_header = \"500ms\"\n\
+         [services.s.retry_budget]\npercent = 100\n",
+        held.addr, fast.addr
+    ))
+    .await;
+    let mut c = H1Client::connect(proxy.addr).await.unwrap();
+    let mut slowest = Duration::ZERO;
+    let mut cancelled = 0;
+    for _ in 0..20 {
+        let start = std::time::Instant::now();
+        let reply = within(10, "hedged GET", c.get("s.svc", "/")).await.unwrap();
+        slowest = slowest.max(start.elapsed());
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.text(), "fast");
+        let trail = reply.headers["x-wayfinder-debug"].to_str().unwrap().to_owned();
+        if trail.contains(&format!("{} cancelled", held.addr)) {
+            cancelled += 1;
+        }
+    }
+    println!("20 hedged GETs: slowest {slowest:?}; {cancelled} held attempts cancelled");
+    assert!(held.hits() >= 5, "round-robin sent first attempts to the held instance: {}", held.hits());
+    assert_eq!(cancelled, held.hits(), "each held attempt hedged over and cancelled");
+
+    let before = fast.hits();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let req = request("POST", "s.svc", "/")
+            .body(support::full("x"))
+            .unwrap();
+        let reply = within(10, "POST", send(proxy.addr, req)).await.unwrap();
+        statuses.push(reply.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let timed_out = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::GATEWAY_TIMEOUT)
+        .count();
+    assert!(timed_out >= 1 && ok + timed_out == 4, "{statuses:?}");
+    assert_eq!(fast.hits() - before, ok, "no POST copied to the fast instance");
+    gate.open();
+}

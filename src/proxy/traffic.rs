@@ -200,6 +200,28 @@ mod tests {
         assert!(pick_with(svc, &c, now, &Tried::default()).is_ok());
     }
 
+    /// Only safe methods without a body are hedged, and only where the
+    /// service asks for it.
+    #[test]
+    fn hedging_takes_safe_bodyless_requests_only() {
+        use crate::config::Config;
+        use crate::registry::Registry;
+        let text = "[services.h]\ninstances = [\"127.0.0.1:1\"]\nhedge_after = \"30ms\"\n\
+                    [services.n]\ninstances = [\"127.0.0.1:2\"]\n";
+        let reg = Registry::new(&Config::parse(text, std::path::Path::new("t.toml")).unwrap());
+        let snap = reg.load();
+        let (h, n) = (snap.service("h").unwrap(), snap.service("n").unwrap());
+        let after = Some(std::time::Duration::from_millis(30));
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+            assert_eq!(hedge_after(h, m, true), after, "{m}");
+            assert_eq!(hedge_after(h, m, false), None, "{m} with a body");
+            assert_eq!(hedge_after(n, m, true), None, "{m}: not asked");
+        }
+        for m in ["POST", "PUT", "DELETE", "PATCH"] {
+            assert_eq!(hedge_after(h, m, true), None, "{m}");
+        }
+    }
+
     #[test]
     fn reads_headers_and_cookies() {
         let f = fields(&[
