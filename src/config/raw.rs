@@ -363,6 +363,9 @@ pub(crate) enum RawRequireTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
+    /// A name for the admin API (`PUT /v1/routes/{name}/split`). Default
+    /// none.
+    pub name: Option<Spanned<String>>,
     /// `"api.example.com"` or `"*.example.com"`; absent means any host.
     pub host: Option<Spanned<String>>,
     /// Path prefix, matched on segment boundaries. Default [`d::route::PATH`].

@@ -122,7 +122,8 @@ impl Serialize for HostMatch {
 
 impl Serialize for Route {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Route", 6)?;
+        let mut m = s.serialize_struct("Route", 7)?;
+        m.serialize_field("name", &self.name.as_deref())?;
         m.serialize_field("host", &self.host)?;
         m.serialize_field("path", &self.path)?;
         m.serialize_field("strip_prefix", &self.strip_prefix)?;

@@ -14,13 +14,10 @@ use crate::config::check::{duration, Cx};
 use crate::config::defaults;
 use crate::config::raw::{RawRoute, RawService, RawZone};
 use crate::config::traffic::{
-    ConsistentHash, HashKey, P2cEwma, Queue, RequestValue, RouteTraffic, SplitEntry, SubsetBy,
-    TagSet, Tags, Traffic, Zone,
+    check_split, ConsistentHash, HashKey, P2cEwma, Queue, RequestValue, RouteTraffic,
+    SplitError, SubsetBy, TagSet, Tags, Traffic, Zone,
 };
 use crate::config::{Balance, ConfigError, Route, ServiceConfig};
-
-/// Most entries in a route's `split`.
-const MAX_SPLIT: usize = 8;
 
 /// `[zone]`.
 pub(super) fn zone(cx: &Cx<'_>, raw: &Option<Spanned<RawZone>>) -> Option<Arc<Zone>> {
@@ -244,36 +241,23 @@ pub(super) fn route(cx: &Cx<'_>, r: &RawRoute, key: &str) -> Result<RouteTraffic
                 "split and match_tags exclude each other: put the tags in each split entry",
             ));
         }
-        let n = list.get_ref().len();
-        if !(2..=MAX_SPLIT).contains(&n) {
-            return Err(cx.err_at(
-                list,
-                &k,
-                format!("{n} entries: a split shares requests between 2 to {MAX_SPLIT} subsets"),
-            ));
-        }
-        for (j, e) in list.get_ref().iter().enumerate() {
-            let e = e.get_ref();
-            let tags = tag_set(cx, &e.tags, &format!("{k}[{j}].tags"))?;
-            let weight = crate::config::check::int(
-                cx,
-                &Some(e.weight.clone()),
-                &format!("{k}[{j}].weight"),
-                0u32,
-                0..=10_000,
-            )?;
-            if split.iter().any(|s: &SplitEntry| s.tags == tags) {
-                return Err(cx.err_at(
-                    &e.tags,
-                    format!("{k}[{j}].tags"),
-                    "the same tags twice in one split",
-                ));
+        let raw = list.get_ref();
+        let entries: Vec<(&Tags, i64)> = raw
+            .iter()
+            .map(|e| (e.get_ref().tags.get_ref(), *e.get_ref().weight.get_ref()))
+            .collect();
+        split = check_split(&entries).map_err(|e| match e.entry() {
+            None => cx.err_at(list, &k, e.to_string()),
+            Some(j) => {
+                let entry = raw[j].get_ref();
+                match e {
+                    SplitError::Weight(..) => {
+                        cx.err_at(&entry.weight, format!("{k}[{j}].weight"), e.to_string())
+                    }
+                    _ => cx.err_at(&entry.tags, format!("{k}[{j}].tags"), e.to_string()),
+                }
             }
-            split.push(SplitEntry { tags, weight });
-        }
-        if split.iter().all(|s| s.weight == 0) {
-            return Err(cx.err_at(list, &k, "every weight is 0: nothing would be sent"));
-        }
+        })?;
     }
     let subset_by = match &r.subset_by {
         None => None,
@@ -313,6 +297,20 @@ pub(super) fn route(cx: &Cx<'_>, r: &RawRoute, key: &str) -> Result<RouteTraffic
         split,
         subset_by,
     })
+}
+
+/// [`attach_subsets`] afresh: each service's subsets are those its routes
+/// select now (after a route's split changed).
+pub(crate) fn reattach_subsets(services: &mut BTreeMap<Arc<str>, ServiceConfig>, routes: &[Route]) {
+    for svc in services.values_mut() {
+        let t = &svc.policy.traffic;
+        if !t.subsets.is_empty() || !t.subset_keys.is_empty() {
+            let traffic = &mut Arc::make_mut(&mut svc.policy).traffic;
+            traffic.subsets.clear();
+            traffic.subset_keys.clear();
+        }
+    }
+    attach_subsets(services, routes);
 }
 
 /// Hands each service the subsets its routes select, so the registry
