@@ -419,15 +419,16 @@ async fn latency_outlier_ejects_the_slow_instance_only() {
     let api = proxy.api.clone();
     support::wait_for(Duration::from_secs(20), "the slow instance ejected", || {
         let api = api.clone();
-        async move {
-            !instance_view(&api, "s", slow.addr).await["ejected_for_ms"].is_null()
-        }
+        async move { !instance_view(&api, "s", slow.addr).await["ejected_for_ms"].is_null() }
     })
     .await;
     let ejected = instance_view(&api, "s", slow.addr).await;
     let reason = ejected["last_transition"]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("p99 latency"), "{ejected}");
-    assert!(ejected["latency_p99_ms"].as_f64().unwrap_or(0.0) >= 100.0, "{ejected}");
+    assert!(
+        ejected["latency_p99_ms"].as_f64().unwrap_or(0.0) >= 100.0,
+        "{ejected}"
+    );
     // Requests go on, to the fast ones only.
     let before = (fast1.hits() + fast2.hits(), slow.hits());
     wait_until(10, "more requests to the fast instances", || {
@@ -438,7 +439,11 @@ async fn latency_outlier_ejects_the_slow_instance_only() {
     for w in workers {
         within(10, "load worker", w).await.unwrap();
     }
-    assert!(slow.hits() <= before.1 + 4, "ejected, yet {} more requests", slow.hits() - before.1);
+    assert!(
+        slow.hits() <= before.1 + 4,
+        "ejected, yet {} more requests",
+        slow.hits() - before.1
+    );
     for fast in [&fast1, &fast2] {
         let v = instance_view(&api, "s", fast.addr).await;
         assert!(v["ejected_for_ms"].is_null() && v["ejections"] == 0, "{v}");
@@ -481,14 +486,25 @@ async fn hedged_gets_finish_at_the_fast_instance_and_posts_are_never_hedged() {
         slowest = slowest.max(start.elapsed());
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         assert_eq!(reply.text(), "fast");
-        let trail = reply.headers["x-wayfinder-debug"].to_str().unwrap().to_owned();
+        let trail = reply.headers["x-wayfinder-debug"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         if trail.contains(&format!("{} cancelled", held.addr)) {
             cancelled += 1;
         }
     }
     println!("20 hedged GETs: slowest {slowest:?}; {cancelled} held attempts cancelled");
-    assert!(held.hits() >= 5, "round-robin sent first attempts to the held instance: {}", held.hits());
-    assert_eq!(cancelled, held.hits(), "each held attempt hedged over and cancelled");
+    assert!(
+        held.hits() >= 5,
+        "round-robin sent first attempts to the held instance: {}",
+        held.hits()
+    );
+    assert_eq!(
+        cancelled,
+        held.hits(),
+        "each held attempt hedged over and cancelled"
+    );
 
     let before = fast.hits();
     let mut statuses = Vec::new();
@@ -505,7 +521,11 @@ async fn hedged_gets_finish_at_the_fast_instance_and_posts_are_never_hedged() {
         .filter(|s| **s == StatusCode::GATEWAY_TIMEOUT)
         .count();
     assert!(timed_out >= 1 && ok + timed_out == 4, "{statuses:?}");
-    assert_eq!(fast.hits() - before, ok, "no POST copied to the fast instance");
+    assert_eq!(
+        fast.hits() - before,
+        ok,
+        "no POST copied to the fast instance"
+    );
     gate.open();
 }
 
@@ -539,7 +559,10 @@ async fn split_changed_through_the_admin_api_without_a_restart() {
 
     let half = r#"{"split": [{"tags": {"version": "1"}, "weight": 50}, {"tags": {"version": "2"}, "weight": 50}]}"#;
     let path = "/v1/routes/shop/split";
-    assert_eq!(api.call("PUT", path, Some(half)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.call("PUT", path, Some(half)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     api.token = Some("split-t0ken".into());
     let reply = api.call("PUT", path, Some(half)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -547,7 +570,10 @@ async fn split_changed_through_the_admin_api_without_a_restart() {
     assert_eq!(canary_share(names(addr, "shop", 1000, &[]).await), 500);
     let routes = api.json("/v1/routes").await;
     let route = &routes["routes"][0];
-    assert_eq!((route["name"].as_str(), route["split_from"].as_str()), (Some("shop"), Some("admin_api")));
+    assert_eq!(
+        (route["name"].as_str(), route["split_from"].as_str()),
+        (Some("shop"), Some("admin_api"))
+    );
     assert_eq!(route["split"][1]["weight"], 50, "{route}");
 
     // Refused by name: one entry, a bad weight, an unknown route.
@@ -558,10 +584,18 @@ async fn split_changed_through_the_admin_api_without_a_restart() {
     let heavy = half.replace("50}]", "20000}]");
     let reply = api.call("PUT", path, Some(&heavy)).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert!(reply.text().contains("entry 1: weight 20000"), "{}", reply.text());
+    assert!(
+        reply.text().contains("entry 1: weight 20000"),
+        "{}",
+        reply.text()
+    );
     let reply = api.call("PUT", "/v1/routes/nope/split", Some(half)).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
-    assert_eq!(canary_share(names(addr, "shop", 100, &[]).await), 50, "unchanged");
+    assert_eq!(
+        canary_share(names(addr, "shop", 100, &[]).await),
+        50,
+        "unchanged"
+    );
 
     // A reload that leaves the split alone keeps the API's.
     let running = proxy.running();
@@ -581,7 +615,10 @@ async fn split_changed_through_the_admin_api_without_a_restart() {
     assert_eq!(reply.json()["split_from"], "config");
     assert_eq!(canary_share(names(addr, "shop", 1000, &[]).await), 50);
     // Set again, then a reload that changes the route's split: the file wins.
-    assert_eq!(api.call("PUT", path, Some(half)).await.status, StatusCode::OK);
+    assert_eq!(
+        api.call("PUT", path, Some(half)).await.status,
+        StatusCode::OK
+    );
     let changed = named_canary_tables(&[&a, &b], &canary, (90, 10));
     running.registry.apply_config(&file(&changed));
     assert!(running.registry.settled(Duration::from_secs(5)).await);

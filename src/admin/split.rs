@@ -66,7 +66,11 @@ impl Admin {
         match self.registry.set_split(route, split) {
             Ok(()) => {
                 self.settled().await;
-                tracing::info!(route, "route split {} through the admin API", if set { "set" } else { "reset to the file's" });
+                tracing::info!(
+                    route,
+                    "route split {} through the admin API",
+                    if set { "set" } else { "reset to the file's" }
+                );
                 let overrides = self.registry.split_overrides();
                 let config = self.state.config();
                 let file = config

@@ -103,8 +103,9 @@ use serde::Serialize;
 pub use error::ConfigError;
 pub use membership::{GossipSettings, SerfSettings};
 pub use service::{
-    Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, Protocol, RetryBudget,
-    LatencyOutlier, ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate, Upstream,
+    Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, LatencyOutlier, Outlier, Protocol,
+    RetryBudget, ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate,
+    Upstream,
 };
 pub use startup::{
     AccessLogFormat, AccessLogSettings, AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth,

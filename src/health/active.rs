@@ -144,7 +144,12 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
 /// Whether `service`'s comparison every `interval` is due at `now` (the
 /// first one an interval after the service was first seen); if so, its
 /// time is recorded.
-fn due(last: &mut HashMap<Arc<str>, u64>, service: &ServiceEntry, interval: Duration, now: u64) -> bool {
+fn due(
+    last: &mut HashMap<Arc<str>, u64>,
+    service: &ServiceEntry,
+    interval: Duration,
+    now: u64,
+) -> bool {
     let last = last.entry(service.name().clone()).or_insert(now);
     if now.saturating_sub(*last) >= interval.as_millis() as u64 {
         *last = now;

@@ -52,12 +52,12 @@ pub fn evaluate(service: &ServiceEntry, now_ms: u64) -> usize {
     let sorted: [u64; MAX_JUDGED] = std::array::from_fn(|k| judged.get(k).map_or(0, |j| j.1));
     let sorted = &sorted[..n];
     let cap = (members.len() * usize::from(o.max_ejected_percent) / 100).max(1);
-    let mut ejected_now = members
+    let ejected_before = members
         .iter()
         .filter(|m| m.instance.is_ejected(now_ms))
         .count();
+    let mut ejected_now = ejected_before;
     let floor = cfg.floor.as_micros() as u64;
-    let mut count = 0;
     // Slowest first, so the cap keeps the worst out.
     for k in (0..n).rev() {
         let (i, p99) = judged[k];
@@ -85,8 +85,8 @@ pub fn evaluate(service: &ServiceEntry, now_ms: u64) -> usize {
             ),
         );
         ejected_now += 1;
-        count += 1;
     }
+    let count = ejected_now - ejected_before;
     if count > 0 {
         super::panic::update(service, now_ms);
     }
@@ -158,7 +158,10 @@ mod tests {
             .map(|m| m.instance.is_ejected(now))
             .collect();
         assert_eq!(ejected, [false, false, false, true]);
-        assert!(svc.members()[3].instance.latency_window().last_p99() >= Some(Duration::from_millis(60)));
+        assert!(
+            svc.members()[3].instance.latency_window().last_p99()
+                >= Some(Duration::from_millis(60))
+        );
         // Windows taken: nothing to judge now.
         assert_eq!(evaluate(svc, now), 0);
         // Two instances with enough responses: fewer than min_instances.

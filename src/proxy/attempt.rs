@@ -344,7 +344,12 @@ fn why_unavailable(service: &ServiceEntry, now_ms: u64) -> String {
 }
 
 /// Appends one attempt to the debug trail, when it is kept.
-pub(crate) fn note(trail: &mut Option<String>, n: u32, addr: SocketAddr, outcome: std::fmt::Arguments<'_>) {
+pub(crate) fn note(
+    trail: &mut Option<String>,
+    n: u32,
+    addr: SocketAddr,
+    outcome: std::fmt::Arguments<'_>,
+) {
     use std::fmt::Write;
     if let Some(t) = trail {
         if !t.is_empty() {

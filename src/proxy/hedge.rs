@@ -121,7 +121,11 @@ impl Race<'_> {
         if let (Some(waited), Some(lost)) = (loser_waited, &loser) {
             let lost = lost.instance();
             attempt::observe_latency(service, lost, waited);
-            let loser_n = if side == Side::First { second_n } else { first_n };
+            let loser_n = if side == Side::First {
+                second_n
+            } else {
+                first_n
+            };
             attempt::note(trail, loser_n, lost.addr(), format_args!("cancelled"));
         }
         drop(loser);

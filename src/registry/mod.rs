@@ -228,7 +228,9 @@ impl Registry {
             }
             kept
         });
-        let effective = config.with_splits(&st.splits).unwrap_or_else(|_| config.clone());
+        let effective = config
+            .with_splits(&st.splits)
+            .unwrap_or_else(|_| config.clone());
         let config = &effective;
         st.router = Arc::new(Router::new(config));
         st.policies = policies(config);

@@ -8,9 +8,7 @@ use super::{forwarding, traffic};
 use crate::config::check::{valid_host_chars, Cx};
 use crate::config::defaults;
 use crate::config::raw::{RawRequireTls, RawRoute};
-use crate::config::{
-    check_service_name, ConfigError, HostMatch, RequireTls, Route, ServiceConfig,
-};
+use crate::config::{check_service_name, ConfigError, HostMatch, RequireTls, Route, ServiceConfig};
 
 /// Every route, in file order; `services` are the declared services.
 pub(super) fn routes(

@@ -16,8 +16,8 @@ use crate::config::check::{duration, duration_or_zero, Cx};
 use crate::config::defaults;
 use crate::config::raw::{Dur, RawBalance, RawInstance, RawService};
 use crate::config::{
-    check_service_name, Balance, Outlier, ProxySettings, RetryBudget, ServiceConfig, ServicePolicy,
-    LatencyOutlier, ServiceTimeouts, StaticInstance, SuccessRate, Timeouts, Upstream,
+    check_service_name, Balance, LatencyOutlier, Outlier, ProxySettings, RetryBudget,
+    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate, Timeouts, Upstream,
 };
 
 /// The policy of a service that does not set its own: the global

@@ -14,8 +14,8 @@ use crate::config::check::{duration, Cx};
 use crate::config::defaults;
 use crate::config::raw::{RawRoute, RawService, RawZone};
 use crate::config::traffic::{
-    check_split, ConsistentHash, HashKey, P2cEwma, Queue, RequestValue, RouteTraffic,
-    SplitError, SubsetBy, TagSet, Tags, Traffic, Zone,
+    check_split, ConsistentHash, HashKey, P2cEwma, Queue, RequestValue, RouteTraffic, SplitError,
+    SubsetBy, TagSet, Tags, Traffic, Zone,
 };
 use crate::config::{Balance, ConfigError, Route, ServiceConfig};
 
@@ -434,14 +434,29 @@ mod tests {
         ))
         .unwrap();
         let l = c.services["a"].policy.outlier.latency;
-        assert_eq!((l.min_requests, l.min_instances, l.factor_milli), (50, 2, 2500));
+        assert_eq!(
+            (l.min_requests, l.min_instances, l.factor_milli),
+            (50, 2, 2500)
+        );
         assert_eq!((l.floor.as_millis(), l.interval.as_secs()), (5, 2));
-        assert_eq!(c.default_policy.outlier.latency.min_requests, 0, "off by default");
+        assert_eq!(
+            c.default_policy.outlier.latency.min_requests, 0,
+            "off by default"
+        );
         for (bad, key) in [
             ("latency_factor = 1.0", "services.a.outlier.latency_factor"),
-            ("latency_min_instances = 1", "services.a.outlier.latency_min_instances"),
-            ("latency_min_requests = -1", "services.a.outlier.latency_min_requests"),
-            ("latency_interval = \"0s\"", "services.a.outlier.latency_interval"),
+            (
+                "latency_min_instances = 1",
+                "services.a.outlier.latency_min_instances",
+            ),
+            (
+                "latency_min_requests = -1",
+                "services.a.outlier.latency_min_requests",
+            ),
+            (
+                "latency_interval = \"0s\"",
+                "services.a.outlier.latency_interval",
+            ),
         ] {
             let (line, k, _) = err(&format!("{SVC}[services.a.outlier]\n{bad}\n"));
             assert_eq!((line, k.as_str()), (4, key), "{bad}");
