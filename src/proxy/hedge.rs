@@ -1,8 +1,8 @@
 //! Request hedging (`hedge_after`): when the first attempt of a request
 //! that may be hedged ([`super::traffic::hedge_after`]: a safe method and
 //! no body) has not ended after the delay, a second attempt goes to
-//! another instance beside it, if the retry budget grants one and an
-//! instance is free; the first response head wins, and the other attempt
+//! another instance beside it, if one is free and the retry budget grants
+//! a retry; the first response head wins, and the other attempt
 //! is cancelled: its future is dropped, which drops its connection (an
 //! HTTP/1.1 connection closes, it is never pooled half-read; an HTTP/2
 //! stream is reset) and its in-flight guard. An attempt that fails while
@@ -68,9 +68,12 @@ impl Race<'_> {
                 outcome = &mut first => Some(outcome),
                 () = tokio::time::sleep(self.delay) => None,
             };
-            // The budget first: a hedge is a retry.
-            if early.is_none() && retry::take(service, clock::now_ms()) {
-                second = pick_with(service, self.choice, clock::now_ms(), tried).ok();
+            // Another instance, then the budget (a hedge is a retry): no
+            // token is spent when there is nowhere to hedge to.
+            if early.is_none() {
+                second = pick_with(service, self.choice, clock::now_ms(), tried)
+                    .ok()
+                    .filter(|_| retry::take(service, clock::now_ms()));
             }
             match (early, &second) {
                 (Some(outcome), _) => (Side::First, outcome, None),

@@ -323,8 +323,8 @@ impl Conn<'_> {
             tracing::trace!("request to a TLS or HTTP/2 service handed to the general path");
             return Prepared::Fallback;
         }
-        if traffic::hedge_after(&routed.service, head.method, plan.body == Framing::Empty).is_some()
-        {
+        let bodyless = matches!(plan.body, Framing::Empty | Framing::Length(0));
+        if traffic::hedge_after(&routed.service, head.method, bodyless).is_some() {
             // Hedged: two attempts at once are the general path's.
             tracing::trace!("request to hedge handed to the general path");
             return Prepared::Fallback;
