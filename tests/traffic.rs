@@ -347,3 +347,281 @@ async fn sticky_cookie_keeps_a_client_on_its_instance() {
         assert_ne!(renewed.split(';').next().unwrap(), cookie);
     }
 }
+
+/// GETs for `host` from `workers` keep-alive connections until `stop` is
+/// set; returns how many each worker sent.
+fn load_until(
+    addr: SocketAddr,
+    host: &'static str,
+    workers: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    (0..workers)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = H1Client::connect(addr).await.expect("connect");
+                let mut sent = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply = c.get(host, "/").await.expect("request");
+                    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect()
+}
+
+/// The `GET /v1/services` entry of the instance at `addr` of `service`.
+async fn instance_view(api: &support::Api, service: &str, addr: SocketAddr) -> serde_json::Value {
+    let doc = api.json("/v1/services").await;
+    let services = doc["services"].as_array().expect("services");
+    let s = services
+        .iter()
+        .find(|s| s["name"] == service)
+        .expect("the service");
+    s["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .find(|i| i["address"] == addr.to_string())
+        .cloned()
+        .expect("the instance")
+}
+
+/// Issue 17: latency outlier detection on real instances. One of three
+/// answers after 150 ms, the others at once: the slow one is ejected for
+/// its p99 (the reason says so, the metric shows it), the fast ones are
+/// not, and traffic keeps flowing to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_outlier_ejects_the_slow_instance_only() {
+    let fast1 = Backend::start("fast1").await;
+    let fast2 = Backend::start("fast2").await;
+    let slow = Backend::builder("slow")
+        .delay(Duration::from_millis(150))
+        .start()
+        .await;
+    // A floor of 40 ms: a fast instance's jitter on a loaded machine
+    // never counts.
+    let mut proxy = support::AdminProxy::start(
+        "",
+        &format!(
+            "[services.s]\ninstances = [\"{}\", \"{}\", \"{}\"]\n[services.s.outlier]\n\
+             latency_min_requests = 5\nlatency_interval = \"500ms\"\nlatency_floor = \"40ms\"\n\
+             base_ejection = \"30s\"\n",
+            fast1.addr, fast2.addr, slow.addr
+        ),
+    )
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = load_until(proxy.proxy, "s.svc", 4, &stop);
+    let api = proxy.api.clone();
+    support::wait_for(Duration::from_secs(20), "the slow instance ejected", || {
+        let api = api.clone();
+        async move { !instance_view(&api, "s", slow.addr).await["ejected_for_ms"].is_null() }
+    })
+    .await;
+    let ejected = instance_view(&api, "s", slow.addr).await;
+    let reason = ejected["last_transition"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("p99 latency"), "{ejected}");
+    assert!(
+        ejected["latency_p99_ms"].as_f64().unwrap_or(0.0) >= 100.0,
+        "{ejected}"
+    );
+    // Requests go on, to the fast ones only.
+    let before = (fast1.hits() + fast2.hits(), slow.hits());
+    wait_until(10, "more requests to the fast instances", || {
+        fast1.hits() + fast2.hits() > before.0 + 50
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        within(10, "load worker", w).await.unwrap();
+    }
+    assert!(
+        slow.hits() <= before.1 + 4,
+        "ejected, yet {} more requests",
+        slow.hits() - before.1
+    );
+    for fast in [&fast1, &fast2] {
+        let v = instance_view(&api, "s", fast.addr).await;
+        assert!(v["ejected_for_ms"].is_null() && v["ejections"] == 0, "{v}");
+    }
+    let metrics = api.get("/metrics").await.text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("wayfinder_instance_ejected") && l.contains(&slow.addr.to_string()))
+        .unwrap_or_else(|| panic!("no wayfinder_instance_ejected line for {}", slow.addr));
+    assert!(line.ends_with(" 1") || line.ends_with(" 1.0"), "{line}");
+    proxy.shutdown().await;
+}
+
+/// Issue 17: hedging on real instances. One instance holds every request
+/// (a closed gate), the other answers at once; with `hedge_after`, every
+/// GET is answered by the fast one (the held attempt is cancelled, as the
+/// debug header shows), on a connection that starts on the fast path;
+/// a POST is never hedged: the one sent to the held instance waits for
+/// its response timeout and gets 504, and the fast instance never sees a
+/// copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedged_gets_finish_at_the_fast_instance_and_posts_are_never_hedged() {
+    let gate = Gate::new();
+    let held = Backend::builder("held").gated(&gate).start().await;
+    let fast = Backend::start("fast").await;
+    let proxy = Proxy::start(&format!(
+        "[proxy]\ndebug_header = true\n\
+         [services.s]\ninstances = [\"{}\", \"{}\"]\nhedge_after = \"20ms\"\n\
+         [services.s.timeouts]\nresponse_header = \"500ms\"\n\
+         [services.s.retry_budget]\npercent = 100\n",
+        held.addr, fast.addr
+    ))
+    .await;
+    let mut c = H1Client::connect(proxy.addr).await.unwrap();
+    let mut slowest = Duration::ZERO;
+    let mut cancelled = 0;
+    for _ in 0..20 {
+        let start = std::time::Instant::now();
+        let reply = within(10, "hedged GET", c.get("s.svc", "/")).await.unwrap();
+        slowest = slowest.max(start.elapsed());
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.text(), "fast");
+        let trail = reply.headers["x-wayfinder-debug"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if trail.contains(&format!("{} cancelled", held.addr)) {
+            cancelled += 1;
+        }
+    }
+    println!("20 hedged GETs: slowest {slowest:?}; {cancelled} held attempts cancelled");
+    assert!(
+        held.hits() >= 5,
+        "round-robin sent first attempts to the held instance: {}",
+        held.hits()
+    );
+    assert_eq!(
+        cancelled,
+        held.hits(),
+        "each held attempt hedged over and cancelled"
+    );
+
+    let before = fast.hits();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let req = request("POST", "s.svc", "/")
+            .body(support::full("x"))
+            .unwrap();
+        let reply = within(10, "POST", send(proxy.addr, req)).await.unwrap();
+        statuses.push(reply.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let timed_out = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::GATEWAY_TIMEOUT)
+        .count();
+    assert!(timed_out >= 1 && ok + timed_out == 4, "{statuses:?}");
+    assert_eq!(
+        fast.hits() - before,
+        ok,
+        "no POST copied to the fast instance"
+    );
+    gate.open();
+}
+
+/// The canary config of [`canary_config`] with the route named "shop"
+/// and the admin API on (tables only, for [`support::AdminProxy`]).
+fn named_canary_tables(v1: &[&Backend], v2: &Backend, weights: (u32, u32)) -> String {
+    let text = canary_config(v1, v2, weights);
+    let tables = &text[text.find("[[routes]]").expect("routes")..];
+    tables.replacen("[[routes]]\n", "[[routes]]\nname = \"shop\"\n", 1)
+}
+
+/// Issue 17: a split changed through the admin API applies without a
+/// restart, measured over real requests (95/5, then 50/50 set with the
+/// token, then back to the file's by DELETE); `GET /v1/routes` shows it
+/// and where it comes from; bad calls are refused by name; a reload that
+/// leaves the route's split alone keeps it, one that changes it wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_changed_through_the_admin_api_without_a_restart() {
+    let a = Backend::start("v1a").await;
+    let b = Backend::start("v1b").await;
+    let canary = Backend::start("v2").await;
+    let mut proxy = support::AdminProxy::start(
+        "token = \"split-t0ken\"",
+        &named_canary_tables(&[&a, &b], &canary, (95, 5)),
+    )
+    .await;
+    let mut api = proxy.api.clone();
+    let addr = proxy.proxy;
+    let canary_share = |got: Vec<String>| got.iter().filter(|n| *n == "v2").count();
+    assert_eq!(canary_share(names(addr, "shop", 1000, &[]).await), 50);
+
+    let half = r#"{"split": [{"tags": {"version": "1"}, "weight": 50}, {"tags": {"version": "2"}, "weight": 50}]}"#;
+    let path = "/v1/routes/shop/split";
+    assert_eq!(
+        api.call("PUT", path, Some(half)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    api.token = Some("split-t0ken".into());
+    let reply = api.call("PUT", path, Some(half)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["split_from"], "admin_api");
+    assert_eq!(canary_share(names(addr, "shop", 1000, &[]).await), 500);
+    let routes = api.json("/v1/routes").await;
+    let route = &routes["routes"][0];
+    assert_eq!(
+        (route["name"].as_str(), route["split_from"].as_str()),
+        (Some("shop"), Some("admin_api"))
+    );
+    assert_eq!(route["split"][1]["weight"], 50, "{route}");
+
+    // Refused by name: one entry, a bad weight, an unknown route.
+    let one = r#"{"split": [{"tags": {"version": "1"}, "weight": 1}]}"#;
+    let reply = api.call("PUT", path, Some(one)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.text().contains("2 to 8"), "{}", reply.text());
+    let heavy = half.replace("50}]", "20000}]");
+    let reply = api.call("PUT", path, Some(&heavy)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.text().contains("entry 1: weight 20000"),
+        "{}",
+        reply.text()
+    );
+    let reply = api.call("PUT", "/v1/routes/nope/split", Some(half)).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    assert_eq!(
+        canary_share(names(addr, "shop", 100, &[]).await),
+        50,
+        "unchanged"
+    );
+
+    // A reload that leaves the split alone keeps the API's.
+    let running = proxy.running();
+    let tables = named_canary_tables(&[&a, &b], &canary, (95, 5));
+    let file = |tables: &str| {
+        support::parse_config(&format!(
+            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"off\"\n{}\n[services.shop.retry_budget]\npercent = 10\n",
+            tables
+        ))
+    };
+    running.registry.apply_config(&file(&tables));
+    assert!(running.registry.settled(Duration::from_secs(5)).await);
+    assert_eq!(canary_share(names(addr, "shop", 100, &[]).await), 50);
+    // DELETE: the file's 95/5 again.
+    let reply = api.call("DELETE", path, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["split_from"], "config");
+    assert_eq!(canary_share(names(addr, "shop", 1000, &[]).await), 50);
+    // Set again, then a reload that changes the route's split: the file wins.
+    assert_eq!(
+        api.call("PUT", path, Some(half)).await.status,
+        StatusCode::OK
+    );
+    let changed = named_canary_tables(&[&a, &b], &canary, (90, 10));
+    running.registry.apply_config(&file(&changed));
+    assert!(running.registry.settled(Duration::from_secs(5)).await);
+    assert_eq!(canary_share(names(addr, "shop", 1000, &[]).await), 100);
+    proxy.shutdown().await;
+}

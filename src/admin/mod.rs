@@ -13,6 +13,7 @@
 //! | `GET /v1/status` | version, uptime, readiness, snapshot version and age, last reload, settings waiting for a restart |
 //! | `GET /v1/config` | the config in effect, secrets redacted |
 //! | `GET /v1/routes` | explicit routes in precedence order, and the conventions |
+//! | `PUT` / `DELETE /v1/routes/{name}/split` | set a named route's split / back to the file's |
 //! | `GET /v1/services` | every service and instance with its combined state |
 //! | `GET /v1/sources` | per source: state, last success/error, instances, held-back removals |
 //! | `GET /v1/members` | the gossip fleet: members, their state and what they publish |
@@ -50,6 +51,7 @@ mod registry_api;
 mod respond;
 pub(crate) mod services;
 mod sources;
+mod split;
 pub(crate) mod state;
 pub(crate) mod status;
 
@@ -191,6 +193,7 @@ impl Admin {
                 ["healthz" | "readyz" | "metrics" | "dashboard" | ""]
                 | ["v1", "status" | "config" | "routes" | "services" | "members" | "dashboard"],
             ) => method_not_allowed("GET, HEAD"),
+            (_, ["v1", "routes", route, "split"]) => self.route_split(req, route).await,
             (_, ["v1", "sources" | "registry", ..] | ["v1", "services", _, ..]) => {
                 self.registry_call(req, &segments).await
             }

@@ -215,6 +215,10 @@ pub(crate) struct InstanceView {
     pub errors: u64,
     /// Failures since the last success.
     pub consecutive_failures: u32,
+    /// Its p99 time to the response head over the last window latency
+    /// outlier detection judged it on, in milliseconds (null when off or
+    /// with too few responses).
+    pub latency_p99_ms: Option<f64>,
     /// Idle pooled connections.
     pub idle_connections: usize,
     /// Shared HTTP/2 connections open to the instance.
@@ -265,6 +269,11 @@ pub(crate) fn services(registry: &Registry) -> ServicesView {
                         s.responses()[4] + c + t + r
                     },
                     consecutive_failures: m.instance.consecutive_failures(),
+                    latency_p99_ms: m
+                        .instance
+                        .latency_window()
+                        .last_p99()
+                        .map(|d| d.as_secs_f64() * 1000.0),
                     idle_connections: crate::proxy::upstream::idle_connections(&m.instance),
                     h2_connections: crate::proxy::upstream::h2_connections(&m.instance).0,
                     h2_streams: crate::proxy::upstream::h2_connections(&m.instance).1,

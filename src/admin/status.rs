@@ -4,6 +4,7 @@
 //! `GET /v1/routes` (the routing table in precedence order), built from
 //! [`RunState`] and the registry.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -11,7 +12,7 @@ use serde::Serialize;
 
 use super::state::{Phase, ReloadOutcome, RunState};
 use crate::clock;
-use crate::config::{Config, HostMatch};
+use crate::config::{Config, HostMatch, SplitEntry};
 use crate::registry::Registry;
 
 /// `GET /v1/status`.
@@ -127,6 +128,11 @@ pub(crate) struct RoutesView {
 /// One explicit route.
 #[derive(Debug, Serialize)]
 pub(crate) struct RouteView {
+    /// Its name, when it has one (the admin API's handle on it).
+    pub name: Option<String>,
+    /// Its split in effect, with where it comes from.
+    #[serde(flatten)]
+    pub split: SplitView,
     /// `api.example.com`, `*.example.com`, or null for any host.
     pub host: Option<String>,
     /// Path prefix, matched on whole segments.
@@ -139,6 +145,48 @@ pub(crate) struct RouteView {
     pub instances: usize,
     /// Of those, how many take traffic now.
     pub available: usize,
+}
+
+/// A route's split in effect.
+#[derive(Debug, Serialize)]
+pub(crate) struct SplitView {
+    /// `[{"tags": {...}, "weight": N}]`; empty when the route does not
+    /// split.
+    pub split: Vec<SplitEntryView>,
+    /// `"config"` (the file) or `"admin_api"`; null without a split.
+    pub split_from: Option<&'static str>,
+}
+
+/// One entry of a [`SplitView`].
+#[derive(Debug, Serialize)]
+pub(crate) struct SplitEntryView {
+    /// The subset's tags.
+    pub tags: BTreeMap<String, String>,
+    /// Its share.
+    pub weight: u32,
+}
+
+/// The split in effect on the route named `name` (`file`: its split in
+/// the file), given the splits set through the admin API.
+pub(crate) fn split_view(
+    name: &str,
+    file: &[SplitEntry],
+    overrides: &BTreeMap<Arc<str>, Vec<SplitEntry>>,
+) -> SplitView {
+    let (split, from) = match overrides.get(name) {
+        Some(s) => (s.as_slice(), "admin_api"),
+        None => (file, "config"),
+    };
+    SplitView {
+        split: split
+            .iter()
+            .map(|e| SplitEntryView {
+                tags: (*e.tags.tags).clone(),
+                weight: e.weight,
+            })
+            .collect(),
+        split_from: (!split.is_empty()).then_some(from),
+    }
 }
 
 /// The conventions part of [`RoutesView`].
@@ -158,6 +206,7 @@ pub(crate) fn routes(state: &RunState, registry: &Registry) -> RoutesView {
     let config = state.config();
     let snap = registry.load();
     let now = clock::now_ms();
+    let overrides = registry.split_overrides();
     let mut list: Vec<&crate::config::Route> = config.routes.iter().collect();
     list.sort_by_key(|r| {
         let (class, host_len, host) = match &r.host {
@@ -179,6 +228,13 @@ pub(crate) fn routes(state: &RunState, registry: &Registry) -> RoutesView {
                 (members.len(), up)
             });
             RouteView {
+                name: r.name.as_deref().map(str::to_owned),
+                // Names are never empty: an unnamed route has no override.
+                split: split_view(
+                    r.name.as_deref().unwrap_or_default(),
+                    &r.traffic.split,
+                    &overrides,
+                ),
                 host: match &r.host {
                     HostMatch::Any => None,
                     HostMatch::Exact(h) => Some(h.clone()),

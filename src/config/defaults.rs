@@ -226,6 +226,17 @@ pub(crate) mod outlier {
     pub(crate) const SUCCESS_RATE_STDEV_FACTOR_MILLI: u32 = 1900;
     /// `outlier.success_rate_interval`.
     pub(crate) const SUCCESS_RATE_INTERVAL: Duration = Duration::from_secs(10);
+    /// `outlier.latency_min_requests` (0: latency detection off).
+    pub(crate) const LATENCY_MIN_REQUESTS: u32 = 0;
+    /// `outlier.latency_min_instances`: the median of two others already
+    /// outvotes one slow instance.
+    pub(crate) const LATENCY_MIN_INSTANCES: u32 = 3;
+    /// `outlier.latency_factor`, in thousandths.
+    pub(crate) const LATENCY_FACTOR_MILLI: u32 = 3000;
+    /// `outlier.latency_floor`.
+    pub(crate) const LATENCY_FLOOR: Duration = Duration::from_millis(10);
+    /// `outlier.latency_interval`.
+    pub(crate) const LATENCY_INTERVAL: Duration = Duration::from_secs(10);
 }
 
 /// `[services.NAME.retry_budget]`.

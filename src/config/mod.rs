@@ -103,9 +103,9 @@ use serde::Serialize;
 pub use error::ConfigError;
 pub use membership::{GossipSettings, SerfSettings};
 pub use service::{
-    Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, Outlier, Protocol, RetryBudget,
-    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate, Upstream,
-    PROTOCOL_TAG,
+    Balance, CheckKind, DnsDiscovery, DnsKind, HealthCheck, LatencyOutlier, Outlier, Protocol,
+    RetryBudget, ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate,
+    Upstream, PROTOCOL_TAG,
 };
 pub use startup::{
     AccessLogFormat, AccessLogSettings, AdminSettings, Cidr, ConnectionTimeouts, EtcdAuth,
@@ -113,8 +113,9 @@ pub use startup::{
     Runtime, Startup, TlsListener,
 };
 pub use traffic::{
-    mix, pair_hash, stable_hash, ConsistentHash, HashKey, P2cEwma, Queue, RequestValue,
-    RouteTraffic, SplitEntry, SubsetBy, TagSet, Tags, Traffic, Zone,
+    check_split, mix, pair_hash, stable_hash, ConsistentHash, HashKey, P2cEwma, Queue,
+    RequestValue, RouteTraffic, SetSplitError, SplitEntry, SplitError, SubsetBy, TagSet, Tags,
+    Traffic, Zone, MAX_SPLIT,
 };
 
 /// A fully validated configuration. [`Config::startup`] holds what the
@@ -201,6 +202,8 @@ pub struct Conventions {
 /// One explicit route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// Its name, for the admin API (unique among routes).
+    pub name: Option<Arc<str>>,
     /// Which Host values match.
     pub host: HostMatch,
     /// Path prefix, starting with `/`, matched on segment boundaries.

@@ -363,6 +363,9 @@ pub(crate) enum RawRequireTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
+    /// A name for the admin API (`PUT /v1/routes/{name}/split`). Default
+    /// none.
+    pub name: Option<Spanned<String>>,
     /// `"api.example.com"` or `"*.example.com"`; absent means any host.
     pub host: Option<Spanned<String>>,
     /// Path prefix, matched on segment boundaries. Default [`d::route::PATH`].
@@ -450,6 +453,9 @@ pub(crate) struct RawService {
     /// A cookie the proxy sets to keep a client on its instance. Default
     /// none.
     pub sticky_cookie: Option<Spanned<String>>,
+    /// A safe request without a body still waiting this long gets a
+    /// second attempt on another instance. Default none (no hedging).
+    pub hedge_after: Option<Spanned<Dur>>,
     /// Where requests wait when every instance is at `max_in_flight`.
     /// Default: see [`RawQueue`].
     pub queue: Option<Spanned<RawQueue>>,
@@ -668,6 +674,21 @@ pub(crate) struct RawOutlier {
     /// How often success rates are compared. Default
     /// [`d::outlier::SUCCESS_RATE_INTERVAL`].
     pub success_rate_interval: Option<Spanned<Dur>>,
+    /// Timed responses an instance needs per interval to be judged by
+    /// latency (0: off). Default [`d::outlier::LATENCY_MIN_REQUESTS`].
+    pub latency_min_requests: Option<Spanned<i64>>,
+    /// Instances with enough responses needed to judge any. Default
+    /// [`d::outlier::LATENCY_MIN_INSTANCES`].
+    pub latency_min_instances: Option<Spanned<i64>>,
+    /// Times the others' median p99 that ejects. Default
+    /// [`d::outlier::LATENCY_FACTOR_MILLI`] thousandths.
+    pub latency_factor: Option<Spanned<f64>>,
+    /// A p99 at or below this never ejects. Default
+    /// [`d::outlier::LATENCY_FLOOR`].
+    pub latency_floor: Option<Spanned<Dur>>,
+    /// How often p99s are compared. Default
+    /// [`d::outlier::LATENCY_INTERVAL`].
+    pub latency_interval: Option<Spanned<Dur>>,
 }
 
 /// `[services.NAME.retry_budget]`.

@@ -122,7 +122,8 @@ impl Serialize for HostMatch {
 
 impl Serialize for Route {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Route", 6)?;
+        let mut m = s.serialize_struct("Route", 7)?;
+        m.serialize_field("name", &self.name.as_deref())?;
         m.serialize_field("host", &self.host)?;
         m.serialize_field("path", &self.path)?;
         m.serialize_field("strip_prefix", &self.strip_prefix)?;
@@ -225,6 +226,7 @@ fn traffic_entries<M: SerializeMap>(m: &mut M, t: &Traffic) -> Result<(), M::Err
     )?;
     m.serialize_entry("max_in_flight", &t.max_in_flight)?;
     m.serialize_entry("sticky_cookie", &t.sticky_cookie)?;
+    m.serialize_entry("hedge_after", &t.hedge_after.map(Dur))?;
     m.serialize_entry(
         "queue",
         &Queue {
@@ -340,7 +342,7 @@ impl Serialize for HealthCheck {
 
 impl Serialize for Outlier {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("Outlier", 10)?;
+        let mut m = s.serialize_struct("Outlier", 15)?;
         m.serialize_field("connect_failures", &self.connect_failures)?;
         m.serialize_field("consecutive_failures", &self.consecutive_failures)?;
         m.serialize_field("count_5xx", &self.count_5xx)?;
@@ -355,6 +357,12 @@ impl Serialize for Outlier {
             &(f64::from(r.stdev_factor_milli) / 1000.0),
         )?;
         m.serialize_field("success_rate_interval", &Dur(r.interval))?;
+        let l = &self.latency;
+        m.serialize_field("latency_min_requests", &l.min_requests)?;
+        m.serialize_field("latency_min_instances", &l.min_instances)?;
+        m.serialize_field("latency_factor", &(f64::from(l.factor_milli) / 1000.0))?;
+        m.serialize_field("latency_floor", &Dur(l.floor))?;
+        m.serialize_field("latency_interval", &Dur(l.interval))?;
         m.end()
     }
 }

@@ -233,6 +233,29 @@ pub struct Outlier {
     /// Ejection of instances whose success rate stands well below their
     /// peers'.
     pub success_rate: SuccessRate,
+    /// Ejection of instances whose p99 response time stands well above
+    /// their peers'.
+    pub latency: LatencyOutlier,
+}
+
+/// Latency outlier detection (`outlier.latency_*`): every `interval`, the
+/// instances with at least `min_requests` timed responses are compared;
+/// with at least `min_instances` of them, one whose p99 time to the
+/// response head is above `factor` times the median p99 of the others,
+/// and above `floor`, is ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyOutlier {
+    /// Timed responses an instance needs in an interval to be judged (0:
+    /// off).
+    pub min_requests: u32,
+    /// Instances with enough responses needed for any judgement.
+    pub min_instances: u32,
+    /// How many times the others' median p99 ejects, in thousandths.
+    pub factor_milli: u32,
+    /// A p99 at or below this never ejects (a fast service's jitter).
+    pub floor: Duration,
+    /// How often p99s are compared (and the windows start again).
+    pub interval: Duration,
 }
 
 /// Success-rate outlier detection (`outlier.success_rate_*`): every

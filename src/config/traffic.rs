@@ -107,6 +107,9 @@ pub struct Traffic {
     /// `sticky_cookie`: the cookie naming the instance a client sticks
     /// to, set by the proxy.
     pub sticky_cookie: Option<String>,
+    /// `hedge_after`: a safe request without a body still waiting this
+    /// long gets a second attempt on another instance (`None`: never).
+    pub hedge_after: Option<Duration>,
 }
 
 /// `[services.NAME.p2c_ewma]`.
@@ -178,6 +181,111 @@ pub struct SplitEntry {
     pub tags: TagSet,
     /// Its relative share.
     pub weight: u32,
+}
+
+/// Most entries in a route's `split`.
+pub const MAX_SPLIT: usize = 8;
+
+/// Why a split cannot be used (from the file or the admin API); entries
+/// are counted from 0.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    /// Fewer than 2 or more than [`MAX_SPLIT`] entries.
+    #[error("{0} entries: a split shares requests between 2 to 8 subsets")]
+    Entries(usize),
+    /// An entry names no tag.
+    #[error("entry {0} names no tag: a subset needs at least one (version = \"2\")")]
+    NoTags(usize),
+    /// An entry has a tag with an empty name.
+    #[error("entry {0}: a tag name is empty")]
+    EmptyTagName(usize),
+    /// A weight outside 0 to 10000.
+    #[error("entry {0}: weight {1} is out of range 0..=10000")]
+    Weight(usize, i64),
+    /// Two entries with the same tags.
+    #[error("entry {0}: the same tags twice in one split")]
+    Duplicate(usize),
+    /// Nothing would be sent.
+    #[error("every weight is 0: nothing would be sent")]
+    AllZero,
+}
+
+impl SplitError {
+    /// The entry at fault, if one is.
+    pub fn entry(&self) -> Option<usize> {
+        match self {
+            SplitError::NoTags(i)
+            | SplitError::EmptyTagName(i)
+            | SplitError::Weight(i, _)
+            | SplitError::Duplicate(i) => Some(*i),
+            SplitError::Entries(_) | SplitError::AllZero => None,
+        }
+    }
+}
+
+/// Checks a split's `(tags, weight)` entries, the same rules for the file
+/// and the admin API.
+pub fn check_split(entries: &[(&Tags, i64)]) -> Result<Vec<SplitEntry>, SplitError> {
+    if !(2..=MAX_SPLIT).contains(&entries.len()) {
+        return Err(SplitError::Entries(entries.len()));
+    }
+    let mut split: Vec<SplitEntry> = Vec::with_capacity(entries.len());
+    for (i, &(tags, weight)) in entries.iter().enumerate() {
+        if tags.is_empty() {
+            return Err(SplitError::NoTags(i));
+        }
+        if tags.keys().any(String::is_empty) {
+            return Err(SplitError::EmptyTagName(i));
+        }
+        let weight = u32::try_from(weight)
+            .ok()
+            .filter(|w| *w <= 10_000)
+            .ok_or(SplitError::Weight(i, weight))?;
+        let tags = TagSet::new(tags.clone());
+        if split.iter().any(|s| s.tags == tags) {
+            return Err(SplitError::Duplicate(i));
+        }
+        split.push(SplitEntry { tags, weight });
+    }
+    if split.iter().all(|s| s.weight == 0) {
+        return Err(SplitError::AllZero);
+    }
+    Ok(split)
+}
+
+/// Why a route's split cannot be changed through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetSplitError {
+    /// No route has the name.
+    #[error("no route is named {0:?}")]
+    UnknownRoute(String),
+    /// The route selects its instances by `match_tags`.
+    #[error("route {0:?} has match_tags: split and match_tags exclude each other")]
+    MatchTags(String),
+}
+
+impl super::Config {
+    /// This config with the splits of the routes named in `splits`
+    /// replaced, and each service's precomputed subsets following.
+    pub fn with_splits(
+        &self,
+        splits: &BTreeMap<Arc<str>, Vec<SplitEntry>>,
+    ) -> Result<super::Config, SetSplitError> {
+        let mut out = self.clone();
+        for (name, split) in splits {
+            let route = out
+                .routes
+                .iter_mut()
+                .find(|r| r.name.as_ref() == Some(name))
+                .ok_or_else(|| SetSplitError::UnknownRoute(name.to_string()))?;
+            if route.traffic.match_tags.is_some() {
+                return Err(SetSplitError::MatchTags(name.to_string()));
+            }
+            route.traffic.split = split.clone();
+        }
+        super::validate::reattach_subsets(&mut out.services, &out.routes);
+        Ok(out)
+    }
 }
 
 /// `subset_by = { header = "x-version", tag = "version" }`: the subset of

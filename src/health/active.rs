@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock;
 use crate::config::{CheckKind, HealthCheck, Protocol, Upstream};
-use crate::registry::{Health, InstanceKey, InstanceState, Registry};
+use crate::registry::{Health, InstanceKey, InstanceState, Registry, ServiceEntry};
 use crate::tls::{Alpn, Negotiated};
 
 /// How often panic-mode flags are refreshed, since ejections end by time
@@ -66,8 +66,9 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
     let mut refresh = tokio::time::interval(PANIC_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = true;
-    // When each service's success rates were last compared.
+    // When each service's success rates, and latencies, were last compared.
     let mut judged: HashMap<Arc<str>, u64> = HashMap::new();
+    let mut timed: HashMap<Arc<str>, u64> = HashMap::new();
     loop {
         let Some(reg) = registry.upgrade() else {
             return;
@@ -116,13 +117,14 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
         if sweep {
             for service in snap.services() {
                 super::panic::update(service, now);
-                let every = service.policy().outlier.success_rate;
-                if every.min_requests > 0 {
-                    let last = judged.entry(service.name().clone()).or_insert(now);
-                    if now.saturating_sub(*last) >= every.interval.as_millis() as u64 {
-                        *last = now;
-                        super::success_rate::evaluate(service, now);
-                    }
+                let outlier = &service.policy().outlier;
+                let rates = outlier.success_rate;
+                if rates.min_requests > 0 && due(&mut judged, service, rates.interval, now) {
+                    super::success_rate::evaluate(service, now);
+                }
+                let latency = outlier.latency;
+                if latency.min_requests > 0 && due(&mut timed, service, latency.interval, now) {
+                    super::latency::evaluate(service, now);
                 }
             }
         }
@@ -136,6 +138,24 @@ async fn supervise(registry: Weak<Registry>, mut versions: tokio::sync::watch::R
             }
             _ = refresh.tick() => true,
         };
+    }
+}
+
+/// Whether `service`'s comparison every `interval` is due at `now` (the
+/// first one an interval after the service was first seen); if so, its
+/// time is recorded.
+fn due(
+    last: &mut HashMap<Arc<str>, u64>,
+    service: &ServiceEntry,
+    interval: Duration,
+    now: u64,
+) -> bool {
+    let last = last.entry(service.name().clone()).or_insert(now);
+    if now.saturating_sub(*last) >= interval.as_millis() as u64 {
+        *last = now;
+        true
+    } else {
+        false
     }
 }
 

@@ -6,6 +6,8 @@
 //!   at once keeps one bad signal from emptying a service.
 //! - [`success_rate`]: outlier detection by comparison: an instance whose
 //!   success rate stands well below its peers' is ejected too.
+//! - [`latency`]: the same for latency: an instance whose p99 stands well
+//!   above the median of its peers' is ejected.
 //! - [`active`]: periodic HTTP or TCP checks per instance, run by background
 //!   tasks that a supervisor starts and stops as snapshots change; an
 //!   instance changes state only after `healthy_threshold` passes or
@@ -18,6 +20,7 @@
 //! Both feed the per-instance live state the balancer reads.
 
 pub mod active;
+pub mod latency;
 pub mod panic;
 pub mod passive;
 pub mod success_rate;

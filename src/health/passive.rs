@@ -40,8 +40,14 @@ impl fmt::Display for Failure {
 
 /// Records a successful exchange with `instance`. Touches shared state only
 /// when there is something to reset, so the common path stays read-only.
+/// An answer that comes while the instance is ejected (to a request sent
+/// before) changes nothing: the ejection and its reason stand.
 #[inline]
 pub fn on_success(instance: &InstanceState) {
+    let until = instance.ejected_until_ms();
+    if until != 0 && instance.is_ejected(crate::clock::now_ms()) {
+        return;
+    }
     if instance.record_success() {
         instance.note_health("available", "answered again after an ejection".to_owned());
     }
@@ -182,6 +188,12 @@ mod tests {
         }
         on_success(i);
         assert!(on_failure(svc, i, Failure::Connect, crate::clock::now_ms()));
+        // A late answer (to a request sent before) while ejected: the
+        // ejection, its run and its reason stand.
+        on_success(i);
+        assert!(ejected());
+        let reason = i.last_transition().map(|t| t.reason).unwrap_or_default();
+        assert!(reason.contains("ejected for"), "{reason}");
         ms(1_000).await;
         assert!(!ejected(), "back to 1 s after a success");
         assert_eq!(i.ejections(), 5);

@@ -64,11 +64,23 @@ pub(crate) trait Exchange {
 
     /// Tries `instance` once.
     fn attempt(&mut self, instance: &InstanceState) -> impl Future<Output = Outcome<Self::Answer>>;
+
+    /// When the request may be hedged: the delay after which a second
+    /// attempt starts beside a first one still waiting, and the exchange
+    /// that makes it. `None` (the default): never.
+    fn hedge(&self) -> Option<(Duration, Self)>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// Tries instances of `service` until one answers, the attempts or the
 /// retry budget run out, or a failure makes retrying unsafe. The answer
-/// comes with the in-flight guard of the instance that gave it.
+/// comes with the in-flight guard of the instance that gave it. A request
+/// the exchange may hedge gets a second attempt beside the first when the
+/// first has not ended after the hedge delay ([`super::hedge`]).
 pub(crate) async fn run<E: Exchange>(
     service: &Arc<ServiceEntry>,
     choice: &Choice,
@@ -77,12 +89,12 @@ pub(crate) async fn run<E: Exchange>(
     tally: &mut Tally,
 ) -> Result<(E::Answer, InFlightGuard), ProxyError> {
     let policy = service.policy();
-    // Response times feed the latency average only where it is used.
-    let timed = service.balance() == Balance::P2cEwma;
     let counting = stats::enabled();
     let mut tried = Tried::default();
     let mut last_error: Option<String> = None;
-    for n in 1..=policy.max_attempts {
+    let mut n = 0;
+    while n < policy.max_attempts {
+        n += 1;
         if n > 1 && !retry::take(service, clock::now_ms()) {
             last_error = Some(format!(
                 "{}; retry budget exhausted",
@@ -102,82 +114,38 @@ pub(crate) async fn run<E: Exchange>(
             }
         };
         tried.add(guard.instance());
-        let instance = guard.instance();
-        let addr = instance.addr();
         tally.attempts = n;
         if n > 1 && counting {
             service.live().stats().retried();
         }
-        let sent = tokio::time::Instant::now();
-        let outcome = exchange.attempt(instance).await;
-        if counting {
-            count_failure(instance, &outcome);
-        }
-        if timed && matches!(outcome, Outcome::Answered(..) | Outcome::TimedOut) {
-            let decay = policy.traffic.p2c.decay;
-            instance
-                .latency()
-                .observe(sent.elapsed(), clock::now_ms(), decay);
-        }
-        if policy.outlier.success_rate.min_requests > 0 {
-            let ok = match &outcome {
-                Outcome::Answered(_, status) => Some(*status < 500),
-                Outcome::Abandoned => None,
-                Outcome::Failed { failure, .. } => failure.map(|_| false),
-                Outcome::TimedOut | Outcome::BadResponse(_) => Some(false),
-            };
-            if let Some(ok) = ok {
-                instance.count_outcome(ok);
+        let hedge = if n < policy.max_attempts {
+            exchange.hedge()
+        } else {
+            None
+        };
+        let (settled, guard) = match hedge {
+            None => {
+                let sent = tokio::time::Instant::now();
+                let outcome = exchange.attempt(guard.instance()).await;
+                let settled = settle(service, n, guard.instance(), sent, outcome, trail, tally);
+                (settled, guard)
             }
-        }
-        match outcome {
-            Outcome::Answered(answer, status) => {
-                let ttfb = sent.elapsed();
-                tally.upstream = Some(ttfb);
-                if counting {
-                    service.live().stats().upstream_ttfb.observe(ttfb);
-                }
-                if status >= 500 {
-                    passive::on_failure(service, instance, Failure::Status5xx, clock::now_ms());
-                } else {
-                    passive::on_success(instance);
-                }
-                note(trail, n, addr, format_args!("{status}"));
-                return Ok((answer, guard));
+            Some((delay, twin)) => {
+                let race = super::hedge::Race {
+                    service,
+                    choice,
+                    delay,
+                    counting,
+                };
+                race.run(exchange, twin, guard, &mut tried, &mut n, trail, tally)
+                    .await
             }
-            Outcome::BadResponse(detail) => {
-                passive::on_failure(service, instance, Failure::Reset, clock::now_ms());
-                note(trail, n, addr, format_args!("bad response: {detail}"));
-                return Err(ProxyError::BadResponse {
-                    service: service.name().clone(),
-                    addr,
-                    detail,
-                });
-            }
-            Outcome::Abandoned => {
-                note(trail, n, addr, format_args!("client gone"));
-                return Err(ProxyError::ClientGone);
-            }
-            Outcome::TimedOut => {
-                passive::on_failure(service, instance, Failure::Timeout, clock::now_ms());
-                note(trail, n, addr, format_args!("timeout"));
-                return Err(ProxyError::Timeout {
-                    service: service.name().clone(),
-                    addr,
-                    timeout: policy.timeouts.response_header,
-                });
-            }
-            Outcome::Failed {
-                error,
-                failure,
-                retry,
-            } => {
-                if let Some(failure) = failure {
-                    passive::on_failure(service, instance, failure, clock::now_ms());
-                }
-                tracing::debug!(service = %service.name(), instance = %addr, %error, "attempt failed");
-                note(trail, n, addr, format_args!("{error}"));
-                last_error = Some(format!("{addr}: {error}"));
+        };
+        match settled {
+            Settled::Answered(answer) => return Ok((answer, guard)),
+            Settled::Failed(e) => return Err(e),
+            Settled::Next { error, retry } => {
+                last_error = Some(error);
                 if !retry {
                     break;
                 }
@@ -194,6 +162,116 @@ pub(crate) async fn run<E: Exchange>(
             detail,
         },
     })
+}
+
+/// What an attempt's outcome means for the request.
+pub(crate) enum Settled<A> {
+    /// Relay this answer.
+    Answered(A),
+    /// Answer this error.
+    Failed(ProxyError),
+    /// Another instance may be tried (`retry`), or not.
+    Next { error: String, retry: bool },
+}
+
+/// Reports attempt `n` on `instance`, sent at `sent`, to the metrics,
+/// the latency records, passive health and the debug trail, and says what
+/// it means for the request.
+pub(crate) fn settle<A>(
+    service: &ServiceEntry,
+    n: u32,
+    instance: &InstanceState,
+    sent: tokio::time::Instant,
+    outcome: Outcome<A>,
+    trail: &mut Option<String>,
+    tally: &mut Tally,
+) -> Settled<A> {
+    let policy = service.policy();
+    let addr = instance.addr();
+    if stats::enabled() {
+        count_failure(instance, &outcome);
+    }
+    if matches!(outcome, Outcome::Answered(..) | Outcome::TimedOut) {
+        observe_latency(service, instance, sent.elapsed());
+    }
+    if policy.outlier.success_rate.min_requests > 0 {
+        let ok = match &outcome {
+            Outcome::Answered(_, status) => Some(*status < 500),
+            Outcome::Abandoned => None,
+            Outcome::Failed { failure, .. } => failure.map(|_| false),
+            Outcome::TimedOut | Outcome::BadResponse(_) => Some(false),
+        };
+        if let Some(ok) = ok {
+            instance.count_outcome(ok);
+        }
+    }
+    match outcome {
+        Outcome::Answered(answer, status) => {
+            let ttfb = sent.elapsed();
+            tally.upstream = Some(ttfb);
+            if stats::enabled() {
+                service.live().stats().upstream_ttfb.observe(ttfb);
+            }
+            if status >= 500 {
+                passive::on_failure(service, instance, Failure::Status5xx, clock::now_ms());
+            } else {
+                passive::on_success(instance);
+            }
+            note(trail, n, addr, format_args!("{status}"));
+            Settled::Answered(answer)
+        }
+        Outcome::BadResponse(detail) => {
+            passive::on_failure(service, instance, Failure::Reset, clock::now_ms());
+            note(trail, n, addr, format_args!("bad response: {detail}"));
+            Settled::Failed(ProxyError::BadResponse {
+                service: service.name().clone(),
+                addr,
+                detail,
+            })
+        }
+        Outcome::Abandoned => {
+            note(trail, n, addr, format_args!("client gone"));
+            Settled::Failed(ProxyError::ClientGone)
+        }
+        Outcome::TimedOut => {
+            passive::on_failure(service, instance, Failure::Timeout, clock::now_ms());
+            note(trail, n, addr, format_args!("timeout"));
+            Settled::Failed(ProxyError::Timeout {
+                service: service.name().clone(),
+                addr,
+                timeout: policy.timeouts.response_header,
+            })
+        }
+        Outcome::Failed {
+            error,
+            failure,
+            retry,
+        } => {
+            if let Some(failure) = failure {
+                passive::on_failure(service, instance, failure, clock::now_ms());
+            }
+            tracing::debug!(service = %service.name(), instance = %addr, %error, "attempt failed");
+            note(trail, n, addr, format_args!("{error}"));
+            Settled::Next {
+                error: format!("{addr}: {error}"),
+                retry,
+            }
+        }
+    }
+}
+
+/// Feeds a response time (or a lower bound of one: a timeout, a hedged
+/// attempt cancelled) to what uses it: `p2c_ewma`'s average and latency
+/// outlier detection.
+pub(crate) fn observe_latency(service: &ServiceEntry, instance: &InstanceState, took: Duration) {
+    let policy = service.policy();
+    if service.balance() == Balance::P2cEwma {
+        let decay = policy.traffic.p2c.decay;
+        instance.latency().observe(took, clock::now_ms(), decay);
+    }
+    if policy.outlier.latency.min_requests > 0 {
+        instance.latency_window().record(took);
+    }
 }
 
 /// [`run`] within the service's overall request deadline and the
@@ -266,7 +344,12 @@ fn why_unavailable(service: &ServiceEntry, now_ms: u64) -> String {
 }
 
 /// Appends one attempt to the debug trail, when it is kept.
-fn note(trail: &mut Option<String>, n: u32, addr: SocketAddr, outcome: std::fmt::Arguments<'_>) {
+pub(crate) fn note(
+    trail: &mut Option<String>,
+    n: u32,
+    addr: SocketAddr,
+    outcome: std::fmt::Arguments<'_>,
+) {
     use std::fmt::Write;
     if let Some(t) = trail {
         if !t.is_empty() {

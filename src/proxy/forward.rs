@@ -136,10 +136,29 @@ struct HyperExchange<'a> {
     /// Why the client's side failed, when it did (its body timed out or
     /// was malformed): answered as such, held against no instance.
     client_failed: Option<ProxyError>,
+    /// After how long the request is hedged, when it may be.
+    hedge_after: Option<Duration>,
 }
 
 impl attempt::Exchange for HyperExchange<'_> {
     type Answer = Answered;
+
+    fn hedge(&self) -> Option<(Duration, Self)> {
+        // Hedged requests have no body: the twin builds its copy from the
+        // template.
+        let after = self.hedge_after?;
+        let twin = HyperExchange {
+            proxy: self.proxy,
+            service: self.service,
+            template: self.template,
+            pending: None,
+            resend_ok: self.resend_ok,
+            asked: self.asked,
+            client_failed: None,
+            hedge_after: None,
+        };
+        Some((after, twin))
+    }
 
     async fn attempt(&mut self, instance: &InstanceState) -> Outcome<Self::Answer> {
         let request = match self.pending.take() {
@@ -381,6 +400,7 @@ impl Proxy {
                 upgrade: routed.upgrade,
             },
             client_failed: None,
+            hedge_after: super::traffic::hedge_after(&service, method.as_str(), bodyless),
         };
         let result = attempt::run_with_deadline(
             &service,

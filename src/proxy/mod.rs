@@ -13,6 +13,7 @@ mod forward;
 mod grpc;
 mod h1;
 pub mod headers;
+mod hedge;
 pub mod observe;
 pub(crate) mod policy;
 pub mod request_body;

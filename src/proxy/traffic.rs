@@ -4,6 +4,8 @@
 //! its key (a header, a cookie, the client's address or the path), and
 //! the instance its sticky cookie names. Read
 //! from the head's fields as either codec holds them, without allocating.
+//! Also whether a request may be hedged ([`hedge_after`]), which both
+//! codecs ask: the fast path hands such requests to hyper's, which hedges.
 
 use super::policy::Fields;
 use crate::balance::Choice;
@@ -68,6 +70,19 @@ pub(crate) fn choice<F: Fields + ?Sized>(
         }
     }
     c
+}
+
+/// After how long a request to `service` with `method` gets a second
+/// attempt beside a first one still waiting: only when the service sets
+/// `hedge_after`, the method is safe (GET, HEAD, OPTIONS, TRACE: sending
+/// it twice at once changes nothing) and the request has no body.
+pub(crate) fn hedge_after(
+    service: &ServiceEntry,
+    method: &str,
+    bodyless: bool,
+) -> Option<std::time::Duration> {
+    let after = service.policy().traffic.hedge_after?;
+    (bodyless && matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")).then_some(after)
 }
 
 /// The `Set-Cookie` value that keeps the client on the instance at
@@ -183,6 +198,28 @@ mod tests {
         assert_eq!((0..100).filter(|_| v2(&none)).count(), 0);
         let c = choice(svc, route.traffic, &none[..], "/", "10.0.0.1");
         assert!(pick_with(svc, &c, now, &Tried::default()).is_ok());
+    }
+
+    /// Only safe methods without a body are hedged, and only where the
+    /// service asks for it.
+    #[test]
+    fn hedging_takes_safe_bodyless_requests_only() {
+        use crate::config::Config;
+        use crate::registry::Registry;
+        let text = "[services.h]\ninstances = [\"127.0.0.1:1\"]\nhedge_after = \"30ms\"\n\
+                    [services.n]\ninstances = [\"127.0.0.1:2\"]\n";
+        let reg = Registry::new(&Config::parse(text, std::path::Path::new("t.toml")).unwrap());
+        let snap = reg.load();
+        let (h, n) = (snap.service("h").unwrap(), snap.service("n").unwrap());
+        let after = Some(std::time::Duration::from_millis(30));
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+            assert_eq!(hedge_after(h, m, true), after, "{m}");
+            assert_eq!(hedge_after(h, m, false), None, "{m} with a body");
+            assert_eq!(hedge_after(n, m, true), None, "{m}: not asked");
+        }
+        for m in ["POST", "PUT", "DELETE", "PATCH"] {
+            assert_eq!(hedge_after(h, m, true), None, "{m}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use super::attach::Slot;
-use super::latency::Latency;
+use super::latency::{Latency, LatencyWindow};
 use super::snapshot::Waiters;
 use super::state::{Health, InstanceKey, Lifecycle, Transition};
 use super::stats::InstanceStats;
@@ -59,6 +59,8 @@ pub struct InstanceState {
     attachment: Slot,
     /// Its response times, for `p2c_ewma`.
     latency: Latency,
+    /// Its response times since the last latency outlier judgement.
+    latency_window: LatencyWindow,
     /// Outcomes since success rates were last compared: successes in the
     /// low 32 bits, failures in the high 32 (one atomic add per outcome).
     outcomes: AtomicU64,
@@ -92,6 +94,7 @@ impl InstanceState {
             checked: tokio::sync::Notify::new(),
             attachment: Slot::default(),
             latency: Latency::default(),
+            latency_window: LatencyWindow::default(),
             outcomes: AtomicU64::new(0),
             waiters: OnceLock::new(),
             stats: InstanceStats::default(),
@@ -108,6 +111,12 @@ impl InstanceState {
     #[inline]
     pub fn latency(&self) -> &Latency {
         &self.latency
+    }
+
+    /// Its response times for latency outlier detection.
+    #[inline]
+    pub fn latency_window(&self) -> &LatencyWindow {
+        &self.latency_window
     }
 
     /// Identity.

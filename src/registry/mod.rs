@@ -61,7 +61,7 @@ use tokio::sync::Notify;
 pub use attach::{Attachment, Slot};
 pub use drain::DrainError;
 pub use instance::{InFlightGuard, InstanceState};
-pub use latency::Latency;
+pub use latency::{Latency, LatencyWindow};
 pub use pool::{Pool, WHOLE};
 pub use preserve::{HeldBack, HeldInstance, Removals};
 pub use ring::{instance_hash, Ring};
@@ -75,7 +75,7 @@ use preserve::Preservation;
 use source::SourceEntry;
 
 use crate::clock;
-use crate::config::{Balance, Config, ServicePolicy};
+use crate::config::{Balance, Config, ServicePolicy, SetSplitError, SplitEntry};
 use crate::router::Router;
 
 /// The registry shared by the proxy, the admin API and the sources.
@@ -105,6 +105,11 @@ pub type Reassess = fn(&ServiceEntry, u64) -> bool;
 struct BuildState {
     /// Applied to every service entry built, before it is published.
     reassess: Option<Reassess>,
+    /// The config last applied (the file's), and the route splits set
+    /// through the admin API over it, by route name: the router and the
+    /// policies are built from the two.
+    config: Arc<Config>,
+    splits: BTreeMap<Arc<str>, Vec<SplitEntry>>,
     router: Arc<Router>,
     policies: BTreeMap<Arc<str>, (Balance, Arc<ServicePolicy>)>,
     default_policy: Arc<ServicePolicy>,
@@ -140,6 +145,8 @@ impl Registry {
         let router = Arc::new(Router::new(config));
         let state = BuildState {
             reassess: None,
+            config: Arc::new(config.clone()),
+            splits: BTreeMap::new(),
             router: router.clone(),
             policies: policies(config),
             default_policy: config.default_policy.clone(),
@@ -204,6 +211,27 @@ impl Registry {
     /// instances. Live state of unchanged instances is kept.
     pub fn apply_config(&self, config: &Config) {
         let mut st = self.lock();
+        // A split set through the admin API lasts while the file leaves
+        // that route's split as it was.
+        let old = std::mem::replace(&mut st.config, Arc::new(config.clone()));
+        let file_split = |c: &Config, name: &str| {
+            c.routes
+                .iter()
+                .find(|r| r.name.as_deref() == Some(name))
+                .filter(|r| r.traffic.match_tags.is_none())
+                .map(|r| r.traffic.split.clone())
+        };
+        st.splits.retain(|name, _| {
+            let kept = file_split(&old, name).is_some() && file_split(&old, name) == file_split(config, name);
+            if !kept {
+                tracing::info!(route = %name, "the file changed the route's split: the split set through the admin API no longer applies");
+            }
+            kept
+        });
+        let effective = config
+            .with_splits(&st.splits)
+            .unwrap_or_else(|_| config.clone());
+        let config = &effective;
         st.router = Arc::new(Router::new(config));
         st.policies = policies(config);
         st.default_policy = config.default_policy.clone();
@@ -230,6 +258,42 @@ impl Registry {
         }
         st.dirty = Dirty::All;
         self.touched(st);
+    }
+
+    /// Sets the split of the route named `route` (`None`: back to the
+    /// file's), effective with the next rebuild. It lasts until a reload
+    /// changes that route's split in the file, or the process restarts.
+    pub fn set_split(
+        &self,
+        route: &str,
+        split: Option<Vec<SplitEntry>>,
+    ) -> Result<(), SetSplitError> {
+        let mut st = self.lock();
+        let mut splits = st.splits.clone();
+        match split {
+            Some(s) => {
+                splits.insert(Arc::from(route), s);
+            }
+            None => {
+                splits.remove(route);
+            }
+        }
+        // Checks the route exists (and takes a split) in the file too.
+        let mut probe = splits.clone();
+        probe.entry(Arc::from(route)).or_default();
+        st.config.with_splits(&probe)?;
+        let effective = st.config.with_splits(&splits)?;
+        st.router = Arc::new(Router::new(&effective));
+        st.policies = policies(&effective);
+        st.splits = splits;
+        st.dirty = Dirty::All;
+        self.touched(st);
+        Ok(())
+    }
+
+    /// The route splits set through the admin API, by route name.
+    pub fn split_overrides(&self) -> BTreeMap<Arc<str>, Vec<SplitEntry>> {
+        self.lock().splits.clone()
     }
 
     /// Rebuilds from the recorded inputs and publishes the result if it

@@ -23,6 +23,8 @@ mod tls;
 mod traffic;
 mod upstream;
 
+pub(crate) use traffic::reattach_subsets;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use super::{forwarding, traffic};
 use crate::config::check::{valid_host_chars, Cx};
 use crate::config::defaults;
 use crate::config::raw::{RawRequireTls, RawRoute};
-use crate::config::{ConfigError, HostMatch, RequireTls, Route, ServiceConfig};
+use crate::config::{check_service_name, ConfigError, HostMatch, RequireTls, Route, ServiceConfig};
 
 /// Every route, in file order; `services` are the declared services.
 pub(super) fn routes(
@@ -18,8 +18,19 @@ pub(super) fn routes(
 ) -> Vec<Route> {
     let mut out = Vec::with_capacity(raw.len());
     let mut seen = HashSet::new();
+    let mut names = HashSet::new();
     for (i, r) in raw.iter().enumerate() {
         if let Some(route) = cx.ok(route(cx, r, i, services)) {
+            if let (Some(name), Some(at)) = (&route.name, &r.name) {
+                if !names.insert(name.clone()) {
+                    cx.push(cx.err_at(
+                        at,
+                        format!("routes[{i}].name"),
+                        format!("another route is already named {name:?}"),
+                    ));
+                    continue;
+                }
+            }
             if seen.insert((route.host.clone(), route.path.clone())) {
                 out.push(route);
             } else {
@@ -89,7 +100,7 @@ fn route(
         }
     };
     let service = r.service.get_ref();
-    let Some((name, _)) = services.get_key_value(service.as_str()) else {
+    let Some((service_name, _)) = services.get_key_value(service.as_str()) else {
         let known: Vec<&str> = services.keys().map(|k| &**k).collect();
         return Err(cx.err_at(
             &r.service,
@@ -106,11 +117,22 @@ fn route(
     };
     let upgrades = forwarding::upgrades(cx, &r.upgrades, &format!("{key}.upgrades"))?;
     let traffic = traffic::route(cx, r, &key)?;
+    let name = match &r.name {
+        None => None,
+        Some(n) => match check_service_name(n.get_ref()) {
+            Ok(()) => Some(Arc::from(n.get_ref().as_str())),
+            Err(e) => {
+                let e = e.replace("service name", "route name");
+                return Err(cx.err_at(n, format!("{key}.name"), e));
+            }
+        },
+    };
     Ok(Route {
+        name,
         host,
         path,
         strip_prefix: r.strip_prefix,
-        service: name.clone(),
+        service: service_name.clone(),
         upgrades,
         require_tls: r.require_tls.map(|t| match t {
             RawRequireTls::Redirect => RequireTls::Redirect,
@@ -145,5 +167,14 @@ mod tests {
         assert_eq!(key, "routes[0].path");
         let (_, key, _) = err(&format!("[[routes]]\npath = \"/x\"\nservice = \"a\"\n[[routes]]\npath = \"/x/\"\nservice = \"a\"\n{base}"));
         assert_eq!(key, "routes[1]");
+        let (line, key, msg) = err(&format!(
+            "[[routes]]\nname = \"shop\"\npath = \"/x\"\nservice = \"a\"\n\
+             [[routes]]\nname = \"shop\"\npath = \"/y\"\nservice = \"a\"\n{base}"
+        ));
+        assert_eq!((line, key.as_str()), (6, "routes[1].name"), "{msg}");
+        let (_, key, _) = err(&format!(
+            "[[routes]]\nname = \"no spaces\"\nservice = \"a\"\n{base}"
+        ));
+        assert_eq!(key, "routes[0].name");
     }
 }

@@ -16,8 +16,8 @@ use crate::config::check::{duration, duration_or_zero, Cx};
 use crate::config::defaults;
 use crate::config::raw::{Dur, RawBalance, RawInstance, RawService};
 use crate::config::{
-    check_service_name, Balance, Outlier, ProxySettings, RetryBudget, ServiceConfig, ServicePolicy,
-    ServiceTimeouts, StaticInstance, SuccessRate, Timeouts, Upstream,
+    check_service_name, Balance, LatencyOutlier, Outlier, ProxySettings, RetryBudget,
+    ServiceConfig, ServicePolicy, ServiceTimeouts, StaticInstance, SuccessRate, Timeouts, Upstream,
 };
 
 /// The policy of a service that does not set its own: the global
@@ -49,6 +49,13 @@ pub(super) fn default_policy(
                 min_instances: o::SUCCESS_RATE_MIN_INSTANCES,
                 stdev_factor_milli: o::SUCCESS_RATE_STDEV_FACTOR_MILLI,
                 interval: o::SUCCESS_RATE_INTERVAL,
+            },
+            latency: LatencyOutlier {
+                min_requests: o::LATENCY_MIN_REQUESTS,
+                min_instances: o::LATENCY_MIN_INSTANCES,
+                factor_milli: o::LATENCY_FACTOR_MILLI,
+                floor: o::LATENCY_FLOOR,
+                interval: o::LATENCY_INTERVAL,
             },
         },
         panic_threshold: s::PANIC_THRESHOLD,
@@ -256,6 +263,46 @@ fn policy(
                 &o.success_rate_interval,
                 "outlier.success_rate_interval",
                 d.success_rate.interval,
+            ),
+        },
+        latency: LatencyOutlier {
+            min_requests: num(
+                &o.latency_min_requests,
+                "outlier.latency_min_requests",
+                d.latency.min_requests,
+                0..=1_000_000,
+            ),
+            min_instances: num(
+                &o.latency_min_instances,
+                "outlier.latency_min_instances",
+                d.latency.min_instances,
+                2..=10_000,
+            ),
+            factor_milli: match &o.latency_factor {
+                None => d.latency.factor_milli,
+                Some(f) if (1.1..=100.0).contains(f.get_ref()) => {
+                    (f.get_ref() * 1000.0).round() as u32
+                }
+                Some(f) => {
+                    cx.push(cx.err_at(
+                        f,
+                        format!("{key}.outlier.latency_factor"),
+                        format!(
+                            "{} is out of range 1.1..=100.0 (times the others' median p99)",
+                            f.get_ref()
+                        ),
+                    ));
+                    d.latency.factor_milli
+                }
+            },
+            floor: o
+                .latency_floor
+                .as_ref()
+                .map_or(d.latency.floor, |f| f.get_ref().0),
+            interval: dur(
+                &o.latency_interval,
+                "outlier.latency_interval",
+                d.latency.interval,
             ),
         },
     };

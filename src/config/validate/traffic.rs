@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -13,13 +14,10 @@ use crate::config::check::{duration, Cx};
 use crate::config::defaults;
 use crate::config::raw::{RawRoute, RawService, RawZone};
 use crate::config::traffic::{
-    ConsistentHash, HashKey, P2cEwma, Queue, RequestValue, RouteTraffic, SplitEntry, SubsetBy,
-    TagSet, Tags, Traffic, Zone,
+    check_split, ConsistentHash, HashKey, P2cEwma, Queue, RequestValue, RouteTraffic, SplitError,
+    SubsetBy, TagSet, Tags, Traffic, Zone,
 };
 use crate::config::{Balance, ConfigError, Route, ServiceConfig};
-
-/// Most entries in a route's `split`.
-const MAX_SPLIT: usize = 8;
 
 /// `[zone]`.
 pub(super) fn zone(cx: &Cx<'_>, raw: &Option<Spanned<RawZone>>) -> Option<Arc<Zone>> {
@@ -67,6 +65,7 @@ pub(super) fn default_traffic(zone: Option<Arc<Zone>>) -> Traffic {
         subset_keys: Vec::new(),
         zone,
         sticky_cookie: None,
+        hedge_after: None,
     }
 }
 
@@ -134,6 +133,14 @@ pub(super) fn service(
                 format!("{:?} is not a valid cookie name", c.get_ref()),
             ));
         }
+    }
+    if s.hedge_after.is_some() {
+        t.hedge_after = cx.ok(duration(
+            cx,
+            &s.hedge_after,
+            &format!("{key}.hedge_after"),
+            Duration::ZERO,
+        ));
     }
     t.max_in_flight = cx.int_or(
         &s.max_in_flight,
@@ -234,36 +241,23 @@ pub(super) fn route(cx: &Cx<'_>, r: &RawRoute, key: &str) -> Result<RouteTraffic
                 "split and match_tags exclude each other: put the tags in each split entry",
             ));
         }
-        let n = list.get_ref().len();
-        if !(2..=MAX_SPLIT).contains(&n) {
-            return Err(cx.err_at(
-                list,
-                &k,
-                format!("{n} entries: a split shares requests between 2 to {MAX_SPLIT} subsets"),
-            ));
-        }
-        for (j, e) in list.get_ref().iter().enumerate() {
-            let e = e.get_ref();
-            let tags = tag_set(cx, &e.tags, &format!("{k}[{j}].tags"))?;
-            let weight = crate::config::check::int(
-                cx,
-                &Some(e.weight.clone()),
-                &format!("{k}[{j}].weight"),
-                0u32,
-                0..=10_000,
-            )?;
-            if split.iter().any(|s: &SplitEntry| s.tags == tags) {
-                return Err(cx.err_at(
-                    &e.tags,
-                    format!("{k}[{j}].tags"),
-                    "the same tags twice in one split",
-                ));
+        let raw = list.get_ref();
+        let entries: Vec<(&Tags, i64)> = raw
+            .iter()
+            .map(|e| (e.get_ref().tags.get_ref(), *e.get_ref().weight.get_ref()))
+            .collect();
+        split = check_split(&entries).map_err(|e| match e.entry() {
+            None => cx.err_at(list, &k, e.to_string()),
+            Some(j) => {
+                let entry = raw[j].get_ref();
+                match e {
+                    SplitError::Weight(..) => {
+                        cx.err_at(&entry.weight, format!("{k}[{j}].weight"), e.to_string())
+                    }
+                    _ => cx.err_at(&entry.tags, format!("{k}[{j}].tags"), e.to_string()),
+                }
             }
-            split.push(SplitEntry { tags, weight });
-        }
-        if split.iter().all(|s| s.weight == 0) {
-            return Err(cx.err_at(list, &k, "every weight is 0: nothing would be sent"));
-        }
+        })?;
     }
     let subset_by = match &r.subset_by {
         None => None,
@@ -303,6 +297,20 @@ pub(super) fn route(cx: &Cx<'_>, r: &RawRoute, key: &str) -> Result<RouteTraffic
         split,
         subset_by,
     })
+}
+
+/// [`attach_subsets`] afresh: each service's subsets are those its routes
+/// select now (after a route's split changed).
+pub(crate) fn reattach_subsets(services: &mut BTreeMap<Arc<str>, ServiceConfig>, routes: &[Route]) {
+    for svc in services.values_mut() {
+        let t = &svc.policy.traffic;
+        if !t.subsets.is_empty() || !t.subset_keys.is_empty() {
+            let traffic = &mut Arc::make_mut(&mut svc.policy).traffic;
+            traffic.subsets.clear();
+            traffic.subset_keys.clear();
+        }
+    }
+    attach_subsets(services, routes);
 }
 
 /// Hands each service the subsets its routes select, so the registry
@@ -416,6 +424,43 @@ mod tests {
             "[[routes]]\nservice = \"a\"\nmatch_tags = {{}}\n{SVC}"
         ));
         assert_eq!(key, "routes[0].match_tags");
+    }
+
+    #[test]
+    fn latency_outlier_keys_parse_and_errors_name_their_key() {
+        let c = parse(&format!(
+            "{SVC}[services.a.outlier]\nlatency_min_requests = 50\nlatency_min_instances = 2\n\
+             latency_factor = 2.5\nlatency_floor = \"5ms\"\nlatency_interval = \"2s\"\n"
+        ))
+        .unwrap();
+        let l = c.services["a"].policy.outlier.latency;
+        assert_eq!(
+            (l.min_requests, l.min_instances, l.factor_milli),
+            (50, 2, 2500)
+        );
+        assert_eq!((l.floor.as_millis(), l.interval.as_secs()), (5, 2));
+        assert_eq!(
+            c.default_policy.outlier.latency.min_requests, 0,
+            "off by default"
+        );
+        for (bad, key) in [
+            ("latency_factor = 1.0", "services.a.outlier.latency_factor"),
+            (
+                "latency_min_instances = 1",
+                "services.a.outlier.latency_min_instances",
+            ),
+            (
+                "latency_min_requests = -1",
+                "services.a.outlier.latency_min_requests",
+            ),
+            (
+                "latency_interval = \"0s\"",
+                "services.a.outlier.latency_interval",
+            ),
+        ] {
+            let (line, k, _) = err(&format!("{SVC}[services.a.outlier]\n{bad}\n"));
+            assert_eq!((line, k.as_str()), (4, key), "{bad}");
+        }
     }
 
     #[test]

@@ -329,6 +329,12 @@ impl Conn<'_> {
             tracing::trace!("request to a TLS or HTTP/2 service handed to the general path");
             return Prepared::Fallback;
         }
+        let bodyless = matches!(plan.body, Framing::Empty | Framing::Length(0));
+        if traffic::hedge_after(&routed.service, head.method, bodyless).is_some() {
+            // Hedged: two attempts at once are the general path's.
+            tracing::trace!("request to hedge handed to the general path");
+            return Prepared::Fallback;
+        }
         if routed.upgrade.is_some() {
             // The route allows the upgrade: hyper tunnels it. Any other
             // upgrade request (h2c, say) is served here as plain HTTP/1.1,
