@@ -71,12 +71,20 @@ impl Fresh {
 /// One GET over TLS on a fresh connection (`Connection: close`): the status
 /// line and the body.
 async fn tls_get(pki: &Pki, addr: SocketAddr, host: &str) -> String {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect TLS listener");
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = pki.connector().connect(name, tcp).await.expect("TLS handshake");
-    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .unwrap();
+        .expect("connect TLS listener");
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = pki
+        .connector()
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
     String::from_utf8_lossy(&out).into_owned()
@@ -114,10 +122,12 @@ async fn a_successor_takes_over_under_load_without_a_failed_request() {
     // A self-registration held only in the old process's memory.
     let api = Api::new(admin);
     api.register_ok("selfreg", "r1", reg.addr, "60s").await;
-    let reply = within(10, "GET selfreg", support::get(proxy, "selfreg.svc", "/")).await.unwrap();
+    let reply = within(10, "GET selfreg", support::get(proxy, "selfreg.svc", "/"))
+        .await
+        .unwrap();
     assert_eq!(reply.text(), "registered");
 
-    let keep_alive = Load::start(proxy, "hello.svc", 4);
+    let keep_alive = Load::start(proxy, "hello.svc", 6);
     let fresh = Fresh::start(proxy, "hello.svc", 2);
     keep_alive.run_for(100).await;
 
@@ -127,13 +137,24 @@ async fn a_successor_takes_over_under_load_without_a_failed_request() {
     );
     let now = new.listening(30).await;
     assert_eq!(now, at, "the successor serves the same listeners");
-    new.wait_log(30, "took over; the previous process drains").await;
+    new.wait_log(30, "took over; the previous process drains")
+        .await;
     let status = old.wait(30, "the old process after the takeover").await;
-    assert!(status.success(), "old exited with {status}; log:\n{}", old.log());
+    assert!(
+        status.success(),
+        "old exited with {status}; log:\n{}",
+        old.log()
+    );
     let log = old.log();
-    assert!(log.contains("handed over to the successor; draining"), "{log}");
+    assert!(
+        log.contains("handed over to the successor; draining"),
+        "{log}"
+    );
     assert!(log.contains("drained"), "{log}");
-    assert!(!log.contains("pre-stop"), "no pre-stop delay after a hand-over: {log}");
+    assert!(
+        !log.contains("pre-stop"),
+        "no pre-stop delay after a hand-over: {log}"
+    );
 
     // Only the successor is left: the load goes on through it.
     keep_alive.run_for(100).await;
@@ -146,14 +167,18 @@ async fn a_successor_takes_over_under_load_without_a_failed_request() {
 
     // The registration came along, its TTL still running, and the TLS
     // and admin listeners are served by the successor.
-    let reply = within(10, "GET selfreg", support::get(proxy, "selfreg.svc", "/")).await.unwrap();
+    let reply = within(10, "GET selfreg", support::get(proxy, "selfreg.svc", "/"))
+        .await
+        .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "registered");
     let r1 = api.json("/v1/registry/selfreg/r1").await;
     assert_eq!(r1["address"], reg.addr.to_string(), "{r1}");
     let answer = within(10, "GET over TLS", tls_get(&pki, at.tls[0], "hello.svc")).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(new.log().contains("took over the registrations of the previous process"));
+    assert!(new
+        .log()
+        .contains("took over the registrations of the previous process"));
 
     // The successor listens on the hand-over socket in turn.
     assert!(socket.exists());
@@ -169,12 +194,13 @@ async fn takeover_without_a_running_proxy_fails_at_once_and_says_why() {
     let socket = temp_path("handoff-none", ".sock");
     let mut cmd = wayfinder(&["run", "--config"]);
     cmd.arg(&config.path).arg("--takeover").arg(&socket);
-    let out = within(20, "wayfinder run --takeover", cmd.output()).await.unwrap();
+    let out = within(20, "wayfinder run --takeover", cmd.output())
+        .await
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("no running wayfinder answered")
-            && stderr.contains("--handoff-socket"),
+        stderr.contains("no running wayfinder answered") && stderr.contains("--handoff-socket"),
         "{stderr}"
     );
 }

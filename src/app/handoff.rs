@@ -259,11 +259,7 @@ fn offer(stream: UnixStream, offerer: &Offerer) -> io::Result<()> {
 
 /// Writes `msg` (length-prefixed JSON) with `fds` attached to its first
 /// bytes.
-fn send(
-    stream: &UnixStream,
-    msg: &Offer,
-    fds: &[std::os::fd::BorrowedFd<'_>],
-) -> io::Result<()> {
+fn send(stream: &UnixStream, msg: &Offer, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
     if fds.len() > MAX_SOCKETS {
         return Err(io::Error::other(format!(
             "{} listeners; at most {MAX_SOCKETS} can be handed over",
@@ -358,8 +354,7 @@ fn receive(path: &Path) -> Result<Inherited, HandoffError> {
     }
     let mut body = vec![0u8; n];
     r.read_exact(&mut body).map_err(no_answer)?;
-    let offer: Offer =
-        serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
+    let offer: Offer = serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
     let (pid, version, listeners, registrations, drains) = match offer {
         Offer::Refused { reason } => {
             return Err(HandoffError::Refused {
@@ -408,7 +403,11 @@ impl Inherited {
     /// The inherited listener for `addr` in `role`, if one was handed over:
     /// the one bound to `addr`, or for a port-0 `addr` the first one left
     /// of that role on the same IP.
-    pub(crate) fn take(&mut self, role: ListenerRole, addr: SocketAddr) -> Option<std::net::TcpListener> {
+    pub(crate) fn take(
+        &mut self,
+        role: ListenerRole,
+        addr: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
         let exact = self
             .sockets
             .iter()

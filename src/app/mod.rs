@@ -28,8 +28,8 @@ use tokio::task::JoinHandle;
 use crate::admin::state::{Phase, RunState};
 use crate::config::Config;
 use crate::proxy::server::Drain;
-use crate::registry::registrations::Registrations;
 use crate::registry::dns::DnsSources;
+use crate::registry::registrations::Registrations;
 use crate::registry::Registry;
 
 pub(crate) use start::start_from;

@@ -184,7 +184,12 @@ pub(crate) async fn start_from(
         cert_stores.push(store);
     }
     let admin_listener = match config.startup.admin.listen {
-        Some(addr) => Some(listener(addr, ListenerRole::Admin, &mut inherited, &mut handed)?),
+        Some(addr) => Some(listener(
+            addr,
+            ListenerRole::Admin,
+            &mut inherited,
+            &mut handed,
+        )?),
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());

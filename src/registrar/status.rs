@@ -111,7 +111,10 @@ pub fn render(status: &Value, services: &Value, sources: &Value) -> String {
         text(&snap["services"]),
         text(&snap["instances"]),
     );
-    if let Some(restart) = status["restart_needed"].as_array().filter(|r| !r.is_empty()) {
+    if let Some(restart) = status["restart_needed"]
+        .as_array()
+        .filter(|r| !r.is_empty())
+    {
         let names: Vec<String> = restart.iter().map(text).collect();
         let _ = writeln!(out, "restart needed for: {}", names.join(", "));
     }
@@ -144,7 +147,14 @@ pub fn render(status: &Value, services: &Value, sources: &Value) -> String {
     }
     table(&mut out, &rows);
     out.push('\n');
-    let mut rows = vec![row(&["SOURCE", "STATE", "INSTANCES", "LAST OK", "HELD BACK", "LAST ERROR"])];
+    let mut rows = vec![row(&[
+        "SOURCE",
+        "STATE",
+        "INSTANCES",
+        "LAST OK",
+        "HELD BACK",
+        "LAST ERROR",
+    ])];
     for s in sources.as_array().into_iter().flatten() {
         let held = s["held_back"].as_array().map_or(0, Vec::len);
         rows.push(vec![
@@ -170,7 +180,12 @@ fn state(service: &Value, i: &Value) -> String {
         what.push(format!("ejected({})", secs(Some(ms as f64 / 1000.0))));
     }
     if i["draining"].as_bool() == Some(true) {
-        let by: Vec<String> = i["drained_by"].as_array().into_iter().flatten().map(text).collect();
+        let by: Vec<String> = i["drained_by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
         what.push(if by.is_empty() {
             "draining".to_owned()
         } else {
@@ -263,23 +278,26 @@ mod tests {
             "restart_needed": []
         });
         let services = serde_json::json!({"services": [{
-            "name": "web", "panic": false, "instances": [
-                {"address": "127.0.0.1:9001", "id": null, "source": "config", "weight": 1,
-                 "weight_percent": 100, "routable": true, "draining": false, "drained_by": [],
-                 "held_back": null, "ejected_for_ms": null, "proxy_health": {"state": "healthy"},
-                 "in_flight": 3, "requests": 10, "errors": 0, "h2_connections": 0},
-                {"address": "127.0.0.1:9002", "id": "b", "source": "api", "weight": 2,
-                 "weight_percent": 40, "routable": false, "draining": true,
-                 "drained_by": ["operator"], "held_back": null, "ejected_for_ms": 2500,
-                 "proxy_health": {"state": "ejected"},
-                 "in_flight": 0, "requests": 4, "errors": 4, "h2_connections": 1}
-            ]}]});
+        "name": "web", "panic": false, "instances": [
+            {"address": "127.0.0.1:9001", "id": null, "source": "config", "weight": 1,
+             "weight_percent": 100, "routable": true, "draining": false, "drained_by": [],
+             "held_back": null, "ejected_for_ms": null, "proxy_health": {"state": "healthy"},
+             "in_flight": 3, "requests": 10, "errors": 0, "h2_connections": 0},
+            {"address": "127.0.0.1:9002", "id": "b", "source": "api", "weight": 2,
+             "weight_percent": 40, "routable": false, "draining": true,
+             "drained_by": ["operator"], "held_back": null, "ejected_for_ms": 2500,
+             "proxy_health": {"state": "ejected"},
+             "in_flight": 0, "requests": 4, "errors": 4, "h2_connections": 1}
+        ]}]});
         let sources = serde_json::json!([
             {"name": "api", "state": "ok", "instances": 1, "last_success_ago_s": 0.5,
              "last_error": null, "held_back": []}
         ]);
         let out = render(&status, &services, &sources);
-        assert!(out.starts_with("wayfinder 0.1.0 ready up 1m15s snapshot v7 (1s ago)"), "{out}");
+        assert!(
+            out.starts_with("wayfinder 0.1.0 ready up 1m15s snapshot v7 (1s ago)"),
+            "{out}"
+        );
         let line = |needle: &str| {
             out.lines()
                 .find(|l| l.contains(needle))
@@ -289,7 +307,19 @@ mod tests {
         };
         assert_eq!(
             line("9001"),
-            ["web", "127.0.0.1:9001", "-", "config", "healthy", "up", "1", "3", "10", "0", "0"]
+            [
+                "web",
+                "127.0.0.1:9001",
+                "-",
+                "config",
+                "healthy",
+                "up",
+                "1",
+                "3",
+                "10",
+                "0",
+                "0"
+            ]
         );
         assert_eq!(
             line("9002"),
@@ -308,6 +338,9 @@ mod tests {
                 "1"
             ]
         );
-        assert_eq!(line("500ms ago"), ["api", "ok", "1", "500ms", "ago", "0", "-"]);
+        assert_eq!(
+            line("500ms ago"),
+            ["api", "ok", "1", "500ms", "ago", "0", "-"]
+        );
     }
 }

@@ -38,10 +38,10 @@ use crate::proxy::observe::{self, Done};
 use crate::proxy::policy::request_id::RequestId;
 use crate::proxy::policy::response::Asked;
 use crate::proxy::policy::Framing;
+use crate::proxy::server::{closes_idle, Stop};
 use crate::proxy::traffic;
 use crate::proxy::upstream::{self, RawConn, MAX_RESPONSE_HEAD};
 use crate::proxy::{Client, Proxy};
-use crate::proxy::server::{closes_idle, Stop};
 use crate::registry::{InstanceState, ServiceEntry};
 
 /// Least free space offered to a read.
@@ -441,7 +441,8 @@ impl Conn<'_> {
                 return step;
             }
         };
-        let close = routed.close || answer.body == Framing::UntilClose || self.stopping.borrow().is_some();
+        let close =
+            routed.close || answer.body == Framing::UntilClose || self.stopping.borrow().is_some();
         if let Some(v) = traffic::sticky_cookie(service, &routed.choice, guard.instance().addr()) {
             header_line(&mut self.resp, "set-cookie", &v);
         }
