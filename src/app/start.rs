@@ -233,7 +233,7 @@ pub(crate) async fn start_from(
         .serf
         .as_ref()
         .map(|s| SerfSource::spawn(s, &registry));
-    if let Some(i) = inherited.as_deref_mut() {
+    if let Some(i) = inherited {
         i.restore(&registrations, &registry);
     }
     let expiry = tokio::spawn(registrations.clone().run_expiry());
