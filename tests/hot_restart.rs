@@ -204,3 +204,114 @@ async fn takeover_without_a_running_proxy_fails_at_once_and_says_why() {
         "{stderr}"
     );
 }
+
+/// A process this test caused to start (not its child): SIGKILLed by its
+/// PID on drop if still there.
+struct Adopted(i32);
+
+impl Adopted {
+    /// Whether it has exited (gone, or a zombie nobody reaped yet).
+    fn exited(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.0)) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    }
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        if !self.exited() {
+            let pid = nix::unistd::Pid::from_raw(self.0);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// The `MAINPID=` of the next `READY=1` on the sd_notify socket.
+async fn next_ready(notify: &tokio::net::UnixDatagram) -> i32 {
+    let mut buf = [0u8; 256];
+    let n = within(30, "READY=1 on NOTIFY_SOCKET", notify.recv(&mut buf))
+        .await
+        .unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    msg.lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no MAINPID in {msg:?}"))
+}
+
+/// SIGUSR2 (systemd's `ExecReload`): the running proxy starts its
+/// successor itself, which takes over and tells systemd (`NOTIFY_SOCKET`)
+/// it is the main process now; the old one exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_a_successor_that_tells_systemd_it_is_the_main_process() {
+    let a = Backend::start("a").await;
+    let dir = temp_path("hot-restart-usr2", "");
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify = tokio::net::UnixDatagram::bind(dir.join("notify")).unwrap();
+    let socket = dir.join("handoff.sock");
+    let log = dir.join("stderr.log");
+    let config = ConfigFile::new(
+        "hot-restart-usr2",
+        &format!(
+            "listen = [\"127.0.0.1:0\"]\n[services.hello]\ninstances = [\"{}\"]\n",
+            a.addr
+        ),
+    );
+    let mut cmd = wayfinder(&["run", "--config"]);
+    cmd.arg(&config.path)
+        .arg("--handoff-socket")
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", dir.join("notify"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut old = cmd.spawn().unwrap();
+    let old_pid = old.id().unwrap() as i32;
+    assert_eq!(next_ready(&notify).await, old_pid);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let proxy: SocketAddr = text
+        .split("listen=[")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no listen address in:\n{text}"));
+    let reply = within(10, "GET", support::get(proxy, "hello.svc", "/"))
+        .await
+        .unwrap();
+    assert_eq!(reply.text(), "a");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pid),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let new = Adopted(next_ready(&notify).await);
+    assert_ne!(new.0, old_pid);
+    let status = within(30, "the old process exits", old.wait())
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(text.contains("SIGUSR2: started a successor"), "{text}");
+    let reply = within(10, "GET", support::get(proxy, "hello.svc", "/"))
+        .await
+        .unwrap();
+    assert_eq!(reply.text(), "a", "served by the successor");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(new.0),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    within(30, "the successor exits on SIGTERM", async {
+        while !new.exited() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,7 @@ pub mod logging;
 mod reload;
 pub mod signals;
 mod start;
+mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -194,6 +195,8 @@ pub async fn run(
             tracing::warn!(error = %e, "could not tell the previous process to drain; it keeps serving beside this one");
         }
     }
+    let sigusr2 = upgrade::on_sigusr2(handoff.listen.clone());
+    upgrade::ready();
     let offerer = running.offerer();
     let running = Arc::new(running);
     if let Some(path) = path {
@@ -201,8 +204,11 @@ pub async fn run(
     }
     let handed_over = async move {
         match successor {
-            Some(l) => handoff::serve(l, offerer).await,
-            None => std::future::pending().await,
+            Some(l) => tokio::select! {
+                () = handoff::serve(l, offerer) => {}
+                () = sigusr2 => {}
+            },
+            None => sigusr2.await,
         }
     };
     let handed_over = tokio::select! {
