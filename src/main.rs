@@ -58,7 +58,8 @@ enum Command {
     /// Run the proxy with a config file until SIGTERM or SIGINT, then report
     /// not ready for timeouts.pre_stop while still serving, and drain; a
     /// second signal exits at once. The file is watched and reloaded on
-    /// change or SIGHUP.
+    /// change or SIGHUP. With --handoff-socket, SIGUSR2 starts a hot
+    /// restart (below).
     #[command(after_help = RUN_AFTER_HELP)]
     Run {
         /// The config file.
@@ -134,7 +135,12 @@ The successor receives the listening sockets (proxy, TLS, admin) over the unix s
 registrations made through the admin API (and their TTLs) and the operator's drains; it binds
 only listeners its config adds. Once it serves, the previous process stops accepting, closes
 each connection after its next response, drains (timeouts.shutdown_drain) and exits 0. If the
-successor fails to start, the previous one keeps serving. Not with [registry.gossip].";
+successor fails to start, the previous one keeps serving. Not with [registry.gossip].
+
+SIGUSR2 makes a process started with --handoff-socket start its successor itself (the binary at
+the same path, the same arguments, --takeover). Under systemd (NOTIFY_SOCKET set) each process
+sends READY=1 and MAINPID= once it serves: Type=notify, NotifyAccess=all, and
+ExecReload=/bin/kill -USR2 $MAINPID make `systemctl reload` a hot restart.";
 
 /// `wayfinder register --help`, after the options.
 const REGISTER_AFTER_HELP: &str = "\
