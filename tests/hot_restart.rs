@@ -315,3 +315,53 @@ async fn sigusr2_starts_a_successor_that_tells_systemd_it_is_the_main_process() 
     .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A successor that fails after receiving the sockets (here: its access
+/// log cannot be opened) exits 1; the running proxy resumes its admin API
+/// and keeps serving, and a later takeover still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_successor_leaves_the_running_proxy_serving() {
+    let a = Backend::start("a").await;
+    let socket = temp_path("handoff-fail", ".sock");
+    let socket_arg = socket.to_str().unwrap();
+    let tables = format!(
+        "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [services.hello]\ninstances = [\"{}\"]\n",
+        a.addr
+    );
+    let good = ConfigFile::new("hot-restart-good", &tables);
+    let bad = ConfigFile::new(
+        "hot-restart-bad",
+        &format!("{tables}[access_log]\nenabled = true\npath = \"/nonexistent/dir/access.log\"\n"),
+    );
+    let mut old = run(&good, &["--handoff-socket", socket_arg]);
+    let at = old.listening(30).await;
+
+    let mut failed = run(&bad, &["--takeover", socket_arg]);
+    let status = failed.wait(30, "the failing successor").await;
+    assert_eq!(status.code(), Some(1), "{}", failed.log());
+    assert!(failed.log().contains("access_log.path"), "{}", failed.log());
+    old.wait_log(30, "hand-over failed; still serving, admin API resumed")
+        .await;
+    let api = Api::new(at.admin());
+    assert_eq!(api.get("/readyz").await.status, StatusCode::OK);
+    let reply = within(10, "GET", support::get(at.proxy(), "hello.svc", "/"))
+        .await
+        .unwrap();
+    assert_eq!(reply.text(), "a");
+
+    let mut new = run(&good, &["--takeover", socket_arg]);
+    new.wait_log(30, "took over; the previous process drains")
+        .await;
+    assert!(
+        old.wait(30, "the old process").await.success(),
+        "{}",
+        old.log()
+    );
+    let reply = within(10, "GET", support::get(at.proxy(), "hello.svc", "/"))
+        .await
+        .unwrap();
+    assert_eq!(reply.text(), "a");
+    drop(new);
+    let _ = std::fs::remove_file(&socket);
+}

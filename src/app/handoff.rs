@@ -163,27 +163,76 @@ pub(crate) struct Offerer {
     pub refuse: Option<String>,
 }
 
-/// Listens on `path` (replacing a stale socket file) for a successor.
-pub(crate) fn bind(path: &Path) -> Result<tokio::net::UnixListener, HandoffError> {
-    let fail = |source| HandoffError::Listen {
-        path: path.to_owned(),
-        source,
-    };
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail(e)),
+/// The hand-over socket this process listens on for a successor.
+#[derive(Debug)]
+pub(crate) struct HandoffSocket {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    /// Where it was bound, until [`HandoffSocket::publish`] moves it to
+    /// `path`.
+    bound: PathBuf,
+}
+
+impl HandoffSocket {
+    /// Binds beside `path` (so a failure is found before anything starts
+    /// and the predecessor's socket stays reachable until this process
+    /// serves).
+    pub(crate) fn bind(path: &Path) -> Result<HandoffSocket, HandoffError> {
+        let fail = |source| HandoffError::Listen {
+            path: path.to_owned(),
+            source,
+        };
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{}", std::process::id()));
+        let bound = PathBuf::from(name);
+        let _ = std::fs::remove_file(&bound);
+        let listener = tokio::net::UnixListener::bind(&bound).map_err(fail)?;
+        Ok(HandoffSocket {
+            listener,
+            path: path.to_owned(),
+            bound,
+        })
     }
-    tokio::net::UnixListener::bind(path).map_err(fail)
+
+    /// Moves the socket to its path (replacing the predecessor's or a
+    /// stale one); returns its inode, by which the path is known to be
+    /// this process's.
+    pub(crate) fn publish(&mut self) -> Result<u64, HandoffError> {
+        use std::os::unix::fs::MetadataExt;
+        let fail = |source| HandoffError::Listen {
+            path: self.path.clone(),
+            source,
+        };
+        std::fs::rename(&self.bound, &self.path).map_err(fail)?;
+        self.bound = self.path.clone();
+        Ok(std::fs::metadata(&self.path).map_err(fail)?.ino())
+    }
+}
+
+impl Drop for HandoffSocket {
+    fn drop(&mut self) {
+        if self.bound != self.path {
+            let _ = std::fs::remove_file(&self.bound);
+        }
+    }
+}
+
+/// Removes the socket file at `path` if it is still the one this process
+/// published (`inode`), not a successor's.
+pub(crate) fn remove_if_ours(path: &Path, inode: u64) {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(path).is_ok_and(|m| m.ino() == inode) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Answers successors on `listener` until one takes over; returns then.
 /// A failed attempt is logged, the admin API resumes, and the next
 /// successor may try.
-pub(crate) async fn serve(listener: tokio::net::UnixListener, offerer: Offerer) {
+pub(crate) async fn serve(socket: HandoffSocket, offerer: Offerer) {
     let offerer = Arc::new(offerer);
     loop {
-        let stream = match listener.accept().await {
+        let stream = match socket.listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "hand-over socket: accept failed");
@@ -312,9 +361,15 @@ pub async fn take_over(path: &Path) -> Result<Inherited, HandoffError> {
 }
 
 fn receive(path: &Path) -> Result<Inherited, HandoffError> {
-    let no_answer = |source| HandoffError::NoAnswer {
+    let no_answer = |source: io::Error| HandoffError::NoAnswer {
         path: path.to_owned(),
-        source,
+        source: match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {ANSWER_TIMEOUT:?}"),
+            ),
+            _ => source,
+        },
     };
     let malformed = |reason: String| HandoffError::Malformed {
         path: path.to_owned(),

@@ -179,15 +179,23 @@ pub async fn run(
     handoff: &Handoff,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let mut successor = match &handoff.listen {
+        Some(socket) => Some(handoff::HandoffSocket::bind(socket)?),
+        None => None,
+    };
     let mut inherited = match &handoff.takeover {
         Some(socket) => Some(handoff::take_over(socket).await?),
         None => None,
     };
     let mut running = start_from(config, path, inherited.as_mut()).await?;
-    let successor = match &handoff.listen {
-        // Bound after the predecessor (if any) handed over: the path
-        // passes to this process.
-        Some(socket) => Some(handoff::bind(socket)?),
+    // The socket path passes to this process once it serves.
+    let published = match successor.as_mut().map(handoff::HandoffSocket::publish) {
+        Some(Ok(inode)) => Some(inode),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "no hot restart from this process");
+            successor = None;
+            None
+        }
         None => None,
     };
     if let Some(i) = inherited {
@@ -234,8 +242,8 @@ pub async fn run(
         }
         return Ok(());
     }
-    if let Some(socket) = &handoff.listen {
-        let _ = std::fs::remove_file(socket);
+    if let (Some(socket), Some(inode)) = (&handoff.listen, published) {
+        handoff::remove_if_ours(socket, inode);
     }
     tracing::info!("shutting down");
     tokio::select! {
