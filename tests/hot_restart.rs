@@ -350,7 +350,7 @@ async fn a_failed_successor_leaves_the_running_proxy_serving() {
         .unwrap();
     assert_eq!(reply.text(), "a");
 
-    let mut new = run(&good, &["--takeover", socket_arg]);
+    let new = run(&good, &["--takeover", socket_arg]);
     new.wait_log(30, "took over; the previous process drains")
         .await;
     assert!(
