@@ -39,9 +39,10 @@
 //! - `admin`: the admin API on its own listener (status, config, the
 //!   registration API, discovery queries).
 //! - [`app`]: the running process: starts everything in order, reloads the
-//!   config, shuts down with a pre-stop delay and a bounded drain.
+//!   config, shuts down with a pre-stop delay and a bounded drain, hands
+//!   its listeners and registrations to a successor (hot restart).
 //! - [`registrar`]: `wayfinder register`, the client that keeps a service
-//!   registered with a proxy's admin API.
+//!   registered with a proxy's admin API, and `wayfinder status`.
 //! - [`demo`]: `wayfinder demo`, the example config with built-in
 //!   instances.
 //! - [`clock`]: a cheap monotonic millisecond clock for state kept in

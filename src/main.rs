@@ -58,11 +58,25 @@ enum Command {
     /// Run the proxy with a config file until SIGTERM or SIGINT, then report
     /// not ready for timeouts.pre_stop while still serving, and drain; a
     /// second signal exits at once. The file is watched and reloaded on
-    /// change or SIGHUP.
+    /// change or SIGHUP. With --handoff-socket, SIGUSR2 starts a hot
+    /// restart (below).
+    #[command(after_help = RUN_AFTER_HELP)]
     Run {
         /// The config file.
         #[arg(long, short, default_value = "config/wayfinder.toml")]
         config: PathBuf,
+        /// Listen on this unix socket for a successor process (`wayfinder
+        /// run --takeover PATH`) to take over the listeners and the
+        /// registrations kept in memory; this process then stops accepting,
+        /// drains and exits 0.
+        #[arg(long, value_name = "PATH")]
+        handoff_socket: Option<PathBuf>,
+        /// Take over the listening sockets and registrations of the
+        /// wayfinder running with `--handoff-socket PATH`, then tell it to
+        /// drain: an upgrade or restart without refusing a connection. Fails
+        /// (exit 1) when nothing answers there within 10s.
+        #[arg(long, value_name = "PATH")]
+        takeover: Option<PathBuf>,
     },
     /// Validate a config file and exit: 0 when valid (warnings on stderr), 1
     /// with every error (file:line:column: key: message; at most 20) when
@@ -94,6 +108,10 @@ enum Command {
         #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
         names: Vec<String>,
     },
+    /// Print the running proxy's services and instances with their state
+    /// (health, ejection, drain, weight, in-flight requests...), its
+    /// sources and its snapshot, from the admin API.
+    Status(StatusArgs),
     /// Internal: how `wayfinder register` starts its command (see
     /// `wayfinder::registrar::exec_child`).
     #[command(name = "register-exec", hide = true)]
@@ -106,6 +124,23 @@ enum Command {
         command: Vec<String>,
     },
 }
+
+/// `wayfinder run --help`, after the options.
+const RUN_AFTER_HELP: &str = "\
+Hot restart (upgrade the binary, or apply settings that need a restart):
+  wayfinder run -c wayfinder.toml --handoff-socket /run/wayfinder/handoff.sock      # running
+  wayfinder run -c wayfinder.toml --takeover /run/wayfinder/handoff.sock \\
+                                  --handoff-socket /run/wayfinder/handoff.sock      # successor
+The successor receives the listening sockets (proxy, TLS, admin) over the unix socket, with the
+registrations made through the admin API (and their TTLs) and the operator's drains; it binds
+only listeners its config adds. Once it serves, the previous process stops accepting, closes
+each connection after its next response, drains (timeouts.shutdown_drain) and exits 0. If the
+successor fails to start, the previous one keeps serving. Not with [registry.gossip].
+
+SIGUSR2 makes a process started with --handoff-socket start its successor itself (the binary at
+the same path, the same arguments, --takeover). Under systemd (NOTIFY_SOCKET set) each process
+sends READY=1 and MAINPID= once it serves: Type=notify, NotifyAccess=all, and
+ExecReload=/bin/kill -USR2 $MAINPID make `systemctl reload` a hot restart.";
 
 /// `wayfinder register --help`, after the options.
 const REGISTER_AFTER_HELP: &str = "\
@@ -167,6 +202,25 @@ struct RegisterArgs {
     gossip: GossipArgs,
     #[command(flatten)]
     docker: wayfinder::registrar::docker::DockerArgs,
+}
+
+/// `wayfinder status`.
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The proxy's admin API: http://HOST:PORT.
+    #[arg(long, default_value = "http://127.0.0.1:9900", value_parser = parse_registry)]
+    admin: http::Uri,
+    /// Print the admin API's answers as one JSON object (`status`,
+    /// `services`, `sources`) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Bearer token for the admin API (or WAYFINDER_TOKEN), needed with
+    /// `admin.auth_reads`.
+    #[arg(long, env = "WAYFINDER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Longest wait for each answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 /// `wayfinder register --gossip`: join the gossip fleet instead of calling
@@ -304,14 +358,40 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            handoff_socket,
+            takeover,
+        } => {
             let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
+            let handoff = wayfinder::app::Handoff {
+                listen: handoff_socket,
+                takeover,
+            };
             runtime(config.startup.runtime.worker_threads).block_on(async {
-                match wayfinder::app::run(&config, Some(&path), signals::shutdown_signal()).await {
+                let stop = signals::shutdown_signal();
+                match wayfinder::app::run(&config, Some(&path), &handoff, stop).await {
                     Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(e),
+                }
+            })
+        }
+        Command::Status(args) => {
+            let opts = wayfinder::registrar::status::Options {
+                admin: args.admin,
+                token: args.token,
+                json: args.json,
+                timeout: args.timeout,
+            };
+            runtime(Some(1)).block_on(async {
+                match wayfinder::registrar::status::run(&opts).await {
+                    Ok(out) => {
+                        print!("{out}");
+                        ExitCode::SUCCESS
+                    }
                     Err(e) => fail(e),
                 }
             })

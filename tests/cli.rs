@@ -312,3 +312,103 @@ async fn a_check_that_is_not_a_url_gets_the_accepted_forms() {
     assert!(stderr.contains("/PATH to check on --address"), "{stderr}");
     assert!(stderr.contains("--check-tcp"), "{stderr}");
 }
+
+// === wayfinder status ===
+
+/// `wayfinder status` against a real running proxy: a table with each
+/// instance's state, the sources, and with `--json` the three views in one
+/// object; the token is needed with `admin.auth_reads`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_instances_and_sources_from_the_admin_api() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let reg = Backend::start("reg").await;
+    let config = ConfigFile::new(
+        "cli-status",
+        &format!(
+            "listen = [\"127.0.0.1:0\"]\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"status-t0ken\"\nauth_reads = true\n\
+             [services.web]\ninstances = [\"{}\", \"{}\"]\n",
+            a.addr, b.addr
+        ),
+    );
+    let mut cmd = wayfinder(&["run", "--config"]);
+    cmd.arg(&config.path);
+    let proxy = Proc::spawn(cmd);
+    let admin = proxy.listening(30).await.admin();
+    let mut api = support::Api::new(admin);
+    api.token = Some("status-t0ken".to_owned());
+    api.register_ok("files", "f1", reg.addr, "30s").await;
+    let drained = api
+        .call(
+            "PUT",
+            &format!("/v1/services/web/instances/{}/drain", b.addr),
+            None,
+        )
+        .await;
+    assert_eq!(drained.status, StatusCode::OK, "{}", drained.text());
+
+    let url = format!("http://{admin}");
+    let status = |extra: &[&str]| {
+        let mut cmd = wayfinder(&["status", "--admin", &url]);
+        cmd.args(extra);
+        finish(cmd)
+    };
+    let (code, out, err) = status(&["--token", "status-t0ken"]).await;
+    assert!(code.success(), "{code}: {err}");
+    let line = |needle: String| {
+        out.lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("no line with {needle}:\n{out}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(out.starts_with("wayfinder "), "{out}");
+    let first = line(a.addr.to_string());
+    assert_eq!(first[0], "web");
+    assert_eq!(first[5], "up", "{out}");
+    assert_eq!(line(b.addr.to_string())[5], "draining(operator)", "{out}");
+    let registered = line(reg.addr.to_string());
+    assert_eq!(
+        &registered[..4],
+        ["files", &reg.addr.to_string(), "f1", "api"]
+    );
+    assert!(line("SOURCE ".to_owned()).contains(&"STATE".to_owned()));
+
+    let (code, out, err) = status(&["--token", "status-t0ken", "--json"]).await;
+    assert!(code.success(), "{code}: {err}");
+    let all: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(all["status"]["phase"], "ready", "{all}");
+    assert_eq!(
+        all["services"]["services"].as_array().unwrap().len(),
+        2,
+        "{all}"
+    );
+    assert!(all["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "api"));
+
+    let (code, out, err) = status(&[]).await;
+    assert_eq!(code.code(), Some(1), "{out}");
+    assert!(err.contains("401") && err.contains("--token"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// Nothing listening: one line naming the address, exit 1, without
+/// waiting for the timeout.
+#[tokio::test]
+async fn status_says_when_the_admin_api_is_unreachable() {
+    let (_held, addr) = support::refused_addr();
+    let url = format!("http://{addr}");
+    let (code, out, err) = finish(wayfinder(&["status", "--admin", &url])).await;
+    assert_eq!(code.code(), Some(1), "{out}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("unreachable") && err.contains(&addr.to_string()),
+        "{err}"
+    );
+}

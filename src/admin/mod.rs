@@ -65,6 +65,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use respond::{json, method_not_allowed, text, without_body};
 
@@ -93,11 +94,28 @@ pub(crate) struct Admin {
     pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
-/// Serves the admin API on `listener` until `shutdown` completes.
-pub(crate) async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()>) {
+/// Serves the admin API on `listener` until `shutdown` completes. While
+/// `paused` is `true` (a successor process is taking over) it accepts no
+/// connection and closes those it has after their current request, so
+/// clients reconnect to whichever process accepts next.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    admin: Admin,
+    shutdown: impl Future<Output = ()>,
+    mut paused: watch::Receiver<bool>,
+) {
     let admin = Arc::new(admin);
     tokio::pin!(shutdown);
+    // Until the pausing side is gone.
+    let mut pausable = true;
     loop {
+        if *paused.borrow_and_update() {
+            tokio::select! {
+                r = paused.wait_for(|p| !*p) => if r.map(|_| ()).is_err() { return },
+                () = &mut shutdown => return,
+            }
+            continue;
+        }
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -107,19 +125,31 @@ pub(crate) async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Fu
                     continue;
                 }
             },
+            r = paused.changed(), if pausable => {
+                pausable = r.is_ok();
+                continue;
+            }
             () = &mut shutdown => return,
         };
         let admin = admin.clone();
+        let mut paused = paused.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                Ok(()) = async { paused.wait_for(|p| *p).await.map(|_| ()) } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
     }
 }
@@ -267,7 +297,12 @@ mod tests {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, admin, std::future::pending()));
+        tokio::spawn(serve(
+            listener,
+            admin,
+            std::future::pending(),
+            watch::channel(false).1,
+        ));
         addr
     }
 

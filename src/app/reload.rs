@@ -168,7 +168,7 @@ mod tests {
         let base = "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"off\"\n";
         let file = TempConfig::new("app-reload-startup", base);
         let mut current = Config::load(&file.0).unwrap();
-        let running = start_from(&current, Some(&file.0)).await.unwrap();
+        let running = start_from(&current, Some(&file.0), None).await.unwrap();
         std::fs::write(
             &file.0,
             format!(

@@ -10,14 +10,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
+use super::handoff::{Handed, Inherited, ListenerRole};
 use super::Running;
 use crate::admin;
 use crate::admin::state::{Phase, RunState};
 use crate::config::{AccessLogFormat, Config};
 use crate::proxy::access_log::{AccessLog, Format, Target};
-use crate::proxy::server::{self, Listener, ServerSettings};
+use crate::proxy::server::{self, Drain, Listener, ServerSettings};
 use crate::proxy::Proxy;
 use crate::registry::dns::DnsSources;
 use crate::registry::etcd::EtcdStore;
@@ -108,26 +109,57 @@ fn check_state_file(path: &Path) -> Result<(), StartError> {
 /// Binds and starts everything `config` describes. Must be called inside a
 /// Tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    start_from(config, None).await
+    start_from(config, None, None).await
+}
+
+/// A listener for `addr`: the one a predecessor handed over for it, or a
+/// new one; with a duplicate of it kept for handing over in turn.
+fn listener(
+    addr: SocketAddr,
+    role: ListenerRole,
+    inherited: &mut Option<&mut Inherited>,
+    handed: &mut Vec<Handed>,
+) -> Result<tokio::net::TcpListener, StartError> {
+    let what = match role {
+        ListenerRole::Proxy => "proxy",
+        ListenerRole::Tls => "proxy (TLS)",
+        ListenerRole::Admin => "admin",
+    };
+    let fail = |source| StartError::Bind {
+        addr,
+        role: what,
+        source,
+    };
+    let l = match inherited.as_deref_mut().and_then(|i| i.take(role, addr)) {
+        Some(l) => tokio::net::TcpListener::from_std(l).map_err(fail)?,
+        None => server::bind(addr).map_err(fail)?,
+    };
+    let fd = std::os::fd::AsFd::as_fd(&l)
+        .try_clone_to_owned()
+        .map_err(fail)?;
+    handed.push(Handed {
+        role,
+        addr: l.local_addr().unwrap_or(addr),
+        fd,
+    });
+    Ok(l)
 }
 
 /// [`start`], with the file `config` was read from (shown by the admin
-/// API).
+/// API) and the listeners and state a predecessor process handed over.
 pub(crate) async fn start_from(
     config: &Config,
     file: Option<&Path>,
+    mut inherited: Option<&mut Inherited>,
 ) -> Result<Running, StartError> {
     if let Some(path) = &config.startup.registry.state_file {
         check_state_file(path)?;
     }
+    let mut handed = Vec::new();
     let mut listeners: Vec<Listener> = Vec::with_capacity(config.startup.listen.len());
     let mut listen = Vec::with_capacity(config.startup.listen.len());
     for &addr in &config.startup.listen {
-        let l = server::bind(addr).map_err(|source| StartError::Bind {
-            addr,
-            role: "proxy",
-            source,
-        })?;
+        let l = listener(addr, ListenerRole::Proxy, &mut inherited, &mut handed)?;
         listen.push(l.local_addr().unwrap_or(addr));
         listeners.push(l.into());
     }
@@ -145,22 +177,19 @@ pub(crate) async fn start_from(
             source: Box::new(source),
         })?;
         for &addr in &t.listen {
-            let l = server::bind(addr).map_err(|source| StartError::Bind {
-                addr,
-                role: "proxy (TLS)",
-                source,
-            })?;
+            let l = listener(addr, ListenerRole::Tls, &mut inherited, &mut handed)?;
             listen_tls.push(l.local_addr().unwrap_or(addr));
             listeners.push(Listener::tls(l, store.clone()));
         }
         cert_stores.push(store);
     }
     let admin_listener = match config.startup.admin.listen {
-        Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
+        Some(addr) => Some(listener(
             addr,
-            role: "admin",
-            source,
-        })?),
+            ListenerRole::Admin,
+            &mut inherited,
+            &mut handed,
+        )?),
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -204,11 +233,15 @@ pub(crate) async fn start_from(
         .serf
         .as_ref()
         .map(|s| SerfSource::spawn(s, &registry));
-    tokio::spawn(registrations.clone().run_expiry());
+    if let Some(i) = inherited {
+        i.restore(&registrations, &registry);
+    }
+    let expiry = tokio::spawn(registrations.clone().run_expiry());
 
     // The admin API answers from here on: `/readyz` says "starting" until
     // the registry is loaded.
     let (admin_stop_tx, admin_stop) = oneshot::channel::<()>();
+    let (admin_pause, admin_paused) = watch::channel(false);
     let admin = admin::Admin {
         registry: registry.clone(),
         registrations: registrations.clone(),
@@ -220,9 +253,14 @@ pub(crate) async fn start_from(
         metrics: Arc::new(admin::metrics::registry(registry.clone())),
     };
     let admin_task = admin_listener.map(|l| {
-        tokio::spawn(admin::serve(l, admin, async move {
-            let _ = admin_stop.await;
-        }))
+        tokio::spawn(admin::serve(
+            l,
+            admin,
+            async move {
+                let _ = admin_stop.await;
+            },
+            admin_paused,
+        ))
     });
 
     let etcd_task = match etcd {
@@ -263,7 +301,7 @@ pub(crate) async fn start_from(
     );
     drop(snap);
 
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = oneshot::channel::<Drain>();
     let reaper = tokio::spawn(reap_idle(
         proxy.clone(),
         config.startup.timeouts.upstream_idle,
@@ -271,7 +309,7 @@ pub(crate) async fn start_from(
     let settings = ServerSettings::from_config(config);
     let done = tokio::spawn(async move {
         server::serve(listeners, proxy, settings, async move {
-            let _ = stopped.await;
+            stopped.await.unwrap_or(Drain::Prompt)
         })
         .await;
         let _ = admin_stop_tx.send(());
@@ -299,6 +337,10 @@ pub(crate) async fn start_from(
         reload_failed: AtomicBool::new(false),
         dns: Mutex::new(dns),
         gossip,
+        registrations,
+        handed,
+        admin_pause,
+        expiry,
         stop,
         done,
     })

@@ -74,6 +74,28 @@ impl ServerSettings {
     }
 }
 
+/// How connections wind down once the server stops accepting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Idle connections close at once; busy ones after their response
+    /// (SIGTERM: clients were told to go elsewhere during `pre_stop`).
+    Prompt,
+    /// Every HTTP/1 connection closes after its next response
+    /// (`Connection: close`), or when idle for `timeouts.client_header`;
+    /// HTTP/2 gets GOAWAY. For a hand-over to a successor process that
+    /// keeps serving the same listeners: a client's next request is
+    /// answered rather than racing a close.
+    AfterNextResponse,
+}
+
+/// The state a connection watches: serving, or how to wind down.
+pub(crate) type Stop = Option<Drain>;
+
+/// Whether `stop` closes idle connections now.
+pub(crate) fn closes_idle(stop: &Stop) -> bool {
+    *stop == Some(Drain::Prompt)
+}
+
 /// A listening socket, plain or TLS.
 #[derive(Debug)]
 pub struct Listener {
@@ -100,12 +122,13 @@ impl From<TcpListener> for Listener {
 /// How often a TLS listener looks at its certificate files for changes.
 const CERT_POLL: Duration = Duration::from_secs(1);
 
-/// Serves `listeners` until `shutdown` completes, then drains.
+/// Serves `listeners` until `shutdown` completes, then drains the way it
+/// says.
 pub async fn serve<L: Into<Listener>>(
     listeners: Vec<L>,
     proxy: Arc<Proxy>,
     settings: ServerSettings,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Drain>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -128,7 +151,7 @@ pub async fn serve<L: Into<Listener>>(
         .max_local_error_reset_streams(h2.max_local_error_resets);
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel::<Stop>(None);
     // Every connection task holds a clone; recv() returns None once all
     // are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -155,7 +178,7 @@ pub async fn serve<L: Into<Listener>>(
         .collect();
     drop(alive_tx);
 
-    shutdown.await;
+    let drain = shutdown.await;
     for a in acceptors.iter().chain(&watchers) {
         a.abort();
     }
@@ -163,8 +186,8 @@ pub async fn serve<L: Into<Listener>>(
         let _ = a.await;
     }
     let open = settings.max_connections - slots.available_permits();
-    tracing::info!(open_connections = open, drain = ?settings.drain, "stopped accepting; draining");
-    let _ = stop_tx.send(true);
+    tracing::info!(open_connections = open, drain = ?settings.drain, mode = ?drain, "stopped accepting; draining");
+    let _ = stop_tx.send(Some(drain));
     match tokio::time::timeout(settings.drain, alive_rx.recv()).await {
         Ok(_) => tracing::info!("drained"),
         Err(_) => {
@@ -205,7 +228,7 @@ async fn accept_loop(
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     slots: Arc<Semaphore>,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<Stop>,
     alive: mpsc::Sender<()>,
     settings: ServerSettings,
 ) {
@@ -305,7 +328,7 @@ async fn serve_general<S>(
     h2: bool,
     state: Arc<(Arc<Proxy>, Client)>,
     builder: &auto::Builder<TokioExecutor>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<Stop>,
     peer: SocketAddr,
     settings: &ServerSettings,
 ) where
@@ -339,7 +362,7 @@ async fn serve_general<S>(
     };
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        () = async { let _ = stop.wait_for(|s| *s).await; } => {
+        () = wind_down(stop, h2, &activity) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -354,6 +377,19 @@ async fn serve_general<S>(
     };
     if let Err(e) = result {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Completes when a general-path connection should be told to close:
+/// at once on a prompt drain or for HTTP/2 (GOAWAY lets the client finish
+/// and go elsewhere without a race); for HTTP/1 after a hand-over, once a
+/// request is in progress (hyper then answers it with `Connection: close`).
+async fn wind_down(stop: &mut watch::Receiver<Stop>, h2: bool, activity: &Activity) {
+    let Ok(drain) = stop.wait_for(Option::is_some).await.map(|s| *s) else {
+        return std::future::pending().await;
+    };
+    if drain == Some(Drain::AfterNextResponse) && !h2 {
+        activity.busy().await;
     }
 }
 
@@ -389,6 +425,19 @@ impl Activity {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.changed.notify_waiters();
         Active(self.clone())
+    }
+
+    /// Completes once a request is in progress.
+    async fn busy(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.active.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Completes once no request has been in progress for `idle` (`first`

@@ -26,12 +26,15 @@
 //! or of the SIGTERM it was sent (or without a child); the child's code
 //! (128 + signal when a signal ended it) when the child exited by itself or
 //! had to be killed; 1 when the registry refused it or it could not run.
+//!
+//! [`status`] is `wayfinder status`, another client of the admin API.
 
 mod child;
 mod client;
 pub mod docker;
 pub mod gossip;
 pub mod proxy_health;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::future::Future;

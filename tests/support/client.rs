@@ -150,8 +150,15 @@ impl Reconnecting {
     }
 
     /// A GET of `path` with `Host: host`; after a failure the next request
-    /// opens a new connection.
+    /// opens a new connection. A kept connection the server closed after
+    /// its last response (`Connection: close`) is replaced before sending,
+    /// as HTTP clients do: nothing had been sent on it.
     pub async fn get(&mut self, host: &str, path: &str) -> Result<Reply, BoxError> {
+        if let Some(c) = &mut self.client {
+            if c.sender.is_closed() || c.sender.ready().await.is_err() {
+                self.client = None;
+            }
+        }
         let result = async {
             if self.client.is_none() {
                 self.client = Some(H1Client::connect(self.addr).await?);

@@ -38,6 +38,7 @@ use crate::proxy::observe::{self, Done};
 use crate::proxy::policy::request_id::RequestId;
 use crate::proxy::policy::response::Asked;
 use crate::proxy::policy::Framing;
+use crate::proxy::server::{closes_idle, Stop};
 use crate::proxy::traffic;
 use crate::proxy::upstream::{self, RawConn, MAX_RESPONSE_HEAD};
 use crate::proxy::{Client, Proxy};
@@ -68,7 +69,7 @@ pub(crate) async fn serve(
     proxy: &Proxy,
     client: &Client,
     stream: TcpStream,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<Stop>,
     header_timeout: Duration,
 ) -> Ended {
     let mut conn = Conn {
@@ -93,7 +94,7 @@ pub(crate) async fn serve(
     };
     // One wait for shutdown for the whole connection, polled only between
     // requests.
-    let stopped = stop.wait_for(|s| *s);
+    let stopped = stop.wait_for(closes_idle);
     tokio::pin!(stopped);
     loop {
         match conn.request(&mut stopped).await {
@@ -131,7 +132,7 @@ struct Conn<'a> {
     head_timer: Pin<Box<Sleep>>,
     response_timer: Pin<Box<Sleep>>,
     /// Whether shutdown has begun (answers then close the connection).
-    stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<Stop>,
     /// The current request is a HEAD: answers carry no body.
     head_request: bool,
     /// When the current request was routed, if metrics or the access log
@@ -446,13 +447,14 @@ impl Conn<'_> {
             Ok(answered) => answered,
             Err(e) => {
                 tracing::debug!(error = %e, "request failed");
-                let close = routed.close || *self.stopping.borrow();
+                let close = routed.close || self.stopping.borrow().is_some();
                 let step = self.answer_error(&e, trail.as_deref(), close).await;
                 self.done(Some(service), None, e.status().as_u16(), tally);
                 return step;
             }
         };
-        let close = routed.close || answer.body == Framing::UntilClose || *self.stopping.borrow();
+        let close =
+            routed.close || answer.body == Framing::UntilClose || self.stopping.borrow().is_some();
         if let Some(v) = traffic::sticky_cookie(service, &routed.choice, guard.instance().addr()) {
             header_line(&mut self.resp, "set-cookie", &v);
         }

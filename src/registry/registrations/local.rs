@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{
-    held, key, not_found, Pending, RegisterRequest, Registration, RegistrationError,
+    held, key, not_found, Carried, Pending, RegisterRequest, Registration, RegistrationError,
     RegistrationStore, API_SOURCE,
 };
 use crate::clock;
@@ -395,6 +395,41 @@ impl LocalStore {
     }
 }
 
+// === hand-over to a successor process ===
+
+impl LocalStore {
+    fn hand_over_now(&self) -> Vec<Carried> {
+        let now = clock::now_ms();
+        self.lock()
+            .values()
+            .map(|r| Carried {
+                registration: r.clone(),
+                ttl_left: Duration::from_millis(r.expires_ms.saturating_sub(now)),
+            })
+            .collect()
+    }
+
+    fn take_over_now(&self, carried: Vec<Carried>) {
+        let now = clock::now_ms();
+        let mut entries = self.lock();
+        entries.clear();
+        for Carried {
+            mut registration,
+            ttl_left,
+        } in carried
+        {
+            registration.expires_ms = now + ttl_left.as_millis() as u64;
+            registration.expired = false;
+            entries.insert(registration.key(), registration);
+        }
+        tracing::info!(
+            instances = entries.len(),
+            "took over the registrations of the previous process"
+        );
+        self.publish(&entries, Removals::Implicit, &|_| String::new());
+    }
+}
+
 impl RegistrationStore for LocalStore {
     fn source_name(&self) -> &'static str {
         API_SOURCE
@@ -446,5 +481,13 @@ impl RegistrationStore for LocalStore {
 
     fn save(&self) {
         self.save_now();
+    }
+
+    fn hand_over(&self) -> Option<Vec<Carried>> {
+        Some(self.hand_over_now())
+    }
+
+    fn take_over(&self, carried: Vec<Carried>) {
+        self.take_over_now(carried);
     }
 }

@@ -91,6 +91,18 @@ impl Registration {
     }
 }
 
+/// A registration handed to a successor process (`wayfinder run
+/// --takeover`), with the time its TTL had left.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Carried {
+    /// The registration.
+    pub registration: Registration,
+    /// Time left before it expires without a heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub ttl_left: Duration,
+}
+
 /// What a registration call asks for (already validated).
 #[derive(Debug, Clone)]
 pub struct RegisterRequest {
@@ -192,6 +204,17 @@ pub trait RegistrationStore: Send + Sync + fmt::Debug {
     /// Saves what the store keeps on disk, if anything (after a change of
     /// the operator's drains).
     fn save(&self) {}
+
+    /// The registrations this process keeps, with their TTLs' time left,
+    /// for a successor process; `None` for a store that keeps them
+    /// elsewhere (etcd).
+    fn hand_over(&self) -> Option<Vec<Carried>> {
+        None
+    }
+
+    /// Replaces the registrations with those a predecessor process handed
+    /// over (see [`RegistrationStore::hand_over`]).
+    fn take_over(&self, _carried: Vec<Carried>) {}
 }
 
 /// Registration events since the process started, for the metrics.
@@ -315,6 +338,19 @@ impl Registrations {
     /// Saves the state file now (after a change of the operator's drains).
     pub fn save(&self) {
         self.store.save();
+    }
+
+    /// The registrations kept in this process, for a successor process
+    /// (`None` when the store keeps them elsewhere).
+    pub fn hand_over(&self) -> Option<Vec<Carried>> {
+        self.store.hand_over()
+    }
+
+    /// Takes over the registrations a predecessor process handed over:
+    /// they replace what is kept here (the state file's copy included),
+    /// each expiring when it would have there.
+    pub fn take_over(&self, carried: Vec<Carried>) {
+        self.store.take_over(carried);
     }
 }
 
