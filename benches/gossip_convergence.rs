@@ -358,11 +358,7 @@ impl Fleet {
                 tokio::time::sleep(window).await;
                 let (u1, d1) = count();
                 let per = |b: u64| b as f64 / t0.elapsed().as_secs_f64() / ps.len() as f64;
-                format!(
-                    "{:.2} KB/s ({:.2})",
-                    per(u1 - u0) / 1000.0,
-                    per(d1 - d0) / 1000.0
-                )
+                format!("{:.0} B/s ({:.0} B/s back)", per(u1 - u0), per(d1 - d0))
             }
         }
     }
