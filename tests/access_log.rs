@@ -208,7 +208,7 @@ async fn text_lines_by_default() {
         log.display(),
         backend.addr
     );
-    let (_proc, _file, proxy) = start(&config).await;
+    let (mut proc, _file, proxy) = start(&config).await;
     let r = get_with(proxy, &[("x-request-id", "not-used")]).await;
     assert_eq!(r.status, 200);
     assert!(
@@ -228,6 +228,18 @@ async fn text_lines_by_default() {
         "{line}"
     );
     assert!(line.contains(" upstream=0."), "{line}");
+
+    // The lines of the last requests before a graceful stop are written
+    // before the process exits (the writer gathers lines for a moment
+    // between writes; shutdown flushes it).
+    for _ in 0..20 {
+        assert_eq!(get_with(proxy, &[]).await.status, 200);
+    }
+    proc.signal(Signal::SIGTERM);
+    let status = proc.wait(30, "the proxy after SIGTERM").await;
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 21, "{text}");
     let _ = std::fs::remove_file(&log);
 }
 

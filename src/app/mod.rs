@@ -96,12 +96,17 @@ pub struct Running {
     /// Expires registrations; stopped after a hand-over, so this process
     /// no longer changes them (nor the state file).
     expiry: JoinHandle<()>,
+    /// The access log's writer, flushed once the drain ends.
+    access_log: Option<crate::proxy::access_log::AccessLog>,
     /// Tells the server to stop accepting and drain.
     stop: oneshot::Sender<Drain>,
     /// Ends when the server, the admin API and the background tasks have
     /// stopped.
     done: JoinHandle<()>,
 }
+
+/// Longest wait at exit for the access log's last lines to be written.
+const ACCESS_LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Running {
     /// Reports not ready (`/readyz` 503), keeps serving for the configured
@@ -126,6 +131,9 @@ impl Running {
         }
         let _ = self.stop.send(Drain::Prompt);
         let _ = self.done.await;
+        if let Some(log) = &self.access_log {
+            log.flush(ACCESS_LOG_FLUSH).await;
+        }
     }
 
     /// After a successor process took over: stops accepting at once (no
@@ -137,6 +145,9 @@ impl Running {
         self.expiry.abort();
         let _ = self.stop.send(Drain::AfterNextResponse);
         let _ = self.done.await;
+        if let Some(log) = &self.access_log {
+            log.flush(ACCESS_LOG_FLUSH).await;
+        }
     }
 
     /// What a successor takes over from this process, unless it is ready

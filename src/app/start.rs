@@ -286,8 +286,8 @@ pub(crate) async fn start_from(
     let health = crate::health::spawn_supervisor(&registry);
     let mut proxy =
         Proxy::new(registry.clone(), config).with_https_port(listen_tls.first().map(|a| a.port()));
-    if let Some(log) = access_log {
-        proxy = proxy.with_access_log(log);
+    if let Some(log) = &access_log {
+        proxy = proxy.with_access_log(log.clone());
     }
     let proxy = Arc::new(proxy);
     let snap = registry.load();
@@ -341,6 +341,7 @@ pub(crate) async fn start_from(
         handed,
         admin_pause,
         expiry,
+        access_log,
         stop,
         done,
     })
