@@ -70,8 +70,10 @@ pub(crate) struct Entry {
     pub request_id: Option<RequestId>,
 }
 
-/// What the writer is handed.
+/// What the writer is handed. Lines go by value (boxing them would cost an
+/// allocation per request); flushes are rare.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     /// A line.
     Line(Entry),
