@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use tonic::{Code, Request};
 
 use std::time::Duration;
-use support::grpc::{client, codec, raw_call, say, GrpcInstance, Msg};
+use support::grpc::{client, codec, count, raw_call, say, GrpcInstance, Msg};
 
 use support::{within, AdminProxy, Proxy};
 
@@ -83,29 +83,16 @@ async fn server_streaming_and_bidirectional_calls_pass_whole() {
     let mut client = client(proxy.addr).await;
 
     // Server streaming: 1,000 messages, in order.
-    client.ready().await.unwrap();
-    let ask = Msg {
-        n: 1000,
-        ..Msg::default()
-    };
-    let mut stream = client
-        .server_streaming(
-            Request::new(ask),
-            "/echo.Echo/Count".parse().unwrap(),
-            codec(),
-        )
-        .await
-        .expect("stream starts")
-        .into_inner();
-    let mut count = 0u32;
+    let mut stream = count(&mut client, 1000, 0).await;
+    let mut received = 0u32;
     while let Some(msg) = within(30, "next message", stream.message())
         .await
         .expect("message")
     {
-        assert_eq!(msg.text, count.to_string());
-        count += 1;
+        assert_eq!(msg.text, received.to_string());
+        received += 1;
     }
-    assert_eq!(count, 1000);
+    assert_eq!(received, 1000);
 
     // Bidirectional: each message answered before the next is sent.
     let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
@@ -224,21 +211,7 @@ async fn an_instance_killed_mid_stream_ends_the_call_with_a_status() {
     let a = GrpcInstance::start("a").await;
     let proxy = proxy(&[&a], "").await;
     let mut client = client(proxy.addr).await;
-    client.ready().await.unwrap();
-    let ask = Msg {
-        n: 1000,
-        delay_ms: 20,
-        ..Msg::default()
-    };
-    let mut stream = client
-        .server_streaming(
-            Request::new(ask),
-            "/echo.Echo/Count".parse().unwrap(),
-            codec(),
-        )
-        .await
-        .expect("stream starts")
-        .into_inner();
+    let mut stream = count(&mut client, 1000, 20).await;
     for _ in 0..3 {
         within(10, "first messages", stream.message())
             .await
@@ -341,21 +314,7 @@ async fn a_call_queued_behind_the_stream_limit_times_out() {
     let mut slow_client = client(proxy.addr).await;
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let slow = tokio::spawn(async move {
-        slow_client.ready().await.unwrap();
-        let ask = Msg {
-            n: 2,
-            delay_ms: 8_000,
-            ..Msg::default()
-        };
-        let mut stream = slow_client
-            .server_streaming(
-                Request::new(ask),
-                "/echo.Echo/Count".parse().unwrap(),
-                codec(),
-            )
-            .await
-            .expect("stream starts")
-            .into_inner();
+        let mut stream = count(&mut slow_client, 2, 8_000).await;
         let first = stream.message().await;
         let _ = first_tx.send(first.map(|m| m.is_some()));
         let _ = stream.message().await;

@@ -333,6 +333,30 @@ pub async fn client(addr: SocketAddr) -> tonic::client::Grpc<tonic::transport::C
     tonic::client::Grpc::new(channel)
 }
 
+/// A `Count` call (server streaming): `n` messages, `delay_ms` apart
+/// after the first.
+pub async fn count(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    n: u32,
+    delay_ms: u32,
+) -> Streaming<Msg> {
+    client.ready().await.expect("client ready");
+    let ask = Msg {
+        n,
+        delay_ms,
+        ..Msg::default()
+    };
+    client
+        .server_streaming(
+            Request::new(ask),
+            "/echo.Echo/Count".parse().unwrap(),
+            codec(),
+        )
+        .await
+        .expect("stream starts")
+        .into_inner()
+}
+
 /// One `Say` call on `client`, with an optional deadline.
 pub async fn say(
     client: &mut tonic::client::Grpc<tonic::transport::Channel>,
