@@ -71,14 +71,12 @@ pub fn evaluate(service: &ServiceEntry, now_ms: u64) -> usize {
             tracing::debug!(service = %service.name(), "latency outlier not ejected: ejection cap reached");
             break;
         }
-        let instance = &members[i].instance;
-        let length = instance.eject(now_ms, |streak| {
-            super::passive::ejection_length(o.base_ejection, o.max_ejection, streak)
-        });
-        instance.note_health(
-            "ejected",
-            format!(
-                "p99 latency {:?} above {:.1}x its peers' median p99 ({:?}); ejected for {length:?}",
+        super::passive::eject_outlier(
+            service,
+            &members[i].instance,
+            now_ms,
+            format_args!(
+                "p99 latency {:?} above {:.1}x its peers' median p99 ({:?})",
                 Duration::from_micros(p99),
                 f64::from(cfg.factor_milli) / 1000.0,
                 Duration::from_micros(median),

@@ -93,6 +93,22 @@ pub fn on_failure(
     true
 }
 
+/// Ejects `instance`, an outlier among `service`'s instances (success
+/// rate, latency), for the service's ejection length, and notes `why` with
+/// that length as its health transition.
+pub(super) fn eject_outlier(
+    service: &ServiceEntry,
+    instance: &InstanceState,
+    now_ms: u64,
+    why: fmt::Arguments<'_>,
+) {
+    let o = &service.policy().outlier;
+    let length = instance.eject(now_ms, |streak| {
+        ejection_length(o.base_ejection, o.max_ejection, streak)
+    });
+    instance.note_health("ejected", format!("{why}; ejected for {length:?}"));
+}
+
 /// `base` doubled per consecutive ejection after the first, capped at `max`.
 pub(super) fn ejection_length(base: Duration, max: Duration, streak: u32) -> Duration {
     base.saturating_mul(1u32 << (streak.saturating_sub(1)).min(20))

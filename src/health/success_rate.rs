@@ -53,14 +53,12 @@ pub fn evaluate(service: &ServiceEntry, now_ms: u64) -> usize {
             tracing::debug!(service = %service.name(), "success-rate outlier not ejected: ejection cap reached");
             break;
         }
-        let instance = &members[i].instance;
-        let length = instance.eject(now_ms, |streak| {
-            super::passive::ejection_length(o.base_ejection, o.max_ejection, streak)
-        });
-        instance.note_health(
-            "ejected",
-            format!(
-                "success rate {:.1}% below its peers' (mean {:.1}%, threshold {:.1}%); ejected for {length:?}",
+        super::passive::eject_outlier(
+            service,
+            &members[i].instance,
+            now_ms,
+            format_args!(
+                "success rate {:.1}% below its peers' (mean {:.1}%, threshold {:.1}%)",
                 rate * 100.0,
                 mean * 100.0,
                 threshold * 100.0
