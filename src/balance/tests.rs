@@ -383,6 +383,48 @@ fn consistent_hash_bounds_a_hot_keys_load() {
     assert_eq!(c.len(), 10);
 }
 
+/// The bound reads the service's running total of requests in flight
+/// (kept by the guards) and the usable weight noted once a millisecond:
+/// with 3 of 10 members ejected, the 7 left still share a hot key within
+/// 1.25x their mean, and the total follows the guards.
+#[test]
+fn consistent_hash_bound_counts_only_usable_members() {
+    let reg = hash_registry("load_factor = 1.25\n");
+    let snap = reg.load();
+    let svc = snap.service("s").unwrap();
+    let now = crate::clock::now_ms();
+    let choice = keyed(42);
+    drop(pick_with(svc, &choice, now, &Tried::default()).unwrap());
+    for m in &svc.members()[..3] {
+        m.instance.eject_until(now + 60_000);
+    }
+    // The next millisecond counts the usable weight again.
+    let later = now + 1;
+    let held: Vec<_> = (0..70)
+        .map(|_| pick_with(svc, &choice, later, &Tried::default()).unwrap())
+        .collect();
+    assert_eq!(svc.live().waiters().in_flight(), 70);
+    let mut per: HashMap<u16, usize> = HashMap::new();
+    for g in &held {
+        *per.entry(port_of(g)).or_default() += 1;
+    }
+    assert!(per.keys().all(|&p| p > 3), "ejected ones: none {per:?}");
+    let max = *per.values().max().unwrap();
+    assert!(max <= 13, "1.25 x 70/7 + 1: {per:?}");
+    drop(held);
+    assert_eq!(svc.live().waiters().in_flight(), 0);
+    // Within the same millisecond the noted weight still counts the
+    // ejected members: the bound is then tighter than the usable members
+    // can meet, and the first usable one on the ring takes the request.
+    for m in &svc.members()[3..9] {
+        m.instance.eject_until(now + 60_000);
+    }
+    let held: Vec<_> = (0..20)
+        .map(|_| pick_with(svc, &choice, later, &Tried::default()))
+        .collect();
+    assert!(held.iter().all(|g| g.is_ok()), "never unpicked");
+}
+
 const TAGGED: &str = "[services.s]\ninstances = [\n\
     { address = \"127.0.0.1:1\", tags = { version = \"1\", zone = \"a\" } },\n\
     { address = \"127.0.0.1:2\", tags = { version = \"1\", zone = \"b\" } },\n\
