@@ -340,8 +340,8 @@ async fn p2c_ewma_one_spike_does_not_flip_the_choice() {
         .filter(|_| port_of(&pick(svc, now, &Tried::default()).unwrap()) == 3)
         .count();
     assert_eq!(slow, 0, "after one spike on :1");
-    // A lasting slowdown of :1 is taken, though: ten responses of 30 ms.
-    for _ in 0..10 {
+    // A lasting slowdown of :1 is taken, though: sixty responses of 30 ms.
+    for _ in 0..60 {
         answered(svc, 0, 30);
     }
     let one = (0..1000)
@@ -352,7 +352,7 @@ async fn p2c_ewma_one_spike_does_not_flip_the_choice() {
 
 /// A closed loop on paused time: 8 clients, :1 and :2 answer in 1 ms
 /// (every 200th of their responses in 16 ms, a spike), :3 always in 10 ms.
-/// Over 20,000 requests the slow one gets under 1%.
+/// Over 20,000 requests the slow one gets under 0.25% (about 0.02%).
 #[tokio::test(start_paused = true)]
 async fn p2c_ewma_keeps_a_persistently_slow_instance_under_one_percent() {
     let reg = three_p2c();
@@ -390,7 +390,7 @@ async fn p2c_ewma_keeps_a_persistently_slow_instance_under_one_percent() {
         latency.observe(Duration::from_millis(took), crate::clock::now_ms(), decay);
     }
     println!("p2c_ewma closed loop: the 10x slower instance got {slow} of {sent}");
-    assert!(slow * 100 < sent, "{slow} of {sent}");
+    assert!(slow * 400 < sent, "{slow} of {sent}");
 }
 
 /// An instance not heard from drifts back to neutral: after ten `decay`s

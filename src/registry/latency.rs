@@ -1,7 +1,10 @@
 //! An instance's latency as `p2c_ewma` sees it: a moving average of
-//! response times that one response moves by a tenth of the way at most
-//! ([`WEIGHT`]), so one latency spike on a fast instance cannot make it
-//! look as slow as a persistently slow one. The average also forgets in
+//! response times that one response moves by a tenth of the way
+//! ([`WEIGHT`]), a response slower than twice the average counting as
+//! twice the average ([`CAP`]), so one latency spike on a fast instance,
+//! or a stall of the machine that delays every response in flight at
+//! once, cannot make it look as slow as a persistently slow one; a lasting
+//! change is taken within a few dozen responses. The average also forgets in
 //! time (time constant `decay`): a response after a pause counts more, as
 //! the old average is weighted down by `e^(-pause/decay)` too, and when
 //! read the estimate comes with that much trust, so that an instance not
@@ -20,9 +23,15 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// How far one response moves a busy instance's average towards itself:
-/// a tenth of the way (a spike of 20 ms on a 1 ms instance makes it look
-/// 2.9 ms slow, not 20 ms, and ten responses later 1.7 ms).
+/// a tenth of the way.
 pub const WEIGHT: f64 = 0.1;
+
+/// A response counts as at most this many times the average: a spike of
+/// 20 ms on a 1 ms instance makes it look 1.1 ms slow, four in a row (a
+/// stall) 1.46 ms, and ten responses later it is back under 1.2 ms; an
+/// instance that turns 10x slower for good looks 5x slower after 17
+/// responses and 9x after 40 (its in-flight count rises at once, though).
+pub const CAP: f64 = 2.0;
 
 /// The latency estimate of one instance.
 #[derive(Debug, Default)]
@@ -55,7 +64,8 @@ fn kept(elapsed_ms: u64, decay: Duration) -> f64 {
 
 impl Latency {
     /// Records a response that took `took`, at `now_ms`: the old average
-    /// keeps `(1 - WEIGHT) x e^(-elapsed/decay)` of its weight.
+    /// keeps `(1 - WEIGHT) x e^(-elapsed/decay)` of its weight against the
+    /// response, counted as at most `CAP` times the old average.
     pub fn observe(&self, took: Duration, now_ms: u64, decay: Duration) {
         let rtt = (took.as_nanos() as f64).max(1.0);
         let old = f64::from_bits(self.estimate.load(Relaxed));
@@ -64,7 +74,7 @@ impl Latency {
         } else {
             let keep =
                 (1.0 - WEIGHT) * kept(now_ms.saturating_sub(self.at_ms.load(Relaxed)), decay);
-            old * keep + rtt * (1.0 - keep)
+            old * keep + rtt.min(old * CAP) * (1.0 - keep)
         };
         self.estimate.store(next.max(1.0).to_bits(), Relaxed);
         self.at_ms.store(now_ms, Relaxed);
@@ -250,25 +260,32 @@ mod tests {
     }
 
     /// While responses keep coming, each moves the average a tenth of the
-    /// way: one spike does not take it over, a lasting change does.
+    /// way, counted as at most twice the average: one spike, or a burst
+    /// of them, does not take it over; a lasting change does.
     #[tokio::test(start_paused = true)]
     async fn one_response_moves_a_busy_average_a_tenth() {
         let l = Latency::default();
         assert_eq!(l.estimate(clock::now_ms(), DECAY), None, "neutral at first");
         l.observe(Duration::from_millis(1), clock::now_ms(), DECAY);
         assert_eq!(ms(&l), 1.0, "the first response is the average");
+        l.observe(Duration::from_micros(1500), clock::now_ms(), DECAY);
+        assert!((ms(&l) - 1.05).abs() < 1e-9, "a tenth: {}", ms(&l));
         l.observe(Duration::from_millis(21), clock::now_ms(), DECAY);
-        assert!((ms(&l) - 3.0).abs() < 1e-9, "spike: {}", ms(&l));
+        assert!((ms(&l) - 1.155).abs() < 1e-9, "spike, capped: {}", ms(&l));
+        for _ in 0..3 {
+            l.observe(Duration::from_millis(21), clock::now_ms(), DECAY);
+        }
+        assert!(ms(&l) < 1.6, "a burst of four: {}", ms(&l));
         for _ in 0..10 {
             tokio::time::advance(Duration::from_millis(1)).await;
             l.observe(Duration::from_millis(1), clock::now_ms(), DECAY);
         }
-        assert!(ms(&l) < 1.7, "forgotten in ten responses: {}", ms(&l));
-        for _ in 0..40 {
+        assert!(ms(&l) < 1.2, "forgotten in ten responses: {}", ms(&l));
+        for _ in 0..45 {
             tokio::time::advance(Duration::from_millis(1)).await;
             l.observe(Duration::from_millis(10), clock::now_ms(), DECAY);
         }
-        assert!(ms(&l) > 9.8, "a lasting change is taken: {}", ms(&l));
+        assert!(ms(&l) > 9.0, "a lasting change is taken: {}", ms(&l));
     }
 
     /// The average forgets in time too: after a silence the new response
