@@ -48,7 +48,10 @@ fn tally(names: &[String]) -> BTreeMap<String, usize> {
 }
 
 /// Issue 17: three instances, one ten times slower; under concurrent load
-/// `p2c_ewma` sends it a small share (round-robin would send a third).
+/// `p2c_ewma` sends it a small share (round-robin would send a third,
+/// least-connections about 9%). Measured 1.3-2.5% on the loaded 2-core
+/// machine, mostly the first requests, sent before the slow instance's
+/// first answer gave it an average.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_ewma_gives_a_slow_instance_a_small_share() {
     let fast1 = Backend::builder("fast1")
@@ -83,7 +86,7 @@ async fn p2c_ewma_gives_a_slow_instance_a_small_share() {
         "p2c_ewma over real requests: {t:?}; slow share {:.1}%",
         share * 100.0
     );
-    assert!(share < 0.15, "the slow instance got {:.1}%", share * 100.0);
+    assert!(share < 0.06, "the slow instance got {:.1}%", share * 100.0);
 }
 
 /// Issue 17: header-keyed consistent hashing sends each key to one

@@ -14,7 +14,10 @@
 # Same method as run.sh: proxies pinned to PROXY_CPU with one worker each,
 # wrk -t1 and the instances on WRK_CPU; N interleaved rounds, each slot one
 # run at CONNS and one at LAT_CONNS connections; medians. Row wf-p2c-d is
-# p2c_ewma with a shorter decay (SHORT_DECAY). Every request
+# p2c_ewma with a shorter decay (SHORT_DECAY). Row wf-floor is round_robin
+# over the two fast instances only (the slow one left out): the p99 a
+# policy that never picked the slow instance would get on this machine,
+# for reference (its slow% is 0 by construction). Every request
 # carries `x-user: u<k>` (k cycling over 1,000 values, the same for every
 # row), the key of consistent_hash.
 #
@@ -25,7 +28,8 @@
 #   SHORT_DECAY=1s the decay of row wf-p2c-d (p2c_ewma with a shorter
 #                  memory than the default 10s; "" drops the row)
 #   WAYFINDER_BIN, BACKEND_BIN   use these binaries instead of building
-#   ONLY="nginx-lc haproxy-lc wf-p2c"  run only these rows
+#   ONLY="nginx-lc haproxy-lc wf-p2c"  run only these rows (default: all,
+#                  nginx-lc haproxy-lc wf-rr wf-lc wf-p2c wf-ch wf-p2c-d wf-floor)
 #   KEEP_TMP=1     keep the temp dir
 #   NICE=-10       run the servers and load tools at this niceness (shared
 #                  machines; negative values need root)
@@ -221,12 +225,12 @@ TMP=$(mktemp -d /tmp/wayfinder-slow.XXXXXX)
 chmod 755 "$TMP" # nginx workers drop to an unprivileged user
 printf '%s\n' "$WRK_LUA" >"$TMP/result.lua"
 
-pick_ports 10
+pick_ports 11
 B=("${PORTS[@]:0:3}")
 declare -A PID PORT
 PORT[nginx-lc]=${PORTS[3]} PORT[haproxy-lc]=${PORTS[4]}
 PORT[wf-rr]=${PORTS[5]} PORT[wf-lc]=${PORTS[6]} PORT[wf-p2c]=${PORTS[7]} PORT[wf-ch]=${PORTS[8]}
-PORT[wf-p2c-d]=${PORTS[9]}
+PORT[wf-p2c-d]=${PORTS[9]} PORT[wf-floor]=${PORTS[10]}
 log "instances on ${B[*]} (the last one ${SLOW}x slower)"
 
 for i in 0 1 2; do
@@ -243,11 +247,16 @@ write_haproxy_lc "${PORT[haproxy-lc]}" "${B[@]}"
 start haproxy-lc "$PROXY_CPU" haproxy -db -f "$TMP/haproxy-lc.cfg"
 PID[haproxy-lc]=$STARTED
 declare -A POLICY=([wf-rr]=round_robin [wf-lc]=least_connections [wf-p2c]=p2c_ewma
-    [wf-ch]=consistent_hash [wf-p2c-d]=p2c_ewma)
+    [wf-ch]=consistent_hash [wf-p2c-d]=p2c_ewma [wf-floor]=round_robin)
 WF_ROWS=(wf-rr wf-lc wf-p2c wf-ch)
 [[ -z $SHORT_DECAY ]] || WF_ROWS+=(wf-p2c-d)
+WF_ROWS+=(wf-floor)
 for name in "${WF_ROWS[@]}"; do
-    write_wayfinder "$name" "${POLICY[$name]}" "${PORT[$name]}" "${B[@]}"
+    if [[ $name == wf-floor ]]; then
+        write_wayfinder "$name" "${POLICY[$name]}" "${PORT[$name]}" "${B[0]}" "${B[1]}"
+    else
+        write_wayfinder "$name" "${POLICY[$name]}" "${PORT[$name]}" "${B[@]}"
+    fi
     start "$name" "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 \
         "$WAYFINDER_BIN" --log-level warn run --config "$TMP/$name.toml"
     PID[$name]=$STARTED
@@ -336,3 +345,5 @@ Targets (issue 17):
 EOF
 [[ -z $SHORT_DECAY || " ${CONFIGS[*]} " != *" wf-p2c-d "* ]] ||
     echo "  p2c_ewma with decay $SHORT_DECAY (wf-p2c-d), p99 vs the better peer: $(ratio "$(median wf-p2c-d "$CONNS" 5)" "$BEST99") at $CONNS connections, $(ratio "$(median wf-p2c-d "$LAT_CONNS" 5)" "$BEST99L") at $LAT_CONNS"
+[[ " ${CONFIGS[*]} " != *" wf-floor "* ]] ||
+    echo "  floor (wf-floor: the fast instances only), p99 vs the better peer: $(ratio "$(median wf-floor "$CONNS" 5)" "$BEST99") at $CONNS connections, $(ratio "$(median wf-floor "$LAT_CONNS" 5)" "$BEST99L") at $LAT_CONNS; p2c_ewma's p99 vs the floor: $(ratio "$(median wf-p2c "$CONNS" 5)" "$(median wf-floor "$CONNS" 5)") at $CONNS, $(ratio "$(median wf-p2c "$LAT_CONNS" 5)" "$(median wf-floor "$LAT_CONNS" 5)") at $LAT_CONNS"

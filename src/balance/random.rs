@@ -1,8 +1,10 @@
 //! `random` (weighted, by a random slot of the pool's schedule) and
 //! `p2c_ewma`: two members drawn at random, the one with the lower cost
-//! wins, cost being the member's peak-EWMA latency times its requests in
-//! flight plus one, over its weight (as in Finagle and Linkerd). A member
-//! with no latency yet is neutral: it is compared with its partner's
+//! wins, cost being the member's latency average times its requests in
+//! flight plus one, over its weight (as in Finagle and Linkerd). The
+//! average is one that a single slow response cannot take over (see
+//! [`Latency`](crate::registry::Latency)); a member with no average yet, or
+//! one not heard from for long, is neutral: compared at its partner's
 //! latency, so only the loads decide. The random numbers come from a
 //! per-thread xorshift generator: no lock, no shared cache line.
 
@@ -10,7 +12,7 @@ use std::cell::Cell;
 
 use super::rotate::round_robin;
 use super::Cx;
-use crate::registry::{Member, Pool};
+use crate::registry::{Estimate, Member, Pool};
 
 thread_local! {
     static STATE: Cell<u64> = Cell::new(seed());
@@ -87,15 +89,10 @@ pub(super) fn p2c_ewma<'a>(cx: &'a Cx<'_>, pool: &Pool) -> Option<&'a Member> {
 #[inline]
 fn cheaper(cx: &Cx<'_>, a: &Member, b: &Member) -> bool {
     let decay = cx.service.policy().traffic.p2c.decay;
-    let la = a.instance.latency().estimate(cx.now_ms, decay);
-    let lb = b.instance.latency().estimate(cx.now_ms, decay);
-    // Neutral: a member with no latency yet takes its partner's.
-    let (la, lb) = match (la, lb) {
-        (Some(x), Some(y)) => (x, y),
-        (Some(x), None) => (x, x),
-        (None, Some(y)) => (y, y),
-        (None, None) => (1.0, 1.0),
-    };
+    let (la, lb) = Estimate::compared(
+        a.instance.latency().estimate(cx.now_ms, decay),
+        b.instance.latency().estimate(cx.now_ms, decay),
+    );
     let cost = |lat: f64, m: &Member| {
         let weight = (u64::from(m.weight) * cx.warmth(m)) as f64;
         lat * (m.instance.in_flight() as f64 + 1.0) / weight

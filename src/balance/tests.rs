@@ -302,6 +302,127 @@ fn p2c_ewma_new_instance_is_neutral() {
     assert!((49..=51).contains(&on2), "{on2}");
 }
 
+fn three_p2c() -> Arc<Registry> {
+    registry(
+        "p2c_ewma",
+        "\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"",
+    )
+}
+
+/// Feeds `ms` as a response time of member `i`, now.
+fn answered(svc: &ServiceEntry, i: usize, ms: u64) {
+    let decay = svc.policy().traffic.p2c.decay;
+    svc.members()[i].instance.latency().observe(
+        Duration::from_millis(ms),
+        crate::clock::now_ms(),
+        decay,
+    );
+}
+
+/// One latency spike on a fast instance does not make it look as slow
+/// as the persistently slow one: picked one at a time (no load), :3 is
+/// never chosen. (With the former peak-EWMA, the 30 ms spike replaced
+/// :1's average and :3 won every pair it was drawn in with :1.)
+#[tokio::test(start_paused = true)]
+async fn p2c_ewma_one_spike_does_not_flip_the_choice() {
+    let reg = three_p2c();
+    let snap = reg.load();
+    let svc = snap.service("s").unwrap();
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        answered(svc, 0, 1);
+        answered(svc, 1, 1);
+    }
+    answered(svc, 2, 10);
+    answered(svc, 0, 30);
+    let now = crate::clock::now_ms();
+    let slow = (0..1000)
+        .filter(|_| port_of(&pick(svc, now, &Tried::default()).unwrap()) == 3)
+        .count();
+    assert_eq!(slow, 0, "after one spike on :1");
+    // A lasting slowdown of :1 is taken, though: sixty responses of 30 ms.
+    for _ in 0..60 {
+        answered(svc, 0, 30);
+    }
+    let one = (0..1000)
+        .filter(|_| port_of(&pick(svc, now, &Tried::default()).unwrap()) == 1)
+        .count();
+    assert_eq!(one, 0, ":1 is now the slowest");
+}
+
+/// A closed loop on paused time: 8 clients, :1 and :2 answer in 1 ms
+/// (every 200th of their responses in 16 ms, a spike), :3 always in 10 ms.
+/// Over 20,000 requests the slow one gets under 0.25% (about 0.02%).
+#[tokio::test(start_paused = true)]
+async fn p2c_ewma_keeps_a_persistently_slow_instance_under_one_percent() {
+    let reg = three_p2c();
+    let snap = reg.load();
+    let svc = snap.service("s").unwrap();
+    let decay = svc.policy().traffic.p2c.decay;
+    // (when it ends, how long it took, its guard)
+    let mut flying: Vec<(u64, u64, InFlightGuard)> = Vec::new();
+    let (mut sent, mut slow, mut fast) = (0, 0, 0);
+    while sent < 20_000 {
+        while flying.len() < 8 {
+            let now = crate::clock::now_ms();
+            let g = pick(svc, now, &Tried::default()).unwrap();
+            let took = if port_of(&g) == 3 {
+                slow += 1;
+                10
+            } else {
+                fast += 1;
+                if fast % 200 == 0 {
+                    16
+                } else {
+                    1
+                }
+            };
+            flying.push((now + took, took, g));
+            sent += 1;
+        }
+        let next = (0..flying.len()).min_by_key(|&i| flying[i].0).unwrap();
+        let (end, took, g) = flying.swap_remove(next);
+        let now = crate::clock::now_ms();
+        if end > now {
+            tokio::time::advance(Duration::from_millis(end - now)).await;
+        }
+        let latency = g.instance().latency();
+        latency.observe(Duration::from_millis(took), crate::clock::now_ms(), decay);
+    }
+    println!("p2c_ewma closed loop: the 10x slower instance got {slow} of {sent}");
+    assert!(slow * 400 < sent, "{slow} of {sent}");
+}
+
+/// An instance not heard from drifts back to neutral: after ten `decay`s
+/// of silence, while the others answer on, the slow :3 is compared at
+/// their latency and takes about a third of concurrent requests again
+/// (not more: it is not taken for faster than them either).
+#[tokio::test(start_paused = true)]
+async fn p2c_ewma_idle_instance_decays_to_neutral() {
+    let reg = three_p2c();
+    let snap = reg.load();
+    let svc = snap.service("s").unwrap();
+    let decay = svc.policy().traffic.p2c.decay;
+    let held = |n| -> Vec<InFlightGuard> {
+        let now = crate::clock::now_ms();
+        (0..n)
+            .map(|_| pick(svc, now, &Tried::default()).unwrap())
+            .collect()
+    };
+    let on3 = |held: &[InFlightGuard]| held.iter().filter(|g| port_of(g) == 3).count();
+    answered(svc, 0, 1);
+    answered(svc, 1, 1);
+    answered(svc, 2, 10);
+    let before = on3(&held(300));
+    assert!(before < 40, "slow: avoided ({before} of 300)");
+    tokio::time::advance(decay * 10).await;
+    answered(svc, 0, 1);
+    answered(svc, 1, 1);
+    let after = on3(&held(300));
+    println!("p2c_ewma: the slow instance got {before} of 300, then {after} after a silence");
+    assert!((90..=110).contains(&after), "neutral again: {after} of 300");
+}
+
 fn hash_registry(extra: &str) -> Arc<Registry> {
     let addrs: Vec<String> = (1..=10).map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     parse_registry(&format!(
@@ -381,6 +502,48 @@ fn consistent_hash_bounds_a_hot_keys_load() {
     // No key: round-robin.
     let c = counts(&reg, 100);
     assert_eq!(c.len(), 10);
+}
+
+/// The bound reads the service's running total of requests in flight
+/// (kept by the guards) and the usable weight noted once a millisecond:
+/// with 3 of 10 members ejected, the 7 left still share a hot key within
+/// 1.25x their mean, and the total follows the guards.
+#[test]
+fn consistent_hash_bound_counts_only_usable_members() {
+    let reg = hash_registry("load_factor = 1.25\n");
+    let snap = reg.load();
+    let svc = snap.service("s").unwrap();
+    let now = crate::clock::now_ms();
+    let choice = keyed(42);
+    drop(pick_with(svc, &choice, now, &Tried::default()).unwrap());
+    for m in &svc.members()[..3] {
+        m.instance.eject_until(now + 60_000);
+    }
+    // The next millisecond counts the usable weight again.
+    let later = now + 1;
+    let held: Vec<_> = (0..70)
+        .map(|_| pick_with(svc, &choice, later, &Tried::default()).unwrap())
+        .collect();
+    assert_eq!(svc.live().waiters().in_flight(), 70);
+    let mut per: HashMap<u16, usize> = HashMap::new();
+    for g in &held {
+        *per.entry(port_of(g)).or_default() += 1;
+    }
+    assert!(per.keys().all(|&p| p > 3), "ejected ones: none {per:?}");
+    let max = *per.values().max().unwrap();
+    assert!(max <= 13, "1.25 x 70/7 + 1: {per:?}");
+    drop(held);
+    assert_eq!(svc.live().waiters().in_flight(), 0);
+    // Within the same millisecond the noted weight still counts the
+    // ejected members: the bound is then tighter than the usable members
+    // can meet, and the first usable one on the ring takes the request.
+    for m in &svc.members()[3..9] {
+        m.instance.eject_until(now + 60_000);
+    }
+    let held: Vec<_> = (0..20)
+        .map(|_| pick_with(svc, &choice, later, &Tried::default()))
+        .collect();
+    assert!(held.iter().all(|g| g.is_ok()), "never unpicked");
 }
 
 const TAGGED: &str = "[services.s]\ninstances = [\n\

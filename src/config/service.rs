@@ -291,7 +291,7 @@ pub enum Balance {
     RoundRobin,
     /// Fewest in-flight requests (relative to weight), ties rotated.
     LeastConnections,
-    /// Power of two random choices over the peak-EWMA latency times the
+    /// Power of two random choices over the latency average times the
     /// in-flight requests.
     P2cEwma,
     /// A hash ring over a request key, with bounded load.

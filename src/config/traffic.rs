@@ -115,9 +115,11 @@ pub struct Traffic {
 /// `[services.NAME.p2c_ewma]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct P2cEwma {
-    /// Time constant of the latency average: an observation's weight
-    /// falls to 1/e after this long, and an instance not heard from for
-    /// this long looks that much faster.
+    /// Time constant of the latency average's memory: after a silence
+    /// this long the old average keeps 1/e of its weight against the next
+    /// response (besides the 0.9 it keeps per response), and an instance
+    /// not heard from for this long is compared with 1/e of its own
+    /// average, the rest its partner's (neutral).
     pub decay: Duration,
 }
 

@@ -442,9 +442,13 @@ impl InstanceState {
 ///
 /// Created when an instance is picked and moved into the response body, so
 /// the count drops when the body ends, errors or is abandoned, never by hand.
+/// The request counts in its service's total too (see [`Waiters`]) when the
+/// instance is linked to its service (always, once it is in a snapshot).
 #[derive(Debug)]
 pub struct InFlightGuard {
     instance: Arc<InstanceState>,
+    /// Counted in the service's total: the instance was linked then.
+    counted: bool,
 }
 
 impl InFlightGuard {
@@ -452,8 +456,22 @@ impl InFlightGuard {
     #[inline]
     pub fn new(instance: Arc<InstanceState>) -> Self {
         instance.in_flight.fetch_add(1, Relaxed);
+        InFlightGuard::counted(instance)
+    }
+
+    /// The guard of a request already counted in the instance's
+    /// `in_flight`: counts it as a request, and in the service's total.
+    #[inline]
+    fn counted(instance: Arc<InstanceState>) -> Self {
         instance.requests.fetch_add(1, Relaxed);
-        InFlightGuard { instance }
+        let counted = match instance.waiters.get() {
+            Some(w) => {
+                w.started();
+                true
+            }
+            None => false,
+        };
+        InFlightGuard { instance, counted }
     }
 
     /// Starts counting a request against `instance` if it has fewer than
@@ -468,10 +486,7 @@ impl InFlightGuard {
             instance.in_flight.fetch_sub(1, Relaxed);
             return None;
         }
-        instance.requests.fetch_add(1, Relaxed);
-        Some(InFlightGuard {
-            instance: instance.clone(),
-        })
+        Some(InFlightGuard::counted(instance.clone()))
     }
 
     /// The instance being counted against.
@@ -488,7 +503,11 @@ impl Drop for InFlightGuard {
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(w) = self.instance.waiters.get() {
-            w.released();
+            if self.counted {
+                w.finished();
+            } else {
+                w.released();
+            }
         }
     }
 }

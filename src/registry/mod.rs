@@ -61,7 +61,7 @@ use tokio::sync::Notify;
 pub use attach::{Attachment, Slot};
 pub use drain::DrainError;
 pub use instance::{InFlightGuard, InstanceState};
-pub use latency::{Latency, LatencyWindow};
+pub use latency::{Estimate, Latency, LatencyWindow};
 pub use pool::{Pool, WHOLE};
 pub use preserve::{HeldBack, HeldInstance, Removals};
 pub use ring::{instance_hash, Ring};

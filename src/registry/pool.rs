@@ -7,7 +7,7 @@
 //! is set. The request path only indexes them.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use super::ring::Ring;
 use super::schedule::Schedule;
@@ -35,6 +35,10 @@ pub struct Pool {
     /// Whether enough of the local members are available to keep traffic
     /// in the zone (health recomputes it with panic mode).
     local_ok: AtomicBool,
+    /// The weight of its members that could take a request, as balancing
+    /// last counted it: the millisecond (low 32 bits of `clock::now_ms()`)
+    /// in the high half, the weight in the low half.
+    usable_weight: AtomicU64,
 }
 
 impl Pool {
@@ -58,6 +62,7 @@ impl Pool {
             cursor: AtomicUsize::new(seed),
             local: None,
             local_ok: AtomicBool::new(false),
+            usable_weight: AtomicU64::new(0),
         }
     }
 
@@ -115,6 +120,22 @@ impl Pool {
         self.local
             .as_deref()
             .filter(|_| self.local_ok.load(Relaxed))
+    }
+
+    /// The usable weight noted by [`Pool::note_usable_weight`] during the
+    /// millisecond `now_ms`, if one was.
+    #[inline]
+    pub fn usable_weight(&self, now_ms: u64) -> Option<u32> {
+        let v = self.usable_weight.load(Relaxed);
+        (v >> 32 == now_ms & 0xFFFF_FFFF).then_some(v as u32)
+    }
+
+    /// Notes the weight of the members that could take a request at
+    /// `now_ms` (balancing counts it at most once a millisecond).
+    #[inline]
+    pub fn note_usable_weight(&self, now_ms: u64, weight: u32) {
+        let v = ((now_ms & 0xFFFF_FFFF) << 32) | u64::from(weight);
+        self.usable_weight.store(v, Relaxed);
     }
 
     /// Sets whether traffic stays in the zone; returns the old value.

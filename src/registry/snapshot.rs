@@ -265,11 +265,15 @@ impl ServiceLive {
 /// Requests of one service waiting for an instance below its
 /// `max_in_flight`: how many, and the signal an instance's finished
 /// request gives them (every instance of the service holds this, so the
-/// end of a request costs one load when nobody waits).
+/// end of a request costs one load when nobody waits). Also the
+/// service's requests in flight, all instances together, counted by the
+/// same [`InFlightGuard`](super::InFlightGuard)s as each instance's (read
+/// by `consistent_hash`'s load bound instead of a sum over the members).
 #[derive(Debug, Default)]
 pub struct Waiters {
     count: AtomicUsize,
     signal: tokio::sync::Notify,
+    in_flight: AtomicUsize,
 }
 
 impl Waiters {
@@ -299,7 +303,27 @@ impl Waiters {
         self.signal.notified()
     }
 
+    /// A request to one of the service's instances started.
+    #[inline]
+    pub(super) fn started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// The service's requests in flight, all instances together.
+    #[inline]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+
     /// An instance finished a request: wakes one waiter, if any.
+    #[inline]
+    pub(super) fn finished(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        self.released();
+    }
+
+    /// A place an instance's limit held became free: wakes one waiter, if
+    /// any.
     #[inline]
     pub fn released(&self) {
         if self.count.load(SeqCst) > 0 {
