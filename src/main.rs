@@ -460,7 +460,10 @@ fn main() -> ExitCode {
                 }
                 let longest =
                     wayfinder::config::GossipSettings::interval_for(gossip.failure_detection);
-                if gossip.gossip_interval.is_some_and(|i| i > longest || i.is_zero()) {
+                if gossip
+                    .gossip_interval
+                    .is_some_and(|i| i > longest || i.is_zero())
+                {
                     return fail(format!(
                         "--gossip-interval: rounds longer than {longest:?} (or zero) cannot declare this member dead within --failure-detection"
                     ));

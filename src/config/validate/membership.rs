@@ -317,8 +317,13 @@ mod tests {
         assert_eq!(key, "registry.gossip.phi_threshold");
         let (_, key, _) = err("[registry.gossip]\nfailure_detection = \"500ms\"\n");
         assert_eq!(key, "registry.gossip.failure_detection");
-        let (line, key, msg) = err("[registry.gossip]\nfailure_detection = \"4s\"\ninterval = \"2s\"\n");
-        assert_eq!((line, key.as_str()), (3, "registry.gossip.interval"), "{msg}");
+        let (line, key, msg) =
+            err("[registry.gossip]\nfailure_detection = \"4s\"\ninterval = \"2s\"\n");
+        assert_eq!(
+            (line, key.as_str()),
+            (3, "registry.gossip.interval"),
+            "{msg}"
+        );
         assert!(msg.contains("at most 666ms"), "{msg}");
     }
 

@@ -6,8 +6,12 @@
 //! Gossip itself is chitchat's (Quickwit's cluster membership crate):
 //! scuttlebutt anti-entropy replicates each member's key-value state, and
 //! a phi-accrual failure detector declares a member dead when its
-//! heartbeats stop for about `phi_threshold` times their usual interval.
+//! heartbeats stop for about `phi_threshold` times their usual gap.
 //! This module adds what wayfinder needs on top:
+//! - [`Silence`]: the configured failure detection time
+//!   (`failure_detection`): a member unheard for it, less the rounds its
+//!   last heartbeat takes to spread, is dead whatever chitchat's detector
+//!   says;
 //! - [`seal`]: the transport, sealing each datagram with the shared secret;
 //! - [`wire`]: what a member publishes (its instances, whether it is
 //!   leaving, what it withdrew on purpose, what it ejected);
@@ -793,16 +797,34 @@ mod tests {
         let names = |v: Vec<(ChitchatId, u64)>| -> Vec<String> {
             v.into_iter().map(|(i, _)| i.node_id.to_string()).collect()
         };
-        assert_eq!(names(s.look([(&a, 5, 1), (&b, 9, 1)].into_iter(), t)), ["a", "b"]);
+        assert_eq!(
+            names(s.look([(&a, 5, 1), (&b, 9, 1)].into_iter(), t)),
+            ["a", "b"]
+        );
         // b keeps beating, a does not.
         let at = |ms| t + Duration::from_millis(ms);
-        assert_eq!(names(s.look([(&a, 5, 1), (&b, 10, 1)].into_iter(), at(1500))), ["a", "b"]);
-        assert_eq!(names(s.look([(&a, 5, 1), (&b, 11, 1)].into_iter(), at(2000))), ["a", "b"]);
-        assert_eq!(names(s.look([(&a, 5, 1), (&b, 12, 1)].into_iter(), at(2001))), ["b"]);
+        assert_eq!(
+            names(s.look([(&a, 5, 1), (&b, 10, 1)].into_iter(), at(1500))),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(s.look([(&a, 5, 1), (&b, 11, 1)].into_iter(), at(2000))),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(s.look([(&a, 5, 1), (&b, 12, 1)].into_iter(), at(2001))),
+            ["b"]
+        );
         // A heartbeat of a again: alive again.
-        assert_eq!(names(s.look([(&a, 6, 2), (&b, 12, 1)].into_iter(), at(2500))), ["a", "b"]);
+        assert_eq!(
+            names(s.look([(&a, 6, 2), (&b, 12, 1)].into_iter(), at(2500))),
+            ["a", "b"]
+        );
         // chitchat drops b; heard of again, it starts afresh.
         assert_eq!(names(s.look([(&a, 7, 2)].into_iter(), at(9000))), ["a"]);
-        assert_eq!(names(s.look([(&a, 7, 2), (&b, 12, 1)].into_iter(), at(9100))), ["a", "b"]);
+        assert_eq!(
+            names(s.look([(&a, 7, 2), (&b, 12, 1)].into_iter(), at(9100))),
+            ["a", "b"]
+        );
     }
 }

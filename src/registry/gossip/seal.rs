@@ -235,7 +235,10 @@ const CHITCHAT_ACK: u8 = 2;
 /// no heartbeat either). Not sending it saves a sealed datagram of 49
 /// bytes per exchange, three of every nine a member sends in a round.
 fn is_empty_ack(plain: &[u8]) -> bool {
-    plain.len() == 5 && plain.starts_with(&CHITCHAT_MAGIC) && plain[3] == CHITCHAT_ACK && plain[4] == 0
+    plain.len() == 5
+        && plain.starts_with(&CHITCHAT_MAGIC)
+        && plain[3] == CHITCHAT_ACK
+        && plain[4] == 0
 }
 
 fn reject(traffic: &Traffic, from: SocketAddr, why: &str) {
