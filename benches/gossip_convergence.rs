@@ -16,10 +16,11 @@
 //!
 //! A timing harness, not a criterion bench (the quantity is seconds of
 //! gossip, not nanoseconds of CPU). `cargo bench --bench gossip_convergence`
-//! runs 5, 20 and 50 proxies with gossip at the default interval (500 ms)
-//! and with etcd; `CONVERGENCE=gossip:50:200ms,etcd:5` picks other rows
-//! (`KIND:PROXIES[:INTERVAL]`), `CONVERGENCE_ROUNDS` the rounds per row
-//! (default 3). `cargo test --all-targets` runs one small gossip fleet once
+//! runs 5, 20 and 50 proxies with gossip at the default settings
+//! (`failure_detection = "4s"`, rounds of a quarter of it) and with etcd;
+//! `CONVERGENCE=gossip:50:500ms,gossip:50:2s:8s,etcd:5` picks other rows
+//! (`KIND:PROXIES[:INTERVAL[:FAILURE_DETECTION]]`, an empty interval for
+//! the default one), `CONVERGENCE_ROUNDS` the rounds per row (default 3). `cargo test --all-targets` runs one small gossip fleet once
 //! as a smoke test.
 
 #[path = "../tests/support/mod.rs"]
@@ -43,7 +44,8 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
-    Gossip(&'static str),
+    /// `failure_detection` and `interval` (empty: the default for it).
+    Gossip(&'static str, &'static str),
     Etcd,
 }
 
@@ -280,8 +282,9 @@ impl Fleet {
 
     async fn start(kind: Kind, n: usize) -> Fleet {
         match kind {
-            Kind::Gossip(interval) => {
+            Kind::Gossip(failure_detection, interval) => {
                 let opts = FleetOptions {
+                    failure_detection,
                     interval,
                     ..FleetOptions::default()
                 };
@@ -366,9 +369,12 @@ impl Fleet {
     /// Three registrar agents for `service`, registering `backends`.
     fn agents(&self, kind: Kind, service: &str, backends: &[Backend]) -> Vec<Proc> {
         match (self, kind) {
-            (Fleet::Gossip(ps), Kind::Gossip(interval)) => backends
+            (Fleet::Gossip(ps), Kind::Gossip(detection, interval)) => backends
                 .iter()
-                .map(|b| Agent::spawn(service, b.addr, ps[0].gossip, SECRET, "0s", interval).proc)
+                .map(|b| {
+                    let timing = (detection, interval);
+                    Agent::spawn(service, b.addr, ps[0].gossip, SECRET, "0s", timing).proc
+                })
                 .collect(),
             (Fleet::Etcd { proxies: ps, .. }, _) => backends
                 .iter()
@@ -472,7 +478,7 @@ fn summary(v: &[f64]) -> String {
     format!("{median:.0} ms ({:.0}-{:.0})", s[0], s[s.len() - 1])
 }
 
-/// `KIND:PROXIES[:INTERVAL]`, comma-separated.
+/// `KIND:PROXIES[:INTERVAL[:FAILURE_DETECTION]]`, comma-separated.
 fn plan_from(text: &str) -> Vec<(Kind, usize)> {
     text.split(',')
         .map(|row| {
@@ -481,12 +487,16 @@ fn plan_from(text: &str) -> Vec<(Kind, usize)> {
             let n: usize = f
                 .next()
                 .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("{row:?}: KIND:PROXIES[:INTERVAL]"));
+                .unwrap_or_else(|| panic!("{row:?}: KIND:PROXIES[:INTERVAL[:FAILURE_DETECTION]]"));
             let kind = match kind {
                 "etcd" => Kind::Etcd,
-                "gossip" => Kind::Gossip(Box::leak(
-                    f.next().unwrap_or("500ms").to_owned().into_boxed_str(),
-                )),
+                "gossip" => {
+                    let mut arg = |d: &str| -> &'static str {
+                        Box::leak(f.next().unwrap_or(d).to_owned().into_boxed_str())
+                    };
+                    let interval = arg("");
+                    Kind::Gossip(arg("4s"), interval)
+                }
                 k => panic!("{k:?}: gossip or etcd"),
             };
             (kind, n)
@@ -499,7 +509,7 @@ fn main() {
     let plan = match std::env::var("CONVERGENCE") {
         Ok(text) => plan_from(&text),
         Err(_) if full_run => plan_from("gossip:5,gossip:20,gossip:50,etcd:5,etcd:20,etcd:50"),
-        Err(_) => vec![(Kind::Gossip("100ms"), 3)],
+        Err(_) => vec![(Kind::Gossip("1s", "100ms"), 3)],
     };
     let rounds = match std::env::var("CONVERGENCE_ROUNDS") {
         Ok(r) => r.parse().expect("CONVERGENCE_ROUNDS: a number"),
@@ -527,7 +537,8 @@ fn main() {
 
 fn print_row(r: &Row) {
     let kind = match r.kind {
-        Kind::Gossip(i) => format!("gossip, {i} rounds"),
+        Kind::Gossip(d, "") => format!("gossip, failure_detection {d} (default rounds)"),
+        Kind::Gossip(d, i) => format!("gossip, failure_detection {d}, {i} rounds"),
         Kind::Etcd => "etcd, lease TTL 2s".to_owned(),
     };
     println!(

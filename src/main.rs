@@ -252,9 +252,13 @@ struct GossipArgs {
         hide_env_values = true
     )]
     gossip_secret: Option<String>,
-    /// Time between gossip rounds.
-    #[arg(long, requires = "gossip", default_value = "500ms", value_parser = humantime::parse_duration)]
-    gossip_interval: std::time::Duration,
+    /// How soon the other members declare this one dead once it stops
+    /// (as the proxies' registry.gossip.failure_detection).
+    #[arg(long, requires = "gossip", default_value = "4s", value_parser = humantime::parse_duration)]
+    failure_detection: std::time::Duration,
+    /// Time between gossip rounds (default and longest: a sixth of --failure-detection).
+    #[arg(long, requires = "gossip", value_parser = humantime::parse_duration)]
+    gossip_interval: Option<std::time::Duration>,
     /// This member's name (default: SERVICE/ID@ADVERTISE).
     #[arg(long, requires = "gossip")]
     member_name: Option<String>,
@@ -454,6 +458,16 @@ fn main() -> ExitCode {
                 if advertise.ip().is_unspecified() || advertise.port() == 0 {
                     return fail("--gossip-advertise: other members cannot reach an unspecified address or port 0");
                 }
+                let longest =
+                    wayfinder::config::GossipSettings::interval_for(gossip.failure_detection);
+                if gossip
+                    .gossip_interval
+                    .is_some_and(|i| i > longest || i.is_zero())
+                {
+                    return fail(format!(
+                        "--gossip-interval: rounds longer than {longest:?} (or zero) cannot declare this member dead within --failure-detection"
+                    ));
+                }
                 let settings = wayfinder::config::GossipSettings {
                     name: gossip
                         .member_name
@@ -464,7 +478,10 @@ fn main() -> ExitCode {
                     cluster: gossip.cluster,
                     secret: gossip.gossip_secret,
                     secret_env: None,
-                    interval: gossip.gossip_interval,
+                    failure_detection: gossip.failure_detection,
+                    interval: gossip.gossip_interval.unwrap_or_else(|| {
+                        wayfinder::config::GossipSettings::interval_for(gossip.failure_detection)
+                    }),
                     phi_threshold: 8,
                     retry_join_max: std::time::Duration::from_secs(30),
                     leave_timeout: std::time::Duration::from_secs(2),

@@ -187,7 +187,7 @@ async fn an_agent_wrapping_a_command_leaves_when_it_exits_and_stops_it_when_stop
     let p = &proxies[0];
     let seed = p.gossip;
     let wrap = |addr, command: &[&str]| {
-        Agent::wrapping("svc", addr, seed, SECRET, "200ms", "100ms", command)
+        Agent::wrapping("svc", addr, seed, SECRET, "200ms", ("1s", "100ms"), command)
     };
 
     // The command exits by itself (code 3): the agent leaves at once, so

@@ -57,8 +57,8 @@ pub(crate) mod gossip {
     pub(crate) const BIND: SocketAddr = SocketAddr::new(LOOPBACK, 7946);
     /// `registry.gossip.cluster`.
     pub(crate) const CLUSTER: &str = "wayfinder";
-    /// `registry.gossip.interval`.
-    pub(crate) const INTERVAL: Duration = Duration::from_millis(500);
+    /// `registry.gossip.failure_detection`.
+    pub(crate) const FAILURE_DETECTION: Duration = Duration::from_secs(4);
     /// `registry.gossip.phi_threshold`.
     pub(crate) const PHI_THRESHOLD: u8 = 8;
     /// `registry.gossip.retry_join_max`.

@@ -136,7 +136,11 @@ pub(crate) struct RawGossip {
     pub secret: Option<Spanned<String>>,
     /// Environment variable holding the secret. Default none.
     pub secret_env: Option<Spanned<String>>,
-    /// Time between gossip rounds. Default [`d::gossip::INTERVAL`].
+    /// How soon a stopped member is declared dead everywhere. Default
+    /// [`d::gossip::FAILURE_DETECTION`].
+    pub failure_detection: Option<Spanned<Dur>>,
+    /// Time between gossip rounds. Default (and longest): a sixth of
+    /// `failure_detection`.
     pub interval: Option<Spanned<Dur>>,
     /// Phi-accrual threshold, 2 to 64. Default [`d::gossip::PHI_THRESHOLD`].
     pub phi_threshold: Option<Spanned<i64>>,

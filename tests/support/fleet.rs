@@ -57,7 +57,9 @@ pub struct FleetOptions {
     pub join: Vec<SocketAddr>,
     /// The secret, if any.
     pub secret: Option<String>,
-    /// Time between rounds.
+    /// `failure_detection`.
+    pub failure_detection: &'static str,
+    /// Time between rounds (empty: the default for `failure_detection`).
     pub interval: &'static str,
     /// `registry.self_preservation_percent`.
     pub preserve: u8,
@@ -92,6 +94,7 @@ impl Default for FleetOptions {
         FleetOptions {
             join: Vec::new(),
             secret: Some(SECRET.to_owned()),
+            failure_detection: "1s",
             interval: "100ms",
             preserve: 50,
             max_staleness: None,
@@ -120,6 +123,10 @@ impl FleetProxy {
         let staleness = opts
             .max_staleness
             .map_or(String::new(), |s| format!("max_staleness = \"{s}\"\n"));
+        let interval = match opts.interval {
+            "" => String::new(),
+            i => format!("interval = \"{i}\"\n"),
+        };
         let attempts = opts
             .max_attempts
             .map_or(String::new(), |n| format!("[proxy]\nmax_attempts = {n}\n"));
@@ -129,10 +136,11 @@ impl FleetProxy {
              [timeouts]\nshutdown_drain = \"2s\"\n\
              [registry]\nself_preservation_percent = {}\n{staleness}\
              [registry.gossip]\nname = \"{name}\"\nbind = \"{gossip}\"\njoin = [{}]\n\
-             interval = \"{}\"\nleave_timeout = \"500ms\"\nretry_join_max = \"1s\"\n{secret}",
+             failure_detection = \"{}\"\n{interval}\
+             leave_timeout = \"500ms\"\nretry_join_max = \"1s\"\n{secret}",
             opts.preserve,
             join.join(", "),
-            opts.interval,
+            opts.failure_detection,
         );
         let config = ConfigFile::new(name, &text);
         let path = config.path.to_str().expect("utf-8 path");
@@ -270,20 +278,21 @@ impl Agent {
         secret: &str,
         drain: &str,
     ) -> Agent {
-        Agent::spawn(service, address, seed, secret, drain, "100ms")
+        Agent::spawn(service, address, seed, secret, drain, ("1s", "100ms"))
     }
 
-    /// [`Agent::start`] with `--drain-timeout drain` and
-    /// `--gossip-interval interval`.
+    /// [`Agent::start`] with `--drain-timeout drain`, and
+    /// `--failure-detection` and `--gossip-interval` from `timing` (an
+    /// empty interval: the default).
     pub fn spawn(
         service: &str,
         address: SocketAddr,
         seed: SocketAddr,
         secret: &str,
         drain: &str,
-        interval: &str,
+        timing: (&str, &str),
     ) -> Agent {
-        Agent::wrapping(service, address, seed, secret, drain, interval, &[])
+        Agent::wrapping(service, address, seed, secret, drain, timing, &[])
     }
 
     /// [`Agent::spawn`] wrapping `command` (after `--`; none if empty).
@@ -293,7 +302,7 @@ impl Agent {
         seed: SocketAddr,
         secret: &str,
         drain: &str,
-        interval: &str,
+        (failure_detection, interval): (&str, &str),
         command: &[&str],
     ) -> Agent {
         let port = gossip_port();
@@ -306,8 +315,8 @@ impl Agent {
             &gossip.to_string(),
             "--join",
             &seed.to_string(),
-            "--gossip-interval",
-            interval,
+            "--failure-detection",
+            failure_detection,
             "--service",
             service,
             "--address",
@@ -317,6 +326,9 @@ impl Agent {
             "--drain-timeout",
             drain,
         ]);
+        if !interval.is_empty() {
+            cmd.args(["--gossip-interval", interval]);
+        }
         if !command.is_empty() {
             cmd.arg("--").args(command);
         }

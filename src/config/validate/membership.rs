@@ -3,12 +3,14 @@
 //! names the line and key.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use crate::config::check::{duration, int, socket_addr, Cx};
 use crate::config::defaults::{gossip as dg, serf as ds};
 use crate::config::raw::{RawGossip, RawSerf};
+use crate::config::serialize::fmt_duration;
 use crate::config::{ConfigError, GossipSettings, SerfSettings};
 
 /// `[registry.gossip]`.
@@ -115,6 +117,7 @@ pub(super) fn gossip(cx: &Cx<'_>, raw: &Spanned<RawGossip>) -> Result<GossipSett
             }
         },
     };
+    let (failure_detection, interval) = detection(cx, g)?;
     Ok(GossipSettings {
         name,
         bind,
@@ -123,7 +126,8 @@ pub(super) fn gossip(cx: &Cx<'_>, raw: &Spanned<RawGossip>) -> Result<GossipSett
         cluster,
         secret,
         secret_env: g.secret_env.as_ref().map(|v| v.get_ref().clone()),
-        interval: duration(cx, &g.interval, "registry.gossip.interval", dg::INTERVAL)?,
+        failure_detection,
+        interval,
         phi_threshold: int(
             cx,
             &g.phi_threshold,
@@ -146,6 +150,57 @@ pub(super) fn gossip(cx: &Cx<'_>, raw: &Spanned<RawGossip>) -> Result<GossipSett
         share_ejections: observations,
     })
 }
+
+/// `failure_detection` and `interval`: the rounds (a sixth of the
+/// detection time by default) must be short enough for a member's last
+/// heartbeat to spread and leave rounds of silence to judge by.
+fn detection(cx: &Cx<'_>, g: &RawGossip) -> Result<(Duration, Duration), ConfigError> {
+    let failure_detection = duration(
+        cx,
+        &g.failure_detection,
+        "registry.gossip.failure_detection",
+        dg::FAILURE_DETECTION,
+    )?;
+    if let Some(f) = &g.failure_detection {
+        if failure_detection < MIN_FAILURE_DETECTION {
+            return Err(cx.err_at(
+                f,
+                "registry.gossip.failure_detection",
+                format!(
+                    "{}: at least {} (a busy machine delays heartbeats by that much)",
+                    fmt_duration(failure_detection),
+                    fmt_duration(MIN_FAILURE_DETECTION)
+                ),
+            ));
+        }
+    }
+    let longest = GossipSettings::interval_for(failure_detection);
+    let interval = match &g.interval {
+        None => GossipSettings::interval_for(failure_detection),
+        Some(i) => {
+            let interval = duration(cx, &g.interval, "registry.gossip.interval", longest)?;
+            if interval > longest {
+                return Err(cx.err_at(
+                    i,
+                    "registry.gossip.interval",
+                    format!(
+                        "rounds of {} cannot declare a member dead within failure_detection = {} \
+                         (its last heartbeat takes rounds to spread): use at most {}, or a \
+                         longer failure_detection",
+                        fmt_duration(interval),
+                        fmt_duration(failure_detection),
+                        fmt_duration(longest)
+                    ),
+                ));
+            }
+            interval
+        }
+    };
+    Ok((failure_detection, interval))
+}
+
+/// The shortest `failure_detection` accepted.
+const MIN_FAILURE_DETECTION: Duration = Duration::from_secs(1);
 
 /// `[registry.serf]`.
 pub(super) fn serf(cx: &Cx<'_>, raw: &Spanned<RawSerf>) -> Result<SerfSettings, ConfigError> {
@@ -231,7 +286,8 @@ mod tests {
         assert_eq!(g.join, ["127.0.0.1:7947"]);
         assert!(g.secret.is_none());
         let v = serde_json::to_value(&c).unwrap();
-        assert_eq!(v["registry"]["gossip"]["interval"], "500ms");
+        assert_eq!(v["registry"]["gossip"]["failure_detection"], "4s");
+        assert_eq!(v["registry"]["gossip"]["interval"], "666ms");
         assert_eq!(v["registry"]["gossip"]["observations"], "off");
     }
 
@@ -259,6 +315,32 @@ mod tests {
         assert_eq!(key, "registry.gossip.observations");
         let (_, key, _) = err("[registry.gossip]\nphi_threshold = 1\n");
         assert_eq!(key, "registry.gossip.phi_threshold");
+        let (_, key, _) = err("[registry.gossip]\nfailure_detection = \"500ms\"\n");
+        assert_eq!(key, "registry.gossip.failure_detection");
+        let (line, key, msg) =
+            err("[registry.gossip]\nfailure_detection = \"4s\"\ninterval = \"2s\"\n");
+        assert_eq!(
+            (line, key.as_str()),
+            (3, "registry.gossip.interval"),
+            "{msg}"
+        );
+        assert!(msg.contains("at most 666ms"), "{msg}");
+    }
+
+    #[test]
+    fn rounds_derive_from_the_failure_detection_time() {
+        use std::time::Duration;
+        let g = |text: &str| parse(text).unwrap().startup.registry.gossip.unwrap();
+        let d = g("[registry.gossip]\n");
+        assert_eq!(d.failure_detection, Duration::from_secs(4));
+        assert_eq!(d.interval, Duration::from_millis(666));
+        assert_eq!(d.silence(), Duration::from_millis(2668));
+        let d = g("[registry.gossip]\nfailure_detection = \"12s\"\n");
+        assert_eq!(d.interval, Duration::from_secs(2));
+        let d = g("[registry.gossip]\ninterval = \"200ms\"\n");
+        assert_eq!(d.failure_detection, Duration::from_secs(4));
+        assert_eq!(d.interval, Duration::from_millis(200));
+        assert_eq!(d.silence(), Duration::from_millis(3600));
     }
 
     #[test]

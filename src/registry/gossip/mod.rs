@@ -6,8 +6,12 @@
 //! Gossip itself is chitchat's (Quickwit's cluster membership crate):
 //! scuttlebutt anti-entropy replicates each member's key-value state, and
 //! a phi-accrual failure detector declares a member dead when its
-//! heartbeats stop for about `phi_threshold` times their usual interval.
+//! heartbeats stop for about `phi_threshold` times their usual gap.
 //! This module adds what wayfinder needs on top:
+//! - [`Silence`]: the configured failure detection time
+//!   (`failure_detection`): a member unheard for it, less the rounds its
+//!   last heartbeat takes to spread, is dead whatever chitchat's detector
+//!   says;
 //! - [`seal`]: the transport, sealing each datagram with the shared secret;
 //! - [`wire`]: what a member publishes (its instances, whether it is
 //!   leaving, what it withdrew on purpose, what it ejected);
@@ -61,6 +65,8 @@ pub const GOSSIP_SOURCE: &str = "gossip";
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// How long a withdrawal stays in a member's `gone` list.
 const GONE_FOR: Duration = Duration::from_secs(60);
+/// How many times a round [`Gossip::follow`] looks for silent members.
+const CHECKS_PER_ROUND: u32 = 4;
 /// After a message arrives, the wait before reading the fleet's state:
 /// chitchat applies it on its own task, and a burst arrives together.
 const ARRIVAL_SETTLE: Duration = Duration::from_millis(10);
@@ -229,40 +235,56 @@ impl Gossip {
     /// and chitchat reports it once per round) and what the live members
     /// publish, read again soon after each message arrives: a change pushed
     /// by its member applies here at once, not at this member's next round.
-    /// Looks every round too, so deaths are seen when nothing arrives.
+    ///
+    /// Also declares dead, without waiting for chitchat's detector, a
+    /// member whose heartbeat has not advanced here for
+    /// [`GossipSettings::silence`] (see [`Silence`]), looked at
+    /// [`CHECKS_PER_ROUND`] times a round so deaths are seen when nothing
+    /// arrives.
     async fn follow(self: Arc<Self>) {
         let mut live = self.chitchat.lock().await.live_nodes_watcher();
-        let mut tick = tokio::time::interval(self.settings.interval);
+        let mut tick = tokio::time::interval(self.settings.interval / CHECKS_PER_ROUND);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The live members and the version of each one's state last read.
+        let mut ticks = 0u32;
+        let mut silence = Silence::new(self.settings.silence());
+        // The members taken as alive and the version of each one's state
+        // last read.
         let mut seen: Vec<(ChitchatId, u64)> = Vec::new();
         loop {
-            let arrived = tokio::select! {
-                r = live.changed() => if r.is_err() { return } else { false },
-                _ = tick.tick() => false,
+            // Whether to report to the registry even when nothing changed
+            // (once a round, and when chitchat's live set changes).
+            let report = tokio::select! {
+                r = live.changed() => if r.is_err() { return } else { true },
+                _ = tick.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    ticks % CHECKS_PER_ROUND == 0
+                }
                 () = self.traffic.arrived.notified() => {
                     // Let chitchat apply it (and what arrives with it).
                     tokio::time::sleep(ARRIVAL_SETTLE).await;
-                    true
+                    false
                 }
             };
             live.borrow_and_update();
             let alive: Vec<Heard> = {
                 let chitchat = self.chitchat.lock().await;
-                let now: Vec<(ChitchatId, u64)> = chitchat
-                    .live_nodes()
-                    .filter(|id| **id != self.id)
-                    .filter_map(|id| Some((id.clone(), chitchat.node_state(id)?.max_version())))
-                    .collect();
+                let now = silence.look(
+                    chitchat
+                        .live_nodes()
+                        .filter(|id| **id != self.id)
+                        .filter_map(|id| {
+                            let state = chitchat.node_state(id)?;
+                            Some((id, u64::from(state.heartbeat()), state.max_version()))
+                        }),
+                    tokio::time::Instant::now(),
+                );
                 // Most messages change nothing (heartbeats): skip those.
-                if arrived && now == seen {
+                if !report && now == seen {
                     continue;
                 }
                 seen = now;
-                chitchat
-                    .live_nodes()
-                    .filter(|id| **id != self.id)
-                    .filter_map(|id| Some(heard(id, chitchat.node_state(id)?)))
+                seen.iter()
+                    .filter_map(|(id, _)| Some(heard(id, chitchat.node_state(id)?)))
                     .collect()
             };
             self.joined.send_if_modified(|j| {
@@ -551,6 +573,60 @@ fn ejected_now(registry: &Registry) -> Vec<(Arc<str>, SocketAddr)> {
     out
 }
 
+/// The failure detection wayfinder adds to chitchat's: a member alive for
+/// chitchat whose heartbeat has not advanced *here* for `limit` is taken
+/// as dead.
+///
+/// chitchat's phi-accrual detector declares a member dead after
+/// `phi_threshold` times the mean gap between the heartbeats of it this
+/// member hears (an adaptive time, not one an operator can set), and only
+/// looks at the end of each of its rounds. This one gives the fleet a
+/// configured time (`failure_detection`, from which `limit` is derived)
+/// and is looked at several times a round. Whichever declares a member
+/// dead first wins; a member whose heartbeat advances again is alive
+/// again.
+#[derive(Debug)]
+struct Silence {
+    limit: Duration,
+    /// Each member's last heartbeat heard and when it advanced.
+    heard: std::collections::HashMap<ChitchatId, (u64, tokio::time::Instant)>,
+}
+
+impl Silence {
+    fn new(limit: Duration) -> Silence {
+        Silence {
+            limit,
+            heard: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Takes in the members chitchat has alive at `now`, each with its
+    /// heartbeat and the version of its state; returns those also heard
+    /// within the limit, with the version of each one's state, in order.
+    fn look<'a>(
+        &mut self,
+        live: impl Iterator<Item = (&'a ChitchatId, u64, u64)>,
+        now: tokio::time::Instant,
+    ) -> Vec<(ChitchatId, u64)> {
+        let mut out = Vec::new();
+        let mut still = std::collections::HashSet::new();
+        for (id, beat, version) in live {
+            still.insert(id.clone());
+            let (last, at) = self.heard.entry(id.clone()).or_insert((beat, now));
+            if beat > *last {
+                (*last, *at) = (beat, now);
+            }
+            if now.saturating_duration_since(*at) <= self.limit {
+                out.push((id.clone(), version));
+            }
+        }
+        // chitchat declared these dead: heard again, they start afresh.
+        self.heard.retain(|id, _| still.contains(id));
+        out.sort_unstable();
+        out
+    }
+}
+
 fn heard(id: &ChitchatId, state: &NodeState) -> Heard {
     Heard {
         id: (id.node_id.clone(), id.generation_id),
@@ -702,5 +778,53 @@ impl RegistrationStore for Announced {
 
     fn save(&self) {
         self.inner.save();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> ChitchatId {
+        ChitchatId::new(name.to_owned(), 1, SocketAddr::from(([127, 0, 0, 1], 7946)))
+    }
+
+    #[test]
+    fn a_member_unheard_for_the_limit_is_silent_until_its_heartbeat_advances() {
+        let (a, b) = (id("a"), id("b"));
+        let mut s = Silence::new(Duration::from_secs(2));
+        let t = tokio::time::Instant::now();
+        let names = |v: Vec<(ChitchatId, u64)>| -> Vec<String> {
+            v.into_iter().map(|(i, _)| i.node_id.to_string()).collect()
+        };
+        assert_eq!(
+            names(s.look([(&a, 5, 1), (&b, 9, 1)].into_iter(), t)),
+            ["a", "b"]
+        );
+        // b keeps beating, a does not.
+        let at = |ms| t + Duration::from_millis(ms);
+        assert_eq!(
+            names(s.look([(&a, 5, 1), (&b, 10, 1)].into_iter(), at(1500))),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(s.look([(&a, 5, 1), (&b, 11, 1)].into_iter(), at(2000))),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(s.look([(&a, 5, 1), (&b, 12, 1)].into_iter(), at(2001))),
+            ["b"]
+        );
+        // A heartbeat of a again: alive again.
+        assert_eq!(
+            names(s.look([(&a, 6, 2), (&b, 12, 1)].into_iter(), at(2500))),
+            ["a", "b"]
+        );
+        // chitchat drops b; heard of again, it starts afresh.
+        assert_eq!(names(s.look([(&a, 7, 2)].into_iter(), at(9000))), ["a"]);
+        assert_eq!(
+            names(s.look([(&a, 7, 2), (&b, 12, 1)].into_iter(), at(9100))),
+            ["a", "b"]
+        );
     }
 }

@@ -44,6 +44,8 @@ pub struct Traffic {
     pub rejected: AtomicU64,
     /// Messages too large to send sealed (dropped).
     pub oversized: AtomicU64,
+    /// Empty acknowledgements not sent (see [`is_empty_ack`]).
+    pub empty_acks: AtomicU64,
     /// Woken when a gossip message has been handed to chitchat.
     pub(super) arrived: tokio::sync::Notify,
 }
@@ -222,6 +224,22 @@ async fn receive(
 
 /// The first bytes of every chitchat message.
 const CHITCHAT_MAGIC: [u8; 2] = 45_139u16.to_le_bytes();
+/// chitchat's message type of the third step of an exchange.
+const CHITCHAT_ACK: u8 = 2;
+
+/// Whether an encoded chitchat message is an acknowledgement carrying
+/// nothing: magic (2 bytes), protocol version, message type, and a delta
+/// of one byte, its end mark. It is the third step of an exchange, and
+/// when this member has nothing newer for the peer (an idle fleet, most
+/// exchanges) its receiver learns nothing from it (it holds no digest, so
+/// no heartbeat either). Not sending it saves a sealed datagram of 49
+/// bytes per exchange, three of every nine a member sends in a round.
+fn is_empty_ack(plain: &[u8]) -> bool {
+    plain.len() == 5
+        && plain.starts_with(&CHITCHAT_MAGIC)
+        && plain[3] == CHITCHAT_ACK
+        && plain[4] == 0
+}
 
 fn reject(traffic: &Traffic, from: SocketAddr, why: &str) {
     let before = traffic.rejected.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +308,10 @@ impl Socket for SealedSocket {
                 break n;
             }
         };
+        if is_empty_ack(&self.buf[..n]) {
+            self.traffic.empty_acks.fetch_add(1, Ordering::Relaxed);
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
         let sealed;
         let datagram: &[u8] = match &self.cipher {
             Some(c) => {
