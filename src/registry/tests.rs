@@ -98,13 +98,20 @@ fn concurrent_readers_never_see_a_torn_or_empty_view() {
     reg.update_source("api", set_a.clone());
     assert!(reg.rebuild());
     let stop = Arc::new(AtomicBool::new(false));
+    // Every reader is running before the writer starts, and reads at least
+    // once after it stopped: on a busy machine a reader thread may not be
+    // scheduled at all while the 2,000 swaps run.
+    let started = Arc::new(std::sync::Barrier::new(5));
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let reg = reg.clone();
             let stop = stop.clone();
+            let started = started.clone();
             std::thread::spawn(move || {
                 let mut seen = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                started.wait();
+                loop {
+                    let done = stop.load(Ordering::Relaxed);
                     let snap = reg.load();
                     let members = snap.service("a").expect("service present").members();
                     let ports: Vec<u16> =
@@ -116,11 +123,14 @@ fn concurrent_readers_never_see_a_torn_or_empty_view() {
                     );
                     assert_eq!(snap.instance_count(), ports.len() + 1, "plus the static z");
                     seen += 1;
+                    if done {
+                        return seen;
+                    }
                 }
-                seen
             })
         })
         .collect();
+    started.wait();
     for i in 0..2_000 {
         let set = if i % 2 == 0 {
             set_b.clone()
