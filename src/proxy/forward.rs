@@ -369,6 +369,7 @@ impl Proxy {
             &mut MapWriter {
                 map: &mut upstream_headers,
                 h2: false,
+                via: Some(via),
             },
         );
         let client_upgrade = routed
@@ -548,6 +549,7 @@ impl Proxy {
             &mut MapWriter {
                 map: &mut out,
                 h2: h2_client,
+                via: None,
             },
         );
         parts.headers = out;
@@ -579,6 +581,16 @@ impl Proxy {
 /// or the whole URI for absolute-form and HTTP/2 requests (whose
 /// `:authority` makes them absolute).
 fn request_target(uri: &Uri) -> Cow<'_, str> {
+    if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+        // What `Display` writes, without the formatting machinery.
+        let path = uri.path_and_query().map_or("", |pq| pq.as_str());
+        let mut s = String::with_capacity(scheme.len() + 3 + authority.as_str().len() + path.len());
+        s.push_str(scheme);
+        s.push_str("://");
+        s.push_str(authority.as_str());
+        s.push_str(path);
+        return Cow::Owned(s);
+    }
     if uri.scheme().is_some() || uri.path_and_query().is_none() {
         return Cow::Owned(uri.to_string());
     }
