@@ -50,12 +50,22 @@ pub static DEBUG_HEADER: HeaderName = HeaderName::from_static("x-wayfinder-debug
 /// `proxy.snapshot_header` is on: `x-wayfinder-snapshot: 12; age_ms=850`.
 pub static SNAPSHOT_HEADER: HeaderName = HeaderName::from_static("x-wayfinder-snapshot");
 
-/// What is needed to (re)build the upstream request: method, target and
-/// the already rewritten headers.
-struct Template {
+/// What is needed to (re)build the upstream request: method, target, and
+/// the received header lines with the policy's plan for them. The first
+/// request gets the headers made once in [`forward`](Proxy::forward); a
+/// copy for a retry or a hedge makes them again the same way, so the common
+/// case (one attempt) copies no header map.
+struct Template<'t> {
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    /// The received lines, as the policy indexed them.
+    fields: &'t [(HeaderName, HeaderValue)],
+    plan: &'t request::RequestPlan<'t>,
+    hop: &'t request::Hop<'t>,
+    /// This hop's `Via` value.
+    via: &'t HeaderValue,
+    /// The protocol of an upgrade the route allows.
+    upgrade_to: Option<&'t [u8]>,
     /// The request has no body, so it can be rebuilt whole.
     bodyless: bool,
     /// The client sent `TE: trailers` (passed on to HTTP/2 instances).
@@ -64,25 +74,48 @@ struct Template {
     upgrade: bool,
 }
 
-impl Template {
+impl Template<'_> {
+    /// The forwarded header lines: the kept ones, then the policy's
+    /// additions.
+    fn headers(&self) -> HeaderMap {
+        let mut map = headers::keep(self.fields, self.plan.skip);
+        self.plan.write_additions(
+            self.fields,
+            self.hop,
+            self.upgrade_to,
+            &mut MapWriter {
+                map: &mut map,
+                h2: false,
+                via: Some(self.via),
+            },
+        );
+        map
+    }
+
     fn build(&self, body: UpstreamBody) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = self.headers();
         req
     }
 
-    /// The first request: takes the headers instead of copying them when
-    /// no rebuild can follow.
-    fn first(&mut self, body: UpstreamBody, keep: bool) -> Request<UpstreamBody> {
-        if keep {
-            return self.build(body);
-        }
+    /// The first request, with `headers` made from the template; takes
+    /// the target instead of copying it when no rebuild can follow.
+    fn first(
+        &mut self,
+        body: UpstreamBody,
+        headers: HeaderMap,
+        keep: bool,
+    ) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = std::mem::take(&mut self.uri);
-        *req.headers_mut() = std::mem::take(&mut self.headers);
+        *req.uri_mut() = if keep {
+            self.uri.clone()
+        } else {
+            std::mem::take(&mut self.uri)
+        };
+        *req.headers_mut() = headers;
         req
     }
 }
@@ -129,7 +162,7 @@ enum Attempt {
 struct HyperExchange<'a> {
     proxy: &'a Proxy,
     service: &'a ServiceEntry,
-    template: &'a Template,
+    template: &'a Template<'a>,
     pending: Option<Request<UpstreamBody>>,
     resend_ok: bool,
     asked: Asked<'a>,
@@ -361,17 +394,6 @@ impl Proxy {
         let path = plan.target.forward(routed.strip);
         let uri =
             Uri::try_from(&*path).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-        let mut upstream_headers = headers::keep(&fields, plan.skip);
-        plan.write_additions(
-            &fields[..],
-            &hop,
-            routed.upgrade,
-            &mut MapWriter {
-                map: &mut upstream_headers,
-                h2: false,
-                via: Some(via),
-            },
-        );
         let client_upgrade = routed
             .upgrade
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
@@ -380,7 +402,11 @@ impl Proxy {
         let mut template = Template {
             method: method.clone(),
             uri,
-            headers: upstream_headers,
+            fields: &fields[..],
+            plan: &plan,
+            hop: &hop,
+            via,
+            upgrade_to: routed.upgrade,
             bodyless,
             te_trailers: plan.accepts_trailers,
             upgrade: routed.upgrade.is_some(),
@@ -389,7 +415,8 @@ impl Proxy {
         // the instance refuses the stream unprocessed.
         let replayable = service.policy().upstream.may_use_h2();
         let body = UpstreamBody::client(body, self.settings.client_body, replayable);
-        let pending = template.first(body, resend_ok || replayable);
+        let upstream_headers = template.headers();
+        let pending = template.first(body, upstream_headers, resend_ok || replayable);
         let mut exchange = HyperExchange {
             proxy: self,
             service: &service,
@@ -443,7 +470,7 @@ impl Proxy {
         service: &ServiceEntry,
         instance: &InstanceState,
         mut request: Request<UpstreamBody>,
-        template: &Template,
+        template: &Template<'_>,
         resend_ok: bool,
     ) -> Attempt {
         let policy = service.policy();
@@ -599,7 +626,7 @@ fn request_target(uri: &Uri) -> Cow<'_, str> {
 
 /// The request again after an instance refused it unprocessed: bodyless,
 /// or with its body kept whole.
-fn rebuild(template: &Template, replay: Option<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+fn rebuild(template: &Template<'_>, replay: Option<UpstreamBody>) -> Option<Request<UpstreamBody>> {
     if template.bodyless {
         return Some(template.build(UpstreamBody::Empty));
     }
