@@ -156,9 +156,10 @@ printf '%-50s %12s %14s %10s\n' binary requests instructions per_req
 for bin in "${BINS[@]}"; do
     port=$(free_port)
     cfg="$TMP/wf-$port.toml"
-    listen="listen = [\"127.0.0.1:$port\"]" routes=""
+    listen="listen = [\"127.0.0.1:$port\"]" routes="" service=bench
+    [[ $MODE == grpc ]] && service=grpc
     if [[ $MODE == h2tls ]]; then
-        listen="listen = []
+        listen="listen = [\"127.0.0.1:$(free_port)\"]
 [[tls]]
 listen = [\"127.0.0.1:$port\"]
 certificates = [{ cert = \"$TMP/pki/server.crt\", key = \"$TMP/pki/server.key\" }]"
@@ -166,7 +167,7 @@ certificates = [{ cert = \"$TMP/pki/server.crt\", key = \"$TMP/pki/server.key\" 
     # HTTP/2 clients send :authority 127.0.0.1:PORT: a route by path.
     [[ $MODE == h1 ]] || routes="[[routes]]
 path = \"/\"
-service = \"${GPORT:+grpc}${GPORT:-bench}\""
+service = \"$service\""
     if [[ $MODE == grpc ]]; then
         routes+="
 [services.grpc]
