@@ -401,8 +401,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 ///
 /// Starting and ending a request touches only atomics: the idle watch
 /// checks them when its timer fires (one timer per connection, re-armed
-/// only then), and only a drain waiting for a request to start
-/// ([`Activity::busy`]) is notified by [`Activity::start`].
+/// only then). [`Activity::start`] notifies only for a connection's first
+/// request (which ends the wait of `timeouts.client_header`) and for a
+/// drain waiting for a request to start ([`Activity::busy`]).
 #[derive(Debug, Default)]
 struct Activity {
     active: std::sync::atomic::AtomicUsize,
@@ -440,8 +441,10 @@ impl Activity {
         // SeqCst with `busy`'s store and load: one of the two sees the
         // other's write.
         self.active.fetch_add(1, SeqCst);
-        self.started.fetch_add(1, AcqRel);
-        if self.watched.load(SeqCst) {
+        // The first request ends the idle watch's wait for one (up to
+        // `timeouts.client_header`): it is told, once.
+        let first = self.started.fetch_add(1, AcqRel) == 0;
+        if first || self.watched.load(SeqCst) {
             self.changed.notify_waiters();
         }
         Active(self.clone())
@@ -481,7 +484,18 @@ impl Activity {
             if wait.is_zero() {
                 return;
             }
-            tokio::time::sleep(wait).await;
+            if self.started.load(Acquire) > 0 {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            // No request yet: the first one cuts the wait short.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.started.load(Acquire) > 0 {
+                continue;
+            }
+            let _ = tokio::time::timeout(wait, changed).await;
         }
     }
 }
