@@ -78,7 +78,12 @@ impl Template<'_> {
     /// The forwarded header lines: the kept ones, then the policy's
     /// additions.
     fn headers(&self) -> HeaderMap {
-        let mut map = headers::keep(self.fields, self.plan.skip);
+        self.headers_into(HeaderMap::new())
+    }
+
+    /// [`headers`](Self::headers), written into `map` (its memory reused).
+    fn headers_into(&self, mut map: HeaderMap) -> HeaderMap {
+        headers::keep_into(&mut map, self.fields, self.plan.skip);
         self.plan.write_additions(
             self.fields,
             self.hop,
@@ -209,8 +214,9 @@ impl attempt::Exchange for HyperExchange<'_> {
             )
             .await
         {
-            Attempt::Answered(resp, sender) => {
-                let fields = headers::fields(resp.headers());
+            Attempt::Answered(mut resp, sender) => {
+                // Moved out; `relay` refills the emptied map.
+                let fields = headers::drain(resp.headers_mut());
                 let view = ResponseView {
                     status: resp.status().as_u16(),
                     minor: u8::from(resp.version() != Version::HTTP_10),
@@ -367,7 +373,9 @@ impl Proxy {
         };
         let h2_client = parts.version == Version::HTTP_2;
         let hop = client.hop(&self.settings, via);
-        let fields = headers::fields(&parts.headers);
+        // The lines move out of the received map, which is reused for the
+        // forwarded ones.
+        let fields = headers::drain(&mut parts.headers);
         let view = RequestView {
             method: method.as_str(),
             target: &target,
@@ -415,7 +423,7 @@ impl Proxy {
         // the instance refuses the stream unprocessed.
         let replayable = service.policy().upstream.may_use_h2();
         let body = UpstreamBody::client(body, self.settings.client_body, replayable);
-        let upstream_headers = template.headers();
+        let upstream_headers = template.headers_into(std::mem::take(&mut parts.headers));
         let pending = template.first(body, upstream_headers, resend_ok || replayable);
         let mut exchange = HyperExchange {
             proxy: self,
@@ -570,7 +578,10 @@ impl Proxy {
         h2_client: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = resp.into_parts();
-        let mut out = headers::keep(&fields, plan.skip);
+        // The answer's own map, emptied by `headers::drain`, takes the
+        // forwarded lines.
+        let mut out = std::mem::take(&mut parts.headers);
+        headers::keep_into(&mut out, &fields, plan.skip);
         plan.write_additions(
             asked.upgrade,
             &mut MapWriter {

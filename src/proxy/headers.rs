@@ -15,15 +15,40 @@ pub(crate) fn fields(map: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     map.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
 }
 
+/// [`fields`], moving the lines out of `map` instead of copying them: `map`
+/// is left empty with its memory kept, for [`keep_into`].
+pub(crate) fn drain(map: &mut HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(map.len());
+    for (name, value) in map.drain() {
+        // `None`: another value of the name just pushed.
+        let name = match name {
+            Some(n) => n,
+            None => match out.last() {
+                Some((n, _)) => n.clone(),
+                None => continue,
+            },
+        };
+        out.push((name, value));
+    }
+    out
+}
+
 /// A map of the lines whose index is not in `skip`.
 pub(crate) fn keep(fields: &[(HeaderName, HeaderValue)], skip: u128) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(fields.len() + 6);
+    let mut map = HeaderMap::new();
+    keep_into(&mut map, fields, skip);
+    map
+}
+
+/// [`keep`], written into `map` (emptied first; its memory is reused).
+pub(crate) fn keep_into(map: &mut HeaderMap, fields: &[(HeaderName, HeaderValue)], skip: u128) {
+    map.clear();
+    map.reserve(fields.len() + 6);
     for (i, (n, v)) in fields.iter().enumerate() {
         if i >= 128 || skip & (1 << i) == 0 {
             map.append(n.clone(), v.clone());
         }
     }
-    map
 }
 
 /// Writes the policy's additions into a header map. For an HTTP/2 peer the
