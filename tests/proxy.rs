@@ -315,6 +315,205 @@ async fn websocket_echo_through_upgrade() {
     .await;
 }
 
+/// An HTTP/2 (prior knowledge) connection to `addr`, once the proxy's
+/// settings arrived and say it takes extended CONNECT (RFC 8441).
+async fn h2_connect_client(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, mut conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("HTTP/2 handshake with the proxy");
+    use std::future::Future as _;
+    // The connection tells what the server's settings said only to whoever
+    // polls it, and h2 may apply them after the poll that read them: drive
+    // it here, looking again every millisecond until they are in.
+    let (offered, mut watch) = tokio::sync::watch::channel(false);
+    let mut tick = Box::pin(tokio::time::sleep(Duration::ZERO));
+    tokio::spawn(std::future::poll_fn(move |cx| {
+        let polled = std::pin::Pin::new(&mut conn).poll(cx);
+        let on = conn.is_extended_connect_protocol_enabled();
+        offered.send_if_modified(|v| std::mem::replace(v, on) != on);
+        while !on && tick.as_mut().poll(cx).is_ready() {
+            tick.as_mut()
+                .reset(tokio::time::Instant::now() + Duration::from_millis(1));
+        }
+        polled
+    }));
+    tokio::time::timeout(Duration::from_secs(5), watch.wait_for(|on| *on))
+        .await
+        .expect("the proxy offers extended CONNECT within 5 s")
+        .unwrap();
+    sender
+}
+
+/// A `[services.NAME]` table for one HTTP/2 (prior knowledge) instance.
+fn h2c_service(name: &str, backend: &Backend) -> String {
+    format!(
+        "[services.{name}]\nprotocol = \"h2c\"\ninstances = [\"{}\"]\n",
+        backend.addr
+    )
+}
+
+/// An RFC 8441 WebSocket request for `uri`.
+fn ws_connect(uri: &str, protocol: &'static str) -> http::Request<http_body_util::Empty<Bytes>> {
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(uri)
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    req
+}
+
+/// Opens a WebSocket over HTTP/2 through the proxy at `addr` and checks a
+/// few echoed messages.
+async fn websocket_over_h2(addr: SocketAddr, uri: &str) {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let mut sender = h2_connect_client(addr).await;
+    let resp = sender
+        .send_request(ws_connect(uri, "websocket"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{resp:?}");
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .expect("the stream is the tunnel");
+    let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    for text in ["hello", "again"] {
+        socket.send(Message::Text(text.into())).await.unwrap();
+        assert_eq!(
+            socket.next().await.unwrap().unwrap(),
+            Message::Text(text.into())
+        );
+    }
+    let binary: Vec<u8> = (0..=255u8).collect();
+    socket.send(Message::Binary(binary.clone())).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::Binary(binary)
+    );
+    socket.close(None).await.unwrap();
+}
+
+// RFC 8441: an HTTP/2 client opens a WebSocket with extended CONNECT; an
+// HTTP/1.1 instance gets the upgrade it knows, with a key the proxy makes
+// (and whose accept it checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_reaches_an_http1_instance() {
+    within(30, "WebSocket over HTTP/2 to HTTP/1.1", async {
+        let ws = Backend::builder("ws").mode(Mode::WebSocket).start().await;
+        let proxy = Proxy::start(&service("chat", &[&ws])).await;
+        websocket_over_h2(proxy.addr, "http://chat.svc/socket").await;
+        assert_eq!(ws.hits(), 1);
+    })
+    .await;
+}
+
+// Both sides over HTTP/2: the extended CONNECT passes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_reaches_an_http2_instance() {
+    within(30, "WebSocket over HTTP/2 to HTTP/2", async {
+        let ws = Backend::builder("ws")
+            .mode(Mode::WebSocket)
+            .h2c(true)
+            .start()
+            .await;
+        let config = h2c_service("chat", &ws);
+        let proxy = Proxy::start(&config).await;
+        websocket_over_h2(proxy.addr, "http://chat.svc/socket").await;
+        assert_eq!(ws.hits(), 1);
+    })
+    .await;
+}
+
+// An HTTP/1.1 WebSocket client reaches an HTTP/2-only instance: the proxy
+// sends extended CONNECT and answers the client's key itself (the client
+// library checks it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_websocket_reaches_an_http2_instance() {
+    within(30, "WebSocket over HTTP/1.1 to HTTP/2", async {
+        let ws = Backend::builder("ws")
+            .mode(Mode::WebSocket)
+            .h2c(true)
+            .start()
+            .await;
+        let config = h2c_service("chat", &ws);
+        let proxy = Proxy::start(&config).await;
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut socket, resp) = tokio_tungstenite::client_async("ws://chat.svc/socket", stream)
+            .await
+            .expect("WebSocket handshake through the proxy");
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        socket.send(Message::Text("hello".into())).await.unwrap();
+        assert_eq!(
+            socket.next().await.unwrap().unwrap(),
+            Message::Text("hello".into())
+        );
+        socket.close(None).await.unwrap();
+        assert_eq!(ws.hits(), 1);
+    })
+    .await;
+}
+
+// What cannot be tunnelled is answered, never sent on as something else:
+// an HTTP/2 instance that does not offer extended CONNECT (502 naming it),
+// a protocol the route does not allow (501), a plain CONNECT (405).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_connect_refusals_are_answered() {
+    within(30, "extended CONNECT refusals", async {
+        let plain = Backend::builder("plain")
+            .mode(Mode::WebSocket)
+            .h2c(false)
+            .start()
+            .await;
+        let ws = Backend::builder("ws").mode(Mode::WebSocket).start().await;
+        let config = format!("{}{}", h2c_service("old", &plain), service("chat", &[&ws]));
+        let proxy = Proxy::start(&config).await;
+
+        let req = request("GET", "old.svc", "/socket")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(empty())
+            .unwrap();
+        let reply = support::send(proxy.addr, req).await.unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+        assert!(
+            reply.text().contains("extended CONNECT"),
+            "{}",
+            reply.text()
+        );
+        assert_eq!(plain.hits(), 0);
+
+        let mut sender = h2_connect_client(proxy.addr).await;
+        let resp = sender
+            .send_request(ws_connect("http://chat.svc/socket", "x-not-allowed"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
+        let connect = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("chat.svc:443")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = sender.send_request(connect).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(ws.hits(), 0);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_removed_and_forwarding_headers_added() {
     within(30, "header rewriting", async {

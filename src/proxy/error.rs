@@ -20,13 +20,13 @@ pub(crate) const BODY_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// Why a request was not forwarded, or not answered by an instance.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The request asks for a protocol upgrade (WebSocket, ...) that the
-    /// service's HTTP/2 instances cannot carry (RFC 8441 extended CONNECT
-    /// is not offered).
-    #[error("service {service} speaks HTTP/2 to its instances: upgrades to it are not supported")]
-    UpgradeUnsupported {
-        /// The service.
-        service: Arc<str>,
+    /// An HTTP/2 extended CONNECT (RFC 8441) for a protocol the route does
+    /// not allow: unlike a refused HTTP/1.1 upgrade, it cannot be sent on
+    /// as a plain request.
+    #[error("upgrade to {protocol:?} is not allowed on this route")]
+    UpgradeNotAllowed {
+        /// The `:protocol` asked for.
+        protocol: String,
     },
     /// The request's framing, target or Host cannot be trusted.
     #[error("bad request: {0}")]
@@ -158,7 +158,7 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
-            ProxyError::UnsupportedCoding | ProxyError::UpgradeUnsupported { .. } => {
+            ProxyError::UnsupportedCoding | ProxyError::UpgradeNotAllowed { .. } => {
                 StatusCode::NOT_IMPLEMENTED
             }
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -328,6 +328,12 @@ mod tests {
             (ProxyError::MethodNotAllowed("CONNECT"), 405),
             (ProxyError::ExpectationFailed, 417),
             (ProxyError::UnsupportedCoding, 501),
+            (
+                ProxyError::UpgradeNotAllowed {
+                    protocol: "x".into(),
+                },
+                501,
+            ),
             (
                 ProxyError::Unreachable {
                     service: svc.clone(),

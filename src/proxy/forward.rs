@@ -25,7 +25,6 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use super::attempt::{self, Outcome};
 use super::body::{ProxyBody, TrackedBody, UpstreamBody};
@@ -35,6 +34,7 @@ use super::headers::{self, MapWriter};
 use super::observe::{self, Pending};
 use super::policy::request::{self, RequestView};
 use super::policy::response::{self, Asked, Kind, ResponsePlan, ResponseView};
+use super::tunnel::{self, Tunnel};
 use super::upstream::{self, Sender};
 use super::{Client, Proxy};
 use crate::config::{Protocol, Upstream};
@@ -72,13 +72,21 @@ struct Template<'t> {
     te_trailers: bool,
     /// The request asks for a protocol upgrade.
     upgrade: bool,
+    /// The `:protocol` of an extended CONNECT sent to an HTTP/2 instance.
+    connect: Option<hyper::ext::Protocol>,
+    /// The forwarded lines as a tunnel rewrote them, for a copy after the
+    /// first (made again from `fields` and `plan` otherwise).
+    kept: Option<HeaderMap>,
 }
 
 impl Template<'_> {
     /// The forwarded header lines: the kept ones, then the policy's
     /// additions.
     fn headers(&self) -> HeaderMap {
-        self.headers_into(HeaderMap::new())
+        match &self.kept {
+            Some(kept) => kept.clone(),
+            None => self.headers_into(HeaderMap::new()),
+        }
     }
 
     /// [`headers`](Self::headers), written into `map` (its memory reused).
@@ -102,6 +110,9 @@ impl Template<'_> {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers();
+        if let Some(p) = &self.connect {
+            req.extensions_mut().insert(p.clone());
+        }
         req
     }
 
@@ -121,17 +132,22 @@ impl Template<'_> {
             std::mem::take(&mut self.uri)
         };
         *req.headers_mut() = headers;
+        if let Some(p) = &self.connect {
+            req.extensions_mut().insert(p.clone());
+        }
         req
     }
 }
 
 /// An instance's answer, checked: the response, its connection, the
-/// policy's plan for it and its header lines.
+/// policy's plan for it, its header lines, and whether it opens a tunnel.
 type Answered = (
     Response<Incoming>,
     Sender,
     ResponsePlan,
     Vec<(HeaderName, HeaderValue)>,
+    // The answer opens the tunnel the request asked for.
+    bool,
 );
 
 /// How one attempt on one instance ended. Lives on the stack for one
@@ -176,6 +192,8 @@ struct HyperExchange<'a> {
     client_failed: Option<ProxyError>,
     /// After how long the request is hedged, when it may be.
     hedge_after: Option<Duration>,
+    /// The tunnel the request asks for, if any.
+    tunnel: Option<&'a Tunnel>,
 }
 
 impl attempt::Exchange for HyperExchange<'_> {
@@ -194,6 +212,7 @@ impl attempt::Exchange for HyperExchange<'_> {
             asked: self.asked,
             client_failed: None,
             hedge_after: None,
+            tunnel: self.tunnel,
         };
         Some((after, twin))
     }
@@ -215,17 +234,29 @@ impl attempt::Exchange for HyperExchange<'_> {
             .await
         {
             Attempt::Answered(mut resp, sender) => {
-                // Moved out; `relay` refills the emptied map.
-                let fields = headers::drain(resp.headers_mut());
+                // Moved out (`relay` refills the emptied map), unless the
+                // tunnel reads the answer's map below.
+                let fields = if self.tunnel.is_some() {
+                    headers::fields(resp.headers())
+                } else {
+                    headers::drain(resp.headers_mut())
+                };
                 let view = ResponseView {
                     status: resp.status().as_u16(),
                     minor: u8::from(resp.version() != Version::HTTP_10),
                     fields: &fields[..],
                 };
-                match response::plan(&view, self.asked) {
-                    Ok(plan) => {
+                let opened = response::plan(&view, self.asked).and_then(|plan| {
+                    let opens = match self.tunnel {
+                        Some(t) => t.opens(resp.status(), resp.headers())?,
+                        None => false,
+                    };
+                    Ok((plan, opens))
+                });
+                match opened {
+                    Ok((plan, opens)) => {
                         let status = resp.status().as_u16();
-                        Outcome::Answered((resp, sender, plan, fields), status)
+                        Outcome::Answered((resp, sender, plan, fields, opens), status)
                     }
                     Err(detail) => Outcome::BadResponse(detail),
                 }
@@ -352,6 +383,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
+        let protocol = parts.extensions.remove::<hyper::ext::Protocol>();
         let target = request_target(&parts.uri);
         let size = head_size(&parts, &target);
         if size > self.settings.max_header_bytes {
@@ -381,6 +413,7 @@ impl Proxy {
             target: &target,
             version,
             fields: &fields[..],
+            protocol: protocol.as_ref().map(AsRef::as_ref),
         };
         let plan = request::plan(&view, &hop)?;
         rec.request_id = plan.request_id;
@@ -394,10 +427,29 @@ impl Proxy {
         )?;
         let service = routed.service;
         rec.service = Some(service.clone());
-        if routed.upgrade.is_some() && service.policy().upstream.is_h2_only() {
-            return Err(ProxyError::UpgradeUnsupported {
-                service: Arc::clone(service.name()),
+        if protocol.is_some() && routed.upgrade.is_none() {
+            // An extended CONNECT the route does not allow cannot be sent
+            // on as a plain request, as a refused upgrade is.
+            return Err(ProxyError::UpgradeNotAllowed {
+                protocol: String::from_utf8_lossy(plan.upgrade.unwrap_or_default()).into_owned(),
             });
+        }
+        let h2_instance = service.policy().upstream.is_h2_only();
+        let client_form = if h2_client {
+            tunnel::Form::Connect
+        } else {
+            tunnel::Form::Upgrade
+        };
+        let mut tunnel = routed
+            .upgrade
+            .and_then(|p| Tunnel::new(client_form, p, h2_instance));
+        if tunnel
+            .as_ref()
+            .is_some_and(|t| t.instance == tunnel::Form::Connect)
+            && !body.is_end_stream()
+        {
+            // An HTTP/2 CONNECT carries no request body (RFC 8441 section 4).
+            return Err(ProxyError::BadRequest("upgrade request with a body"));
         }
         let path = plan.target.forward(routed.strip);
         let uri =
@@ -418,12 +470,20 @@ impl Proxy {
             bodyless,
             te_trailers: plan.accepts_trailers,
             upgrade: routed.upgrade.is_some(),
+            connect: None,
+            kept: None,
         };
         // A body sent to an HTTP/2 instance is kept (up to a limit) in case
         // the instance refuses the stream unprocessed.
         let replayable = service.policy().upstream.may_use_h2();
         let body = UpstreamBody::client(body, self.settings.client_body, replayable);
-        let upstream_headers = template.headers_into(std::mem::take(&mut parts.headers));
+        let mut upstream_headers = template.headers_into(std::mem::take(&mut parts.headers));
+        if let Some(t) = tunnel.as_mut() {
+            // The tunnel rewrites the request for the instance's form; a
+            // retry sends the rewritten lines as they are.
+            template.connect = t.for_instance(&mut template.method, &mut upstream_headers);
+            template.kept = Some(upstream_headers.clone());
+        }
         let pending = template.first(body, upstream_headers, resend_ok || replayable);
         let mut exchange = HyperExchange {
             proxy: self,
@@ -437,6 +497,7 @@ impl Proxy {
             },
             client_failed: None,
             hedge_after: super::traffic::hedge_after(&service, method.as_str(), bodyless),
+            tunnel: tunnel.as_ref(),
         };
         let result = attempt::run_with_deadline(
             &service,
@@ -450,17 +511,28 @@ impl Proxy {
         if let Some(e) = exchange.client_failed.take() {
             return Err(e);
         }
-        let ((resp, sender, plan, fields), guard) = result?;
+        let ((resp, sender, plan, fields, opens), guard) = result?;
         rec.instance = Some(guard.instance().clone());
         let asked = exchange.asked;
         let sticky =
             super::traffic::sticky_cookie(&service, &routed.choice, guard.instance().addr());
+        let opened = match (opens, client_upgrade, tunnel.as_ref()) {
+            (false, ..) => None,
+            (true, Some(client_up), Some(t)) => Some((client_up, t)),
+            (true, ..) => {
+                return Err(ProxyError::BadResponse {
+                    service: Arc::clone(&guard.instance().key().service),
+                    addr: guard.instance().addr(),
+                    detail: "switched protocols without being asked to",
+                })
+            }
+        };
         let mut resp = self.relay(
             resp,
             guard,
             sender,
             (plan, fields),
-            client_upgrade,
+            opened,
             asked,
             h2_client,
         )?;
@@ -484,17 +556,18 @@ impl Proxy {
         let policy = service.policy();
         let timeouts = &policy.timeouts;
         let http1_only;
-        let upstream = if template.upgrade && policy.upstream.tls.is_some() {
-            // An upgrade needs an HTTP/1.1 connection of its own.
-            http1_only = Upstream {
-                protocol: Protocol::Http1,
-                protocol_written: true,
-                tls: policy.upstream.tls.clone(),
+        let upstream =
+            if template.upgrade && template.connect.is_none() && policy.upstream.tls.is_some() {
+                // An upgrade needs an HTTP/1.1 connection of its own.
+                http1_only = Upstream {
+                    protocol: Protocol::Http1,
+                    protocol_written: true,
+                    tls: policy.upstream.tls.clone(),
+                };
+                &http1_only
+            } else {
+                &policy.upstream
             };
-            &http1_only
-        } else {
-            &policy.upstream
-        };
         let dial = upstream::Dial {
             upstream,
             connect: timeouts.connect,
@@ -507,6 +580,7 @@ impl Proxy {
             timeout: timeouts.response_header,
             tls: upstream.tls.is_some(),
             te_trailers: template.te_trailers,
+            extended_connect: template.connect.is_some().then_some(timeouts.connect),
         };
         if let Some(sender) = upstream::reuse(instance, &dial, self.settings.upstream_idle) {
             match send(sender, request, &wire).await {
@@ -565,7 +639,9 @@ impl Proxy {
         }
     }
 
-    /// Turns the instance's checked response into the client's response.
+    /// Turns the instance's checked response into the client's response;
+    /// `opened`: the answer opens the tunnel the client asked for (the
+    /// client's side of it, and the tunnel's forms).
     #[allow(clippy::too_many_arguments)]
     fn relay(
         &self,
@@ -573,7 +649,7 @@ impl Proxy {
         guard: InFlightGuard,
         sender: Sender,
         (plan, fields): (ResponsePlan, Vec<(HeaderName, HeaderValue)>),
-        client_upgrade: Option<OnUpgrade>,
+        opened: Option<(OnUpgrade, &Tunnel)>,
         asked: Asked<'_>,
         h2_client: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -582,17 +658,19 @@ impl Proxy {
         // forwarded lines.
         let mut out = std::mem::take(&mut parts.headers);
         headers::keep_into(&mut out, &fields, plan.skip);
-        plan.write_additions(
-            asked.upgrade,
-            &mut MapWriter {
-                map: &mut out,
-                h2: h2_client,
-                via: None,
-            },
-        );
+        if opened.is_none() {
+            plan.write_additions(
+                asked.upgrade,
+                &mut MapWriter {
+                    map: &mut out,
+                    h2: h2_client,
+                    via: None,
+                },
+            );
+        }
         parts.headers = out;
         parts.version = Version::HTTP_11;
-        if plan.kind != Kind::Switching {
+        let Some((client_up, tunnel)) = opened else {
             // A connection the response policy says cannot carry another
             // request (HTTP/1.0 with Transfer-Encoding, a 204 announcing a
             // body, ...) is closed with the body, never pooled.
@@ -600,17 +678,26 @@ impl Proxy {
             let grpc = grpc::is_grpc(&parts.headers);
             let body = ProxyBody::Upstream(TrackedBody::new(body, guard, sender, grpc));
             return Ok(Response::from_parts(parts, body));
-        }
-        let (Some(client_up), Some(upstream_up)) =
-            (client_upgrade, parts.extensions.remove::<OnUpgrade>())
-        else {
+        };
+        let Some(upstream_up) = parts.extensions.remove::<OnUpgrade>() else {
             return Err(ProxyError::BadResponse {
                 service: Arc::clone(&guard.instance().key().service),
                 addr: guard.instance().addr(),
                 detail: "switched protocols without being asked to",
             });
         };
-        tokio::spawn(tunnel(client_up, upstream_up, guard, sender));
+        tunnel.for_client(&mut parts.status, &mut parts.headers);
+        if plan.kind == Kind::Switching && tunnel.client == tunnel::Form::Upgrade {
+            plan.write_additions(
+                asked.upgrade,
+                &mut MapWriter {
+                    map: &mut parts.headers,
+                    h2: false,
+                    via: None,
+                },
+            );
+        }
+        tokio::spawn(tunnel::relay(client_up, upstream_up, guard, sender));
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
 }
@@ -652,6 +739,9 @@ struct Wire {
     tls: bool,
     /// Pass `TE: trailers` on (HTTP/2 only).
     te_trailers: bool,
+    /// The request is an extended CONNECT: sent only on a connection whose
+    /// instance offered it, waiting this long for its settings.
+    extended_connect: Option<Duration>,
 }
 
 /// Sends `request` on `sender` and waits for the response head. The
@@ -661,6 +751,15 @@ struct Wire {
 /// on the client, ends the attempt too (a request queued behind an
 /// instance's stream limit, or an instance that stopped reading).
 async fn send(mut sender: Sender, mut request: Request<UpstreamBody>, wire: &Wire) -> Attempt {
+    if let Some(wait) = wire.extended_connect {
+        if !sender.extended_connect(wait).await {
+            return Attempt::Failed {
+                request: Some(request),
+                error: "the instance does not offer extended CONNECT (RFC 8441)".to_owned(),
+                failure: None,
+            };
+        }
+    }
     let progress = request.body().progress();
     if wire.te_trailers && sender.is_h2() {
         request
@@ -754,29 +853,6 @@ fn parse_detail(e: &hyper::Error) -> &'static str {
     } else {
         "malformed response head"
     }
-}
-
-/// Relays bytes both ways once client and instance have both switched
-/// protocols. The request stays counted in flight while the tunnel is open.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, guard: InFlightGuard, sender: Sender) {
-    let addr = guard.instance().addr();
-    let service = guard.instance().key().service.clone();
-    let (client, upstream) = match tokio::join!(client, upstream) {
-        (Ok(c), Ok(u)) => (c, u),
-        (c, u) => {
-            tracing::debug!(%service, instance = %addr, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
-            return;
-        }
-    };
-    drop(sender);
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(%service, instance = %addr, up, down, "tunnel closed"),
-        Err(e) => {
-            tracing::debug!(%service, instance = %addr, error = %e, "tunnel ended with an error")
-        }
-    }
-    drop(guard);
 }
 
 /// Size of the request head as received: the request line, the header

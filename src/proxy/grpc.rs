@@ -69,7 +69,7 @@ pub(crate) fn status_of(e: &ProxyError) -> u8 {
         | ProxyError::UriTooLong { .. }
         | ProxyError::ExpectationFailed
         | ProxyError::UnsupportedCoding => INTERNAL,
-        ProxyError::UpgradeUnsupported { .. } => UNIMPLEMENTED,
+        ProxyError::UpgradeNotAllowed { .. } => UNIMPLEMENTED,
     }
 }
 

@@ -160,6 +160,7 @@ pub fn request_headers(src: &HeaderMap, client_ip: &str) -> Result<HeaderMap, Pr
         target: "/",
         version: Version::H11,
         fields: &fields[..],
+        protocol: None,
     };
     let plan = request::plan(&view, &hop)?;
     let mut out = keep(&fields, plan.skip);

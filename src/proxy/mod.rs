@@ -21,6 +21,7 @@ pub mod retry;
 mod route;
 pub mod server;
 pub(crate) mod traffic;
+mod tunnel;
 pub(crate) mod upstream;
 
 use std::sync::Arc;

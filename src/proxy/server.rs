@@ -149,7 +149,10 @@ pub async fn serve<L: Into<Listener>>(
         .keep_alive_interval(h2.keepalive_interval)
         .keep_alive_timeout(h2.keepalive_timeout)
         .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
-        .max_local_error_reset_streams(h2.max_local_error_resets);
+        .max_local_error_reset_streams(h2.max_local_error_resets)
+        // RFC 8441: WebSocket (and other upgrades a route allows) over
+        // HTTP/2 streams; the request policy decides, as for HTTP/1.1.
+        .enable_connect_protocol();
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel::<Stop>(None);

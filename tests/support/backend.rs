@@ -13,7 +13,7 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -96,9 +96,18 @@ pub struct BackendBuilder {
     delay: Option<Duration>,
     gate: Option<Gate>,
     addr: SocketAddr,
+    h2c: Option<bool>,
 }
 
 impl BackendBuilder {
+    /// Speaks HTTP/2 by prior knowledge instead of HTTP/1.1; with
+    /// `extended_connect`, offers RFC 8441's extended CONNECT (which
+    /// [`Mode::WebSocket`] then takes).
+    pub fn h2c(mut self, extended_connect: bool) -> Self {
+        self.h2c = Some(extended_connect);
+        self
+    }
+
     /// What it answers (default [`Mode::Name`]).
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
@@ -138,6 +147,7 @@ impl BackendBuilder {
             mode: self.mode,
             delay: self.delay,
             gate: self.gate,
+            h2c: self.h2c,
             hits: Arc::new(AtomicUsize::new(0)),
             answered: Arc::new(AtomicUsize::new(0)),
             tasks: Arc::new(Tasks::default()),
@@ -163,6 +173,7 @@ impl Backend {
             delay: None,
             gate: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            h2c: None,
         }
     }
 
@@ -271,6 +282,7 @@ struct BackendState {
     mode: Mode,
     delay: Option<Duration>,
     gate: Option<Gate>,
+    h2c: Option<bool>,
     hits: Arc<AtomicUsize>,
     answered: Arc<AtomicUsize>,
     tasks: Arc<Tasks>,
@@ -285,7 +297,18 @@ async fn accept_http(listener: TcpListener, state: Arc<BackendState>) {
         };
         let conn_state = state.clone();
         state.tasks.spawn(async move {
+            let h2c = conn_state.h2c;
             let service = service_fn(move |req| answer(req, conn_state.clone()));
+            if let Some(extended_connect) = h2c {
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                if extended_connect {
+                    builder.enable_connect_protocol();
+                }
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                return;
+            }
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
@@ -363,12 +386,19 @@ async fn sha256_of(mut body: Incoming) -> (String, u64) {
 }
 
 fn websocket(mut req: Request<Incoming>, state: &BackendState) -> Response<Body> {
-    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+    // HTTP/2 (RFC 8441): CONNECT with `:protocol = websocket`, no key.
+    let extended = req.method() == http::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str() == "websocket");
+    let key = req.headers().get("sec-websocket-key").cloned();
+    if !extended && key.is_none() {
         return Response::builder()
             .status(StatusCode::BAD_REQUEST)
             .body(full("expected a WebSocket upgrade"))
             .unwrap();
-    };
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     state.tasks.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -387,13 +417,16 @@ fn websocket(mut req: Request<Incoming>, state: &BackendState) -> Response<Body>
         }
         let _ = ws.close(None).await;
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
-        .body(empty())
-        .unwrap()
+    match key {
+        Some(key) if !extended => Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+            .body(empty())
+            .unwrap(),
+        _ => Response::new(empty()),
+    }
 }
 
 async fn accept_raw_close(listener: TcpListener, hits: Arc<AtomicUsize>, tasks: Arc<Tasks>) {

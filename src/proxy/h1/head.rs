@@ -97,6 +97,7 @@ pub(crate) fn parse_request<'h, 'b>(
             Version::H11
         },
         fields: headers,
+        protocol: None,
     };
     let plan = request::plan(&view, hop).map_err(HeadError::Refuse)?;
     if version == 0 {

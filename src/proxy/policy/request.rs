@@ -41,6 +41,8 @@ pub(crate) struct RequestView<'a, F: ?Sized> {
     pub target: &'a str,
     pub version: Version,
     pub fields: &'a F,
+    /// HTTP/2's `:protocol` (RFC 8441 extended CONNECT), if sent.
+    pub protocol: Option<&'a [u8]>,
 }
 
 /// What the proxy knows about the hop a request came in on.
@@ -188,8 +190,18 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
             Name::Forwarded => fwd |= bit,
         }
     }
+    // RFC 8441: an HTTP/2 `CONNECT` carrying `:protocol` asks for a tunnel
+    // of that protocol to the resource it names (scheme, authority, path),
+    // as an HTTP/1.1 upgrade does; it is routed like one. A plain `CONNECT`
+    // (to a host and port) is still refused.
+    let extended = matches!(req.version, Version::H2 { .. })
+        && req.method == "CONNECT"
+        && req.protocol.is_some();
+    if extended && !req.protocol.is_some_and(fields::is_token) {
+        return Err(ProxyError::BadRequest("bad :protocol"));
+    }
     let target = target::resolve(
-        req.method,
+        if extended { "GET" } else { req.method },
         req.target,
         &hosts[..host_count.min(2)],
         hop.max_uri_bytes,
@@ -271,6 +283,7 @@ pub(crate) fn plan<'a, F: Fields + ?Sized>(
             _ => conn.close,
         };
     let upgrade = match (req.version, conn.upgrade, upgrades, upgrade) {
+        (Version::H2 { .. }, ..) if extended => req.protocol,
         (Version::H11, true, 1, Some(value)) if fields::is_token(protocol_name(value)) => {
             Some(value)
         }

@@ -17,13 +17,14 @@
 //! once its last stream ends. A connection with no stream for longer than
 //! the upstream idle timeout is closed by the reaper.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::client::conn::http2;
 
+use super::goaway::Peer;
 use super::ConnectError;
 use crate::clock;
 use crate::proxy::request_body::UpstreamBody;
@@ -37,14 +38,14 @@ pub(crate) type H2Sender = http2::SendRequest<UpstreamBody>;
 #[derive(Debug)]
 pub(crate) struct H2Dialed {
     pub sender: H2Sender,
-    pub going_away: Arc<AtomicBool>,
+    pub peer: Arc<Peer>,
 }
 
 /// One HTTP/2 connection and the streams open on it.
 #[derive(Debug)]
 struct H2Conn {
     sender: H2Sender,
-    going_away: Arc<AtomicBool>,
+    peer: Arc<Peer>,
     streams: AtomicUsize,
     /// When the last stream ended (clock ms).
     idle_since: AtomicU64,
@@ -54,7 +55,7 @@ impl H2Conn {
     fn new(dialed: H2Dialed) -> Arc<Self> {
         Arc::new(H2Conn {
             sender: dialed.sender,
-            going_away: dialed.going_away,
+            peer: dialed.peer,
             streams: AtomicUsize::new(0),
             idle_since: AtomicU64::new(clock::now_ms()),
         })
@@ -63,7 +64,7 @@ impl H2Conn {
     /// Whether the connection takes new streams: not closed, and the
     /// instance has not sent GOAWAY on it.
     fn is_open(&self) -> bool {
-        !self.sender.is_closed() && !self.going_away.load(Ordering::Acquire)
+        !self.sender.is_closed() && !self.peer.going_away.load(Ordering::Acquire)
     }
 
     /// A stream, if the connection has fewer than `max` open.
@@ -103,6 +104,14 @@ impl H2Conn {
 pub(crate) struct H2Stream {
     pub(super) sender: H2Sender,
     conn: Arc<H2Conn>,
+}
+
+impl H2Stream {
+    /// Whether the instance takes extended CONNECT on this connection,
+    /// waiting at most `wait` for its settings on a fresh one.
+    pub(crate) async fn extended_connect(&self, wait: Duration) -> bool {
+        self.conn.peer.extended_connect(wait).await
+    }
 }
 
 impl Drop for H2Stream {
@@ -267,13 +276,13 @@ mod tests {
                 .serve_connection(TokioIo::new(server), service)
                 .await;
         });
-        let (io, going_away) = super::super::goaway::GoAwayWatch::new(client);
+        let (io, peer) = super::super::goaway::GoAwayWatch::new(client);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake::<_, UpstreamBody>(TokioIo::new(io))
             .await
             .unwrap();
         tokio::spawn(conn);
-        (H2Dialed { sender, going_away }, server)
+        (H2Dialed { sender, peer }, server)
     }
 
     #[tokio::test]
@@ -349,14 +358,14 @@ mod tests {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         });
-        let (io, going_away) = super::super::goaway::GoAwayWatch::new(client);
+        let (io, peer) = super::super::goaway::GoAwayWatch::new(client);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake::<_, UpstreamBody>(TokioIo::new(io))
             .await
             .unwrap();
         tokio::spawn(conn);
         let set = H2Set::default();
-        let mut held = set.adopt(H2Dialed { sender, going_away });
+        let mut held = set.adopt(H2Dialed { sender, peer });
         let request = http::Request::builder()
             .uri("http://x/")
             .body(UpstreamBody::Empty)

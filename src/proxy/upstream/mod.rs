@@ -79,6 +79,16 @@ impl Sender {
         }
     }
 
+    /// Whether an extended CONNECT (RFC 8441) may be sent: on an HTTP/2
+    /// connection whose instance enabled it (waiting at most `wait` for a
+    /// fresh connection's settings); never on HTTP/1.1.
+    pub(crate) async fn extended_connect(&self, wait: Duration) -> bool {
+        match self {
+            Sender::H1(_) => false,
+            Sender::H2(s) => s.extended_connect(wait).await,
+        }
+    }
+
     /// Whether this is a stream on an HTTP/2 connection.
     pub(crate) fn is_h2(&self) -> bool {
         matches!(self, Sender::H2(_))
@@ -334,7 +344,7 @@ async fn h2_handshake<T>(
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (io, going_away) = goaway::GoAwayWatch::new(io);
+    let (io, peer) = goaway::GoAwayWatch::new(io);
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_RESPONSE_HEAD as u32)
@@ -354,7 +364,7 @@ where
             tracing::debug!(upstream = %addr, error = ?e, "upstream HTTP/2 connection ended with an error");
         }
     });
-    Ok(self::h2::H2Dialed { sender, going_away })
+    Ok(self::h2::H2Dialed { sender, peer })
 }
 
 /// Whether an HTTP/2 error says the instance did not process the stream

@@ -22,6 +22,7 @@ fn forward(raw: &str, hop: &Hop<'_>) -> Result<(RequestPlan<'static>, String), u
         target: r.path.unwrap(),
         version,
         fields,
+        protocol: None,
     };
     let plan = plan(&view, hop).map_err(|e| e.status().as_u16())?;
     let mut out = Vec::new();
@@ -311,4 +312,40 @@ fn request_ids_are_kept_or_made_once() {
     .unwrap();
     assert!(plan.request_id.is_none());
     assert!(out.contains("X-Request-Id: a b\r\n"));
+}
+
+#[test]
+fn http2_extended_connect_is_an_upgrade_and_plain_connect_is_refused() {
+    let fields: &[httparse::Header<'_>] = &[];
+    let view = |method, protocol| RequestView {
+        method,
+        target: "http://chat.svc/socket",
+        version: Version::H2 { has_body: false },
+        fields,
+        protocol,
+    };
+    let status = |v: &RequestView<'_, [httparse::Header<'_>]>| {
+        plan(v, &HOP).map(|_| ()).map_err(|e| e.status().as_u16())
+    };
+    let ws = plan(&view("CONNECT", Some(&b"websocket"[..])), &HOP).unwrap();
+    assert_eq!(ws.upgrade, Some(&b"websocket"[..]));
+    assert_eq!(ws.target.authority, "chat.svc");
+    assert_eq!(ws.target.path_and_query, "/socket");
+    assert_eq!(status(&view("CONNECT", None)), Err(405));
+    assert_eq!(status(&view("CONNECT", Some(&b"web socket"[..]))), Err(400));
+    // `:protocol` on another method is not an upgrade (h2 refuses it first).
+    let get = plan(&view("GET", Some(&b"websocket"[..])), &HOP).unwrap();
+    assert_eq!(get.upgrade, None);
+    // HTTP/1.1 cannot ask this way.
+    let h1 = RequestView {
+        method: "CONNECT",
+        target: "chat.svc:443",
+        version: Version::H11,
+        fields: &[httparse::Header {
+            name: "host",
+            value: b"chat.svc:443",
+        }][..],
+        protocol: None,
+    };
+    assert_eq!(status(&h1), Err(405));
 }
