@@ -50,12 +50,22 @@ pub static DEBUG_HEADER: HeaderName = HeaderName::from_static("x-wayfinder-debug
 /// `proxy.snapshot_header` is on: `x-wayfinder-snapshot: 12; age_ms=850`.
 pub static SNAPSHOT_HEADER: HeaderName = HeaderName::from_static("x-wayfinder-snapshot");
 
-/// What is needed to (re)build the upstream request: method, target and
-/// the already rewritten headers.
-struct Template {
+/// What is needed to (re)build the upstream request: method, target, and
+/// the received header lines with the policy's plan for them. The first
+/// request gets the headers made once in [`forward`](Proxy::forward); a
+/// copy for a retry or a hedge makes them again the same way, so the common
+/// case (one attempt) copies no header map.
+struct Template<'t> {
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    /// The received lines, as the policy indexed them.
+    fields: &'t [(HeaderName, HeaderValue)],
+    plan: &'t request::RequestPlan<'t>,
+    hop: &'t request::Hop<'t>,
+    /// This hop's `Via` value.
+    via: &'t HeaderValue,
+    /// The protocol of an upgrade the route allows.
+    upgrade_to: Option<&'t [u8]>,
     /// The request has no body, so it can be rebuilt whole.
     bodyless: bool,
     /// The client sent `TE: trailers` (passed on to HTTP/2 instances).
@@ -64,30 +74,64 @@ struct Template {
     upgrade: bool,
     /// The `:protocol` of an extended CONNECT sent to an HTTP/2 instance.
     connect: Option<hyper::ext::Protocol>,
+    /// The forwarded lines as a tunnel rewrote them, for a copy after the
+    /// first (made again from `fields` and `plan` otherwise).
+    kept: Option<HeaderMap>,
 }
 
-impl Template {
+impl Template<'_> {
+    /// The forwarded header lines: the kept ones, then the policy's
+    /// additions.
+    fn headers(&self) -> HeaderMap {
+        match &self.kept {
+            Some(kept) => kept.clone(),
+            None => self.headers_into(HeaderMap::new()),
+        }
+    }
+
+    /// [`headers`](Self::headers), written into `map` (its memory reused).
+    fn headers_into(&self, mut map: HeaderMap) -> HeaderMap {
+        headers::keep_into(&mut map, self.fields, self.plan.skip);
+        self.plan.write_additions(
+            self.fields,
+            self.hop,
+            self.upgrade_to,
+            &mut MapWriter {
+                map: &mut map,
+                h2: false,
+                via: Some(self.via),
+            },
+        );
+        map
+    }
+
     fn build(&self, body: UpstreamBody) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = self.headers();
         if let Some(p) = &self.connect {
             req.extensions_mut().insert(p.clone());
         }
         req
     }
 
-    /// The first request: takes the headers instead of copying them when
-    /// no rebuild can follow.
-    fn first(&mut self, body: UpstreamBody, keep: bool) -> Request<UpstreamBody> {
-        if keep {
-            return self.build(body);
-        }
+    /// The first request, with `headers` made from the template; takes
+    /// the target instead of copying it when no rebuild can follow.
+    fn first(
+        &mut self,
+        body: UpstreamBody,
+        headers: HeaderMap,
+        keep: bool,
+    ) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = std::mem::take(&mut self.uri);
-        *req.headers_mut() = std::mem::take(&mut self.headers);
+        *req.uri_mut() = if keep {
+            self.uri.clone()
+        } else {
+            std::mem::take(&mut self.uri)
+        };
+        *req.headers_mut() = headers;
         if let Some(p) = &self.connect {
             req.extensions_mut().insert(p.clone());
         }
@@ -139,7 +183,7 @@ enum Attempt {
 struct HyperExchange<'a> {
     proxy: &'a Proxy,
     service: &'a ServiceEntry,
-    template: &'a Template,
+    template: &'a Template<'a>,
     pending: Option<Request<UpstreamBody>>,
     resend_ok: bool,
     asked: Asked<'a>,
@@ -189,8 +233,14 @@ impl attempt::Exchange for HyperExchange<'_> {
             )
             .await
         {
-            Attempt::Answered(resp, sender) => {
-                let fields = headers::fields(resp.headers());
+            Attempt::Answered(mut resp, sender) => {
+                // Moved out (`relay` refills the emptied map), unless the
+                // tunnel reads the answer's map below.
+                let fields = if self.tunnel.is_some() {
+                    headers::fields(resp.headers())
+                } else {
+                    headers::drain(resp.headers_mut())
+                };
                 let view = ResponseView {
                     status: resp.status().as_u16(),
                     minor: u8::from(resp.version() != Version::HTTP_10),
@@ -355,7 +405,9 @@ impl Proxy {
         };
         let h2_client = parts.version == Version::HTTP_2;
         let hop = client.hop(&self.settings, via);
-        let fields = headers::fields(&parts.headers);
+        // The lines move out of the received map, which is reused for the
+        // forwarded ones.
+        let fields = headers::drain(&mut parts.headers);
         let view = RequestView {
             method: method.as_str(),
             target: &target,
@@ -402,39 +454,37 @@ impl Proxy {
         let path = plan.target.forward(routed.strip);
         let uri =
             Uri::try_from(&*path).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-        let mut upstream_headers = headers::keep(&fields, plan.skip);
-        plan.write_additions(
-            &fields[..],
-            &hop,
-            routed.upgrade,
-            &mut MapWriter {
-                map: &mut upstream_headers,
-                h2: false,
-            },
-        );
         let client_upgrade = routed
             .upgrade
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
         let bodyless = routed.upgrade.is_none() && body.is_end_stream();
         let resend_ok = bodyless && attempt::is_idempotent(method.as_str());
-        let mut upstream_method = method.clone();
-        let connect = tunnel
-            .as_mut()
-            .and_then(|t| t.for_instance(&mut upstream_method, &mut upstream_headers));
         let mut template = Template {
-            method: upstream_method,
+            method: method.clone(),
             uri,
-            headers: upstream_headers,
+            fields: &fields[..],
+            plan: &plan,
+            hop: &hop,
+            via,
+            upgrade_to: routed.upgrade,
             bodyless,
             te_trailers: plan.accepts_trailers,
             upgrade: routed.upgrade.is_some(),
-            connect,
+            connect: None,
+            kept: None,
         };
         // A body sent to an HTTP/2 instance is kept (up to a limit) in case
         // the instance refuses the stream unprocessed.
         let replayable = service.policy().upstream.may_use_h2();
         let body = UpstreamBody::client(body, self.settings.client_body, replayable);
-        let pending = template.first(body, resend_ok || replayable);
+        let mut upstream_headers = template.headers_into(std::mem::take(&mut parts.headers));
+        if let Some(t) = tunnel.as_mut() {
+            // The tunnel rewrites the request for the instance's form; a
+            // retry sends the rewritten lines as they are.
+            template.connect = t.for_instance(&mut template.method, &mut upstream_headers);
+            template.kept = Some(upstream_headers.clone());
+        }
+        let pending = template.first(body, upstream_headers, resend_ok || replayable);
         let mut exchange = HyperExchange {
             proxy: self,
             service: &service,
@@ -500,7 +550,7 @@ impl Proxy {
         service: &ServiceEntry,
         instance: &InstanceState,
         mut request: Request<UpstreamBody>,
-        template: &Template,
+        template: &Template<'_>,
         resend_ok: bool,
     ) -> Attempt {
         let policy = service.policy();
@@ -604,13 +654,17 @@ impl Proxy {
         h2_client: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = resp.into_parts();
-        let mut out = headers::keep(&fields, plan.skip);
+        // The answer's own map, emptied by `headers::drain`, takes the
+        // forwarded lines.
+        let mut out = std::mem::take(&mut parts.headers);
+        headers::keep_into(&mut out, &fields, plan.skip);
         if opened.is_none() {
             plan.write_additions(
                 asked.upgrade,
                 &mut MapWriter {
                     map: &mut out,
                     h2: h2_client,
+                    via: None,
                 },
             );
         }
@@ -639,6 +693,7 @@ impl Proxy {
                 &mut MapWriter {
                     map: &mut parts.headers,
                     h2: false,
+                    via: None,
                 },
             );
         }
@@ -651,6 +706,16 @@ impl Proxy {
 /// or the whole URI for absolute-form and HTTP/2 requests (whose
 /// `:authority` makes them absolute).
 fn request_target(uri: &Uri) -> Cow<'_, str> {
+    if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+        // What `Display` writes, without the formatting machinery.
+        let path = uri.path_and_query().map_or("", |pq| pq.as_str());
+        let mut s = String::with_capacity(scheme.len() + 3 + authority.as_str().len() + path.len());
+        s.push_str(scheme);
+        s.push_str("://");
+        s.push_str(authority.as_str());
+        s.push_str(path);
+        return Cow::Owned(s);
+    }
     if uri.scheme().is_some() || uri.path_and_query().is_none() {
         return Cow::Owned(uri.to_string());
     }
@@ -659,7 +724,7 @@ fn request_target(uri: &Uri) -> Cow<'_, str> {
 
 /// The request again after an instance refused it unprocessed: bodyless,
 /// or with its body kept whole.
-fn rebuild(template: &Template, replay: Option<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+fn rebuild(template: &Template<'_>, replay: Option<UpstreamBody>) -> Option<Request<UpstreamBody>> {
     if template.bodyless {
         return Some(template.build(UpstreamBody::Empty));
     }

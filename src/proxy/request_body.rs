@@ -55,8 +55,10 @@ pub enum UpstreamBody {
         body: Option<Incoming>,
         /// Signalled at its end.
         progress: Option<Arc<Progress>>,
-        /// Fires when the client pauses longer than `idle`.
-        timer: Pin<Box<Sleep>>,
+        /// Fires when the client pauses longer than `idle`; armed the
+        /// first time the body waits on the client (a bodyless request,
+        /// which is never polled, makes no timer).
+        timer: Option<Pin<Box<Sleep>>>,
         /// `timeouts.client_body`.
         idle: Duration,
         /// What was sent, kept (by reference count, not copied) while it
@@ -101,7 +103,7 @@ impl UpstreamBody {
             prefix: VecDeque::new(),
             body: Some(body),
             progress,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             idle,
             record,
         }
@@ -170,7 +172,7 @@ impl Progress {
             prefix: stash.frames.into(),
             body: stash.body,
             progress: Some(Arc::new(Progress::default())),
-            timer: Box::pin(tokio::time::sleep(stash.idle)),
+            timer: None,
             idle: stash.idle,
             record: Some(Recording::default()),
         })
@@ -271,6 +273,9 @@ impl Body for UpstreamBody {
                 }
                 match &polled {
                     Poll::Pending => {
+                        let timer = timer.get_or_insert_with(|| {
+                            Box::pin(tokio::time::sleep_until(Instant::now() + *idle))
+                        });
                         if timer.as_mut().poll(cx).is_ready() {
                             if let Some(p) = progress {
                                 p.timed_out.store(true, Ordering::Release);
@@ -280,7 +285,11 @@ impl Body for UpstreamBody {
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(Some(Ok(_))) => timer.as_mut().reset(Instant::now() + *idle),
+                    Poll::Ready(Some(Ok(_))) => {
+                        if let Some(timer) = timer {
+                            timer.as_mut().reset(Instant::now() + *idle);
+                        }
+                    }
                     _ => {}
                 }
                 let ended = match &polled {

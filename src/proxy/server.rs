@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use super::observe::{Connection, Pending};
 use super::policy::request::MAX_FIELDS;
 use super::{h1, Client, Proxy};
+use crate::clock;
 use crate::config::{Config, Http2Settings};
 use crate::tls::CertStore;
 
@@ -400,11 +401,21 @@ async fn wind_down(stop: &mut watch::Receiver<Stop>, h2: bool, activity: &Activi
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Requests in progress on one connection, and when the last one ended.
+///
+/// Starting and ending a request touches only atomics: the idle watch
+/// checks them when its timer fires (one timer per connection, re-armed
+/// only then). [`Activity::start`] notifies only for a connection's first
+/// request (which ends the wait of `timeouts.client_header`) and for a
+/// drain waiting for a request to start ([`Activity::busy`]).
 #[derive(Debug, Default)]
 struct Activity {
     active: std::sync::atomic::AtomicUsize,
     /// Requests started so far.
     started: std::sync::atomic::AtomicU64,
+    /// When the last request ended ([`clock::now_ms`]; 0: none has).
+    ended_ms: std::sync::atomic::AtomicU64,
+    /// Someone waits in [`Activity::busy`].
+    watched: std::sync::atomic::AtomicBool,
     changed: tokio::sync::Notify,
 }
 
@@ -413,30 +424,44 @@ struct Active(Arc<Activity>);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0
-            .active
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        self.0.changed.notify_waiters();
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+        // The time is read only when the connection (probably) turns
+        // idle: before the count drops, so the idle watch that sees it at
+        // zero sees the time too; again after, for two requests ending at
+        // once on two threads.
+        if self.0.active.load(Acquire) == 1 {
+            self.0.ended_ms.store(clock::now_ms(), Release);
+        }
+        if self.0.active.fetch_sub(1, AcqRel) == 1 {
+            self.0.ended_ms.fetch_max(clock::now_ms(), AcqRel);
+        }
     }
 }
 
 impl Activity {
     fn start(self: &Arc<Self>) -> Active {
-        self.active
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.started
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.changed.notify_waiters();
+        use std::sync::atomic::Ordering::{AcqRel, SeqCst};
+        // SeqCst with `busy`'s store and load: one of the two sees the
+        // other's write.
+        self.active.fetch_add(1, SeqCst);
+        // The first request ends the idle watch's wait for one (up to
+        // `timeouts.client_header`): it is told, once.
+        let first = self.started.fetch_add(1, AcqRel) == 0;
+        if first || self.watched.load(SeqCst) {
+            self.changed.notify_waiters();
+        }
         Active(self.clone())
     }
 
     /// Completes once a request is in progress.
     async fn busy(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.watched.store(true, SeqCst);
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.active.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            if self.active.load(SeqCst) > 0 {
                 return;
             }
             changed.await;
@@ -447,23 +472,33 @@ impl Activity {
     /// before the first request).
     async fn idle(&self, first: Duration, idle: Duration) {
         use std::sync::atomic::Ordering::Acquire;
+        let opened = clock::now_ms();
         loop {
+            let now = clock::now_ms();
+            let wait = if self.active.load(Acquire) > 0 {
+                // Busy: look again after a whole idle period.
+                idle
+            } else if self.started.load(Acquire) == 0 {
+                first.saturating_sub(Duration::from_millis(now - opened))
+            } else {
+                let quiet = now.saturating_sub(self.ended_ms.load(Acquire));
+                idle.saturating_sub(Duration::from_millis(quiet))
+            };
+            if wait.is_zero() {
+                return;
+            }
+            if self.started.load(Acquire) > 0 {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            // No request yet: the first one cuts the wait short.
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.active.load(Acquire) > 0 {
-                changed.await;
+            if self.started.load(Acquire) > 0 {
                 continue;
             }
-            let wait = if self.started.load(Acquire) == 0 {
-                first
-            } else {
-                idle
-            };
-            if tokio::time::timeout(wait, changed).await.is_err() && self.active.load(Acquire) == 0
-            {
-                return;
-            }
+            let _ = tokio::time::timeout(wait, changed).await;
         }
     }
 }
