@@ -17,7 +17,7 @@
 //! A timing harness, not a criterion bench (the quantity is seconds of
 //! gossip, not nanoseconds of CPU). `cargo bench --bench gossip_convergence`
 //! runs 5, 20 and 50 proxies with gossip at the default settings
-//! (`failure_detection = "4s"`, rounds of a quarter of it) and with etcd;
+//! (`failure_detection = "4s"`, rounds of a sixth of it) and with etcd;
 //! `CONVERGENCE=gossip:50:500ms,gossip:50:2s:8s,etcd:5` picks other rows
 //! (`KIND:PROXIES[:INTERVAL[:FAILURE_DETECTION]]`, an empty interval for
 //! the default one), `CONVERGENCE_ROUNDS` the rounds per row (default 3). `cargo test --all-targets` runs one small gossip fleet once
