@@ -440,9 +440,15 @@ impl Proxy {
         } else {
             tunnel::Form::Upgrade
         };
+        // The policy passed only token protocols, which always make a
+        // header value: never forwarded as an upgrade without its tunnel.
         let mut tunnel = routed
             .upgrade
-            .and_then(|p| Tunnel::new(client_form, p, h2_instance));
+            .map(|p| {
+                Tunnel::new(client_form, p, h2_instance)
+                    .ok_or(ProxyError::BadRequest("bad upgrade protocol"))
+            })
+            .transpose()?;
         if tunnel
             .as_ref()
             .is_some_and(|t| t.instance == tunnel::Form::Connect)
