@@ -292,24 +292,7 @@ async fn websocket_echo_through_upgrade() {
             .expect("WebSocket handshake through the proxy");
         assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
 
-        socket.send(Message::Text("hello".into())).await.unwrap();
-        assert_eq!(
-            socket.next().await.unwrap().unwrap(),
-            Message::Text("hello".into())
-        );
-        let binary: Vec<u8> = (0..=255u8).chain([0, 0, 255]).collect();
-        socket.send(Message::Binary(binary.clone())).await.unwrap();
-        assert_eq!(
-            socket.next().await.unwrap().unwrap(),
-            Message::Binary(binary)
-        );
-        // A second round trip on the same tunnel.
-        socket.send(Message::Text("again".into())).await.unwrap();
-        assert_eq!(
-            socket.next().await.unwrap().unwrap(),
-            Message::Text("again".into())
-        );
-        socket.close(None).await.unwrap();
+        echo_round_trips(&mut socket).await;
         assert_eq!(ws.hits(), 1);
     })
     .await;
@@ -327,8 +310,9 @@ async fn h2_connect_client(
             .expect("HTTP/2 handshake with the proxy");
     use std::future::Future as _;
     // The connection tells what the server's settings said only to whoever
-    // polls it, and h2 may apply them after the poll that read them: drive
-    // it here, looking again every millisecond until they are in.
+    // polls it, and h2 may apply them after the poll that read them, with
+    // nothing left to wake the task: drive it here and, until they are in,
+    // look again every millisecond (a bounded poll: 5 s at most).
     let (offered, mut watch) = tokio::sync::watch::channel(false);
     let mut tick = Box::pin(tokio::time::sleep(Duration::ZERO));
     tokio::spawn(std::future::poll_fn(move |cx| {
@@ -389,19 +373,24 @@ async fn websocket_over_h2(addr: SocketAddr, uri: &str) {
         None,
     )
     .await;
-    for text in ["hello", "again"] {
-        socket.send(Message::Text(text.into())).await.unwrap();
-        assert_eq!(
-            socket.next().await.unwrap().unwrap(),
-            Message::Text(text.into())
-        );
+    echo_round_trips(&mut socket).await;
+}
+
+/// Text, binary, then text again through an echoing WebSocket, and a
+/// clean close.
+async fn echo_round_trips<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let binary: Vec<u8> = (0..=255u8).chain([0, 0, 255]).collect();
+    for msg in [
+        Message::Text("hello".into()),
+        Message::Binary(binary),
+        Message::Text("again".into()),
+    ] {
+        socket.send(msg.clone()).await.unwrap();
+        assert_eq!(socket.next().await.unwrap().unwrap(), msg);
     }
-    let binary: Vec<u8> = (0..=255u8).collect();
-    socket.send(Message::Binary(binary.clone())).await.unwrap();
-    assert_eq!(
-        socket.next().await.unwrap().unwrap(),
-        Message::Binary(binary)
-    );
     socket.close(None).await.unwrap();
 }
 
@@ -454,12 +443,7 @@ async fn an_http1_websocket_reaches_an_http2_instance() {
             .await
             .expect("WebSocket handshake through the proxy");
         assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-        socket.send(Message::Text("hello".into())).await.unwrap();
-        assert_eq!(
-            socket.next().await.unwrap().unwrap(),
-            Message::Text("hello".into())
-        );
-        socket.close(None).await.unwrap();
+        echo_round_trips(&mut socket).await;
         assert_eq!(ws.hits(), 1);
     })
     .await;
