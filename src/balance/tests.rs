@@ -673,3 +673,28 @@ async fn queue_waits_for_a_release_then_times_out() {
     assert_eq!(r.unwrap_err(), Unpicked::Saturated);
     assert_eq!(started.elapsed(), Duration::from_secs(2));
 }
+
+/// Only a bounded consistent_hash keeps the service's total in flight:
+/// round-robin's requests (and an unbounded ring's) do not touch the one
+/// counter every request of the service would otherwise share.
+#[test]
+fn only_a_load_bound_keeps_the_service_total() {
+    let now = crate::clock::now_ms();
+    for (reg, kept) in [
+        (
+            registry("round_robin", "\"127.0.0.1:1\", \"127.0.0.1:2\""),
+            false,
+        ),
+        (hash_registry("load_factor = 0\n"), false),
+        (hash_registry("load_factor = 1.25\n"), true),
+    ] {
+        let snap = reg.load();
+        let svc = snap.service("s").unwrap();
+        let held: Vec<_> = (0..5)
+            .map(|_| pick_with(svc, &keyed(7), now, &Tried::default()).unwrap())
+            .collect();
+        assert_eq!(svc.live().waiters().in_flight(), if kept { 5 } else { 0 });
+        drop(held);
+        assert_eq!(svc.live().waiters().in_flight(), 0);
+    }
+}

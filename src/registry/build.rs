@@ -13,7 +13,7 @@ use super::pool;
 use super::snapshot::{Member, ServiceEntry, ServiceLive, Snapshot};
 use super::{BuildState, Health, InstanceKey, InstanceState, Registry};
 use crate::clock;
-use crate::config::ServicePolicy;
+use crate::config::{Balance, ServicePolicy};
 
 /// Why an instance started healthy before the proxy's first check.
 const VOUCHED: &str = "its registration reported a passing check of its own";
@@ -79,6 +79,11 @@ impl BuildState {
                     member
                 })
                 .collect();
+            // Only consistent_hash's load bound reads the service's total
+            // in flight: no other service's requests pay for counting it.
+            service_live.waiters().track_in_flight(
+                *balance == Balance::ConsistentHash && policy.traffic.hash.load_factor_milli > 0,
+            );
             let pools = pool::build(&members, &policy.traffic, *balance, service_live.turn());
             let entry = ServiceEntry {
                 name: name.clone(),

@@ -443,11 +443,12 @@ impl InstanceState {
 /// Created when an instance is picked and moved into the response body, so
 /// the count drops when the body ends, errors or is abandoned, never by hand.
 /// The request counts in its service's total too (see [`Waiters`]) when the
-/// instance is linked to its service (always, once it is in a snapshot).
+/// instance is linked to its service (always, once it is in a snapshot)
+/// and the service keeps that total (`consistent_hash` with a load bound).
 #[derive(Debug)]
 pub struct InFlightGuard {
     instance: Arc<InstanceState>,
-    /// Counted in the service's total: the instance was linked then.
+    /// Counted in the service's total (linked, and the total kept then).
     counted: bool,
 }
 
@@ -464,13 +465,7 @@ impl InFlightGuard {
     #[inline]
     fn counted(instance: Arc<InstanceState>) -> Self {
         instance.requests.fetch_add(1, Relaxed);
-        let counted = match instance.waiters.get() {
-            Some(w) => {
-                w.started();
-                true
-            }
-            None => false,
-        };
+        let counted = instance.waiters.get().is_some_and(|w| w.started());
         InFlightGuard { instance, counted }
     }
 

@@ -274,6 +274,10 @@ pub struct Waiters {
     count: AtomicUsize,
     signal: tokio::sync::Notify,
     in_flight: AtomicUsize,
+    /// The total is kept (the service balances by `consistent_hash` with a
+    /// load bound); each guard remembers whether it counted, so turning it
+    /// on or off by a reload leaves the total consistent.
+    tracked: AtomicBool,
 }
 
 impl Waiters {
@@ -303,10 +307,22 @@ impl Waiters {
         self.signal.notified()
     }
 
-    /// A request to one of the service's instances started.
+    /// Whether the service's total in flight is kept (set at each
+    /// snapshot build from the service's balancing).
+    pub(super) fn track_in_flight(&self, on: bool) {
+        self.tracked.store(on, Relaxed);
+    }
+
+    /// A request to one of the service's instances started: counted in the
+    /// total when it is kept (what this returns; the request's
+    /// [`finished`](Self::finished) then uncounts it).
     #[inline]
-    pub(super) fn started(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
+    pub(super) fn started(&self) -> bool {
+        let tracked = self.tracked.load(Relaxed);
+        if tracked {
+            self.in_flight.fetch_add(1, Relaxed);
+        }
+        tracked
     }
 
     /// The service's requests in flight, all instances together.
