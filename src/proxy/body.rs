@@ -21,6 +21,8 @@ use crate::registry::InFlightGuard;
 pub enum ProxyBody {
     /// An instance's response, streamed through.
     Upstream(TrackedBody),
+    /// A plain HTTP/1.1 instance's response, read from its socket.
+    Raw(super::h1::general::RawBody),
     /// A body the proxy made itself (errors, admin answers).
     Full(Option<Bytes>),
 }
@@ -40,15 +42,16 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Raw(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -57,6 +60,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Raw(b) => b.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
         }
     }
@@ -65,6 +69,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(b) => b.inner.size_hint(),
+            ProxyBody::Raw(b) => b.size_hint(),
             ProxyBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -157,7 +162,7 @@ impl Body for TrackedBody {
 }
 
 /// Trailers ending a gRPC response whose instance failed mid-body.
-fn grpc_unavailable(e: &hyper::Error) -> http::HeaderMap {
+pub(crate) fn grpc_unavailable(e: &dyn std::fmt::Display) -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
     let message = super::grpc::percent_encode(&format!("instance failed mid-response: {e}"));

@@ -30,6 +30,7 @@ use super::attempt::{self, Outcome};
 use super::body::{ProxyBody, TrackedBody, UpstreamBody};
 use super::error::{ProxyError, BAD_BODY};
 use super::grpc;
+use super::h1::general::{self, Dropped, MapHead, RawBody, RawExchange};
 use super::headers::{self, MapWriter};
 use super::observe::{self, Pending};
 use super::policy::request::{self, RequestView};
@@ -37,6 +38,7 @@ use super::policy::response::{self, Asked, Kind, ResponsePlan, ResponseView};
 use super::tunnel::{self, Tunnel};
 use super::upstream::{self, Sender};
 use super::{Client, Proxy};
+use crate::balance::Choice;
 use crate::config::{Protocol, Upstream};
 use crate::health::passive::Failure;
 use crate::registry::stats;
@@ -458,13 +460,36 @@ impl Proxy {
             return Err(ProxyError::BadRequest("upgrade request with a body"));
         }
         let path = plan.target.forward(routed.strip);
+        let bodyless = routed.upgrade.is_none() && body.is_end_stream();
+        let resend_ok = bodyless && attempt::is_idempotent(method.as_str());
+        let hedge_after = super::traffic::hedge_after(&service, method.as_str(), bodyless);
+        if bodyless && hedge_after.is_none() && service.policy().upstream.is_plain_http1() {
+            // To a plain HTTP/1.1 instance, on a raw socket as the fast
+            // path does (an upgrade, a body or a hedge stays with hyper).
+            let mut head = Vec::with_capacity(size + 256);
+            general::request_head(method.as_str(), &path, &fields, &plan, &hop, &mut head);
+            let sink = MapHead {
+                map: Some(std::mem::take(&mut parts.headers)),
+                h2: h2_client,
+                trailers: h2_client || plan.accepts_trailers,
+                asked: Asked {
+                    head: method == Method::HEAD,
+                    upgrade: None,
+                },
+            };
+            let raw = Raw {
+                service: &service,
+                choice: &routed.choice,
+                request: &head,
+                resendable: resend_ok,
+            };
+            return self.forward_raw(raw, sink, trail, deadline, rec).await;
+        }
         let uri =
             Uri::try_from(&*path).map_err(|_| ProxyError::BadRequest("unusable request target"))?;
         let client_upgrade = routed
             .upgrade
             .and_then(|_| parts.extensions.remove::<OnUpgrade>());
-        let bodyless = routed.upgrade.is_none() && body.is_end_stream();
-        let resend_ok = bodyless && attempt::is_idempotent(method.as_str());
         let mut template = Template {
             method: method.clone(),
             uri,
@@ -502,7 +527,7 @@ impl Proxy {
                 upgrade: routed.upgrade,
             },
             client_failed: None,
-            hedge_after: super::traffic::hedge_after(&service, method.as_str(), bodyless),
+            hedge_after,
             tunnel: tunnel.as_ref(),
         };
         let result = attempt::run_with_deadline(
@@ -542,6 +567,60 @@ impl Proxy {
             asked,
             h2_client,
         )?;
+        if let Some(v) = sticky.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut().append(http::header::SET_COOKIE, v);
+        }
+        Ok(resp)
+    }
+
+    /// Forwards a bodyless request to a plain HTTP/1.1 service over raw
+    /// pooled sockets ([`general`]): the same attempt loop, response
+    /// policy and pools as the fast path, with hyper's server on the
+    /// client's side.
+    async fn forward_raw(
+        &self,
+        raw: Raw<'_>,
+        sink: MapHead<'_>,
+        trail: &mut Option<String>,
+        deadline: Option<Duration>,
+        rec: &mut Pending,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+        let mut exchange = RawExchange {
+            proxy: self,
+            service: raw.service,
+            request: raw.request,
+            timer: &mut timer,
+            resendable: raw.resendable,
+            asked: sink.asked,
+            watch: Dropped,
+            sink,
+            client_gone: false,
+        };
+        let ((conn, mut mapped), guard) = attempt::run_with_deadline(
+            raw.service,
+            raw.choice,
+            &mut exchange,
+            trail,
+            deadline,
+            &mut rec.tally,
+        )
+        .await?;
+        rec.instance = Some(guard.instance().clone());
+        let sticky =
+            super::traffic::sticky_cookie(raw.service, raw.choice, guard.instance().addr());
+        let grpc = grpc::is_grpc(&mapped.parts.headers);
+        let instance = guard.instance().clone();
+        let body = RawBody::new(conn, guard, &mut mapped, grpc).map_err(|detail| {
+            tracing::debug!(service = %raw.service.name(), instance = %instance.addr(), detail, "bad response body");
+            rec.instance = None;
+            ProxyError::BadResponse {
+                service: raw.service.name().clone(),
+                addr: instance.addr(),
+                detail,
+            }
+        })?;
+        let mut resp = Response::from_parts(mapped.parts, ProxyBody::Raw(body));
         if let Some(v) = sticky.and_then(|v| HeaderValue::from_str(&v).ok()) {
             resp.headers_mut().append(http::header::SET_COOKIE, v);
         }
@@ -735,6 +814,15 @@ fn rebuild(template: &Template<'_>, replay: Option<UpstreamBody>) -> Option<Requ
         return Some(template.build(UpstreamBody::Empty));
     }
     replay.map(|body| template.build(body))
+}
+
+/// A request for [`Proxy::forward_raw`]: where it goes and its bytes.
+struct Raw<'a> {
+    service: &'a Arc<ServiceEntry>,
+    choice: &'a Choice,
+    request: &'a [u8],
+    /// It may be repeated after it was written.
+    resendable: bool,
 }
 
 /// How a request is sent on its connection.

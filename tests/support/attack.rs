@@ -16,6 +16,7 @@
 //! dropped.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -390,6 +391,10 @@ pub struct ConnLog {
     /// Every byte received.
     pub raw: Vec<u8>,
     pub requests: Vec<Req>,
+    /// When each request was parsed, counted across all connections of
+    /// all recorders (to order requests that came on different
+    /// connections).
+    pub parsed: Vec<usize>,
     pub errors: Vec<String>,
     /// The proxy closed (or reset) the connection.
     pub peer_closed: bool,
@@ -479,12 +484,24 @@ impl Recorder {
             .collect()
     }
 
-    /// `METHOD target` of every request parsed.
+    /// `METHOD target` of every request parsed, in the order they were
+    /// parsed (whatever connection each came on: the proxy keeps
+    /// separate pools for its two HTTP/1.1 clients).
     pub fn lines(&self) -> Vec<String> {
-        self.requests()
+        let mut lines: Vec<(usize, String)> = self
+            .log
+            .lock()
+            .unwrap()
             .iter()
-            .map(|(_, r)| format!("{} {}", r.method, r.target))
-            .collect()
+            .flat_map(|c| {
+                c.parsed
+                    .iter()
+                    .zip(&c.requests)
+                    .map(|(&at, r)| (at, format!("{} {}", r.method, r.target)))
+            })
+            .collect();
+        lines.sort_by_key(|(at, _)| *at);
+        lines.into_iter().map(|(_, l)| l).collect()
     }
 
     /// Bytes received on all connections.
@@ -590,6 +607,7 @@ async fn serve(stream: TcpStream, id: usize, lenient: bool, respond: Arc<Respond
                         pending.drain(..len);
                         n += 1;
                         conn.requests.push(req.clone());
+                        conn.parsed.push(PARSED.fetch_add(1, Ordering::Relaxed));
                         let _ = tx.send(Msg::Request(req, Seen { conn: id, n }));
                     }
                     Ok(None) => break,
@@ -865,6 +883,9 @@ impl Path {
 }
 
 /// The target of the request that moves a connection to the hyper path.
+/// Requests parsed by every recorder so far ([`ConnLog::parsed`]).
+static PARSED: AtomicUsize = AtomicUsize::new(0);
+
 pub const WARM_PATH: &str = "/warm-up";
 
 /// The sum of the `in_flight` counts of every instance in `GET /v1/services`.

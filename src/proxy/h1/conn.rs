@@ -22,16 +22,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{Relayed, RequestBody, RequestBodyScan, ResponseBodyScan, BUFFERED_BODY};
-use super::head::{self, HeadError};
+use super::head::{self, HeadError, ResponseHead};
+use super::upstream::{read_more, RawExchange, Sink, Watch, READ_SPACE};
 use crate::balance::Choice;
-use crate::health::passive::Failure;
-use crate::proxy::attempt::{self, Exchange, Outcome, Tally};
+use crate::proxy::attempt::{self, Tally};
 use crate::proxy::error::{ProxyError, BAD_BODY};
 use crate::proxy::forward::{DEBUG_HEADER, SNAPSHOT_HEADER};
 use crate::proxy::observe::{self, Done};
@@ -40,16 +40,10 @@ use crate::proxy::policy::response::Asked;
 use crate::proxy::policy::Framing;
 use crate::proxy::server::{closes_idle, Stop};
 use crate::proxy::traffic;
-use crate::proxy::upstream::{self, RawConn, MAX_RESPONSE_HEAD};
+use crate::proxy::upstream::{self, RawConn};
 use crate::proxy::{Client, Proxy};
 use crate::registry::stats::{self, METHOD_OTHER};
 use crate::registry::{InstanceState, ServiceEntry};
-
-/// Least free space offered to a read.
-const READ_SPACE: usize = 4 * 1024;
-
-/// Most interim (1xx) responses relayed before the final one.
-pub(crate) const MAX_INTERIM: usize = 64;
 
 /// How the fast path let go of a connection.
 #[derive(Debug)]
@@ -413,20 +407,28 @@ impl Conn<'_> {
         let settings = &self.proxy.settings;
         let service = &routed.service;
         let mut trail = settings.debug_header.then(String::new);
-        let mut exchange = FastExchange {
+        let mut exchange = RawExchange {
             proxy: self.proxy,
             service,
             request: &self.out,
-            resp: &mut self.resp,
             timer: &mut self.response_timer,
             resendable: routed.resendable,
-            head_request: self.head_request,
-            accepts_trailers: routed.accepts_trailers,
-            client: &mut self.stream,
-            client_buf: &mut self.buf,
+            asked: Asked {
+                head: self.head_request,
+                upgrade: None,
+            },
+            watch: ClientWatch {
+                client: &self.stream,
+                buf: &mut self.buf,
+                limit: settings.max_header_bytes + BUFFERED_BODY as usize,
+            },
+            sink: ClientHead {
+                client: &self.stream,
+                resp: &mut self.resp,
+                send_timeout: settings.client_send,
+                accepts_trailers: routed.accepts_trailers,
+            },
             client_gone: false,
-            watch_limit: settings.max_header_bytes + BUFFERED_BODY as usize,
-            send_timeout: settings.client_send,
         };
         let mut tally = Tally::default();
         let result = attempt::run_with_deadline(
@@ -711,14 +713,6 @@ async fn write_shared(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads what `stream` has into `buf`, making room first.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_SPACE {
-        buf.reserve(READ_SPACE);
-    }
-    stream.read_buf(buf).await
-}
-
 /// Completes when the client closes or resets its connection. Bytes it
 /// sends meanwhile (pipelined requests) are kept in `buf`, up to `limit`;
 /// past that the watch stops (the next request will be read later). Uses
@@ -742,231 +736,56 @@ async fn client_closed(stream: &TcpStream, buf: &mut BytesMut, limit: usize) {
     std::future::pending::<()>().await;
 }
 
-/// Attempts over fast-path sockets: the request is the same bytes every
-/// time, so a retry resends them as they are.
-struct FastExchange<'a> {
-    proxy: &'a Proxy,
-    service: &'a ServiceEntry,
-    request: &'a [u8],
+/// The fast path's watch on its client during an exchange.
+struct ClientWatch<'a> {
+    client: &'a TcpStream,
+    /// Where pipelined bytes read meanwhile are kept.
+    buf: &'a mut BytesMut,
+    limit: usize,
+}
+
+impl Watch for ClientWatch<'_> {
+    fn gone(&mut self) -> impl Future<Output = ()> {
+        client_closed(self.client, self.buf, self.limit)
+    }
+}
+
+/// The fast path's use of response heads: interim ones are written to
+/// the client at once, the final one's client version goes to `resp`.
+struct ClientHead<'a> {
+    client: &'a TcpStream,
     resp: &'a mut Vec<u8>,
-    timer: &'a mut Pin<Box<Sleep>>,
-    resendable: bool,
-    head_request: bool,
-    accepts_trailers: bool,
-    /// The client's socket, watched while the instance works.
-    client: &'a mut TcpStream,
-    client_buf: &'a mut BytesMut,
-    /// The client went away during an attempt.
-    client_gone: bool,
-    watch_limit: usize,
     send_timeout: Duration,
-}
-
-/// How one exchange on one socket failed.
-enum Lost {
-    /// Nothing reached the instance.
-    Unsent(String),
-    /// The request was (maybe partly) written; no usable response came.
-    Sent(String),
-    /// The instance answered in a way that cannot be relayed.
-    Bad(&'static str),
-    TimedOut,
-    /// The client closed its connection.
-    ClientGone,
-}
-
-impl Exchange for FastExchange<'_> {
-    type Answer = (RawConn, Answer);
-
-    async fn attempt(&mut self, instance: &InstanceState) -> Outcome<Self::Answer> {
-        let service = self.service;
-        let timeout = &service.policy().timeouts;
-        let settings = &self.proxy.settings;
-        let pooled = upstream::pool(instance, settings.max_idle)
-            .and_then(|pool| pool.take_raw(settings.upstream_idle));
-        if let Some(mut conn) = pooled {
-            match self.exchange(&mut conn, timeout.response_header).await {
-                Ok((status, answer)) => return Outcome::Answered((conn, answer), status),
-                Err(Lost::TimedOut) => return Outcome::TimedOut,
-                Err(lost @ (Lost::Bad(_) | Lost::ClientGone)) => return self.lost(lost),
-                // A keep-alive race: try a fresh connection to the same
-                // instance when nothing was sent or repeating is safe.
-                Err(Lost::Unsent(_)) => {}
-                Err(Lost::Sent(_)) if self.resendable => {}
-                // Not safe to repeat, and not the instance's fault.
-                Err(Lost::Sent(error)) => {
-                    return Outcome::Failed {
-                        error,
-                        failure: None,
-                        retry: false,
-                    }
-                }
-            }
-        }
-        let connect = upstream::connect_raw(instance.addr(), timeout.connect);
-        let connected = tokio::select! {
-            biased;
-            c = connect => c,
-            () = client_closed(&*self.client, self.client_buf, self.watch_limit) => {
-                return self.lost(Lost::ClientGone);
-            }
-        };
-        let mut conn = match connected {
-            Ok(conn) => conn,
-            Err(e) => {
-                return Outcome::Failed {
-                    error: e.to_string(),
-                    failure: Some(Failure::Connect),
-                    retry: true,
-                }
-            }
-        };
-        match self.exchange(&mut conn, timeout.response_header).await {
-            Ok((status, answer)) => Outcome::Answered((conn, answer), status),
-            Err(Lost::TimedOut) => Outcome::TimedOut,
-            Err(Lost::Unsent(error)) => Outcome::Failed {
-                error,
-                failure: Some(Failure::Connect),
-                retry: true,
-            },
-            Err(Lost::Sent(error)) => Outcome::Failed {
-                error,
-                failure: Some(Failure::Reset),
-                retry: self.resendable,
-            },
-            Err(lost) => self.lost(lost),
-        }
-    }
-}
-
-impl FastExchange<'_> {
-    /// The outcome of an attempt that cannot be retried.
-    fn lost(&mut self, lost: Lost) -> Outcome<(RawConn, Answer)> {
-        match lost {
-            Lost::ClientGone => {
-                self.client_gone = true;
-                Outcome::Abandoned
-            }
-            Lost::Bad(detail) => Outcome::BadResponse(detail),
-            Lost::Unsent(error) | Lost::Sent(error) => Outcome::Failed {
-                error,
-                failure: None,
-                retry: false,
-            },
-            Lost::TimedOut => Outcome::TimedOut,
-        }
-    }
-
-    /// Writes the request on `conn` and reads the response head, whose
-    /// client version goes to `resp`; interim answers are relayed to the
-    /// client on the way. The client's socket is watched meanwhile.
-    async fn exchange(
-        &mut self,
-        conn: &mut RawConn,
-        timeout: Duration,
-    ) -> Result<(u16, Answer), Lost> {
-        self.timer.as_mut().reset(Instant::now() + timeout);
-        let asked = Asked {
-            head: self.head_request,
-            upgrade: None,
-        };
-        let client: &TcpStream = self.client;
-        let send_timeout = self.send_timeout;
-        let accepts_trailers = self.accepts_trailers;
-        let request = self.request;
-        let resp = &mut *self.resp;
-        let relay = async {
-            match conn.stream.write(request).await {
-                Ok(n) if n == request.len() => {}
-                Ok(0) => return Err(Lost::Unsent("connection closed".to_owned())),
-                Ok(n) => conn
-                    .stream
-                    .write_all(&request[n..])
-                    .await
-                    .map_err(|e| Lost::Sent(e.to_string()))?,
-                Err(e) => return Err(Lost::Unsent(e.to_string())),
-            }
-            response_head(conn, resp, asked, accepts_trailers, client, send_timeout).await
-        };
-        tokio::select! {
-            biased;
-            r = relay => r,
-            () = self.timer.as_mut() => Err(Lost::TimedOut),
-            () = client_closed(client, self.client_buf, self.watch_limit) => Err(Lost::ClientGone),
-        }
-    }
-}
-
-/// Reads the response head on `conn`, relaying interim (1xx) answers to
-/// `client` and skipping `100 Continue`, and writes the final head's client
-/// version to `resp`.
-async fn response_head(
-    conn: &mut RawConn,
-    resp: &mut Vec<u8>,
-    asked: Asked<'_>,
     accepts_trailers: bool,
-    client: &TcpStream,
-    send_timeout: Duration,
-) -> Result<(u16, Answer), Lost> {
-    let mut interim = 0;
-    loop {
-        if !conn.buf.is_empty() {
-            let mut slots = head::header_slots();
-            match head::parse_response(&conn.buf, &mut slots, asked) {
-                Ok(Some(h)) if h.len > MAX_RESPONSE_HEAD => {
-                    return Err(Lost::Bad("response head too large"))
-                }
-                Ok(Some(h)) if h.status < 200 => {
-                    interim += 1;
-                    if interim > MAX_INTERIM {
-                        return Err(Lost::Bad("too many interim responses"));
-                    }
-                    let len = h.len;
-                    if h.is_interim() {
-                        let mut head = Vec::with_capacity(len + 16);
-                        h.write_client(&mut head);
-                        head.extend_from_slice(b"\r\n");
-                        let write = write_shared(client, &head);
-                        match tokio::time::timeout(send_timeout, write).await {
-                            Ok(Ok(())) => {}
-                            _ => return Err(Lost::ClientGone),
-                        }
-                    }
-                    conn.buf.advance(len);
-                    continue;
-                }
-                Ok(Some(h)) => {
-                    resp.clear();
-                    h.write_client(resp);
-                    let trailers = if accepts_trailers && h.plan.body == Framing::Chunked {
-                        h.declared_trailers()
-                    } else {
-                        Vec::new()
-                    };
-                    let answer = Answer {
-                        status: h.status,
-                        body: h.plan.body,
-                        reusable: h.plan.reusable,
-                        trailers,
-                    };
-                    let (status, len) = (h.status, h.len);
-                    conn.buf.advance(len);
-                    return Ok((status, answer));
-                }
-                Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(Lost::Bad("response head too large"))
-                }
-                Ok(None) => {}
-                Err(why) => return Err(Lost::Bad(why)),
-            }
-        }
-        match read_more(&mut conn.stream, &mut conn.buf).await {
-            Ok(0) if conn.buf.is_empty() => {
-                return Err(Lost::Sent("connection closed before a response".to_owned()))
-            }
-            Ok(0) => return Err(Lost::Sent("response head cut short".to_owned())),
-            Ok(_) => {}
-            Err(e) => return Err(Lost::Sent(e.to_string())),
-        }
+}
+
+impl Sink for ClientHead<'_> {
+    type Head = Answer;
+
+    async fn interim(&self, h: &ResponseHead<'_, '_>) -> bool {
+        let mut head = Vec::with_capacity(h.len + 16);
+        h.write_client(&mut head);
+        head.extend_from_slice(b"\r\n");
+        let write = write_shared(self.client, &head);
+        matches!(
+            tokio::time::timeout(self.send_timeout, write).await,
+            Ok(Ok(()))
+        )
+    }
+
+    fn last(&mut self, h: &ResponseHead<'_, '_>) -> Result<Answer, &'static str> {
+        self.resp.clear();
+        h.write_client(self.resp);
+        let trailers = if self.accepts_trailers && h.plan.body == Framing::Chunked {
+            h.declared_trailers()
+        } else {
+            Vec::new()
+        };
+        Ok(Answer {
+            status: h.status,
+            body: h.plan.body,
+            reusable: h.plan.reusable,
+            trailers,
+        })
     }
 }

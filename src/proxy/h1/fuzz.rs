@@ -6,8 +6,8 @@
 //! policy, the limits and the body scans are the connection's own.
 
 use super::body::{RequestBody, RequestBodyScan, ResponseBodyScan};
-use super::conn::MAX_INTERIM;
 use super::head::{self, HeadError};
+use super::upstream::MAX_INTERIM;
 use crate::config::defaults::limits;
 use crate::proxy::policy::chunked::{rechunk, ChunkedScanner};
 use crate::proxy::policy::request::{self as policy_request, protocol_name};

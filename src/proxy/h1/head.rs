@@ -277,6 +277,20 @@ impl ResponseHead<'_, '_> {
         fields::declared_trailers(self.headers, self.plan.trailer_lines)
     }
 
+    /// The reason phrase as received.
+    pub(crate) fn reason(&self) -> &str {
+        self.reason
+    }
+
+    /// Calls `f` with each header line the policy lets through, in order.
+    pub(crate) fn each_kept(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        for (i, h) in self.headers.iter().enumerate() {
+            if i >= 128 || self.plan.skip & (1 << i) == 0 {
+                f(h.name.as_bytes(), h.value);
+            }
+        }
+    }
+
     /// Whether this is an interim answer to relay (`103 Early Hints`).
     pub(crate) fn is_interim(&self) -> bool {
         self.plan.kind == Kind::Interim

@@ -17,8 +17,10 @@ mod body;
 mod conn;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
+pub(crate) mod general;
 mod head;
 mod rewind;
+mod upstream;
 
 pub(crate) use conn::{serve, Ended};
 pub(crate) use rewind::Rewind;

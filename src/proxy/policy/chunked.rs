@@ -159,12 +159,32 @@ impl ChunkedScanner {
 
     /// Feeds the next bytes of the body.
     pub(crate) fn feed(&mut self, data: &[u8]) -> Result<Scan, ChunkError> {
+        self.scan(data, |_, _| {})
+    }
+
+    /// [`feed`](Self::feed), also telling `on_data` where each run of
+    /// chunk data lies in `data` (`start, end`), in order: what a codec
+    /// that takes the body apart (an HTTP/2 client's DATA frames) sends.
+    pub(crate) fn feed_data(
+        &mut self,
+        data: &[u8],
+        on_data: impl FnMut(usize, usize),
+    ) -> Result<Scan, ChunkError> {
+        self.scan(data, on_data)
+    }
+
+    fn scan(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(usize, usize),
+    ) -> Result<Scan, ChunkError> {
         let mut i = 0;
         let mut pass = None;
         while i < data.len() {
             if self.state == State::Data {
                 let take = self.remaining.min((data.len() - i) as u64);
                 self.remaining -= take;
+                on_data(i, i + take as usize);
                 i += take as usize;
                 if self.remaining == 0 {
                     self.state = State::DataCr;

@@ -185,3 +185,29 @@ fn bounds_the_trailer_section() {
     let big = [&b"0\r\nx: "[..], &[b'v'; 17 * 1024], b"\r\n\r\n"].concat();
     assert_eq!(end_of(&big), Err(ChunkError("trailer section too large")));
 }
+
+#[test]
+fn feed_data_finds_the_chunk_data_in_any_split() {
+    let body = b"5;x=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nt: v\r\n\r\nNEXT";
+    for split in 0..body.len() {
+        let mut s = declaring();
+        let mut data = Vec::new();
+        let mut at = 0;
+        let mut ended = None;
+        for piece in [&body[..split], &body[split..]] {
+            if ended.is_some() {
+                break;
+            }
+            let r = s
+                .feed_data(piece, |a, b| data.extend_from_slice(&piece[a..b]))
+                .unwrap();
+            if r.done {
+                ended = Some(at + r.consumed);
+            }
+            at += piece.len();
+        }
+        assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "split at {split}");
+        assert_eq!(ended, Some(body.len() - 4), "split at {split}");
+        assert_eq!(s.trailers(), b"t: v\r\n");
+    }
+}
