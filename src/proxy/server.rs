@@ -288,7 +288,10 @@ async fn accept_loop(
                 counted.set_h2(h2);
                 let client = Client::new(peer, &proxy).over_tls();
                 let state = Arc::new((proxy, client));
-                let io = h1::Rewind::new(tls, bytes::Bytes::new(), settings.client_send);
+                let mut io = h1::Rewind::new(tls, bytes::Bytes::new(), settings.client_send);
+                if h2 {
+                    io.coalesce_writes();
+                }
                 serve_general(io, h2, state, &builder, &mut stop, peer, &settings).await;
                 drop((permit, alive, counted));
             });
@@ -311,8 +314,11 @@ async fn accept_loop(
                 h1::Ended::Fallback(stream, bytes::BytesMut::new())
             };
             if let h1::Ended::Fallback(stream, read) = ended {
-                let io = h1::Rewind::new(stream, read.freeze(), settings.client_send);
+                let mut io = h1::Rewind::new(stream, read.freeze(), settings.client_send);
                 let h2 = io.is_h2_preface();
+                if h2 {
+                    io.coalesce_writes();
+                }
                 counted.set_h2(h2);
                 serve_general(io, h2, state, &builder, &mut stop, peer, &settings).await;
             }

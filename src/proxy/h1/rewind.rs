@@ -24,6 +24,10 @@ pub struct Rewind<S = TcpStream> {
     /// Armed while a write waits for the client.
     stalled: Option<Pin<Box<Sleep>>>,
     send_timeout: Duration,
+    /// Hold each write back for one turn of the scheduler (HTTP/2).
+    coalesce: bool,
+    /// The current write was held back once already.
+    held: bool,
 }
 
 impl<S> Rewind<S> {
@@ -35,7 +39,39 @@ impl<S> Rewind<S> {
             stream,
             stalled: None,
             send_timeout,
+            coalesce: false,
+            held: false,
         }
+    }
+
+    /// Holds each write back for one turn of the scheduler, so the
+    /// frames of every stream whose answer is ready in that turn leave in
+    /// one write (HTTP/2 connections).
+    ///
+    /// hyper's HTTP/2 connection task writes whenever it runs, and tokio
+    /// runs it right after the stream task that woke it (its LIFO slot):
+    /// with many streams answered at once, each answer went out in a
+    /// system call of its own. A write asked for the first time returns
+    /// `Pending` and wakes its own task, which puts the connection's task
+    /// at the back of the run queue, behind the streams ready now; their
+    /// answers join the same write when it runs again (HAProxy's muxer
+    /// sends once per event-loop pass the same way). A write waits at most
+    /// for the tasks already queued.
+    pub fn coalesce_writes(&mut self) {
+        self.coalesce = true;
+    }
+
+    /// Whether this write is to wait one turn (and if so, arranges the
+    /// wake-up).
+    fn hold(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.coalesce {
+            return false;
+        }
+        self.held = !self.held;
+        if self.held {
+            cx.waker().wake_by_ref();
+        }
+        self.held
     }
 
     /// Whether the connection starts with the HTTP/2 connection preface.
@@ -95,6 +131,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.hold(cx) {
+            return Poll::Pending;
+        }
         let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
         self.bound(cx, polled)
     }
@@ -104,6 +143,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.hold(cx) {
+            return Poll::Pending;
+        }
         let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
         self.bound(cx, polled)
     }
@@ -120,5 +162,72 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
         self.bound(cx, polled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn coalescing_holds_each_write_back_once_and_wakes_its_task() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut io = Rewind::new(near, Bytes::new(), Duration::from_secs(5));
+        io.coalesce_writes();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut io = Pin::new(&mut io);
+        for (n, bytes) in [&b"one"[..], b"two"].into_iter().enumerate() {
+            assert!(io.as_mut().poll_write(&mut cx, bytes).is_pending());
+            assert_eq!(
+                count.0.load(Ordering::SeqCst),
+                n + 1,
+                "woken to write later"
+            );
+            match io.as_mut().poll_write(&mut cx, bytes) {
+                Poll::Ready(Ok(3)) => {}
+                other => panic!("the second try writes: {other:?}"),
+            }
+        }
+        let slices = [io::IoSlice::new(b"th"), io::IoSlice::new(b"ree")];
+        assert!(io
+            .as_mut()
+            .poll_write_vectored(&mut cx, &slices)
+            .is_pending());
+        assert!(matches!(
+            io.as_mut().poll_write_vectored(&mut cx, &slices),
+            Poll::Ready(Ok(5))
+        ));
+        let mut got = [0u8; 11];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"onetwothree");
+    }
+
+    #[tokio::test]
+    async fn without_coalescing_writes_go_at_once() {
+        let (near, _far) = tokio::io::duplex(1024);
+        let mut io = Rewind::new(near, Bytes::new(), Duration::from_secs(5));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(matches!(
+            Pin::new(&mut io).poll_write(&mut cx, b"now"),
+            Poll::Ready(Ok(3))
+        ));
     }
 }
