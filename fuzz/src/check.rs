@@ -514,6 +514,8 @@ pub fn chunked(data: &[u8]) {
         Err(e) => panic!("the scanner accepts a body the reference refuses: {e}"),
     };
     assert_eq!(end, c.len, "the body ends elsewhere");
+    // Taken apart (for HTTP/2 clients): exactly the reference's data.
+    assert_eq!(got.data, c.data, "the chunk data found differs");
     // Passed as received: everything before the trailer section.
     assert_eq!(&bytes[..got.passed.len()], got.passed.as_slice());
     let kept = parse_fields(&got.trailers);

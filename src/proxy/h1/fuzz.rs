@@ -356,6 +356,9 @@ pub struct Chunked {
     pub trailers: Vec<u8>,
     /// The body written out again (request direction), once ended.
     pub rechunked: Vec<u8>,
+    /// The chunk data as [`ChunkedScanner::feed_data`] found it (what an
+    /// HTTP/2 client gets of an HTTP/1.1 instance's chunked body).
+    pub data: Vec<u8>,
 }
 
 /// The chunked scanner on `input`.
@@ -367,10 +370,13 @@ pub fn chunked(input: &[u8], arrivals: &[usize], declared: &[&[u8]]) -> Chunked 
         passed: Vec::new(),
         trailers: Vec::new(),
         rechunked: Vec::new(),
+        data: Vec::new(),
     };
     let mut start = 0;
     for avail in pieces(input, arrivals) {
-        match scanner.feed(&input[start..avail]) {
+        let piece = &input[start..avail];
+        let data = &mut result.data;
+        match scanner.feed_data(piece, |a, b| data.extend_from_slice(&piece[a..b])) {
             Ok(scan) => {
                 result
                     .passed

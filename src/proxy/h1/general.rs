@@ -94,9 +94,18 @@ impl Sink for MapHead<'_> {
         let status = StatusCode::from_u16(h.status).map_err(|_| "invalid status code")?;
         let mut map = self.map.take().unwrap_or_default();
         map.clear();
+        // The values share one copy of the head instead of one allocation
+        // each.
+        let block = Bytes::copy_from_slice(h.bytes());
         let mut bad = false;
-        h.each_kept(|name, value| {
-            match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+        h.each_kept(|name, value, at| {
+            let value = match block.get(at..at + value.len()) {
+                Some(v) if v == value => {
+                    HeaderValue::from_maybe_shared(block.slice(at..at + value.len()))
+                }
+                _ => HeaderValue::from_bytes(value),
+            };
+            match (HeaderName::from_bytes(name), value) {
                 (Ok(n), Ok(v)) => {
                     map.append(n, v);
                 }

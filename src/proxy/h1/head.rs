@@ -282,11 +282,20 @@ impl ResponseHead<'_, '_> {
         self.reason
     }
 
-    /// Calls `f` with each header line the policy lets through, in order.
-    pub(crate) fn each_kept(&self, mut f: impl FnMut(&[u8], &[u8])) {
+    /// The head's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Calls `f` with each header line the policy lets through, in order:
+    /// its name, and its value with where the value starts in
+    /// [`bytes`](Self::bytes).
+    pub(crate) fn each_kept(&self, mut f: impl FnMut(&[u8], &[u8], usize)) {
         for (i, h) in self.headers.iter().enumerate() {
             if i >= 128 || self.plan.skip & (1 << i) == 0 {
-                f(h.name.as_bytes(), h.value);
+                // httparse's values are slices of the buffer it parsed.
+                let at = offset_in(self.buf, h.value).unwrap_or(0);
+                f(h.name.as_bytes(), h.value, at);
             }
         }
     }
