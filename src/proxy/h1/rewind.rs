@@ -28,12 +28,16 @@ pub struct Rewind<S = TcpStream> {
     coalesce: bool,
     /// The current write was held back once already.
     held: bool,
+    /// Nothing has been read yet and nothing was known of the protocol:
+    /// the first read tells whether it is HTTP/2.
+    sniff: bool,
 }
 
 impl<S> Rewind<S> {
     /// Puts `prefix` back in front of `stream`; writes stalled for longer
     /// than `send_timeout` fail.
     pub fn new(stream: S, prefix: Bytes, send_timeout: Duration) -> Self {
+        let prefix_is_empty = prefix.is_empty();
         Rewind {
             prefix,
             stream,
@@ -41,6 +45,7 @@ impl<S> Rewind<S> {
             send_timeout,
             coalesce: false,
             held: false,
+            sniff: prefix_is_empty,
         }
     }
 
@@ -57,6 +62,10 @@ impl<S> Rewind<S> {
     /// answers join the same write when it runs again (HAProxy's muxer
     /// sends once per event-loop pass the same way). A write waits at most
     /// for the tasks already queued.
+    ///
+    /// A connection handed over before anything was read (`proxy.fast_path
+    /// = false`) turns this on itself when its first bytes are the HTTP/2
+    /// preface.
     pub fn coalesce_writes(&mut self) {
         self.coalesce = true;
     }
@@ -121,7 +130,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if self.sniff && buf.filled().len() > before {
+            self.sniff = false;
+            if buf.filled()[before..].starts_with(b"PRI * HTTP/2.0") {
+                self.coalesce = true;
+            }
+        }
+        polled
     }
 }
 
@@ -217,6 +234,33 @@ mod tests {
         let mut got = [0u8; 11];
         far.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"onetwothree");
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_from_its_start_coalesces_if_it_is_http2() {
+        for (first, h2) in [
+            (&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\r\n", false),
+        ] {
+            let (near, mut far) = tokio::io::duplex(1024);
+            let mut io = Rewind::new(near, Bytes::new(), Duration::from_secs(5));
+            tokio::io::AsyncWriteExt::write_all(&mut far, first)
+                .await
+                .unwrap();
+            let mut got = vec![0u8; first.len()];
+            io.read_exact(&mut got).await.unwrap();
+            assert_eq!(io.coalesce, h2, "{first:?}");
+        }
+        // Bytes put back by the fast path are no HTTP/2 preface: the
+        // connection was sorted already.
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut io = Rewind::new(near, Bytes::from_static(b"GET"), Duration::from_secs(5));
+        tokio::io::AsyncWriteExt::write_all(&mut far, b"PRI * HTTP/2.0")
+            .await
+            .unwrap();
+        let mut got = [0u8; 17];
+        io.read_exact(&mut got).await.unwrap();
+        assert!(!io.coalesce);
     }
 
     #[tokio::test]
