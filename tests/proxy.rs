@@ -870,3 +870,53 @@ async fn http2_client_reaches_http1_instance_with_host() {
     })
     .await;
 }
+
+// An HTTP/2 client and an HTTP/1.1 instance answering chunked with
+// trailers: the data arrives taken apart, only the trailer field the
+// answer declared passes, and the instance's connection is pooled after
+// the clean end and used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_client_gets_chunked_data_and_declared_trailers_from_http1() {
+    use support::raw::{After, RawBackend};
+    within(30, "HTTP/2 client, chunked HTTP/1.1 answer", async {
+        let raw = RawBackend::start(None, |head| {
+            let answer: &[u8] = if head.starts_with("GET /chunks ") {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+                  5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-checksum: 42\r\nx-undeclared: 1\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"
+            };
+            (answer.to_vec(), After::KeepAlive)
+        })
+        .await;
+        let proxy = Proxy::start(&service_at("raw", None, &[raw.addr])).await;
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get("http://raw.svc/chunks")
+            .body(empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("h2 request");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().get("transfer-encoding").is_none());
+        let body = resp.into_body().collect().await.expect("whole body");
+        let trailers = body.trailers().cloned().expect("trailers");
+        assert_eq!(&body.to_bytes()[..], b"hello, world");
+        assert_eq!(trailers.len(), 1, "only the declared field: {trailers:?}");
+        assert_eq!(trailers["x-checksum"], "42");
+        let req = http::Request::get("http://raw.svc/plain")
+            .body(empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("h2 request");
+        let body = resp.into_body().collect().await.expect("whole body");
+        assert_eq!(&body.to_bytes()[..], b"plain");
+        assert_eq!(raw.requests(), 2);
+        assert_eq!(raw.accepted(), 1, "the first answer's connection was used again");
+        drop(sender);
+        conn.abort();
+    })
+    .await;
+}

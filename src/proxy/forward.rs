@@ -585,12 +585,12 @@ impl Proxy {
         deadline: Option<Duration>,
         rec: &mut Pending,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let mut timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+        let timer = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
         let mut exchange = RawExchange {
             proxy: self,
             service: raw.service,
             request: raw.request,
-            timer: &mut timer,
+            timer,
             resendable: raw.resendable,
             asked: sink.asked,
             watch: Dropped,

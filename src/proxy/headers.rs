@@ -45,7 +45,7 @@ pub(crate) fn keep_into(map: &mut HeaderMap, fields: &[(HeaderName, HeaderValue)
     map.clear();
     map.reserve(fields.len() + 6);
     for (i, (n, v)) in fields.iter().enumerate() {
-        if i >= 128 || skip & (1 << i) == 0 {
+        if super::policy::passes(skip, i) {
             map.append(n.clone(), v.clone());
         }
     }

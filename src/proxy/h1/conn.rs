@@ -411,7 +411,7 @@ impl Conn<'_> {
             proxy: self.proxy,
             service,
             request: &self.out,
-            timer: &mut self.response_timer,
+            timer: self.response_timer.as_mut(),
             resendable: routed.resendable,
             asked: Asked {
                 head: self.head_request,

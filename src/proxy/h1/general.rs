@@ -27,7 +27,7 @@ use crate::proxy::headers::MapWriter;
 use crate::proxy::policy::chunked::{ChunkError, ChunkedScanner};
 use crate::proxy::policy::request::{Hop, RequestPlan};
 use crate::proxy::policy::response::Asked;
-use crate::proxy::policy::Framing;
+use crate::proxy::policy::{passes, Framing};
 use crate::proxy::upstream::{self, RawConn};
 use crate::registry::InFlightGuard;
 
@@ -49,7 +49,7 @@ pub(crate) fn request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (i, (name, value)) in fields.iter().enumerate() {
-        if i >= 128 || plan.skip & (1 << i) == 0 {
+        if passes(plan.skip, i) {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
@@ -99,11 +99,9 @@ impl Sink for MapHead<'_> {
         let block = Bytes::copy_from_slice(h.bytes());
         let mut bad = false;
         h.each_kept(|name, value, at| {
-            let value = match block.get(at..at + value.len()) {
-                Some(v) if v == value => {
-                    HeaderValue::from_maybe_shared(block.slice(at..at + value.len()))
-                }
-                _ => HeaderValue::from_bytes(value),
+            let value = match at {
+                Some(at) => HeaderValue::from_maybe_shared(block.slice(at..at + value.len())),
+                None => HeaderValue::from_bytes(value),
             };
             match (HeaderName::from_bytes(name), value) {
                 (Ok(n), Ok(v)) => {

@@ -11,7 +11,7 @@ use httparse::Header;
 use crate::proxy::error::ProxyError;
 use crate::proxy::policy::request::{self, Hop, RequestPlan, RequestView, Version, MAX_FIELDS};
 use crate::proxy::policy::response::{self, Asked, Kind, ResponsePlan, ResponseView};
-use crate::proxy::policy::{fields, Framing};
+use crate::proxy::policy::{fields, passes, Framing};
 
 /// Storage for one head's parsed header lines.
 pub(crate) type HeaderSlots<'b> = [MaybeUninit<Header<'b>>; MAX_FIELDS];
@@ -180,7 +180,7 @@ fn copy_lines(buf: &[u8], headers: &[Header<'_>], skip: u128, out: &mut Vec<u8>)
     // The received bytes not yet copied: [start, end).
     let mut run: Option<(usize, usize)> = None;
     for (i, h) in headers.iter().enumerate() {
-        if skip & (1 << i) != 0 {
+        if !passes(skip, i) {
             continue;
         }
         let span = offset_in(buf, h.name.as_bytes())
@@ -288,13 +288,12 @@ impl ResponseHead<'_, '_> {
     }
 
     /// Calls `f` with each header line the policy lets through, in order:
-    /// its name, and its value with where the value starts in
-    /// [`bytes`](Self::bytes).
-    pub(crate) fn each_kept(&self, mut f: impl FnMut(&[u8], &[u8], usize)) {
+    /// its name, and its value with where the value lies in
+    /// [`bytes`](Self::bytes) (httparse's values are slices of the head).
+    pub(crate) fn each_kept(&self, mut f: impl FnMut(&[u8], &[u8], Option<usize>)) {
         for (i, h) in self.headers.iter().enumerate() {
-            if i >= 128 || self.plan.skip & (1 << i) == 0 {
-                // httparse's values are slices of the buffer it parsed.
-                let at = offset_in(self.buf, h.value).unwrap_or(0);
+            if passes(self.plan.skip, i) {
+                let at = offset_in(&self.buf[..self.len], h.value);
                 f(h.name.as_bytes(), h.value, at);
             }
         }

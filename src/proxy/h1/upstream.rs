@@ -70,7 +70,7 @@ pub(crate) struct RawExchange<'a, W, S> {
     /// The request head (and buffered body) for the instance.
     pub request: &'a [u8],
     /// The response-header deadline, one timer moved for each attempt.
-    pub timer: &'a mut Pin<Box<Sleep>>,
+    pub timer: Pin<&'a mut Sleep>,
     /// The request may be repeated after it was written.
     pub resendable: bool,
     pub asked: Asked<'a>,

@@ -53,6 +53,14 @@ pub(crate) enum Framing {
     UntilClose,
 }
 
+/// Whether line `i` of a head passes a plan's `skip` mask (bit `i` set:
+/// the line is dropped). Plans refuse heads over
+/// [`request::MAX_FIELDS`] lines, so every line has a bit.
+#[inline]
+pub(crate) fn passes(skip: u128, i: usize) -> bool {
+    i >= 128 || skip & (1 << i) == 0
+}
+
 /// The header lines of a received head, by index, as either codec holds
 /// them.
 pub(crate) trait Fields {

@@ -14,7 +14,9 @@ use super::*;
 use crate::registry::{Health, InstanceKey, InstanceState};
 
 /// A body framed by `framing` on a fresh loopback connection whose far
-/// end writes `pieces` (pausing between them), then closes when `close`.
+/// end writes `pieces` (one write each, yielding between them, so they
+/// may arrive apart: any split reads the same, see the scanner's tests),
+/// then closes when `close`.
 async fn body_of(
     framing: Framing,
     trailers: &[&str],
@@ -41,7 +43,7 @@ async fn with_read(
         let (mut s, _) = listener.accept().await.unwrap();
         for p in pieces {
             s.write_all(p).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::task::yield_now().await;
         }
         if !close {
             std::future::pending::<()>().await;
