@@ -128,17 +128,25 @@ tree_pids() {
     ps -o pid= --ppid "$1" 2>/dev/null || true
 }
 
-# utime + stime of a process tree, in clock ticks.
-cpu_ticks() {
-    local total=0 pid stat rest
-    for pid in $(tree_pids "$1"); do
+# Sum over a process tree ($1) of the /proc/PID/stat fields given (0 = the
+# state field, 11 = utime, 12 = stime), in clock ticks.
+stat_ticks() {
+    local root=$1 total=0 pid stat rest i
+    shift
+    for pid in $(tree_pids "$root"); do
         stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
         rest=${stat##*) } # fields from the 3rd (state) on
         read -r -a f <<<"$rest"
-        total=$((total + f[11] + f[12]))
+        for i in "$@"; do total=$((total + f[i])); done
     done
     echo "$total"
 }
+
+# utime + stime of a process tree, in clock ticks.
+cpu_ticks() { stat_ticks "$1" 11 12; }
+
+# stime alone of a process tree (time in the kernel), in clock ticks.
+sys_ticks() { stat_ticks "$1" 12; }
 
 # "busy total" clock ticks of core $1 since boot (busy: all but idle and
 # iowait; guest time is already inside user).
