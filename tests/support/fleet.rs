@@ -105,8 +105,27 @@ impl Default for FleetOptions {
 }
 
 impl FleetProxy {
-    /// Starts proxy `name` with `opts` and waits until it listens.
+    /// Starts proxy `name` with `opts` and waits until it listens. On
+    /// loopback, a gossip port taken in the moment between its reservation
+    /// and the proxy's bind is retried with a new one.
     pub async fn start(name: &str, opts: &FleetOptions) -> FleetProxy {
+        for _ in 0..10 {
+            match Self::try_start(name, opts).await {
+                Ok(proxy) => return proxy,
+                Err(log)
+                    if matches!(opts.place, Place::Loopback) && super::address_in_use(&log) =>
+                {
+                    continue
+                }
+                Err(log) => panic!("proxy {name} exited before listening; log:\n{log}"),
+            }
+        }
+        panic!("no free gossip port for proxy {name} in 10 tries");
+    }
+
+    /// One try of [`FleetProxy::start`]: the log when the proxy exits
+    /// before it listens.
+    async fn try_start(name: &str, opts: &FleetOptions) -> Result<FleetProxy, String> {
         let (port, gossip, listen) = match &opts.place {
             Place::Loopback => {
                 let port = gossip_port();
@@ -160,13 +179,13 @@ impl FleetProxy {
             port.release();
         }
         let proc = Proc::spawn(cmd);
-        let at = proc.listening(20).await;
-        FleetProxy {
+        let at = proc.try_listening(20).await?;
+        Ok(FleetProxy {
             proc,
             view: ProxyView { at },
             gossip,
             _config: config,
-        }
+        })
     }
 }
 

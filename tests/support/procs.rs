@@ -232,37 +232,56 @@ impl Proc {
     /// Waits (bounded) until stderr contains `needle`; fails at once when
     /// stderr closes (the process exited) without it.
     pub async fn wait_log(&self, secs: u64, needle: &str) {
-        let what = format!("log line containing {needle:?}");
+        if let Err(log) = self.try_wait_log(secs, needle).await {
+            panic!("log line containing {needle:?}: stderr closed without it; log:\n{log}");
+        }
+    }
+
+    /// [`Proc::wait_log`], with the log as the error when the process
+    /// exited without the line (a caller may retry, see
+    /// [`address_in_use`]); not within `secs` fails the test.
+    pub async fn try_wait_log(&self, secs: u64, needle: &str) -> Result<(), String> {
         let found = tokio::time::timeout(Duration::from_secs(secs), async {
             loop {
                 // Whether it closed is read first: the lines read before are in.
                 let closed = self.reader.is_finished();
                 if self.log.lock().unwrap().contains(needle) {
-                    return;
+                    return Ok(());
                 }
                 if closed {
-                    panic!("{what}: stderr closed without it; log:\n{}", self.log());
+                    return Err(self.log());
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await;
-        if found.is_err() {
-            panic!("{what}: not within {secs}s; log:\n{}", self.log());
-        }
+        found.unwrap_or_else(|_| {
+            panic!(
+                "log line containing {needle:?}: not within {secs}s; log:\n{}",
+                self.log()
+            )
+        })
     }
 
     /// Waits (bounded) for `wayfinder run`'s "wayfinder listening" line
     /// and returns the addresses it names: a config may then listen on
     /// port 0 (proxy and admin API) and the test reads the ports back.
     pub async fn listening(&self, secs: u64) -> Listening {
-        self.wait_log(secs, "wayfinder listening").await;
+        self.try_listening(secs)
+            .await
+            .unwrap_or_else(|log| panic!("wayfinder exited before listening; log:\n{log}"))
+    }
+
+    /// [`Proc::listening`], with the log as the error when the process
+    /// exited first.
+    pub async fn try_listening(&self, secs: u64) -> Result<Listening, String> {
+        self.try_wait_log(secs, "wayfinder listening").await?;
         let log = self.log();
         let line = log
             .lines()
             .find(|l| l.contains("wayfinder listening"))
             .expect("the line just waited for");
-        Listening::parse(line).unwrap_or_else(|| panic!("unexpected listening line: {line}"))
+        Ok(Listening::parse(line).unwrap_or_else(|| panic!("unexpected listening line: {line}")))
     }
 
     /// The IPv4 TCP addresses it listens on now, read from `/proc` (its
