@@ -875,6 +875,72 @@ async fn http2_client_reaches_http1_instance_with_host() {
 // trailers: the data arrives taken apart, only the trailer field the
 // answer declared passes, and the instance's connection is pooled after
 // the clean end and used again.
+/// `timeouts.response_body`: an instance that falls silent mid-body is cut
+/// off after the pause limit on every path (the HTTP/1.1 fast path, the
+/// raw exchange an HTTP/2 client's GET takes, hyper's client for a request
+/// with a body): the client sees the body cut short, the connection is not
+/// used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_silent_mid_body_is_cut_off_on_every_path() {
+    use support::raw::{After, RawBackend};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(30, "silent instance mid-body", async {
+        let raw = RawBackend::start(None, |_| {
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec(),
+                After::KeepAlive,
+            )
+        })
+        .await;
+        let config = format!(
+            "{}[services.raw.timeouts]\nresponse_body = \"300ms\"\n",
+            service_at("raw", None, &[raw.addr])
+        );
+        let proxy = Proxy::start(&config).await;
+
+        // HTTP/1.1 fast path: the head and the first bytes, then a close.
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: raw.svc\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let read = stream.read_to_end(&mut got).await;
+        assert!(read.is_ok() || !got.is_empty(), "{read:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\nabc"),
+            "cut short after the data: {text}"
+        );
+
+        // HTTP/2 client: a GET (raw exchange) and a POST (hyper's client).
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        for req in [
+            http::Request::get("http://raw.svc/").body(empty()).unwrap(),
+            http::Request::post("http://raw.svc/")
+                .body(full("x"))
+                .unwrap(),
+        ] {
+            let method = req.method().clone();
+            let resp = sender.send_request(req).await.expect("h2 request");
+            assert_eq!(resp.status(), StatusCode::OK, "{method}");
+            let body = resp.into_body().collect().await;
+            assert!(body.is_err(), "{method}: the stream is reset, not ended");
+        }
+        assert_eq!(raw.requests(), 3);
+        assert_eq!(raw.accepted(), 3, "no cut-off connection was used again");
+        drop(sender);
+        conn.abort();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_client_gets_chunked_data_and_declared_trailers_from_http1() {
     use support::raw::{After, RawBackend};

@@ -89,6 +89,10 @@ pub(crate) mod timeouts {
     pub(crate) const RESPONSE_HEADER: Duration = Duration::from_secs(30);
     /// `timeouts.client_header`.
     pub(crate) const CLIENT_HEADER: Duration = Duration::from_secs(30);
+    /// `timeouts.response_body`: as Envoy's stream idle timeout, long
+    /// enough for quiet server streams (nginx's `proxy_read_timeout` is
+    /// 60 s).
+    pub(crate) const RESPONSE_BODY: Duration = Duration::from_secs(300);
     /// `timeouts.upstream_idle`.
     pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
     /// `timeouts.shutdown_drain`.

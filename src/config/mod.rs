@@ -174,6 +174,9 @@ pub struct Timeouts {
     /// From writing the request upstream to receiving the response head.
     #[serde(serialize_with = "serialize::duration")]
     pub response_header: Duration,
+    /// Longest pause while an instance sends a response body.
+    #[serde(serialize_with = "serialize::duration")]
+    pub response_body: Duration,
     /// On SIGTERM/SIGINT: how long the proxy keeps serving, with `/readyz`
     /// reporting not ready, before it stops accepting (zero: at once).
     #[serde(serialize_with = "serialize::duration")]

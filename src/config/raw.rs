@@ -200,6 +200,9 @@ pub(crate) struct RawTimeouts {
     /// From sending the request to receiving the upstream response head.
     /// Default [`d::timeouts::RESPONSE_HEADER`].
     pub response_header: Option<Spanned<Dur>>,
+    /// Longest pause while an instance sends a response body. Default
+    /// [`d::timeouts::RESPONSE_BODY`].
+    pub response_body: Option<Spanned<Dur>>,
     /// Waiting for a client's request head (also bounds keep-alive idle).
     /// Default [`d::timeouts::CLIENT_HEADER`].
     pub client_header: Option<Spanned<Dur>>,
@@ -592,6 +595,9 @@ pub(crate) struct RawServiceTimeouts {
     /// Per attempt, request written to response head. Default:
     /// `timeouts.response_header`.
     pub response_header: Option<Spanned<Dur>>,
+    /// Longest pause while an instance sends a response body. Default:
+    /// `timeouts.response_body`.
+    pub response_body: Option<Spanned<Dur>>,
     /// The whole request until the response head, all attempts included.
     /// Default none.
     pub request: Option<Spanned<Dur>>,

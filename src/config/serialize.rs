@@ -287,9 +287,10 @@ impl Serialize for ServicePolicy {
 
 impl Serialize for ServiceTimeouts {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("ServiceTimeouts", 3)?;
+        let mut m = s.serialize_struct("ServiceTimeouts", 4)?;
         m.serialize_field("connect", &Dur(self.connect))?;
         m.serialize_field("response_header", &Dur(self.response_header))?;
+        m.serialize_field("response_body", &Dur(self.response_body))?;
         m.serialize_field("request", &self.request.map(Dur))?;
         m.end()
     }

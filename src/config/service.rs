@@ -172,6 +172,8 @@ pub struct ServiceTimeouts {
     pub connect: Duration,
     /// Request written to response head received, per attempt.
     pub response_header: Duration,
+    /// Longest pause while an instance sends a response body.
+    pub response_body: Duration,
     /// Whole request until the response head, all attempts included.
     pub request: Option<Duration>,
 }

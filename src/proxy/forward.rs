@@ -562,6 +562,7 @@ impl Proxy {
             resp,
             guard,
             sender,
+            service.policy().timeouts.response_body,
             (plan, fields),
             opened,
             asked,
@@ -611,7 +612,8 @@ impl Proxy {
             super::traffic::sticky_cookie(raw.service, raw.choice, guard.instance().addr());
         let grpc = grpc::is_grpc(&mapped.parts.headers);
         let instance = guard.instance().clone();
-        let body = RawBody::new(conn, guard, &mut mapped, grpc).map_err(|detail| {
+        let pause = raw.service.policy().timeouts.response_body;
+        let body = RawBody::new(conn, guard, &mut mapped, grpc, pause).map_err(|detail| {
             tracing::debug!(service = %raw.service.name(), instance = %instance.addr(), detail, "bad response body");
             rec.instance = None;
             ProxyError::BadResponse {
@@ -733,6 +735,7 @@ impl Proxy {
         resp: Response<Incoming>,
         guard: InFlightGuard,
         sender: Sender,
+        pause: Duration,
         (plan, fields): (ResponsePlan, Vec<(HeaderName, HeaderValue)>),
         opened: Option<(OnUpgrade, &Tunnel)>,
         asked: Asked<'_>,
@@ -761,7 +764,7 @@ impl Proxy {
             // body, ...) is closed with the body, never pooled.
             let sender = plan.reusable.then_some(sender);
             let grpc = grpc::is_grpc(&parts.headers);
-            let body = ProxyBody::Upstream(TrackedBody::new(body, guard, sender, grpc));
+            let body = ProxyBody::Upstream(TrackedBody::new(body, guard, sender, grpc, pause));
             return Ok(Response::from_parts(parts, body));
         };
         let Some(upstream_up) = parts.extensions.remove::<OnUpgrade>() else {

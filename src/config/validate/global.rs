@@ -233,6 +233,7 @@ pub(super) fn timeouts(cx: &Cx<'_>, t: &RawTimeouts) -> (Timeouts, ConnectionTim
             "timeouts.response_header",
             d::RESPONSE_HEADER,
         ),
+        response_body: cx.duration_or(&t.response_body, "timeouts.response_body", d::RESPONSE_BODY),
         // Zero is allowed: no pre-stop delay.
         pre_stop: duration_or_zero(&t.pre_stop, d::PRE_STOP),
     };

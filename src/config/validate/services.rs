@@ -34,6 +34,7 @@ pub(super) fn default_policy(
         timeouts: ServiceTimeouts {
             connect: timeouts.connect,
             response_header: timeouts.response_header,
+            response_body: timeouts.response_body,
             request: None,
         },
         health: None,
@@ -198,6 +199,11 @@ fn policy(
             &t.response_header,
             "timeouts.response_header",
             defaults.timeouts.response_header,
+        ),
+        response_body: dur(
+            &t.response_body,
+            "timeouts.response_body",
+            defaults.timeouts.response_body,
         ),
         request: match &t.request {
             None => None,

@@ -10,7 +10,9 @@
 //! buffering of the whole body by `timeouts.client_header` again (a body
 //! still arriving then is handed, with its connection, to the general
 //! path, which streams it); each write to the client by
-//! `timeouts.client_send`; the instance by the service's timeouts. While the instance works, the client socket is
+//! `timeouts.client_send`; the instance by the service's timeouts (its
+//! response head by `timeouts.response_header`, each pause in its response
+//! body by `timeouts.response_body`). While the instance works, the client socket is
 //! watched: a client that closes or resets its connection cancels the
 //! exchange at once (the upstream connection is closed, not pooled, and the
 //! instance's in-flight count is released).
@@ -32,6 +34,7 @@ use super::head::{self, HeadError, ResponseHead};
 use super::upstream::{read_more, RawExchange, Sink, Watch, READ_SPACE};
 use crate::balance::Choice;
 use crate::proxy::attempt::{self, Tally};
+use crate::proxy::body::pause_detail;
 use crate::proxy::error::{ProxyError, BAD_BODY};
 use crate::proxy::forward::{DEBUG_HEADER, SNAPSHOT_HEADER};
 use crate::proxy::observe::{self, Done};
@@ -463,7 +466,11 @@ impl Conn<'_> {
         self.extra_headers(trail.as_deref(), close);
         self.resp.extend_from_slice(b"\r\n");
         let body = answer.body;
-        match self.relay_body(&mut upstream, body, answer.trailers).await {
+        let pause = service.policy().timeouts.response_body;
+        match self
+            .relay_body(&mut upstream, body, answer.trailers, pause)
+            .await
+        {
             Ok(true) if answer.reusable && upstream.buf.is_empty() => {
                 upstream::keep_raw(guard.instance(), upstream);
             }
@@ -498,12 +505,15 @@ impl Conn<'_> {
     }
 
     /// Sends the head in `resp` and the body behind it in `upstream`;
-    /// `Ok(true)` when the body ended where its framing said.
+    /// `Ok(true)` when the body ended where its framing said. The
+    /// instance may pause for at most `pause` (`timeouts.response_body`)
+    /// between two reads.
     async fn relay_body(
         &mut self,
         upstream: &mut RawConn,
         body: Framing,
         trailers: Vec<Vec<u8>>,
+        pause: Duration,
     ) -> Result<bool, Relay> {
         let mut scan = ResponseBodyScan::new(body, trailers);
         // Bytes out are body bytes, as on the hyper path.
@@ -563,7 +573,15 @@ impl Conn<'_> {
             if done {
                 return Ok(true);
             }
-            if read_more(&mut upstream.stream, &mut upstream.buf).await? == 0 {
+            let read =
+                tokio::time::timeout(pause, read_more(&mut upstream.stream, &mut upstream.buf));
+            let Ok(read) = read.await else {
+                return Err(Relay::Broken(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    pause_detail(pause),
+                )));
+            };
+            if read? == 0 {
                 return if body == Framing::UntilClose {
                     Ok(false)
                 } else {

@@ -11,7 +11,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -22,7 +23,7 @@ use tokio::io::AsyncReadExt;
 
 use super::head::ResponseHead;
 use super::upstream::{Sink, READ_SPACE};
-use crate::proxy::body::BoxError;
+use crate::proxy::body::{BodyPause, BoxError};
 use crate::proxy::headers::MapWriter;
 use crate::proxy::policy::chunked::{ChunkError, ChunkedScanner};
 use crate::proxy::policy::request::{Hop, RequestPlan};
@@ -163,6 +164,8 @@ pub struct RawBody {
     spans: Vec<(usize, usize)>,
     /// Data taken from the bytes read with the head, sent first.
     first: Option<Bytes>,
+    /// `timeouts.response_body`.
+    pause: BodyPause,
 }
 
 #[derive(Debug)]
@@ -189,6 +192,7 @@ impl RawBody {
         guard: InFlightGuard,
         mapped: &mut Mapped,
         grpc: bool,
+        pause: Duration,
     ) -> Result<Self, &'static str> {
         let state = match mapped.framing {
             Framing::Empty | Framing::Length(0) => State::Done,
@@ -206,6 +210,7 @@ impl RawBody {
             grpc,
             spans: Vec::new(),
             first: None,
+            pause: BodyPause::new(pause),
         };
         if body.conn.as_ref().is_some_and(|c| !c.buf.is_empty()) {
             match body.take() {
@@ -288,7 +293,8 @@ impl RawBody {
     }
 
     /// Ends the body on an error: the client sees a broken body, or a gRPC
-    /// client a status. The error itself comes one poll later: hyper's
+    /// client a status (DEADLINE_EXCEEDED if the instance `paused` too
+    /// long, UNAVAILABLE otherwise). The error itself comes one poll later: hyper's
     /// server drops what it has not written yet when a body fails, so it
     /// first gets a turn to send the head and data it holds (as when the
     /// failure is noticed in a later read), and the client sees a message
@@ -296,12 +302,13 @@ impl RawBody {
     fn fail(
         &mut self,
         detail: &str,
+        paused: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.finish(false);
         if self.grpc {
             self.state = State::Done;
-            let trailers = crate::proxy::body::grpc_unavailable(&detail);
+            let trailers = crate::proxy::body::grpc_failed(paused, &detail);
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         self.state = State::Failed(detail.to_owned());
@@ -367,21 +374,30 @@ impl Body for RawBody {
                         return Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     Ok(_) => continue,
-                    Err(e) => return this.fail(e.0, cx),
+                    Err(e) => return this.fail(e.0, false, cx),
                 }
             }
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match ready!(poll_read(conn, cx)) {
+            let read = match poll_read(conn, cx) {
+                Poll::Pending if this.pause.expired(cx) => {
+                    let detail = this.pause.detail();
+                    return this.fail(&detail, true, cx);
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(read) => read,
+            };
+            this.pause.progressed();
+            match read {
                 Ok(0) if matches!(this.state, State::UntilClose) => {
                     this.state = State::Done;
                     this.finish(false);
                     return Poll::Ready(None);
                 }
-                Ok(0) => return this.fail("instance closed mid-body", cx),
+                Ok(0) => return this.fail("instance closed mid-body", false, cx),
                 Ok(_) => {}
-                Err(e) => return this.fail(&e.to_string(), cx),
+                Err(e) => return this.fail(&e.to_string(), false, cx),
             }
         }
     }

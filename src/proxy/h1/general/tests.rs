@@ -71,8 +71,15 @@ async fn with_read(
         trailers: trailers.iter().map(|t| t.as_bytes().to_vec()).collect(),
     };
     let guard = InFlightGuard::new(instance.clone());
-    (RawBody::new(conn, guard, &mut mapped, grpc), instance)
+    (
+        RawBody::new(conn, guard, &mut mapped, grpc, PAUSE),
+        instance,
+    )
 }
+
+/// `timeouts.response_body` for these bodies: short, so that an instance
+/// falling silent is noticed within the test.
+const PAUSE: Duration = Duration::from_millis(300);
 
 /// The body's data, its trailers, and the error that ended it, if any.
 async fn read_all(body: &mut RawBody) -> (Vec<u8>, Option<HeaderMap>, Option<String>) {
@@ -156,6 +163,85 @@ async fn a_body_cut_short_is_an_error_or_a_grpc_status() {
     let (_, trailers, error) = read_all(&mut body).await;
     assert_eq!(error, None, "a gRPC client gets a status instead");
     assert_eq!(trailers.expect("trailers")["grpc-status"], "14");
+}
+
+#[tokio::test]
+async fn an_instance_silent_mid_body_is_cut_off_after_the_pause_limit() {
+    let (mut body, instance) = body_of(Framing::Length(10), &[], false, &[b"abc"], false).await;
+    let (data, _, error) = read_all(&mut body).await;
+    assert_eq!(data, b"abc", "what came before the pause is delivered");
+    assert_eq!(
+        error.as_deref(),
+        Some("instance sent nothing for 300ms mid-body (timeouts.response_body)")
+    );
+    assert_eq!(upstream::idle_connections(&instance), 0, "not pooled");
+    assert_eq!(instance.in_flight(), 0);
+
+    let (mut body, _) = body_of(Framing::Chunked, &[], true, &[b"3\r\nabc\r\n"], false).await;
+    let (data, trailers, error) = read_all(&mut body).await;
+    assert_eq!((&data[..], error), (&b"abc"[..], None));
+    let trailers = trailers.expect("a gRPC client gets a status");
+    assert_eq!(trailers["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert!(trailers["grpc-message"]
+        .to_str()
+        .unwrap()
+        .contains("timeouts.response_body"));
+}
+
+#[tokio::test]
+async fn a_body_that_keeps_coming_outlives_the_pause_limit() {
+    // Each piece arrives within the limit; the whole body takes longer.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        for _ in 0..4 {
+            s.write_all(b"ab").await.unwrap();
+            // Paced by the reader: the next piece once this one was read,
+            // after a third of the limit.
+            if rx.recv().await.is_none() {
+                return;
+            }
+            tokio::time::sleep(PAUSE / 3).await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let instance = Arc::new(InstanceState::new(
+        InstanceKey {
+            service: "a".into(),
+            addr,
+        },
+        Health::NotChecked,
+    ));
+    let conn = RawConn {
+        stream,
+        buf: BytesMut::new(),
+    };
+    let (parts, ()) = Response::new(()).into_parts();
+    let mut mapped = Mapped {
+        parts,
+        framing: Framing::Length(8),
+        reusable: true,
+        trailers: Vec::new(),
+    };
+    let guard = InFlightGuard::new(instance.clone());
+    let mut body = RawBody::new(conn, guard, &mut mapped, false, PAUSE).unwrap();
+    let started = tokio::time::Instant::now();
+    let mut data = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("a frame within the bound")
+    {
+        data.extend_from_slice(&frame.expect("no pause error").into_data().unwrap());
+        let _ = tx.try_send(());
+    }
+    assert_eq!(data, b"abababab");
+    assert!(
+        started.elapsed() >= PAUSE,
+        "the body took longer than one limit"
+    );
 }
 
 #[tokio::test]
