@@ -393,3 +393,43 @@ async fn an_instance_going_away_mid_load_loses_no_call() {
         b.calls()
     );
 }
+
+/// `timeouts.response_body`: a server stream whose instance falls silent
+/// for longer than the limit ends with DEADLINE_EXCEEDED naming the
+/// setting; one whose messages keep coming within the limit runs past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_silent_past_the_pause_limit_is_deadline_exceeded() {
+    let a = GrpcInstance::start("a").await;
+    let proxy = proxy(
+        &[&a],
+        "[services.echo.timeouts]\nresponse_body = \"300ms\"\n",
+    )
+    .await;
+    let mut client = client(proxy.addr).await;
+
+    // Eight messages 60 ms apart: 420 ms in all, each pause well within.
+    let mut stream = count(&mut client, 8, 60).await;
+    let mut got = 0;
+    while let Some(_msg) = within(10, "a steady stream", stream.message())
+        .await
+        .expect("no error")
+    {
+        got += 1;
+    }
+    assert_eq!(got, 8);
+
+    // The first message at once, the second 20 s later.
+    let mut stream = count(&mut client, 2, 20_000).await;
+    within(10, "the first message", stream.message())
+        .await
+        .expect("message")
+        .expect("not ended");
+    let status = within(10, "the pause is cut off", stream.message())
+        .await
+        .expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("timeouts.response_body"),
+        "{status:?}"
+    );
+}

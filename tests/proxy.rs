@@ -20,9 +20,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use support::{
-    echoed, empty, full, pattern_body, pattern_sha256, post_order, raw_exchange, refused_addr,
-    request, rss_bytes, service, service_at, service_balanced, wait_until, within, Backend,
-    BoxError, H1Client, Mode, Proxy, Reconnecting, Reply,
+    echoed, empty, full, h2_client, pattern_body, pattern_sha256, post_order, raw_exchange,
+    refused_addr, request, rss_bytes, service, service_at, service_balanced, wait_until, within,
+    Backend, BoxError, H1Client, Mode, Proxy, Reconnecting, Reply,
 };
 
 /// Sends `total` GETs for `host` from `workers` concurrent keep-alive
@@ -843,12 +843,7 @@ async fn http2_client_reaches_http1_instance_with_host() {
     within(30, "HTTP/2 to HTTP/1.1", async {
         let echo = Backend::builder("echo").mode(Mode::Echo).start().await;
         let proxy = Proxy::start(&service("echo", &[&echo])).await;
-        let stream = TcpStream::connect(proxy.addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("h2 handshake");
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = h2_client(proxy.addr).await;
         for i in 0..3 {
             let req = http::Request::get(format!("http://echo.svc/h2?i={i}"))
                 .body(empty())
@@ -878,18 +873,21 @@ async fn http2_client_reaches_http1_instance_with_host() {
 /// `timeouts.response_body`: an instance that falls silent mid-body is cut
 /// off after the pause limit on every path (the HTTP/1.1 fast path, the
 /// raw exchange an HTTP/2 client's GET takes, hyper's client for a request
-/// with a body): the client sees the body cut short, the connection is not
-/// used again.
+/// with a body): the client sees the body cut short (never a clean end: a
+/// close-delimited body ends in a reset), the connection is not used
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_silent_mid_body_is_cut_off_on_every_path() {
     use support::raw::{After, RawBackend};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     within(30, "silent instance mid-body", async {
-        let raw = RawBackend::start(None, |_| {
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec(),
-                After::KeepAlive,
-            )
+        let raw = RawBackend::start(None, |head| {
+            let answer: &[u8] = if head.starts_with("GET /until-close ") {
+                b"HTTP/1.1 200 OK\r\n\r\nabc"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+            };
+            (answer.to_vec(), After::KeepAlive)
         })
         .await;
         let config = format!(
@@ -905,22 +903,34 @@ async fn an_instance_silent_mid_body_is_cut_off_on_every_path() {
             .await
             .unwrap();
         let mut got = Vec::new();
-        let read = stream.read_to_end(&mut got).await;
-        assert!(read.is_ok() || !got.is_empty(), "{read:?}");
+        stream
+            .read_to_end(&mut got)
+            .await
+            .expect("a clean close: the length shows the cut");
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(
             text.ends_with("\r\n\r\nabc"),
             "cut short after the data: {text}"
         );
+        // A body delimited by the close: a clean close would pass the cut
+        // for its end, so the client's connection is reset instead.
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET /until-close HTTP/1.1\r\nHost: raw.svc\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let read = stream.read_to_end(&mut got).await;
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
 
         // HTTP/2 client: a GET (raw exchange) and a POST (hyper's client).
-        let stream = TcpStream::connect(proxy.addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("h2 handshake");
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = h2_client(proxy.addr).await;
         for req in [
             http::Request::get("http://raw.svc/").body(empty()).unwrap(),
             http::Request::post("http://raw.svc/")
@@ -933,8 +943,8 @@ async fn an_instance_silent_mid_body_is_cut_off_on_every_path() {
             let body = resp.into_body().collect().await;
             assert!(body.is_err(), "{method}: the stream is reset, not ended");
         }
-        assert_eq!(raw.requests(), 3);
-        assert_eq!(raw.accepted(), 3, "no cut-off connection was used again");
+        assert_eq!(raw.requests(), 4);
+        assert_eq!(raw.accepted(), 4, "no cut-off connection was used again");
         drop(sender);
         conn.abort();
     })
@@ -956,12 +966,7 @@ async fn http2_client_gets_chunked_data_and_declared_trailers_from_http1() {
         })
         .await;
         let proxy = Proxy::start(&service_at("raw", None, &[raw.addr])).await;
-        let stream = TcpStream::connect(proxy.addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("h2 handshake");
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = h2_client(proxy.addr).await;
         let req = http::Request::get("http://raw.svc/chunks")
             .body(empty())
             .unwrap();

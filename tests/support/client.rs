@@ -184,6 +184,24 @@ pub struct RawReply {
     pub body: String,
 }
 
+/// An HTTP/2 (prior knowledge) client connection to `addr`: its sender,
+/// and the task driving the connection (abort it when done).
+pub async fn h2_client(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Body>,
+    JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    (sender, tokio::spawn(conn))
+}
+
 /// Writes `request` as-is to a fresh connection to `addr` and reads until
 /// the server closes it (send `Connection: close` to make it do so).
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Result<RawReply, BoxError> {

@@ -270,6 +270,46 @@ instances = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
     }
 
     #[test]
+    fn response_body_pause_defaults_inherits_and_is_set_per_service() {
+        let c = parse(
+            "[services.a]\ninstances = [\"127.0.0.1:1\"]\n\
+             [services.b]\ninstances = [\"127.0.0.1:2\"]\n\
+             [services.b.timeouts]\nresponse_body = \"10m\"\n",
+        )
+        .unwrap();
+        let d = defaults::timeouts::RESPONSE_BODY;
+        assert_eq!(c.timeouts.response_body, d);
+        assert_eq!(c.services["a"].policy.timeouts.response_body, d);
+        assert_eq!(c.default_policy.timeouts.response_body, d);
+        assert_eq!(
+            c.services["b"].policy.timeouts.response_body,
+            Duration::from_secs(600)
+        );
+        // The global value is every service's default, registry-only ones
+        // included.
+        let c = parse(
+            "[timeouts]\nresponse_body = \"45s\"\n\
+             [services.a]\ninstances = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.services["a"].policy.timeouts.response_body,
+            Duration::from_secs(45)
+        );
+        assert_eq!(
+            c.default_policy.timeouts.response_body,
+            Duration::from_secs(45)
+        );
+        let (line, key, msg) = err("[services.a]\ninstances = [\"127.0.0.1:1\"]\n\
+             [services.a.timeouts]\nresponse_body = \"0s\"\n");
+        assert_eq!(
+            (line, key.as_str()),
+            (4, "services.a.timeouts.response_body")
+        );
+        assert!(msg.contains("greater than zero"), "{msg}");
+    }
+
+    #[test]
     fn duplicate_service_is_a_syntax_error_with_line() {
         let (line, _, msg) = err("[services.a]\ninstances = [\"127.0.0.1:1\"]\n[services.a]\ninstances = [\"127.0.0.1:2\"]\n");
         assert_eq!(line, 3, "{msg}");

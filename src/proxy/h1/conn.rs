@@ -100,6 +100,11 @@ pub(crate) async fn serve(
                 let _ = conn.stream.shutdown().await;
                 return Ended::Closed;
             }
+            Step::Reset => {
+                // Dropped with no linger: the peer gets a reset, not a FIN.
+                let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+                return Ended::Closed;
+            }
             Step::Fallback => return Ended::Fallback(conn.stream, conn.buf),
         }
     }
@@ -108,6 +113,9 @@ pub(crate) async fn serve(
 enum Step {
     Next,
     Close,
+    /// Close with a reset: the answer was cut short where a clean close
+    /// would pass for its end (a body delimited by the close).
+    Reset,
     Fallback,
 }
 
@@ -492,7 +500,11 @@ impl Conn<'_> {
             Err(Relay::Broken(e)) => {
                 tracing::debug!(service = %service.name(), instance = %guard.instance().addr(), error = %e, "response relay ended early");
                 self.done(Some(service), Some(guard.instance()), answer.status, tally);
-                return Step::Close;
+                return if body == Framing::UntilClose {
+                    Step::Reset
+                } else {
+                    Step::Close
+                };
             }
         }
         self.done(Some(service), Some(guard.instance()), answer.status, tally);

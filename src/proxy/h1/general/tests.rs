@@ -50,6 +50,19 @@ async fn with_read(
         }
     });
     let stream = TcpStream::connect(addr).await.unwrap();
+    on_stream(stream, read, framing, trailers, grpc)
+}
+
+/// The body framed by `framing` on `stream` (to an instance already
+/// started), with `read` already read with the head.
+fn on_stream(
+    stream: TcpStream,
+    read: &[u8],
+    framing: Framing,
+    trailers: &[&str],
+    grpc: bool,
+) -> (Result<RawBody, &'static str>, Arc<InstanceState>) {
+    let addr = stream.peer_addr().unwrap();
     let instance = Arc::new(InstanceState::new(
         InstanceKey {
             service: "a".into(),
@@ -208,26 +221,8 @@ async fn a_body_that_keeps_coming_outlives_the_pause_limit() {
         std::future::pending::<()>().await;
     });
     let stream = TcpStream::connect(addr).await.unwrap();
-    let instance = Arc::new(InstanceState::new(
-        InstanceKey {
-            service: "a".into(),
-            addr,
-        },
-        Health::NotChecked,
-    ));
-    let conn = RawConn {
-        stream,
-        buf: BytesMut::new(),
-    };
-    let (parts, ()) = Response::new(()).into_parts();
-    let mut mapped = Mapped {
-        parts,
-        framing: Framing::Length(8),
-        reusable: true,
-        trailers: Vec::new(),
-    };
-    let guard = InFlightGuard::new(instance.clone());
-    let mut body = RawBody::new(conn, guard, &mut mapped, false, PAUSE).unwrap();
+    let (body, _) = on_stream(stream, b"", Framing::Length(8), &[], false);
+    let mut body = body.unwrap();
     let started = tokio::time::Instant::now();
     let mut data = Vec::new();
     while let Some(frame) = tokio::time::timeout(Duration::from_secs(5), body.frame())
